@@ -1,0 +1,3 @@
+from profilebase.cli import main
+
+main()

@@ -1,0 +1,153 @@
+"""Settings, declared once.
+
+Every setting has a name, a type, a default and a help text in ``SETTINGS``.
+It is read from the environment as ``PROFILEBASE_<NAME>`` (upper case) and the
+CLI exposes the serving ones as flags. Values are parsed strictly: a bad value
+is an error that names the variable, never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from profilebase.errors import ConfigError
+from profilebase.models import Limits
+
+ENV_PREFIX = "PROFILEBASE_"
+DEFAULT_DATABASE = "sqlite:///./profilebase-data/profilebase.db"
+MB = 1024 * 1024
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server-wide settings. Per-client limits default to the ``max_*``/``*_per_day`` values."""
+
+    host: str = _setting("127.0.0.1", "Address the HTTP server listens on.")
+    port: int = _setting(8080, "Port the HTTP server listens on.")
+    database: str = _setting(
+        DEFAULT_DATABASE,
+        "Database URL: sqlite:///relative.db, sqlite:////absolute.db or postgresql://...",
+    )
+    workers: int = _setting(2, "Batch worker threads inside `serve` (0: API only).")
+    demo: bool = _setting(True, "Create the `demo` client (authorization off) if missing.")
+    max_batch_bytes: int = _setting(
+        50 * MB, "A batch body must be smaller than this many bytes (Target: < 50 MB)."
+    )
+    max_batch_rows: int = _setting(500_000, "Most data rows in one batch (Target: 500,000).")
+    rows_per_day: int = _setting(
+        1_000_000, "Most batch rows a client may submit in any rolling 24 hours."
+    )
+    max_profile_bytes: int = _setting(
+        2000 * 1024, "Largest stored size of one profile; a row that would exceed it fails."
+    )
+    unit_rows: int = _setting(
+        25_000, "Rows per work unit: a batch is split into units that workers apply in parallel."
+    )
+    lease_seconds: float = _setting(
+        30.0, "How long a worker owns a claimed unit before another worker may take it over."
+    )
+    stuck_after_seconds: float = _setting(
+        900.0, "A batch with no progress for this long reports status `stuck` (and is retried)."
+    )
+    status_retention_days: float = _setting(
+        30.0, "Batch statuses (and failed-row reasons) are kept at least this many days."
+    )
+    sqlite_synchronous: str = _setting(
+        "NORMAL",
+        "SQLite `synchronous` pragma: NORMAL survives a process crash; FULL also a power loss.",
+    )
+    poll_interval: float = _setting(
+        0.2, "Seconds an idle worker waits before looking for new work again."
+    )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from defaults, then ``PROFILEBASE_*`` variables, then ``overrides``.
+
+        Overrides whose value is ``None`` are ignored, so CLI flags that were not given
+        fall through to the environment.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = parse_value(f, raw, ENV_PREFIX + f.name.upper())
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Reject values that cannot work, with a message that says which setting."""
+        positive = [
+            "max_batch_bytes",
+            "max_batch_rows",
+            "rows_per_day",
+            "max_profile_bytes",
+            "unit_rows",
+            "lease_seconds",
+            "stuck_after_seconds",
+            "status_retention_days",
+        ]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"Setting {name} must be positive, got {getattr(self, name)}.")
+        if self.workers < 0:
+            raise ConfigError(f"Setting workers must be 0 or more, got {self.workers}.")
+        if self.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ConfigError(
+                "Setting sqlite_synchronous must be one of OFF, NORMAL, FULL, EXTRA, "
+                f"got {self.sqlite_synchronous!r}."
+            )
+
+
+def parse_value(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
+    """Parse one raw string for field ``f``; ``source`` names where it came from."""
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool}.get(
+        str(f.type), str
+    )
+    text = raw.strip()
+    try:
+        if kind is bool:
+            lowered = text.lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(text)
+        if kind is int:
+            return int(text.replace("_", ""))
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(
+            f"{source}={raw!r} is not a valid {kind.__name__}; see `profilebase serve --help`."
+        ) from None
+    return raw
+
+
+def setting_fields() -> list[dataclasses.Field[Any]]:
+    """All settings, in declaration order (used by the CLI and the docs test)."""
+    return list(dataclasses.fields(Settings))
+
+
+def client_limits(settings: Settings, overrides: Mapping[str, int]) -> Limits:
+    """The limits in force for a client: server-wide defaults, then the client's overrides."""
+    values = {
+        name: int(overrides.get(name, getattr(settings, name)))
+        for name in ("max_batch_bytes", "max_batch_rows", "rows_per_day", "max_profile_bytes")
+    }
+    return Limits(**values)

@@ -1,0 +1,81 @@
+"""Errors of profilebase.
+
+Every error the user can cause is a ``ProfilebaseError``; its ``status`` is the
+HTTP status the web layer answers with and its message is one clear sentence
+saying what is wrong and how to fix it. The docstring of each class is its
+default message.
+
+    ProfilebaseError
+    ├── ConfigError            bad setting or database URL
+    ├── UnknownClient          404: no such client code
+    ├── NotFound               404: no such batch or profile
+    ├── BatchRejected          400: the batch body is malformed
+    │   └── BatchTooLarge      413: too many bytes or rows
+    ├── QuotaExceeded          429: a rolling quota is used up (carries retry_after)
+    └── StorageError           500: the database failed in a way the user cannot fix
+"""
+
+from __future__ import annotations
+
+
+class ProfilebaseError(Exception):
+    """Something went wrong in profilebase."""
+
+    status = 500
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        super().__init__(self.message)
+
+
+class ConfigError(ProfilebaseError):
+    """The configuration is invalid."""
+
+    status = 500
+
+
+class UnknownClient(ProfilebaseError):
+    """Unknown client code."""
+
+    status = 404
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+        super().__init__(
+            f"Unknown client {client!r}: no client with this code exists on this server. "
+            "Check the client code in the URL (the fresh database has the client `demo`)."
+        )
+
+
+class NotFound(ProfilebaseError):
+    """Not found."""
+
+    status = 404
+
+
+class BatchRejected(ProfilebaseError):
+    """The batch is malformed."""
+
+    status = 400
+
+
+class BatchTooLarge(BatchRejected):
+    """The batch is too large."""
+
+    status = 413
+
+
+class QuotaExceeded(ProfilebaseError):
+    """A quota is used up."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        self.retry_after = max(1, int(retry_after))
+        super().__init__(message)
+
+
+class StorageError(ProfilebaseError):
+    """The database failed."""
+
+    status = 500

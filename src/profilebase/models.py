@@ -1,0 +1,157 @@
+"""Domain records: small frozen dataclasses and enums shared by every layer."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+#: Sequence numbers order every write: ``batch_seq * SEQ_SPAN + line number``.
+#: A batch body under 50 MB has fewer than 10**8 lines, so rows never collide.
+SEQ_SPAN = 100_000_000
+
+
+class KeyKind(enum.StrEnum):
+    """Which identifier a batch (or a lookup) uses for a profile."""
+
+    #: Target's own visitor id, also called tntId or mboxPC.
+    PC_ID = "pcId"
+    #: The customer's id, called mbox3rdPartyId in page calls.
+    THIRD_PARTY_ID = "thirdPartyId"
+
+    @property
+    def prefix(self) -> str:
+        """Prefix of the stored profile key, so both id spaces share one table."""
+        return "p:" if self is KeyKind.PC_ID else "t:"
+
+    def key(self, identifier: str) -> str:
+        return self.prefix + identifier
+
+
+class BatchState(enum.StrEnum):
+    """Where a batch is; ``status`` below maps it to Target's three words."""
+
+    #: Accepted and on disk; no unit applied yet.
+    QUEUED = "queued"
+    #: At least one unit applied or claimed, not all done.
+    PROCESSING = "processing"
+    #: Every row accounted for.
+    COMPLETE = "complete"
+    #: No progress for ``stuck_after_seconds``; workers keep retrying.
+    STUCK = "stuck"
+
+    @property
+    def target_status(self) -> str:
+        """The word Target's batchStatus shows: complete, incomplete or stuck."""
+        if self is BatchState.COMPLETE:
+            return "complete"
+        if self is BatchState.STUCK:
+            return "stuck"
+        return "incomplete"
+
+
+@dataclass(frozen=True)
+class Client:
+    """A tenant. ``limits`` overrides the server-wide defaults by name."""
+
+    id: int
+    code: str
+    require_auth: bool = False
+    disabled: bool = False
+    limits: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits in force for one client."""
+
+    max_batch_bytes: int
+    max_batch_rows: int
+    rows_per_day: int
+    max_profile_bytes: int
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Row accounting of a batch; once complete, batch_size == consumed == the other three."""
+
+    consumed: int = 0
+    successful: int = 0
+    not_found: int = 0
+    failed: int = 0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.consumed + other.consumed,
+            self.successful + other.successful,
+            self.not_found + other.not_found,
+            self.failed + other.failed,
+        )
+
+
+@dataclass(frozen=True)
+class FailedRow:
+    """A row that was not applied, with the reason a person can act on."""
+
+    line: int
+    id: str
+    reason: str
+    raw: str = ""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch as its status endpoint shows it."""
+
+    seq: int
+    batch_id: str
+    client_id: int
+    client_code: str
+    version: int
+    key_kind: KeyKind
+    batch_size: int
+    state: BatchState
+    counts: Counts
+    accepted_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    last_progress_at: datetime
+    units_total: int
+    units_done: int
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One profile attribute: its value, when it was written and by which write."""
+
+    value: str
+    modified_at: datetime
+    seq: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A stored profile, as the fetch endpoint shows it."""
+
+    client_code: str
+    key: str
+    modified_at: datetime
+    attributes: dict[str, Attribute]
+
+    @property
+    def visitor_id(self) -> str:
+        return self.key[2:]
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch, the unit every stored timestamp uses."""
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def iso_ms(moment: datetime) -> str:
+    """ISO-8601 with milliseconds and a numeric UTC offset, as Target prints timestamps."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")

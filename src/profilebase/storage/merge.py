@@ -1,0 +1,116 @@
+"""Backend-independent rules for applying a unit's rows.
+
+A backend supplies a ``RowWriter`` (buffered writes plus one exact size query)
+and the stored state of the unit's profiles; ``apply_rows`` decides, row by
+row in line order, what happens to each row. The database's own JSON merge
+(``json_patch`` / ``||``) is used when the row is newer than everything in the
+profile; ``merge_attrs`` is the exact per-attribute rule otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from profilebase.models import Counts, FailedRow
+from profilebase.storage.base import DecodedRow
+
+
+@dataclass
+class ProfileState:
+    """What applying a unit needs to know of a stored profile."""
+
+    created_seq: int
+    max_seq: int
+    size: int
+
+
+class RowWriter(Protocol):
+    def write(self, key: str, row: DecodedRow, create: bool) -> None:
+        """Buffer an upsert of ``row`` into profile ``key``."""
+        ...
+
+    def merged_size(self, key: str, row: DecodedRow) -> int:
+        """Flush buffered writes; return the byte size the profile would have with ``row``."""
+        ...
+
+
+def merge_attrs(old: str, new: str) -> str:
+    """Merge two ``{name: [value, seq, ms]}`` documents: per attribute, the higher seq wins."""
+    merged = json.loads(old)
+    for name, entry in json.loads(new).items():
+        current = merged.get(name)
+        if current is None or current[1] < entry[1]:
+            merged[name] = entry
+    return dump_attrs(merged)
+
+
+def dump_attrs(attrs: dict[str, list[object]]) -> str:
+    return json.dumps(attrs, ensure_ascii=False, separators=(",", ":"))
+
+
+def byte_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def apply_rows(
+    rows: Sequence[DecodedRow],
+    prefix: str,
+    create: bool,
+    existing: dict[str, ProfileState],
+    tombstones: dict[str, int],
+    max_profile_bytes: int,
+    writer: RowWriter,
+) -> tuple[Counts, list[FailedRow]]:
+    """Apply ``rows`` in order through ``writer``; return their counts and failures.
+
+    1. A row older than a delete of its profile is accounted successful and skipped:
+       in acceptance order it was applied, then deleted.
+    2. A v1 row (``create`` false) for a profile that does not exist at its seq is
+       "not found"; a v2 row creates it.
+    3. A row that could push the profile past ``max_profile_bytes`` gets an exact
+       check and fails if it would.
+    """
+    successful = not_found = 0
+    failures: list[FailedRow] = []
+    for row in rows:
+        key = prefix + row.id
+        deleted = tombstones.get(key)
+        if deleted is not None and deleted > row.seq:
+            successful += 1
+            continue
+        state = existing.get(key)
+        exists = state is not None and state.created_seq < row.seq
+        if not exists and not create:
+            not_found += 1
+            continue
+        size = byte_size(row.attrs)
+        bound = size + (state.size if state is not None else 0)
+        if bound > max_profile_bytes:
+            exact = size if state is None else writer.merged_size(key, row)
+            if exact > max_profile_bytes:
+                failures.append(
+                    FailedRow(
+                        row.line,
+                        row.id,
+                        f"the profile would grow to {exact} bytes, over the limit of "
+                        f"{max_profile_bytes} bytes (max_profile_bytes); send fewer or "
+                        "shorter attributes",
+                    )
+                )
+                continue
+            bound = exact
+        writer.write(key, row, create)
+        if state is None:
+            existing[key] = ProfileState(row.seq, row.seq, bound)
+        else:
+            state.created_seq = min(state.created_seq, row.seq)
+            state.max_seq = max(state.max_seq, row.seq)
+            state.size = bound
+        successful += 1
+    counts = Counts(
+        consumed=0, successful=successful, not_found=not_found, failed=len(failures)
+    )
+    return counts, failures

@@ -1,0 +1,463 @@
+"""The embedded backend: one SQLite file in WAL mode, one connection per thread.
+
+SQLite has one writer at a time; every write transaction starts with
+``BEGIN IMMEDIATE`` so that readers never block and writers queue on the
+busy timeout instead of failing. Unit decoding happens outside transactions,
+so the write lock is held only for the database work itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from profilebase.errors import ConfigError, QuotaExceeded
+from profilebase.models import (
+    Attribute,
+    Batch,
+    BatchState,
+    Client,
+    Counts,
+    FailedRow,
+    KeyKind,
+    Profile,
+    from_ms,
+)
+from profilebase.storage import migrations
+from profilebase.storage.base import DecodedRow, NewBatch, UnitClaim
+from profilebase.storage.merge import ProfileState, apply_rows, byte_size, merge_attrs
+from profilebase.storage.quota import quota_message, retry_after_ms
+
+DAY_MS = 86_400_000
+
+UPSERT_PROFILE = """
+INSERT INTO profiles (client_id, pkey, attrs, created_seq, max_seq, modified_at)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (client_id, pkey) DO UPDATE SET
+    attrs = CASE WHEN profiles.max_seq < excluded.max_seq
+                 THEN json_patch(profiles.attrs, excluded.attrs)
+                 ELSE pb_merge(profiles.attrs, excluded.attrs) END,
+    created_seq = min(profiles.created_seq, excluded.created_seq),
+    max_seq = max(profiles.max_seq, excluded.max_seq),
+    modified_at = max(profiles.modified_at, excluded.modified_at)
+"""
+
+
+class _Writer:
+    """Buffers profile upserts of one unit and flushes them with executemany."""
+
+    def __init__(self, db: sqlite3.Connection, client_id: int, now_ms: int) -> None:
+        self.db, self.client_id, self.now_ms = db, client_id, now_ms
+        self.pending: list[tuple[int, str, str, int, int, int]] = []
+
+    def write(self, key: str, row: DecodedRow, create: bool) -> None:
+        self.pending.append((self.client_id, key, row.attrs, row.seq, row.seq, self.now_ms))
+
+    def flush(self) -> None:
+        if self.pending:
+            self.db.executemany(UPSERT_PROFILE, self.pending)
+            self.pending = []
+
+    def merged_size(self, key: str, row: DecodedRow) -> int:
+        self.flush()
+        found = self.db.execute(
+            "SELECT attrs FROM profiles WHERE client_id = ? AND pkey = ?", (self.client_id, key)
+        ).fetchone()
+        return byte_size(row.attrs if found is None else merge_attrs(found[0], row.attrs))
+
+
+class SQLiteStore:
+    """A ``Store`` on one SQLite database file."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
+        if path != ":memory:":
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"Cannot create the directory for {path}: {exc}.") from None
+        self.path = path
+        self.synchronous = synchronous.upper()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+
+    # -- connections -------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=60
+                )
+            except sqlite3.Error as exc:
+                raise ConfigError(f"Cannot open SQLite database {self.path}: {exc}.") from None
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {self.synchronous}")
+            db.execute("PRAGMA busy_timeout = 60000")
+            db.create_function("pb_merge", 2, merge_attrs, deterministic=True)
+            self._local.db = db
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for db in self._connections:
+                try:
+                    db.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- schema and clients ------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        db = self._conn()
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        applied = []
+        for migration in migrations.load("sqlite"):
+            with self._write() as tx:
+                done = tx.execute(
+                    "SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)
+                ).fetchone()
+                if done:
+                    continue
+                for statement in migrations.split_statements(migration.sql):
+                    tx.execute(statement)
+                tx.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, datetime('now'))",
+                    (migration.version, migration.name),
+                )
+                applied.append(f"{migration.version:04d}_{migration.name}")
+        return applied
+
+    def _client(self, row: tuple[object, ...] | None) -> Client | None:
+        if row is None:
+            return None
+        return Client(
+            id=int(row[0]),  # type: ignore[call-overload]
+            code=str(row[1]),
+            require_auth=bool(row[2]),
+            disabled=bool(row[3]),
+            limits=json.loads(str(row[4])),
+        )
+
+    def get_client(self, code: str) -> Client | None:
+        row = self._conn().execute(
+            "SELECT id, code, require_auth, disabled, limits FROM clients WHERE code = ?", (code,)
+        ).fetchone()
+        return self._client(row)
+
+    def ensure_client(self, code: str) -> Client:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO clients (code, created_at) VALUES (?, strftime('%s','now') * 1000) "
+                "ON CONFLICT (code) DO NOTHING",
+                (code,),
+            )
+        client = self.get_client(code)
+        assert client is not None
+        return client
+
+    # -- batches -----------------------------------------------------------------------
+
+    def rows_accepted_since(self, client_id: int, since_ms: int) -> int:
+        row = self._conn().execute(
+            "SELECT coalesce(sum(batch_size), 0) FROM batches "
+            "WHERE client_id = ? AND accepted_at >= ?",
+            (client_id, since_ms),
+        ).fetchone()
+        return int(row[0])
+
+    def accept_batch(self, batch: NewBatch, now_ms: int, rows_per_day: int) -> tuple[int, str]:
+        client = batch.client
+        with self._write() as db:
+            recent = db.execute(
+                "SELECT accepted_at, batch_size FROM batches "
+                "WHERE client_id = ? AND accepted_at > ? ORDER BY accepted_at",
+                (client.id, now_ms - DAY_MS),
+            ).fetchall()
+            used = sum(size for _, size in recent)
+            if used + batch.batch_size > rows_per_day:
+                wait = retry_after_ms(recent, batch.batch_size, rows_per_day, now_ms)
+                raise QuotaExceeded(
+                    quota_message(client.code, rows_per_day, used, batch.batch_size, wait),
+                    retry_after=-(-wait // 1000),
+                )
+            seq = db.execute(
+                "INSERT INTO writes (client_id, kind, at) VALUES (?, 'batch', ?)",
+                (client.id, now_ms),
+            ).lastrowid
+            assert seq is not None
+            batch_id = f"{client.code}-{now_ms}-{seq}"
+            db.execute("UPDATE writes SET ref = ? WHERE seq = ?", (batch_id, seq))
+            units = 0
+            for unit_no, unit in enumerate(batch.units):
+                db.execute(
+                    "INSERT INTO batch_units (batch_seq, unit_no, first_line, row_count, body) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (seq, unit_no, unit.first_line, unit.row_count, unit.body),
+                )
+                units += 1
+            db.execute(
+                "INSERT INTO batches (seq, batch_id, client_id, version, key_kind, header, "
+                "batch_size, units_total, accepted_at, started_at, finished_at, last_progress_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    seq,
+                    batch_id,
+                    client.id,
+                    batch.version,
+                    str(batch.key_kind),
+                    json.dumps(list(batch.names)),
+                    batch.batch_size,
+                    units,
+                    now_ms,
+                    now_ms if units == 0 else None,
+                    now_ms if units == 0 else None,
+                    now_ms,
+                ),
+            )
+        return seq, batch_id
+
+    def claim_unit(self, owner: str, now_ms: int, lease_ms: int) -> UnitClaim | None:
+        with self._write() as db:
+            found = db.execute(
+                "UPDATE batch_units SET state = 'running', lease_owner = ?, lease_expires = ?, "
+                "attempts = attempts + 1 WHERE rowid = ("
+                " SELECT rowid FROM batch_units WHERE state <> 'done' AND ("
+                "  (state = 'pending' AND not_before <= ?) OR"
+                "  (state = 'running' AND lease_expires < ?))"
+                " ORDER BY batch_seq, unit_no LIMIT 1) "
+                "RETURNING batch_seq, unit_no, first_line, row_count, body, attempts",
+                (owner, now_ms + lease_ms, now_ms, now_ms),
+            ).fetchone()
+            if found is None:
+                return None
+            batch_seq, unit_no, first_line, row_count, body, attempts = found
+            client_id, version, key_kind, header = db.execute(
+                "SELECT client_id, version, key_kind, header FROM batches WHERE seq = ?",
+                (batch_seq,),
+            ).fetchone()
+            db.execute(
+                "UPDATE batches SET started_at = coalesce(started_at, ?) WHERE seq = ?",
+                (now_ms, batch_seq),
+            )
+        return UnitClaim(
+            batch_seq=batch_seq,
+            unit_no=unit_no,
+            first_line=first_line,
+            row_count=row_count,
+            body=bytes(body),
+            client_id=client_id,
+            version=version,
+            key_kind=KeyKind(key_kind),
+            names=tuple(json.loads(header)),
+            owner=owner,
+            attempts=attempts,
+        )
+
+    def apply_unit(
+        self,
+        claim: UnitClaim,
+        rows: list[DecodedRow] | tuple[DecodedRow, ...],
+        failures: list[FailedRow] | tuple[FailedRow, ...],
+        now_ms: int,
+        max_profile_bytes: int,
+    ) -> Counts | None:
+        prefix = claim.key_kind.prefix
+        keys = json.dumps(sorted({prefix + row.id for row in rows}), ensure_ascii=False)
+        with self._write() as db:
+            ours = db.execute(
+                "SELECT 1 FROM batch_units WHERE batch_seq = ? AND unit_no = ? "
+                "AND state = 'running' AND lease_owner = ?",
+                (claim.batch_seq, claim.unit_no, claim.owner),
+            ).fetchone()
+            if ours is None:
+                return None
+            existing = {
+                pkey: ProfileState(created, latest, size)
+                for pkey, created, latest, size in db.execute(
+                    "SELECT pkey, created_seq, max_seq, length(CAST(attrs AS BLOB)) "
+                    "FROM profiles WHERE client_id = ? AND pkey IN "
+                    "(SELECT value FROM json_each(?))",
+                    (claim.client_id, keys),
+                )
+            }
+            tombstones: dict[str, int] = {}
+            if db.execute(
+                "SELECT 1 FROM tombstones WHERE client_id = ? LIMIT 1", (claim.client_id,)
+            ).fetchone():
+                tombstones = dict(
+                    db.execute(
+                        "SELECT pkey, deleted_seq FROM tombstones WHERE client_id = ? "
+                        "AND pkey IN (SELECT value FROM json_each(?))",
+                        (claim.client_id, keys),
+                    ).fetchall()
+                )
+            writer = _Writer(db, claim.client_id, now_ms)
+            counts, size_failures = apply_rows(
+                rows,
+                prefix,
+                claim.version >= 2,
+                existing,
+                tombstones,
+                max_profile_bytes,
+                writer,
+            )
+            writer.flush()
+            all_failures = list(failures) + size_failures
+            db.executemany(
+                "INSERT OR REPLACE INTO batch_failures (batch_seq, line, id, reason, raw) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(claim.batch_seq, f.line, f.id, f.reason, f.raw) for f in all_failures],
+            )
+            counts = Counts(
+                consumed=len(rows) + len(failures),
+                successful=counts.successful,
+                not_found=counts.not_found,
+                failed=len(all_failures),
+            )
+            db.execute(
+                "UPDATE batch_units SET state = 'done', body = NULL, consumed = ?, "
+                "successful = ?, not_found = ?, failed = ?, finished_at = ?, last_error = NULL "
+                "WHERE batch_seq = ? AND unit_no = ?",
+                (
+                    counts.consumed,
+                    counts.successful,
+                    counts.not_found,
+                    counts.failed,
+                    now_ms,
+                    claim.batch_seq,
+                    claim.unit_no,
+                ),
+            )
+            remaining = db.execute(
+                "SELECT count(*) FROM batch_units WHERE batch_seq = ? AND state <> 'done'",
+                (claim.batch_seq,),
+            ).fetchone()[0]
+            db.execute(
+                "UPDATE batches SET last_progress_at = ?, "
+                "finished_at = CASE WHEN ? = 0 THEN ? ELSE finished_at END WHERE seq = ?",
+                (now_ms, remaining, now_ms, claim.batch_seq),
+            )
+        return counts
+
+    def release_unit(self, claim: UnitClaim, error: str, retry_at_ms: int) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE batch_units SET state = 'pending', lease_owner = NULL, "
+                "lease_expires = NULL, not_before = ?, last_error = ? "
+                "WHERE batch_seq = ? AND unit_no = ? AND lease_owner = ? AND state = 'running'",
+                (retry_at_ms, error[:2000], claim.batch_seq, claim.unit_no, claim.owner),
+            )
+
+    def get_batch(self, client_id: int, batch_id: str) -> Batch | None:
+        row = self._conn().execute(
+            "SELECT b.seq, b.batch_id, b.client_id, c.code, b.version, b.key_kind, "
+            "b.batch_size, b.units_total, b.accepted_at, b.started_at, b.finished_at, "
+            "b.last_progress_at, coalesce(sum(u.consumed), 0), coalesce(sum(u.successful), 0), "
+            "coalesce(sum(u.not_found), 0), coalesce(sum(u.failed), 0), "
+            "coalesce(sum(u.state = 'done'), 0) "
+            "FROM batches b JOIN clients c ON c.id = b.client_id "
+            "LEFT JOIN batch_units u ON u.batch_seq = b.seq "
+            "WHERE b.client_id = ? AND b.batch_id = ? GROUP BY b.seq",
+            (client_id, batch_id),
+        ).fetchone()
+        if row is None:
+            return None
+        (seq, bid, cid, code, version, kind, size, total, accepted, started, finished,
+         progress, consumed, successful, not_found, failed, done) = row  # fmt: skip
+        if finished is not None:
+            state = BatchState.COMPLETE
+        elif started is not None:
+            state = BatchState.PROCESSING
+        else:
+            state = BatchState.QUEUED
+        return Batch(
+            seq=seq,
+            batch_id=bid,
+            client_id=cid,
+            client_code=code,
+            version=version,
+            key_kind=KeyKind(kind),
+            batch_size=size,
+            state=state,
+            counts=Counts(consumed, successful, not_found, failed),
+            accepted_at=from_ms(accepted),
+            started_at=None if started is None else from_ms(started),
+            finished_at=None if finished is None else from_ms(finished),
+            last_progress_at=from_ms(progress),
+            units_total=total,
+            units_done=done,
+        )
+
+    def failed_rows(self, batch_seq: int, after_line: int = 0, limit: int = 1000) -> list[FailedRow]:
+        return [
+            FailedRow(line, id_, reason, raw)
+            for line, id_, reason, raw in self._conn().execute(
+                "SELECT line, id, reason, raw FROM batch_failures "
+                "WHERE batch_seq = ? AND line > ? ORDER BY line LIMIT ?",
+                (batch_seq, after_line, limit),
+            )
+        ]
+
+    # -- profiles ----------------------------------------------------------------------
+
+    def get_profile(self, client_id: int, key: str) -> Profile | None:
+        row = self._conn().execute(
+            "SELECT c.code, p.attrs, p.modified_at FROM profiles p "
+            "JOIN clients c ON c.id = p.client_id WHERE p.client_id = ? AND p.pkey = ?",
+            (client_id, key),
+        ).fetchone()
+        if row is None:
+            return None
+        code, attrs, modified = row
+        return Profile(
+            client_code=code,
+            key=key,
+            modified_at=from_ms(modified),
+            attributes={
+                name: Attribute(value, from_ms(ms), seq)
+                for name, (value, seq, ms) in json.loads(attrs).items()
+            },
+        )
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    def purge(self, older_than_ms: int) -> int:
+        with self._write() as db:
+            old = "SELECT seq FROM batches WHERE finished_at IS NOT NULL AND accepted_at < ?"
+            db.execute(f"DELETE FROM batch_units WHERE batch_seq IN ({old})", (older_than_ms,))
+            db.execute(f"DELETE FROM batch_failures WHERE batch_seq IN ({old})", (older_than_ms,))
+            return db.execute(
+                "DELETE FROM batches WHERE finished_at IS NOT NULL AND accepted_at < ?",
+                (older_than_ms,),
+            ).rowcount
+
+    def pending_units(self) -> int:
+        return int(
+            self._conn().execute("SELECT count(*) FROM batch_units WHERE state <> 'done'").fetchone()[0]
+        )

@@ -1,0 +1,68 @@
+"""The application factory: ``create_app(settings, store)``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from profilebase.config import Settings
+from profilebase.errors import ProfilebaseError
+from profilebase.storage import Store, open_store
+from profilebase.web import bulk, errors, profiles
+from profilebase.worker import WorkerPool
+
+DEMO_CLIENT = "demo"
+
+
+async def healthz(request: Request) -> Response:
+    """200 once the server accepts requests (the schema is migrated by then)."""
+    return JSONResponse({"status": "ok"})
+
+
+def prepare(store: Store, settings: Settings) -> None:
+    """Migrate the schema and create the demo client; run at start-up."""
+    store.migrate()
+    if settings.demo:
+        store.ensure_client(DEMO_CLIENT)
+
+
+def create_app(
+    settings: Settings | None = None, store: Store | None = None, workers: int | None = None
+) -> Starlette:
+    """Build the ASGI app. ``workers`` batch threads run inside it (default: settings.workers)."""
+    settings = settings or Settings.from_env()
+    owns_store = store is None
+    the_store = store or open_store(settings.database, sqlite_synchronous=settings.sqlite_synchronous)
+    count = settings.workers if workers is None else workers
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(prepare, the_store, settings)
+        pool = WorkerPool(the_store, settings, count)
+        pool.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(pool.close)
+            if owns_store:
+                the_store.close()
+
+    app = Starlette(
+        routes=[Route("/healthz", healthz, methods=["GET"]), *bulk.routes, *profiles.routes],
+        exception_handlers={
+            ProfilebaseError: errors.profilebase_error,
+            HTTPException: errors.http_error,
+            Exception: errors.unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = the_store
+    return app

@@ -1,0 +1,154 @@
+"""Target's Bulk Profile Update API: ``batchUpdate`` (v1 and v2) and ``batchStatus``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from profilebase.config import client_limits
+from profilebase.errors import BatchRejected, BatchTooLarge, NotFound
+from profilebase.ingest import Intake, store_batch
+from profilebase.models import Batch, BatchState, now_ms
+from profilebase.web import xml
+from profilebase.web.context import resolve_client, settings_of, store_of
+
+
+async def batch_update(request: Request) -> Response:
+    """Accept a batch: stream the body through the intake, store it, reply with its status URL."""
+    client = await resolve_client(request)
+    version = 2 if "/v2/" in request.url.path else 1
+    settings = settings_of(request)
+    limits = client_limits(settings, client.limits)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) >= limits.max_batch_bytes:
+        # Refuse before reading a byte of the body.
+        raise BatchTooLarge(
+            f"The batch body is {int(declared):,} bytes; it must be smaller than "
+            f"{limits.max_batch_bytes:,} bytes (max_batch_bytes). Split the file into "
+            "several batches."
+        )
+    content_type = request.headers.get("content-type", "")
+    multipart = content_type.lower().startswith("multipart/form-data")
+    intake = Intake(limits, settings.unit_rows, prefix_optional=multipart)
+    try:
+        chunks = multipart_field(request, content_type) if multipart else request.stream()
+        async for chunk in chunks:
+            intake.feed(chunk)
+        read = intake.finish()
+    except BaseException:
+        intake.units.close()
+        raise
+    seq, batch_id = await run_in_threadpool(
+        store_batch, store_of(request), client, version, read, limits, now_ms()
+    )
+    base = str(request.base_url).rstrip("/")
+    v2 = "/v2" if version == 2 else ""
+    status_url = f"{base}/m2/{client.code}{v2}/profile/batchStatus?batchId={batch_id}"
+    return xml.xml_response(xml.submitted(status_url))
+
+
+async def multipart_field(request: Request, content_type: str, field: str = "batch") -> AsyncIterator[bytes]:
+    """Yield the bytes of one field of a multipart body as they arrive."""
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise BatchRejected(
+            "The multipart body has no boundary in its Content-Type; let your HTTP client "
+            "build the multipart request (e.g. curl -F batch=@file.txt)."
+        )
+    out: list[bytes] = []
+    state = {"header": b"", "value": b"", "name": None, "current": None, "found": False}
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["header"] = bytes(state["header"]) + data[start:end]  # type: ignore[operator]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] = bytes(state["value"]) + data[start:end]  # type: ignore[operator]
+
+    def on_header_end() -> None:
+        if bytes(state["header"]).lower() == b"content-disposition":  # type: ignore[arg-type]
+            _, opts = parse_options_header(state["value"])  # type: ignore[arg-type]
+            state["current"] = opts.get(b"name", b"").decode("utf-8", "replace")
+        state["header"] = b""
+        state["value"] = b""
+
+    def on_part_begin() -> None:
+        state["current"] = None
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["current"] == field:
+            state["found"] = True
+            out.append(data[start:end])
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+        },
+    )
+    async for chunk in request.stream():
+        parser.write(chunk)
+        if out:
+            for piece in out:
+                yield piece
+            out.clear()
+    parser.finalize()
+    for piece in out:
+        yield piece
+    if not state["found"]:
+        raise BatchRejected(
+            f"The multipart upload has no field named {field!r}: send the batch file as the "
+            f"field `{field}` (e.g. curl -F {field}=@batch.txt URL)."
+        )
+
+
+def effective_state(batch: Batch, now: int, stuck_after_seconds: float) -> BatchState:
+    """The batch's state, ``stuck`` when nothing progressed for ``stuck_after_seconds``."""
+    if batch.state is BatchState.COMPLETE:
+        return batch.state
+    idle_ms = now - int(batch.last_progress_at.timestamp() * 1000)
+    if idle_ms > stuck_after_seconds * 1000:
+        return BatchState.STUCK
+    return batch.state
+
+
+async def batch_status(request: Request) -> Response:
+    """Target's batchStatus; extra parameters such as m2Node or mboxPC are ignored."""
+    client = await resolve_client(request)
+    batch_id = request.query_params.get("batchId", "").strip()
+    if not batch_id:
+        raise BatchRejected(
+            "The batchId query parameter is missing: use the batchStatus URL that "
+            "batchUpdate returned, e.g. ?batchId=demo-1700000000000-1."
+        )
+    store = store_of(request)
+    batch = await run_in_threadpool(store.get_batch, client.id, batch_id)
+    if batch is None:
+        raise NotFound(
+            f"No batch {batch_id!r} for client {client.code!r}: check the batch id, or the "
+            "status has expired (statuses are kept "
+            f"{settings_of(request).status_retention_days:g} days)."
+        )
+    details = request.query_params.get("showDetails", "").lower() == "true"
+    failed = []
+    if details and batch.version >= 2 and batch.counts.failed:
+        failed = await run_in_threadpool(store.failed_rows, batch.seq, 0, 1_000_000)
+    state = effective_state(batch, now_ms(), settings_of(request).stuck_after_seconds)
+    return xml.xml_response(xml.batch_status(batch, state.target_status, details, failed))
+
+
+routes = [
+    Route("/m2/{client}/profile/batchUpdate", batch_update, methods=["POST"]),
+    Route("/m2/{client}/v2/profile/batchUpdate", batch_update, methods=["POST"]),
+    Route("/m2/{client}/profile/batchStatus", batch_status, methods=["GET"]),
+    Route("/m2/{client}/v2/profile/batchStatus", batch_status, methods=["GET"]),
+]

@@ -1,0 +1,64 @@
+"""The XML replies of Target's ``/m2/`` endpoints, built with escaping so they are well-formed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from xml.sax.saxutils import escape
+
+from starlette.responses import Response
+
+from profilebase.models import Batch, FailedRow
+
+MEDIA_TYPE = "application/xml"
+
+
+def element(name: str, value: object | None = None) -> str:
+    if value is None or value == "":
+        return f"<{name}/>"
+    return f"<{name}>{escape(str(value))}</{name}>"
+
+
+def document(children: Iterable[str]) -> str:
+    return "<response>" + "".join(children) + "</response>"
+
+
+def xml_response(children: Iterable[str], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(document(children), status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def submitted(status_url: str) -> list[str]:
+    return [
+        element("success", "true"),
+        element("batchStatus", status_url),
+        element("message", "Batch submitted for processing"),
+    ]
+
+
+def rejected(message: str, with_batch_status: bool) -> list[str]:
+    parts = [element("success", "false")]
+    if with_batch_status:
+        parts.append(element("batchStatus"))
+    parts.append(element("message", message))
+    return parts
+
+
+def batch_status(batch: Batch, status: str, details: bool, failed: Iterable[FailedRow]) -> list[str]:
+    parts = [
+        element("batchId", batch.batch_id),
+        element("status", status),
+        element("batchSize", batch.batch_size),
+    ]
+    if details:
+        counts = batch.counts
+        parts += [
+            element("consumedCount", counts.consumed),
+            element("successfulUpdates", counts.successful),
+            element("profilesNotFound", counts.not_found),
+            element("failedUpdates", counts.failed),
+        ]
+        if batch.version >= 2:
+            for row in failed:
+                parts.append(
+                    "<profile>" + element("id", row.id) + element("status", "failed") + "</profile>"
+                )
+    return parts

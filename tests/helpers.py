@@ -1,0 +1,51 @@
+"""Small helpers for tests that talk to the API."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+import httpx
+
+
+def xml_fields(response: httpx.Response) -> dict[str, str]:
+    """The text of each direct child of <response> (the last one wins for repeated tags)."""
+    assert response.headers["content-type"].startswith("application/xml")
+    root = ET.fromstring(response.content)
+    assert root.tag == "response"
+    return {child.tag: (child.text or "") for child in root}
+
+
+def failed_ids(response: httpx.Response) -> list[str]:
+    root = ET.fromstring(response.content)
+    return [p.findtext("id") or "" for p in root.findall("profile")]
+
+
+def batch_id_of(response: httpx.Response) -> str:
+    url = xml_fields(response)["batchStatus"]
+    match = re.search(r"batchId=([^&]+)", url)
+    assert match, url
+    return match.group(1)
+
+
+def submit(http: httpx.Client, body: bytes, client: str = "demo", v2: bool = True) -> httpx.Response:
+    path = f"/m2/{client}/v2/profile/batchUpdate" if v2 else f"/m2/{client}/profile/batchUpdate"
+    return http.post(path, content=body)
+
+
+def status(http: httpx.Client, batch_id: str, client: str = "demo", details: bool = True) -> dict[str, str]:
+    params = {"batchId": batch_id}
+    if details:
+        params["showDetails"] = "true"
+    response = http.get(f"/m2/{client}/profile/batchStatus", params=params)
+    assert response.status_code == 200, response.text
+    return xml_fields(response)
+
+
+def attributes(http: httpx.Client, identifier: str, third_party: bool = True, client: str = "demo") -> dict[str, str] | None:
+    path = f"/rest/v1/profiles/thirdPartyId/{identifier}" if third_party else f"/rest/v1/profiles/{identifier}"
+    response = http.get(path, params={"client": client})
+    if response.status_code == 404:
+        return None
+    assert response.status_code == 200, response.text
+    return {name: a["value"] for name, a in response.json()["profileAttributes"].items()}
