@@ -103,7 +103,11 @@ class Store(Protocol):
         ...
 
     def claim_unit(self, owner: str, now_ms: int, lease_ms: int) -> UnitClaim | None:
-        """Lease the oldest unit that is pending or whose lease expired; None if none."""
+        """Lease the oldest claimable unit: pending, or running with an expired lease.
+
+        A unit of a v1 batch is claimable only once every earlier batch of its client
+        is done, because v1 rows count profiles that exist at their seq.
+        """
         ...
 
     def apply_unit(

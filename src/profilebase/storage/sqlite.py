@@ -247,10 +247,17 @@ class SQLiteStore:
             found = db.execute(
                 "UPDATE batch_units SET state = 'running', lease_owner = ?, lease_expires = ?, "
                 "attempts = attempts + 1 WHERE rowid = ("
-                " SELECT rowid FROM batch_units WHERE state <> 'done' AND ("
-                "  (state = 'pending' AND not_before <= ?) OR"
-                "  (state = 'running' AND lease_expires < ?))"
-                " ORDER BY batch_seq, unit_no LIMIT 1) "
+                " SELECT u.rowid FROM batch_units u JOIN batches b ON b.seq = u.batch_seq"
+                " WHERE u.state <> 'done' AND ("
+                "  (u.state = 'pending' AND u.not_before <= ?) OR"
+                "  (u.state = 'running' AND u.lease_expires < ?))"
+                # v1 rows depend on which profiles exist at their seq, so a v1 unit
+                # waits until every earlier batch of its client is done.
+                "  AND (b.version >= 2 OR NOT EXISTS ("
+                "   SELECT 1 FROM batch_units e JOIN batches eb ON eb.seq = e.batch_seq"
+                "   WHERE eb.client_id = b.client_id AND e.batch_seq < u.batch_seq"
+                "   AND e.state <> 'done'))"
+                " ORDER BY u.batch_seq, u.unit_no LIMIT 1) "
                 "RETURNING batch_seq, unit_no, first_line, row_count, body, attempts",
                 (owner, now_ms + lease_ms, now_ms, now_ms),
             ).fetchone()

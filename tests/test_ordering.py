@@ -1,0 +1,135 @@
+"""Per-profile order: any number of workers, units applied in any order, equal the one-by-one model."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import httpx
+import pytest
+
+from helpers import attributes, batch_id_of, status, submit
+from profilebase import batchfile
+from profilebase.config import Settings
+from profilebase.decoder import decode_unit
+from profilebase.models import now_ms
+from profilebase.storage import Store
+from profilebase.worker import Worker
+
+NAMES = ["a", "b", "c", "d"]
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    """Units of 7 lines, so one batch spans several units that may run out of order."""
+    return Settings(database=f"sqlite:///{tmp_path}/test.db", workers=0, unit_rows=7)
+
+
+def random_batches(rnd: random.Random, count: int) -> list[tuple[bool, list[list[str]]]]:
+    """Batches of (is_v2, rows) over a small id space, with duplicates and empty cells."""
+    batches = []
+    for _ in range(count):
+        rows = []
+        for _ in range(rnd.randint(0, 30)):
+            row = [f"id{rnd.randint(0, 12)}"]
+            row += [rnd.choice(["", "", f"v{rnd.randint(0, 99)}", "x y,%+"]) for _ in NAMES[: rnd.randint(0, len(NAMES))]]
+            rows.append(row)
+        batches.append((rnd.random() < 0.7, rows))
+    return batches
+
+
+def model(batches: list[tuple[bool, list[list[str]]]]) -> tuple[dict[str, dict[str, str]], list[tuple[int, int]]]:
+    """Apply batches one by one in acceptance order; return profiles and (successful, not found)."""
+    profiles: dict[str, dict[str, str]] = {}
+    counts = []
+    for v2, rows in batches:
+        ok = missing = 0
+        for row in rows:
+            if row[0] not in profiles and not v2:
+                missing += 1
+                continue
+            profiles.setdefault(row[0], {}).update({n: v for n, v in zip(NAMES, row[1:]) if v})
+            ok += 1
+        counts.append((ok, missing))
+    return profiles, counts
+
+
+def submit_all(http: httpx.Client, batches) -> list[str]:
+    ids = []
+    for v2, rows in batches:
+        response = submit(http, batchfile.encode("thirdPartyId", NAMES, rows), v2=v2)
+        assert response.status_code == 200, response.text
+        ids.append(batch_id_of(response))
+    return ids
+
+
+def check(http: httpx.Client, batches, ids) -> None:
+    expected, counts = model(batches)
+    for batch_id, (v2, rows), (ok, missing) in zip(ids, batches, counts):
+        fields = status(http, batch_id)
+        assert fields["status"] == "complete"
+        assert (int(fields["batchSize"]), int(fields["consumedCount"])) == (len(rows), len(rows))
+        assert (int(fields["successfulUpdates"]), int(fields["profilesNotFound"])) == (ok, missing)
+    for identifier in {f"id{i}" for i in range(13)}:
+        assert attributes(http, identifier) == expected.get(identifier), identifier
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_units_applied_in_shuffled_order_equal_the_model(http: httpx.Client, store: Store, settings: Settings, seed: int):
+    """Claim every claimable unit, apply them in a random order, repeat: the result is unchanged."""
+    rnd = random.Random(seed)
+    batches = random_batches(rnd, 15)
+    ids = submit_all(http, batches)
+    rounds = 0
+    while store.pending_units():
+        rounds += 1
+        claims = []
+        while (claim := store.claim_unit(f"w{len(claims)}", now_ms(), 600_000)) is not None:
+            claims.append(claim)
+        rnd.shuffle(claims)
+        for claim in claims:
+            header = batchfile.Header(claim.key_kind, claim.names)
+            rows, failures = decode_unit(claim.body, claim.first_line, header, claim.batch_seq, now_ms())
+            assert store.apply_unit(claim, rows, failures, now_ms(), settings.max_profile_bytes) is not None
+    assert rounds > 1  # v1 batches waited for earlier ones: units really ran out of order
+    check(http, batches, ids)
+
+
+def test_several_worker_threads_equal_the_model(http: httpx.Client, store: Store, settings: Settings):
+    """Four workers draining concurrently give exactly the one-by-one result."""
+    batches = random_batches(random.Random(7), 25)
+    ids = submit_all(http, batches)
+    workers = [Worker(store, settings, name=f"w{i}") for i in range(4)]
+    threads = [threading.Thread(target=w.run, kwargs={"until_idle": True}) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert store.pending_units() == 0
+    check(http, batches, ids)
+
+
+def test_lost_lease_changes_nothing(http: httpx.Client, store: Store, settings: Settings):
+    """A worker whose lease expired and was taken over cannot apply the unit a second time."""
+    batch_id = batch_id_of(submit(http, b"batch=thirdPartyId,a\nx,1\n"))
+    first = store.claim_unit("slow", now_ms() - 10_000, 1)  # lease already expired
+    assert first is not None
+    second = store.claim_unit("fast", now_ms(), 60_000)
+    assert second is not None and second.unit_no == first.unit_no
+    header = batchfile.Header(first.key_kind, first.names)
+    rows, failures = decode_unit(second.body, second.first_line, header, second.batch_seq, now_ms())
+    assert store.apply_unit(second, rows, failures, now_ms(), settings.max_profile_bytes) is not None
+    assert store.apply_unit(first, rows, failures, now_ms(), settings.max_profile_bytes) is None
+    assert status(http, batch_id)["consumedCount"] == "1"
+
+
+def test_failing_unit_is_retried_not_dropped(http: httpx.Client, store: Store, settings: Settings, drain):
+    """A unit whose application raises goes back to the queue and completes later."""
+    batch_id = batch_id_of(submit(http, b"batch=thirdPartyId,a\nr1,1\n"))
+    claim = store.claim_unit("w", now_ms(), 60_000)
+    assert claim is not None
+    store.release_unit(claim, "RuntimeError('boom')", now_ms())
+    assert status(http, batch_id)["status"] == "incomplete"
+    drain()
+    assert status(http, batch_id)["status"] == "complete"
+    assert attributes(http, "r1") == {"a": "1"}
