@@ -27,12 +27,12 @@ pytestmark = pytest.mark.slow
 class ServerProcess:
     """`python -m profilebase serve` as a real process on a loopback port."""
 
-    def __init__(self, database: str, log: Path) -> None:
+    def __init__(self, database: str | None, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
             **os.environ,
-            "PROFILEBASE_DATABASE": database,
+            **({"PROFILEBASE_DATABASE": database} if database else {}),
             "PROFILEBASE_UNIT_ROWS": "1000",
             "PROFILEBASE_LEASE_SECONDS": "1",
             "PROFILEBASE_WORKERS": "2",

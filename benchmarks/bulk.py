@@ -1,0 +1,155 @@
+"""Benchmark: the largest batch, from POST to `complete`, beside the floor, in one run.
+
+Generates the reference workload (500,000 rows, 7 attributes, about 47 MB) with
+the reference generator, starts `profilebase serve` on a fresh database, posts
+the file, polls the status until `complete`, and prints the elapsed time, rows/s
+and the server's peak memory (VmHWM). Then it runs the floor script on the same
+file and prints the ratio. Machines are noisy: compare figures of one run.
+
+usage: python benchmarks/bulk.py [--rows 500000] [--workers 2] [--database URL]
+                                 [--reference ../shared/bench] [--no-floor]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's high-water mark of resident memory, from /proc."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"VmHWM:\s+(\d+) kB", text)
+    return int(match.group(1)) / 1024 if match else float("nan")
+
+
+def start_server(database: str, workers: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "PROFILEBASE_DATABASE": database, "PROFILEBASE_WORKERS": str(workers)}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "profilebase", "serve", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.05)
+    process.kill()
+    raise SystemExit(f"server did not start; see {log}")
+
+
+def run_server(batch: Path, database: str, workers: int, workdir: Path) -> dict[str, float]:
+    process, url = start_server(database, workers, workdir / "server.log")
+    try:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            start = time.perf_counter()
+            with batch.open("rb") as body:
+                response = http.post("/m2/demo/v2/profile/batchUpdate", content=body)
+            accepted = time.perf_counter() - start
+            match = re.search(r"batchId=([^<&]+)", response.text)
+            if response.status_code != 200 or not match:
+                raise SystemExit(f"batch refused: {response.status_code} {response.text}")
+            batch_id = match.group(1)
+            while True:
+                status = http.get(
+                    "/m2/demo/profile/batchStatus",
+                    params={"batchId": batch_id, "showDetails": "true"},
+                ).text
+                if "<status>complete</status>" in status:
+                    break
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - start
+            rows = int(re.search(r"<batchSize>(\d+)</batchSize>", status).group(1))  # type: ignore[union-attr]
+            ok = int(re.search(r"<successfulUpdates>(\d+)<", status).group(1))  # type: ignore[union-attr]
+        return {
+            "rows": rows,
+            "successful": ok,
+            "accept_seconds": accepted,
+            "seconds": elapsed,
+            "rows_per_second": rows / elapsed,
+            "peak_mb": peak_rss_mb(process.pid),
+        }
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def run_floor(reference: Path, batch: Path, workdir: Path) -> float:
+    out = subprocess.run(
+        [sys.executable, str(reference / "floor_sqlite.py"), str(batch), str(workdir / "floor.db")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=reference,
+    ).stdout
+    return float(re.search(r"seconds=([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=500_000)
+    parser.add_argument("--attrs", type=int, default=7)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--database", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--reference", type=Path, default=HERE.parent.parent / "shared" / "bench")
+    parser.add_argument("--no-floor", action="store_true")
+    args = parser.parse_args()
+    generator = args.reference / "gen_batch.py"
+    if not generator.exists():
+        raise SystemExit(f"reference workload not found at {generator}; pass --reference DIR")
+
+    workdir = Path(tempfile.mkdtemp(prefix="profilebase-bench-"))
+    try:
+        batch = workdir / "batch.txt"
+        subprocess.run(
+            [sys.executable, str(generator), str(args.rows), str(batch), "--attrs", str(args.attrs)],
+            check=True,
+        )
+        size_mb = batch.stat().st_size / 1e6
+        database = args.database or f"sqlite:///{workdir}/bench.db"
+        result = run_server(batch, database, args.workers, workdir)
+        print(f"batch: {result['rows']:,} rows, {size_mb:.1f} MB, {args.attrs} attributes")
+        print(
+            f"profilebase ({args.workers} workers, {database.split(':')[0]}): "
+            f"POST->complete {result['seconds']:.2f} s (upload+accept {result['accept_seconds']:.2f} s), "
+            f"{result['rows_per_second']:,.0f} rows/s, peak server memory {result['peak_mb']:.0f} MB"
+        )
+        if not args.no_floor:
+            floor = run_floor(args.reference, batch, workdir)
+            print(f"floor_sqlite: {floor:.2f} s")
+            print(f"ratio profilebase/floor: {result['seconds'] / floor:.2f}x")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
