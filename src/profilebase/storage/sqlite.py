@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,6 +57,15 @@ class _Writer:
     def write(self, key: str, row: DecodedRow, create: bool) -> None:
         self.pending.append((self.client_id, key, row.attrs, row.seq, row.seq, self.now_ms))
 
+    def write_all(self, rows: Sequence[DecodedRow], prefix: str) -> None:
+        """Bind the decoded rows as they are: client, prefix and time are literals here."""
+        self.flush()
+        sql = UPSERT_PROFILE.replace(
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            f"VALUES ({int(self.client_id)}, '{prefix}' || ?2, ?4, ?3, ?3, {int(self.now_ms)})",
+        )
+        self.db.executemany(sql, rows)
+
     def flush(self) -> None:
         if self.pending:
             self.db.executemany(UPSERT_PROFILE, self.pending)
@@ -98,6 +107,7 @@ class SQLiteStore:
                 )
             except sqlite3.Error as exc:
                 raise ConfigError(f"Cannot open SQLite database {self.path}: {exc}.") from None
+            db.execute("PRAGMA page_size = 16384")  # only takes effect on a new file
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self.synchronous}")
             db.execute("PRAGMA busy_timeout = 60000")
