@@ -27,16 +27,16 @@ class SpooledUnits(Sequence[UnitSpec]):
 
     def __init__(self) -> None:
         self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
-        self.index: list[tuple[int, int, int, int]] = []  # first_line, rows, offset, length
+        self.spans: list[tuple[int, int, int, int]] = []  # first_line, rows, offset, length
         self.size = 0
 
     def add(self, first_line: int, rows: int, body: bytes) -> None:
         self.file.write(body)
-        self.index.append((first_line, rows, self.size, len(body)))
+        self.spans.append((first_line, rows, self.size, len(body)))
         self.size += len(body)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.spans)
 
     @overload
     def __getitem__(self, i: int) -> UnitSpec: ...
@@ -45,7 +45,7 @@ class SpooledUnits(Sequence[UnitSpec]):
     def __getitem__(self, i: int | slice) -> UnitSpec | Sequence[UnitSpec]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        first_line, rows, offset, length = self.index[i]
+        first_line, rows, offset, length = self.spans[i]
         self.file.seek(offset)
         return UnitSpec(first_line, rows, self.file.read(length))
 

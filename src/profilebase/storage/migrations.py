@@ -32,7 +32,8 @@ def load(backend: str) -> list[Migration]:
 
 def split_statements(sql: str) -> list[str]:
     """Split a migration file on semicolons at line ends (our files keep one statement each)."""
-    statements, current = [], []
+    statements: list[str] = []
+    current: list[str] = []
     for line in sql.splitlines():
         if line.strip().startswith("--") or (not line.strip() and not current):
             continue

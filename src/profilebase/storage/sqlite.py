@@ -299,8 +299,8 @@ class SQLiteStore:
     def apply_unit(
         self,
         claim: UnitClaim,
-        rows: list[DecodedRow] | tuple[DecodedRow, ...],
-        failures: list[FailedRow] | tuple[FailedRow, ...],
+        rows: Sequence[DecodedRow],
+        failures: Sequence[FailedRow],
         now_ms: int,
         max_profile_bytes: int,
     ) -> Counts | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
@@ -52,7 +52,54 @@ async def batch_update(request: Request) -> Response:
     return xml.xml_response(xml.submitted(status_url))
 
 
-async def multipart_field(request: Request, content_type: str, field: str = "batch") -> AsyncIterator[bytes]:
+class _FieldCollector:
+    """Callbacks for python-multipart that keep the data of one named field."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+        self.header_name = b""
+        self.header_value = b""
+        self.current: str | None = None
+        self.found = False
+        self.data: list[bytes] = []
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_part_data": self.on_part_data,
+        }
+
+    def on_part_begin(self) -> None:
+        self.current = None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self.header_name.lower() == b"content-disposition":
+            _, options = parse_options_header(self.header_value)
+            self.current = options.get(b"name", b"").decode("utf-8", "replace")
+        self.header_name = self.header_value = b""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.current == self.field:
+            self.found = True
+            self.data.append(data[start:end])
+
+    def take(self) -> list[bytes]:
+        data, self.data = self.data, []
+        return data
+
+
+async def multipart_field(
+    request: Request, content_type: str, field: str = "batch"
+) -> AsyncIterator[bytes]:
     """Yield the bytes of one field of a multipart body as they arrive."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
@@ -61,50 +108,16 @@ async def multipart_field(request: Request, content_type: str, field: str = "bat
             "The multipart body has no boundary in its Content-Type; let your HTTP client "
             "build the multipart request (e.g. curl -F batch=@file.txt)."
         )
-    out: list[bytes] = []
-    state = {"header": b"", "value": b"", "name": None, "current": None, "found": False}
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["header"] = bytes(state["header"]) + data[start:end]  # type: ignore[operator]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] = bytes(state["value"]) + data[start:end]  # type: ignore[operator]
-
-    def on_header_end() -> None:
-        if bytes(state["header"]).lower() == b"content-disposition":  # type: ignore[arg-type]
-            _, opts = parse_options_header(state["value"])  # type: ignore[arg-type]
-            state["current"] = opts.get(b"name", b"").decode("utf-8", "replace")
-        state["header"] = b""
-        state["value"] = b""
-
-    def on_part_begin() -> None:
-        state["current"] = None
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        if state["current"] == field:
-            state["found"] = True
-            out.append(data[start:end])
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_data": on_part_data,
-        },
-    )
+    collector = _FieldCollector(field)
+    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     async for chunk in request.stream():
         parser.write(chunk)
-        if out:
-            for piece in out:
-                yield piece
-            out.clear()
+        for piece in collector.take():
+            yield piece
     parser.finalize()
-    for piece in out:
+    for piece in collector.take():
         yield piece
-    if not state["found"]:
+    if not collector.found:
         raise BatchRejected(
             f"The multipart upload has no field named {field!r}: send the batch file as the "
             f"field `{field}` (e.g. curl -F {field}=@batch.txt URL)."
