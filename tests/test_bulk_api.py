@@ -171,3 +171,14 @@ def test_xml_is_escaped(http: httpx.Client, drain):
     response = http.get("/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"})
     assert failed_ids(response) == ["bad/"]
     assert attributes(http, "<x&y>") == {"a": "v"}
+
+
+def test_failed_rows_are_listed_across_pages(http: httpx.Client, drain, monkeypatch: pytest.MonkeyPatch):
+    """The failed rows of a status reply are read page by page, all of them, in line order."""
+    monkeypatch.setattr("profilebase.web.bulk.FAILED_ROWS_PAGE", 3)
+    body = b"batch=thirdPartyId,a\n" + b"".join(b"bad%d%%2F,x\nok%d,y\n" % (i, i) for i in range(8))
+    batch_id = batch_id_of(submit(http, body))
+    drain()
+    response = http.get("/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"})
+    assert failed_ids(response) == [f"bad{i}/" for i in range(8)]
+    assert xml_fields(response)["failedUpdates"] == "8"

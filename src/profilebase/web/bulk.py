@@ -7,15 +7,19 @@ from collections.abc import AsyncIterator, Callable
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from profilebase.config import client_limits
 from profilebase.errors import BatchRejected, BatchTooLarge, NotFound
 from profilebase.ingest import Intake, store_batch
 from profilebase.models import Batch, BatchState, now_ms
+from profilebase.storage.base import Store
 from profilebase.web import xml
 from profilebase.web.context import resolve_client, settings_of, store_of
+
+
+FAILED_ROWS_PAGE = 10_000
 
 
 async def batch_update(request: Request) -> Response:
@@ -152,11 +156,26 @@ async def batch_status(request: Request) -> Response:
             f"{settings_of(request).status_retention_days:g} days)."
         )
     details = request.query_params.get("showDetails", "").lower() == "true"
-    failed = []
-    if details and batch.version >= 2 and batch.counts.failed:
-        failed = await run_in_threadpool(store.failed_rows, batch.seq, 0, 1_000_000)
     state = effective_state(batch, now_ms(), settings_of(request).stuck_after_seconds)
-    return xml.xml_response(xml.batch_status(batch, state.target_status, details, failed))
+    parts = xml.batch_status(batch, state.target_status, details)
+    if not (details and batch.version >= 2 and batch.counts.failed):
+        return xml.xml_response(parts)
+    return StreamingResponse(
+        stream_with_failures(store, batch.seq, parts), media_type=xml.MEDIA_TYPE
+    )
+
+
+async def stream_with_failures(store: Store, batch_seq: int, parts: list[str]) -> AsyncIterator[str]:
+    """The status document with one <profile> per failed row, read page by page."""
+    yield "<response>" + "".join(parts)
+    after = 0
+    while True:
+        page = await run_in_threadpool(store.failed_rows, batch_seq, after, FAILED_ROWS_PAGE)
+        if not page:
+            break
+        yield "".join(xml.failed_profile(row) for row in page)
+        after = page[-1].line
+    yield "</response>"
 
 
 routes = [

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from profilebase.errors import BatchRejected, NotFound
-from profilebase.models import KeyKind, Profile, iso_ms
+from profilebase.models import Client, KeyKind, Profile, iso_ms
 from profilebase.web.context import resolve_client, store_of
 
 
@@ -27,7 +27,7 @@ def profile_json(profile: Profile) -> dict[str, Any]:
     }
 
 
-async def client_from_query(request: Request):  # type: ignore[no-untyped-def]
+async def client_from_query(request: Request) -> Client:
     code = request.query_params.get("client", "").strip()
     if not code:
         raise BatchRejected(

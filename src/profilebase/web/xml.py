@@ -42,7 +42,8 @@ def rejected(message: str, with_batch_status: bool) -> list[str]:
     return parts
 
 
-def batch_status(batch: Batch, status: str, details: bool, failed: Iterable[FailedRow]) -> list[str]:
+def batch_status(batch: Batch, status: str, details: bool) -> list[str]:
+    """The children of a batchStatus reply, without the failed rows (see failed_profile)."""
     parts = [
         element("batchId", batch.batch_id),
         element("status", status),
@@ -56,9 +57,8 @@ def batch_status(batch: Batch, status: str, details: bool, failed: Iterable[Fail
             element("profilesNotFound", counts.not_found),
             element("failedUpdates", counts.failed),
         ]
-        if batch.version >= 2:
-            for row in failed:
-                parts.append(
-                    "<profile>" + element("id", row.id) + element("status", "failed") + "</profile>"
-                )
     return parts
+
+
+def failed_profile(row: FailedRow) -> str:
+    return "<profile>" + element("id", row.id) + element("status", "failed") + "</profile>"
