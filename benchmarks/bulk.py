@@ -76,6 +76,7 @@ def run_server(batch: Path, database: str, workers: int, workdir: Path) -> dict[
             if response.status_code != 200 or not match:
                 raise SystemExit(f"batch refused: {response.status_code} {response.text}")
             batch_id = match.group(1)
+            fetches: list[float] = []
             while True:
                 status = http.get(
                     "/m2/demo/profile/batchStatus",
@@ -83,6 +84,10 @@ def run_server(batch: Path, database: str, workers: int, workdir: Path) -> dict[
                 ).text
                 if "<status>complete</status>" in status:
                     break
+                # A fetch while the batch is applied: it must not wait behind the batch.
+                asked = time.perf_counter()
+                http.get("/rest/v1/profiles/thirdPartyId/crm-000000001", params={"client": "demo"})
+                fetches.append(time.perf_counter() - asked)
                 time.sleep(0.05)
             elapsed = time.perf_counter() - start
             rows = int(re.search(r"<batchSize>(\d+)</batchSize>", status).group(1))  # type: ignore[union-attr]
@@ -94,6 +99,9 @@ def run_server(batch: Path, database: str, workers: int, workdir: Path) -> dict[
             "seconds": elapsed,
             "rows_per_second": rows / elapsed,
             "peak_mb": peak_rss_mb(process.pid),
+            "fetches": len(fetches),
+            "fetch_max_ms": 1000 * max(fetches, default=0.0),
+            "fetch_median_ms": 1000 * sorted(fetches)[len(fetches) // 2] if fetches else 0.0,
         }
     finally:
         process.send_signal(signal.SIGTERM)
@@ -142,6 +150,10 @@ def main() -> None:
             f"profilebase ({args.workers} workers, {database.split(':')[0]}): "
             f"POST->complete {result['seconds']:.2f} s (upload+accept {result['accept_seconds']:.2f} s), "
             f"{result['rows_per_second']:,.0f} rows/s, peak server memory {result['peak_mb']:.0f} MB"
+        )
+        print(
+            f"fetches during ingestion: {result['fetches']}, median {result['fetch_median_ms']:.1f} ms, "
+            f"max {result['fetch_max_ms']:.1f} ms"
         )
         if not args.no_floor:
             floor = run_floor(args.reference, batch, workdir)
