@@ -7,6 +7,12 @@ import xml.etree.ElementTree as ET
 
 import httpx
 
+from profilebase import batchfile
+from profilebase.decoder import decode_unit
+from profilebase.models import Counts, now_ms
+from profilebase.storage import Store
+from profilebase.storage.base import UnitClaim
+
 
 def xml_fields(response: httpx.Response) -> dict[str, str]:
     """The text of each direct child of <response> (the last one wins for repeated tags)."""
@@ -49,3 +55,10 @@ def attributes(http: httpx.Client, identifier: str, third_party: bool = True, cl
         return None
     assert response.status_code == 200, response.text
     return {name: a["value"] for name, a in response.json()["profileAttributes"].items()}
+
+
+def apply_claim(store: Store, claim: UnitClaim, max_profile_bytes: int = 2_048_000) -> Counts | None:
+    """Decode and apply one claimed unit, as a worker would."""
+    header = batchfile.Header(claim.key_kind, claim.names)
+    rows, failures = decode_unit(claim.body, claim.first_line, header, claim.batch_seq, now_ms())
+    return store.apply_unit(claim, rows, failures, now_ms(), max_profile_bytes)

@@ -182,3 +182,27 @@ def test_failed_rows_are_listed_across_pages(http: httpx.Client, drain, monkeypa
     response = http.get("/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"})
     assert failed_ids(response) == [f"bad{i}/" for i in range(8)]
     assert xml_fields(response)["failedUpdates"] == "8"
+
+
+def test_pc_id_rules_over_http(http: httpx.Client, drain):
+    body = b"batch=pcId,a\n1.2.3,x\n" + b"y" * 129 + b",x\n1368007744041-575948.01_00,ok\n"
+    batch_id = batch_id_of(submit(http, body))
+    drain()
+    response = http.get("/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"})
+    assert failed_ids(response) == ["1.2.3", "y" * 129]
+    assert attributes(http, "1368007744041-575948.01_00", third_party=False) == {"a": "ok"}
+
+
+def test_bom_and_crlf_over_http(http: httpx.Client, drain):
+    batch_id = batch_id_of(submit(http, b"\xef\xbb\xbfbatch=thirdPartyId,a\r\nb1,x\r\n\r\nb2,y"))
+    drain()
+    assert status(http, batch_id)["successfulUpdates"] == "2"
+    assert attributes(http, "b1") == {"a": "x"} and attributes(http, "b2") == {"a": "y"}
+
+
+def test_status_xml_stays_well_formed_with_control_characters(http: httpx.Client, drain):
+    """Characters XML cannot carry (here U+0001 in a failed id) are replaced, not emitted."""
+    batch_id = batch_id_of(submit(http, b"batch=thirdPartyId,a\n%01%2B,x\n"))
+    drain()
+    response = http.get("/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"})
+    assert failed_ids(response) == ["\ufffd+"]

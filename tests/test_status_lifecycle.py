@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import httpx
 
-from helpers import batch_id_of, status, submit
+from helpers import apply_claim, batch_id_of, status, submit
 from profilebase.models import BatchState, now_ms
 from profilebase.storage import Store
 from profilebase.web.bulk import effective_state
@@ -41,3 +41,20 @@ def test_purge_drops_finished_batches_past_retention_only(http: httpx.Client, st
     assert store.purge(now_ms() + 10**9) == 0
     response = http.get("/m2/demo/profile/batchStatus", params={"batchId": old})
     assert response.status_code == 404
+
+
+def test_a_batch_waiting_behind_moving_work_is_not_stuck(http: httpx.Client, store: Store, drain):
+    """Progress of an earlier batch counts: the later one is waiting, not stuck."""
+    first = batch_id_of(submit(http, b"batch=thirdPartyId,a\nx,1\n"))
+    second = batch_id_of(submit(http, b"batch=thirdPartyId,a\ny,1\n", v2=False))
+    claim = store.claim_unit("w", now_ms(), 60_000)
+    assert claim is not None
+    store.release_unit(claim, "boom", now_ms() + 10**9)  # the first batch cannot proceed
+    drain()
+    before = store.get_batch(1, second)
+    assert before is not None and before.state is BatchState.QUEUED
+    claim = store.claim_unit("w", now_ms() + 10**9, 60_000)
+    assert claim is not None and claim.batch_seq == store.get_batch(1, first).seq
+    assert apply_claim(store, claim) is not None
+    after = store.get_batch(1, second)
+    assert after is not None and after.last_progress_at > before.last_progress_at

@@ -49,7 +49,7 @@ class Settings:
         2000 * 1024, "Largest stored size of one profile; a row that would exceed it fails."
     )
     unit_rows: int = _setting(
-        25_000, "Rows per work unit: a batch is split into units that workers apply in parallel."
+        25_000, "Lines per work unit: a batch is cut into units that workers apply in parallel."
     )
     lease_seconds: float = _setting(
         30.0, "How long a worker owns a claimed unit before another worker may take it over."
@@ -105,6 +105,11 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"Setting {name} must be positive, got {getattr(self, name)}.")
+        if self.status_retention_days < 1:
+            raise ConfigError(
+                "Setting status_retention_days must be at least 1: the daily row quota "
+                f"counts the batches of the last 24 hours, got {self.status_retention_days}."
+            )
         if self.workers < 0:
             raise ConfigError(f"Setting workers must be 0 or more, got {self.workers}.")
         if self.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:

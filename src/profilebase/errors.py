@@ -9,8 +9,9 @@ default message.
     ├── ConfigError            bad setting or database URL
     ├── UnknownClient          404: no such client code
     ├── NotFound               404: no such batch or profile
-    ├── BatchRejected          400: the batch body is malformed
-    │   └── BatchTooLarge      413: too many bytes or rows
+    ├── BadRequest             400: a parameter is missing or invalid
+    │   └── BatchRejected      400: the batch body is malformed
+    │       └── BatchTooLarge  413: too many bytes or rows
     ├── QuotaExceeded          429: a rolling quota is used up (carries retry_after)
     └── StorageError           500: the database failed in a way the user cannot fix
 """
@@ -53,7 +54,13 @@ class NotFound(ProfilebaseError):
     status = 404
 
 
-class BatchRejected(ProfilebaseError):
+class BadRequest(ProfilebaseError):
+    """The request is invalid."""
+
+    status = 400
+
+
+class BatchRejected(BadRequest):
     """The batch is malformed."""
 
     status = 400

@@ -16,7 +16,7 @@ from typing import overload
 
 from profilebase import batchfile
 from profilebase.errors import BatchRejected, BatchTooLarge
-from profilebase.models import Client, Limits
+from profilebase.models import SEQ_SPAN, Client, Limits
 from profilebase.storage.base import NewBatch, Store, UnitSpec
 
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
@@ -124,13 +124,17 @@ class Intake:
         return ReadBatch(self.header, self.rows, self.units)
 
     def _check_prefix(self, final: bool) -> None:
+        """Refuse a body that does not start with ``batch=`` as soon as that is certain."""
+        if self.prefix_optional:
+            return
         head = self.head
+        if not final and (
+            batchfile.PREFIX.startswith(head) or (batchfile.BOM + batchfile.PREFIX).startswith(head)
+        ):
+            return  # too short to tell yet (the BOM or the prefix may arrive split)
         if head.startswith(batchfile.BOM):
             head = head[len(batchfile.BOM) :]
-        if not final and len(head) < len(batchfile.PREFIX):
-            if batchfile.PREFIX.startswith(head) or self.prefix_optional:
-                return
-        if not head.startswith(batchfile.PREFIX) and not self.prefix_optional:
+        if not head.startswith(batchfile.PREFIX):
             batchfile.split_prefix(head)  # raises with the explanation
 
     def _read_header(self, line: bytes) -> None:
@@ -158,6 +162,11 @@ class Intake:
             self.unit_rows_seen += rows
             self.unit_lines.extend(part)
             self.line += len(part)
+            if self.line >= SEQ_SPAN:
+                raise BatchTooLarge(
+                    f"The batch has {SEQ_SPAN:,} lines or more (blank lines included); "
+                    "split it into smaller batches."
+                )
             if self.rows > self.limits.max_batch_rows:
                 raise BatchTooLarge(
                     f"The batch has more than {self.limits.max_batch_rows:,} data rows "

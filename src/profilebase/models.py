@@ -37,7 +37,8 @@ class BatchState(enum.StrEnum):
     PROCESSING = "processing"
     #: Every row accounted for.
     COMPLETE = "complete"
-    #: No progress for ``stuck_after_seconds``; workers keep retrying.
+    #: Neither it nor any earlier batch progressed for ``stuck_after_seconds``;
+    #: workers keep retrying.
     STUCK = "stuck"
 
     @property

@@ -134,7 +134,11 @@ class Store(Protocol):
         ...
 
     def get_batch(self, client_id: int, batch_id: str) -> Batch | None:
-        """The batch with its counts, or None if this client has no such batch."""
+        """The batch with its counts, or None if this client has no such batch.
+
+        ``last_progress_at`` is the latest progress of this batch or of any batch accepted
+        before it: a batch waiting its turn behind work that moves is not stuck.
+        """
         ...
 
     def failed_rows(

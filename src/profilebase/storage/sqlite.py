@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from profilebase.errors import ConfigError, QuotaExceeded
 from profilebase.models import (
@@ -92,60 +93,80 @@ class SQLiteStore:
                 raise ConfigError(f"Cannot create the directory for {path}: {exc}.") from None
         self.path = path
         self.synchronous = synchronous.upper()
-        self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
 
     # -- connections -------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False, timeout=60
-                )
-            except sqlite3.Error as exc:
-                raise ConfigError(f"Cannot open SQLite database {self.path}: {exc}.") from None
-            db.execute("PRAGMA page_size = 16384")  # only takes effect on a new file
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute(f"PRAGMA synchronous = {self.synchronous}")
-            db.execute("PRAGMA busy_timeout = 60000")
-            db.create_function("pb_merge", 2, merge_attrs, deterministic=True)
-            self._local.db = db
-            with self._lock:
-                self._connections.append(db)
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"Cannot open SQLite database {self.path}: {exc}.") from None
+        db.execute("PRAGMA page_size = 16384")  # only takes effect on a new file
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute(f"PRAGMA synchronous = {self.synchronous}")
+        db.execute("PRAGMA busy_timeout = 60000")
+        db.create_function("pb_merge", 2, merge_attrs, deterministic=True)
         return db
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a connection from the pool (threads come and go; connections stay few)."""
+        with self._lock:
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self._open()
         try:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        finally:
+            if db.in_transaction:  # never hand back a connection that holds a lock
+                db.execute("ROLLBACK")
+            with self._lock:
+                if self._closed:
+                    db.close()
+                else:
+                    self._idle.append(db)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE, COMMIT on success, ROLLBACK otherwise."""
+        with self._read() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            finally:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+
+    def _one(self, sql: str, params: tuple[object, ...] = ()) -> Any:
+        with self._read() as db:
+            return db.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        with self._read() as db:
+            return db.execute(sql, params).fetchall()
 
     def close(self) -> None:
         with self._lock:
-            for db in self._connections:
-                try:
-                    db.close()
-                except sqlite3.Error:
-                    pass
-            self._connections.clear()
-        self._local = threading.local()
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for db in idle:
+            try:
+                db.close()
+            except sqlite3.Error:
+                pass
 
     # -- schema and clients ------------------------------------------------------------
 
     def migrate(self) -> list[str]:
-        db = self._conn()
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-        )
+        with self._read() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
         applied = []
         for migration in migrations.load("sqlite"):
             with self._write() as tx:
@@ -175,9 +196,9 @@ class SQLiteStore:
         )
 
     def get_client(self, code: str) -> Client | None:
-        row = self._conn().execute(
+        row = self._one(
             "SELECT id, code, require_auth, disabled, limits FROM clients WHERE code = ?", (code,)
-        ).fetchone()
+        )
         return self._client(row)
 
     def ensure_client(self, code: str) -> Client:
@@ -194,11 +215,11 @@ class SQLiteStore:
     # -- batches -----------------------------------------------------------------------
 
     def rows_accepted_since(self, client_id: int, since_ms: int) -> int:
-        row = self._conn().execute(
+        row = self._one(
             "SELECT coalesce(sum(batch_size), 0) FROM batches "
             "WHERE client_id = ? AND accepted_at >= ?",
             (client_id, since_ms),
-        ).fetchone()
+        )
         return int(row[0])
 
     def accept_batch(self, batch: NewBatch, now_ms: int, rows_per_day: int) -> tuple[int, str]:
@@ -392,17 +413,19 @@ class SQLiteStore:
             )
 
     def get_batch(self, client_id: int, batch_id: str) -> Batch | None:
-        row = self._conn().execute(
+        row = self._one(
             "SELECT b.seq, b.batch_id, b.client_id, c.code, b.version, b.key_kind, "
             "b.batch_size, b.units_total, b.accepted_at, b.started_at, b.finished_at, "
-            "b.last_progress_at, coalesce(sum(u.consumed), 0), coalesce(sum(u.successful), 0), "
+            "(SELECT e.last_progress_at FROM batches e WHERE e.seq <= b.seq "
+            " ORDER BY e.last_progress_at DESC LIMIT 1), "
+            "coalesce(sum(u.consumed), 0), coalesce(sum(u.successful), 0), "
             "coalesce(sum(u.not_found), 0), coalesce(sum(u.failed), 0), "
             "coalesce(sum(u.state = 'done'), 0) "
             "FROM batches b JOIN clients c ON c.id = b.client_id "
             "LEFT JOIN batch_units u ON u.batch_seq = b.seq "
             "WHERE b.client_id = ? AND b.batch_id = ? GROUP BY b.seq",
             (client_id, batch_id),
-        ).fetchone()
+        )
         if row is None:
             return None
         (seq, bid, cid, code, version, kind, size, total, accepted, started, finished,
@@ -434,7 +457,7 @@ class SQLiteStore:
     def failed_rows(self, batch_seq: int, after_line: int = 0, limit: int = 1000) -> list[FailedRow]:
         return [
             FailedRow(line, id_, reason, raw)
-            for line, id_, reason, raw in self._conn().execute(
+            for line, id_, reason, raw in self._all(
                 "SELECT line, id, reason, raw FROM batch_failures "
                 "WHERE batch_seq = ? AND line > ? ORDER BY line LIMIT ?",
                 (batch_seq, after_line, limit),
@@ -444,11 +467,11 @@ class SQLiteStore:
     # -- profiles ----------------------------------------------------------------------
 
     def get_profile(self, client_id: int, key: str) -> Profile | None:
-        row = self._conn().execute(
+        row = self._one(
             "SELECT c.code, p.attrs, p.modified_at FROM profiles p "
             "JOIN clients c ON c.id = p.client_id WHERE p.client_id = ? AND p.pkey = ?",
             (client_id, key),
-        ).fetchone()
+        )
         if row is None:
             return None
         code, attrs, modified = row
@@ -476,5 +499,5 @@ class SQLiteStore:
 
     def pending_units(self) -> int:
         return int(
-            self._conn().execute("SELECT count(*) FROM batch_units WHERE state <> 'done'").fetchone()[0]
+            self._one("SELECT count(*) FROM batch_units WHERE state <> 'done'")[0]
         )

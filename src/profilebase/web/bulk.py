@@ -11,7 +11,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from profilebase.config import client_limits
-from profilebase.errors import BatchRejected, BatchTooLarge, NotFound
+from profilebase.errors import BadRequest, BatchRejected, BatchTooLarge, NotFound
 from profilebase.ingest import Intake, store_batch
 from profilebase.models import Batch, BatchState, now_ms
 from profilebase.storage.base import Store
@@ -28,16 +28,16 @@ async def batch_update(request: Request) -> Response:
     version = 2 if "/v2/" in request.url.path else 1
     settings = settings_of(request)
     limits = client_limits(settings, client.limits)
+    content_type = request.headers.get("content-type", "")
+    multipart = content_type.lower().startswith("multipart/form-data")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) >= limits.max_batch_bytes:
+    if not multipart and declared.isdigit() and int(declared) >= limits.max_batch_bytes:
         # Refuse before reading a byte of the body.
         raise BatchTooLarge(
             f"The batch body is {int(declared):,} bytes; it must be smaller than "
             f"{limits.max_batch_bytes:,} bytes (max_batch_bytes). Split the file into "
             "several batches."
         )
-    content_type = request.headers.get("content-type", "")
-    multipart = content_type.lower().startswith("multipart/form-data")
     intake = Intake(limits, settings.unit_rows, prefix_optional=multipart)
     try:
         chunks = multipart_field(request, content_type) if multipart else request.stream()
@@ -143,7 +143,7 @@ async def batch_status(request: Request) -> Response:
     client = await resolve_client(request)
     batch_id = request.query_params.get("batchId", "").strip()
     if not batch_id:
-        raise BatchRejected(
+        raise BadRequest(
             "The batchId query parameter is missing: use the batchStatus URL that "
             "batchUpdate returned, e.g. ?batchId=demo-1700000000000-1."
         )

@@ -42,7 +42,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = exc.detail
     if exc.status_code == 404:
-        message = f"No endpoint at {request.url.path}; see /openapi.json for the API."
+        message = f"No endpoint at {request.url.path}; see the README for the API's paths."
     elif exc.status_code == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}."
     return error_response(request, exc.status_code, str(message), dict(exc.headers or {}))

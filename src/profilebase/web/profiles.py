@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from profilebase.errors import BatchRejected, NotFound
+from profilebase.errors import BadRequest, NotFound
 from profilebase.models import Client, KeyKind, Profile, iso_ms
 from profilebase.web.context import resolve_client, store_of
 
@@ -30,7 +30,7 @@ def profile_json(profile: Profile) -> dict[str, Any]:
 async def client_from_query(request: Request) -> Client:
     code = request.query_params.get("client", "").strip()
     if not code:
-        raise BatchRejected(
+        raise BadRequest(
             "The client query parameter is missing: add ?client=<your client code>."
         )
     return await resolve_client(request, code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from xml.sax.saxutils import escape
 
@@ -12,10 +13,19 @@ from profilebase.models import Batch, FailedRow
 MEDIA_TYPE = "application/xml"
 
 
+#: Characters XML 1.0 does not allow in a document, even escaped.
+_NOT_IN_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def text(value: object) -> str:
+    """Escape a value for XML; characters XML cannot carry become U+FFFD."""
+    return escape(_NOT_IN_XML.sub("\ufffd", str(value)))
+
+
 def element(name: str, value: object | None = None) -> str:
     if value is None or value == "":
         return f"<{name}/>"
-    return f"<{name}>{escape(str(value))}</{name}>"
+    return f"<{name}>{text(value)}</{name}>"
 
 
 def document(children: Iterable[str]) -> str:

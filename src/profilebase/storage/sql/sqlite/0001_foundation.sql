@@ -34,6 +34,7 @@ CREATE TABLE batches (
     last_progress_at INTEGER NOT NULL
 );
 CREATE INDEX batches_client_accepted ON batches (client_id, accepted_at);
+CREATE INDEX batches_progress ON batches (last_progress_at);
 
 CREATE TABLE batch_units (
     batch_seq     INTEGER NOT NULL,
