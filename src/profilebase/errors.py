@@ -12,6 +12,7 @@ default message.
     ├── BadRequest             400: a parameter is missing or invalid
     │   └── BatchRejected      400: the batch body is malformed
     │       └── BatchTooLarge  413: too many bytes or rows
+    ├── IdempotencyConflict    409: an Idempotency-Key was already used for another body
     ├── QuotaExceeded          429: a rolling quota is used up (carries retry_after)
     └── StorageError           500: the database failed in a way the user cannot fix
 """
@@ -82,7 +83,14 @@ class QuotaExceeded(ProfilebaseError):
         super().__init__(message)
 
 
+class IdempotencyConflict(ProfilebaseError):
+    """This Idempotency-Key was already used for a different batch body."""
+
+    status = 409
+
+
 class StorageError(ProfilebaseError):
     """The database failed."""
 
     status = 500
+

@@ -9,6 +9,7 @@ read and checked; then one transaction stores the batch and all its units.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -62,13 +63,18 @@ class ReadBatch:
     header: batchfile.Header
     rows: int
     units: SpooledUnits
+    #: SHA-256 of the whole body (hex) when the intake was asked to hash it, else "".
+    digest: str = ""
 
 
 class Intake:
     """Consumes a batch body chunk by chunk and enforces the byte and row limits."""
 
-    def __init__(self, limits: Limits, unit_rows: int, prefix_optional: bool = False) -> None:
+    def __init__(
+        self, limits: Limits, unit_rows: int, prefix_optional: bool = False, digest: bool = False
+    ) -> None:
         self.limits = limits
+        self.hash = hashlib.sha256() if digest else None
         self.unit_rows = unit_rows
         self.prefix_optional = prefix_optional
         self.total = 0
@@ -87,6 +93,8 @@ class Intake:
         if not chunk:
             return
         self.total += len(chunk)
+        if self.hash is not None:
+            self.hash.update(chunk)
         if self.total >= self.limits.max_batch_bytes:
             raise BatchTooLarge(
                 f"The batch body is {self.total:,} bytes or more; it must be smaller than "
@@ -121,7 +129,8 @@ class Intake:
             self.partial = b""
         self._cut_unit()
         assert self.header is not None
-        return ReadBatch(self.header, self.rows, self.units)
+        digest = "" if self.hash is None else self.hash.hexdigest()
+        return ReadBatch(self.header, self.rows, self.units, digest)
 
     def _check_prefix(self, final: bool) -> None:
         """Refuse a body that does not start with ``batch=`` as soon as that is certain."""
@@ -185,9 +194,19 @@ class Intake:
 
 
 def store_batch(
-    store: Store, client: Client, version: int, read: ReadBatch, limits: Limits, now_ms: int
+    store: Store,
+    client: Client,
+    version: int,
+    read: ReadBatch,
+    limits: Limits,
+    now_ms: int,
+    idempotency_key: str | None = None,
 ) -> tuple[int, str]:
-    """Store a read batch for processing; return (seq, batch id). Writes nothing on refusal."""
+    """Store a read batch for processing; return (seq, batch id). Writes nothing on refusal.
+
+    With an ``idempotency_key`` already used by this client, nothing is stored and the
+    batch first accepted under it is returned.
+    """
     try:
         return store.accept_batch(
             NewBatch(
@@ -197,6 +216,8 @@ def store_batch(
                 names=read.header.names,
                 batch_size=read.rows,
                 units=read.units,
+                idempotency_key=idempotency_key,
+                digest=read.digest,
             ),
             now_ms,
             limits.rows_per_day,

@@ -35,6 +35,8 @@ class BatchState(enum.StrEnum):
     QUEUED = "queued"
     #: At least one unit applied or claimed, not all done.
     PROCESSING = "processing"
+    #: Held back: its next unit waits to be retried after a failed attempt.
+    THROTTLED = "throttled"
     #: Every row accounted for.
     COMPLETE = "complete"
     #: Neither it nor any earlier batch progressed for ``stuck_after_seconds``;
@@ -119,6 +121,8 @@ class Batch:
     last_progress_at: datetime
     units_total: int
     units_done: int
+    #: The attribute names of the header, in order (the id column not included).
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

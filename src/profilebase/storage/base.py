@@ -40,6 +40,10 @@ class NewBatch:
     names: tuple[str, ...]
     batch_size: int
     units: Sequence[UnitSpec]
+    #: The client's ``Idempotency-Key`` for this body, if it sent one.
+    idempotency_key: str | None = None
+    #: SHA-256 of the body (hex), recorded with the key to detect a key reused for another body.
+    digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,23 @@ class UnitClaim:
     names: tuple[str, ...]
     owner: str
     attempts: int = 1
+
+
+@dataclass(frozen=True)
+class UnitsSummary:
+    """Where the work units of one batch stand, for the extended status."""
+
+    pending: int
+    running: int
+    done: int
+    #: Pending units that wait for a retry time still in the future.
+    retrying: int
+    #: The earliest of those retry times (ms), or None.
+    retry_at_ms: int | None
+    #: The error of the most recent failed attempt on a unit not yet done, or None.
+    last_error: str | None
+    #: Units of batches accepted earlier (any client) that are not done yet.
+    units_ahead: int
 
 
 class DecodedRow(NamedTuple):
@@ -97,6 +118,11 @@ class Store(Protocol):
 
         Raises ``QuotaExceeded`` (writing nothing) when the client's rows accepted in
         the last 24 hours plus this batch exceed ``rows_per_day``.
+
+        With ``batch.idempotency_key`` set: if this client already has a batch
+        accepted under that key, return its (seq, batch id) and store nothing (raise
+        ``IdempotencyConflict`` if its ``digest`` differs); otherwise record the key
+        in the same transaction. Keys are kept at least 24 hours.
         """
         ...
 
@@ -141,6 +167,10 @@ class Store(Protocol):
         """
         ...
 
+    def units_summary(self, batch_seq: int, now_ms: int) -> UnitsSummary:
+        """Counts of the batch's units by state, its pending retries and its queue position."""
+        ...
+
     def failed_rows(
         self, batch_seq: int, after_line: int = 0, limit: int = 1000
     ) -> list[FailedRow]:
@@ -152,7 +182,10 @@ class Store(Protocol):
         ...
 
     def purge(self, older_than_ms: int) -> int:
-        """Delete finished batches accepted before ``older_than_ms``; return how many."""
+        """Delete finished batches accepted before ``older_than_ms``; return how many.
+
+        Idempotency keys go too once older than both ``older_than_ms`` and 24 hours.
+        """
         ...
 
     def pending_units(self) -> int:

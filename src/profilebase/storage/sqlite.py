@@ -29,7 +29,8 @@ from profilebase.models import (
     from_ms,
 )
 from profilebase.storage import migrations
-from profilebase.storage.base import DecodedRow, NewBatch, UnitClaim
+from profilebase.storage.base import DecodedRow, NewBatch, UnitClaim, UnitsSummary
+from profilebase.storage.idempotency import KEY_TTL_MS, replay
 from profilebase.storage.merge import ProfileState, apply_rows, byte_size, merge_attrs
 from profilebase.storage.quota import quota_message, retry_after_ms
 
@@ -225,6 +226,14 @@ class SQLiteStore:
     def accept_batch(self, batch: NewBatch, now_ms: int, rows_per_day: int) -> tuple[int, str]:
         client = batch.client
         with self._write() as db:
+            if batch.idempotency_key is not None:
+                earlier = db.execute(
+                    "SELECT batch_seq, batch_id, digest FROM idempotency_keys "
+                    "WHERE client_id = ? AND key = ?",
+                    (client.id, batch.idempotency_key),
+                ).fetchone()
+                if earlier is not None:
+                    return replay(earlier, batch)
             recent = db.execute(
                 "SELECT accepted_at, batch_size FROM batches "
                 "WHERE client_id = ? AND accepted_at > ? ORDER BY accepted_at",
@@ -271,6 +280,13 @@ class SQLiteStore:
                     now_ms,
                 ),
             )
+            if batch.idempotency_key is not None:
+                db.execute(
+                    "INSERT INTO idempotency_keys "
+                    "(client_id, key, batch_seq, batch_id, digest, accepted_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (client.id, batch.idempotency_key, seq, batch_id, batch.digest, now_ms),
+                )
         return seq, batch_id
 
     def claim_unit(self, owner: str, now_ms: int, lease_ms: int) -> UnitClaim | None:
@@ -417,7 +433,7 @@ class SQLiteStore:
             "SELECT b.seq, b.batch_id, b.client_id, c.code, b.version, b.key_kind, "
             "b.batch_size, b.units_total, b.accepted_at, b.started_at, b.finished_at, "
             "(SELECT e.last_progress_at FROM batches e WHERE e.seq <= b.seq "
-            " ORDER BY e.last_progress_at DESC LIMIT 1), "
+            " ORDER BY e.last_progress_at DESC LIMIT 1), b.header, "
             "coalesce(sum(u.consumed), 0), coalesce(sum(u.successful), 0), "
             "coalesce(sum(u.not_found), 0), coalesce(sum(u.failed), 0), "
             "coalesce(sum(u.state = 'done'), 0) "
@@ -429,7 +445,7 @@ class SQLiteStore:
         if row is None:
             return None
         (seq, bid, cid, code, version, kind, size, total, accepted, started, finished,
-         progress, consumed, successful, not_found, failed, done) = row  # fmt: skip
+         progress, header, consumed, successful, not_found, failed, done) = row  # fmt: skip
         if finished is not None:
             state = BatchState.COMPLETE
         elif started is not None:
@@ -452,6 +468,36 @@ class SQLiteStore:
             last_progress_at=from_ms(progress),
             units_total=total,
             units_done=done,
+            names=tuple(json.loads(header)),
+        )
+
+    def units_summary(self, batch_seq: int, now_ms: int) -> UnitsSummary:
+        with self._read() as db:
+            pending, running, done, retrying, retry_at = db.execute(
+                "SELECT coalesce(sum(state = 'pending'), 0), "
+                "coalesce(sum(state = 'running'), 0), coalesce(sum(state = 'done'), 0), "
+                "coalesce(sum(state = 'pending' AND not_before > ?), 0), "
+                "min(CASE WHEN state = 'pending' AND not_before > ? THEN not_before END) "
+                "FROM batch_units WHERE batch_seq = ?",
+                (now_ms, now_ms, batch_seq),
+            ).fetchone()
+            error = db.execute(
+                "SELECT last_error FROM batch_units WHERE batch_seq = ? AND state <> 'done' "
+                "AND last_error IS NOT NULL ORDER BY attempts DESC, unit_no LIMIT 1",
+                (batch_seq,),
+            ).fetchone()
+            ahead = db.execute(
+                "SELECT count(*) FROM batch_units WHERE state <> 'done' AND batch_seq < ?",
+                (batch_seq,),
+            ).fetchone()[0]
+        return UnitsSummary(
+            pending=pending,
+            running=running,
+            done=done,
+            retrying=retrying,
+            retry_at_ms=retry_at,
+            last_error=None if error is None else error[0],
+            units_ahead=ahead,
         )
 
     def failed_rows(self, batch_seq: int, after_line: int = 0, limit: int = 1000) -> list[FailedRow]:
@@ -492,6 +538,11 @@ class SQLiteStore:
             old = "SELECT seq FROM batches WHERE finished_at IS NOT NULL AND accepted_at < ?"
             db.execute(f"DELETE FROM batch_units WHERE batch_seq IN ({old})", (older_than_ms,))
             db.execute(f"DELETE FROM batch_failures WHERE batch_seq IN ({old})", (older_than_ms,))
+            db.execute(
+                "DELETE FROM idempotency_keys WHERE accepted_at < min(?, "
+                "CAST(strftime('%s', 'now') AS INTEGER) * 1000 - ?)",
+                (older_than_ms, KEY_TTL_MS),
+            )
             return db.execute(
                 "DELETE FROM batches WHERE finished_at IS NOT NULL AND accepted_at < ?",
                 (older_than_ms,),

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from profilebase.config import Settings
 from profilebase.errors import ProfilebaseError
 from profilebase.storage import Store, open_store
-from profilebase.web import bulk, errors, profiles
+from profilebase.web import bulk, errors, extensions, profiles
 from profilebase.worker import WorkerPool
 
 DEMO_CLIENT = "demo"
@@ -55,7 +55,12 @@ def create_app(
                 the_store.close()
 
     app = Starlette(
-        routes=[Route("/healthz", healthz, methods=["GET"]), *bulk.routes, *profiles.routes],
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            *bulk.routes,
+            *profiles.routes,
+            *extensions.routes,
+        ],
         exception_handlers={
             ProfilebaseError: errors.profilebase_error,
             HTTPException: errors.http_error,

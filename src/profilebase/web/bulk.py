@@ -1,4 +1,9 @@
-"""Target's Bulk Profile Update API: ``batchUpdate`` (v1 and v2) and ``batchStatus``."""
+"""Target's Bulk Profile Update API: ``batchUpdate`` (v1 and v2) and ``batchStatus``.
+
+Two profilebase extensions ride on ``batchUpdate`` (docs/client.md): the
+``Idempotency-Key`` header, and ``?dryRun=true``, which validates the batch
+exactly as a real one and answers with a JSON report, writing nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ from collections.abc import AsyncIterator, Callable
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from profilebase import dry_run
 from profilebase.config import client_limits
 from profilebase.errors import BadRequest, BatchRejected, BatchTooLarge, NotFound
 from profilebase.ingest import Intake, store_batch
@@ -38,7 +44,9 @@ async def batch_update(request: Request) -> Response:
             f"{limits.max_batch_bytes:,} bytes (max_batch_bytes). Split the file into "
             "several batches."
         )
-    intake = Intake(limits, settings.unit_rows, prefix_optional=multipart)
+    dry = is_dry_run(request)
+    key = None if dry else idempotency_key(request)
+    intake = Intake(limits, settings.unit_rows, prefix_optional=multipart, digest=key is not None)
     try:
         chunks = multipart_field(request, content_type) if multipart else request.stream()
         async for chunk in chunks:
@@ -47,13 +55,39 @@ async def batch_update(request: Request) -> Response:
     except BaseException:
         intake.units.close()
         raise
+    if dry:
+        report = await run_in_threadpool(
+            dry_run.check, store_of(request), client, version, read, limits, now_ms()
+        )
+        return JSONResponse(dry_run.report_json(report))
     seq, batch_id = await run_in_threadpool(
-        store_batch, store_of(request), client, version, read, limits, now_ms()
+        store_batch, store_of(request), client, version, read, limits, now_ms(), key
     )
     base = str(request.base_url).rstrip("/")
     v2 = "/v2" if version == 2 else ""
     status_url = f"{base}/m2/{client.code}{v2}/profile/batchStatus?batchId={batch_id}"
     return xml.xml_response(xml.submitted(status_url))
+
+
+def is_dry_run(request: Request) -> bool:
+    """True for ``?dryRun=true`` (extension); anything else but ``false`` is refused."""
+    value = request.query_params.get("dryRun", "false").strip().lower()
+    if value not in {"true", "false"}:
+        raise BadRequest(f"dryRun must be true or false, got {value!r}.")
+    return value == "true"
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header (extension): 1 to 255 printable ASCII characters."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 0 < len(key) <= 255 or not all(" " < ch <= "~" for ch in key):
+        raise BadRequest(
+            "The Idempotency-Key header must be 1 to 255 printable ASCII characters "
+            "without spaces, e.g. a UUID."
+        )
+    return key
 
 
 class _FieldCollector:

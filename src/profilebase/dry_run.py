@@ -1,0 +1,149 @@
+"""Dry run of a batch: every check a real batch gets, with nothing written.
+
+By the time a dry run gets here the body has passed the intake, which checks
+the ``batch=`` prefix, the header and the byte and row limits and raises
+exactly as it does for a real batch. This module then decodes every unit with
+the worker's own decoder (so each row fails or passes for the same reason it
+would when applied), finds rows too large for any profile, and forecasts the
+rolling quota. What depends on the profiles as they will be when the batch is
+applied cannot be known in advance and is not reported: v1 rows for profiles
+that do not exist ("not found"), and a profile pushed past its size limit by
+the attributes it already has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from profilebase.decoder import decode_unit, raw_text
+from profilebase.ingest import ReadBatch
+from profilebase.models import Client, FailedRow, KeyKind, Limits
+from profilebase.storage.base import Store
+from profilebase.storage.merge import byte_size
+from profilebase.storage.quota import DAY_MS
+
+#: How many failed rows a dry-run report lists by default (all are counted).
+DEFAULT_MAX_FAILURES = 1000
+
+
+@dataclass(frozen=True)
+class QuotaForecast:
+    """Whether the batch fits the client's rolling 24-hour row quota right now."""
+
+    rows_per_day: int
+    used: int
+    batch_size: int
+
+    @property
+    def fits(self) -> bool:
+        return self.used + self.batch_size <= self.rows_per_day
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.rows_per_day - self.used)
+
+
+@dataclass(frozen=True)
+class DryRunReport:
+    """What a batch would do if it were submitted now."""
+
+    version: int
+    key_kind: KeyKind
+    names: tuple[str, ...]
+    batch_size: int
+    would_fail: int
+    failures: tuple[FailedRow, ...]
+    quota: QuotaForecast
+    limits: Limits
+
+    @property
+    def would_succeed(self) -> int:
+        return self.batch_size - self.would_fail
+
+    @property
+    def would_be_accepted(self) -> bool:
+        return self.quota.fits
+
+
+def check(
+    store: Store,
+    client: Client,
+    version: int,
+    read: ReadBatch,
+    limits: Limits,
+    now_ms: int,
+    max_failures: int = DEFAULT_MAX_FAILURES,
+) -> DryRunReport:
+    """Decode and check every row of ``read``; write nothing; close its spooled units."""
+    failures: list[FailedRow] = []
+    failed = 0
+    try:
+        for unit in read.units:
+            rows, bad = decode_unit(unit.body, unit.first_line, read.header, 0, now_ms)
+            lines: list[bytes] | None = None
+            for row in rows:
+                size = byte_size(row.attrs)
+                if size > limits.max_profile_bytes:
+                    lines = lines or unit.body.split(b"\n")
+                    bad.append(
+                        FailedRow(
+                            row.line,
+                            row.id,
+                            f"the profile would grow to at least {size} bytes, over the limit "
+                            f"of {limits.max_profile_bytes} bytes (max_profile_bytes); send "
+                            "fewer or shorter attributes",
+                            raw_text(lines[row.line - unit.first_line]),
+                        )
+                    )
+            failed += len(bad)
+            room = max_failures - len(failures)
+            if room > 0:
+                failures.extend(sorted(bad, key=lambda f: f.line)[:room])
+    finally:
+        read.units.close()
+    used = store.rows_accepted_since(client.id, now_ms - DAY_MS + 1)
+    return DryRunReport(
+        version=version,
+        key_kind=read.header.key_kind,
+        names=read.header.names,
+        batch_size=read.rows,
+        would_fail=failed,
+        failures=tuple(failures),
+        quota=QuotaForecast(limits.rows_per_day, used, read.rows),
+        limits=limits,
+    )
+
+
+def report_json(report: DryRunReport) -> dict[str, object]:
+    """The JSON answer of ``batchUpdate?dryRun=true`` (a profilebase extension)."""
+    return {
+        "dryRun": True,
+        "wouldBeAccepted": report.would_be_accepted,
+        "version": report.version,
+        "key": str(report.key_kind),
+        "attributes": list(report.names),
+        "batchSize": report.batch_size,
+        "wouldSucceed": report.would_succeed,
+        "wouldFail": report.would_fail,
+        "failures": [
+            {"line": f.line, "id": f.id, "reason": f.reason, "raw": f.raw} for f in report.failures
+        ],
+        "failuresListed": len(report.failures),
+        "quota": {
+            "rowsPerDay": report.quota.rows_per_day,
+            "usedLast24h": report.quota.used,
+            "remaining": report.quota.remaining,
+            "fits": report.quota.fits,
+        },
+        "limits": limits_json(report.limits),
+    }
+
+
+def limits_json(limits: Limits) -> dict[str, int]:
+    """A client's limits as the extension endpoints show them."""
+    return {
+        "maxBatchBytes": limits.max_batch_bytes,
+        "maxBatchRows": limits.max_batch_rows,
+        "rowsPerDay": limits.rows_per_day,
+        "maxProfileBytes": limits.max_profile_bytes,
+    }

@@ -1,0 +1,383 @@
+"""The OpenAPI 3.1 document served at ``/openapi.json``.
+
+It describes every endpoint: Target's, whose shapes follow Target's
+documentation, and profilebase's own, each marked ``x-profilebase-extension:
+true`` and tagged "profilebase extensions". tests/test_openapi.py checks that
+every route of the app is described here and nothing else is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TARGET = "Target-compatible"
+EXTENSION = "profilebase extensions"
+XML = "application/xml"
+JSON = "application/json"
+
+Schema = dict[str, Any]
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def path_param(name: str, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+def query_param(name: str, description: str, schema: Schema | None = None, **extra: Any) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "schema": schema or {"type": "string"},
+        "description": description,
+        **extra,
+    }
+
+
+def reply(description: str, media_type: str, schema: Schema) -> Schema:
+    return {"description": description, "content": {media_type: {"schema": schema}}}
+
+
+def errors(media_type: str, *statuses: int) -> dict[str, Schema]:
+    schema = ref("XmlFailure") if media_type == XML else ref("JsonError")
+    words = {
+        400: "Malformed request",
+        404: "Unknown client, batch or profile",
+        409: "Idempotency-Key reused for another body",
+        413: "Batch too large",
+        429: "Daily row quota used up (Retry-After says when it frees)",
+    }
+    return {str(s): reply(words[s], media_type, schema) for s in statuses}
+
+
+def operation(
+    tag: str, summary: str, parameters: list[Schema], responses: dict[str, Schema], **extra: Any
+) -> Schema:
+    op: Schema = {
+        "tags": [tag],
+        "summary": summary,
+        "parameters": parameters,
+        "responses": responses,
+        **extra,
+    }
+    if tag == EXTENSION:
+        op["x-profilebase-extension"] = True
+    return op
+
+
+CLIENT = path_param("client", "The client code (tenant).")
+BATCH_ID = path_param("batch_id", "The batch id that batchUpdate returned.")
+
+
+def batch_update(version: int) -> Schema:
+    creates = "creates missing profiles" if version == 2 else "updates existing profiles only"
+    return operation(
+        TARGET,
+        f"Bulk Profile Update v{version}: queue a batch= CSV body; {creates}.",
+        [
+            CLIENT,
+            query_param(
+                "dryRun",
+                "Extension: validate exactly as a real batch and answer with a JSON report, "
+                "writing nothing.",
+                {"type": "boolean", "default": False},
+                **{"x-profilebase-extension": True},
+            ),
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "schema": {"type": "string", "maxLength": 255},
+                "description": "Extension: a key already accepted for this client returns the "
+                "original batch and is not applied again (kept at least 24 hours).",
+                "x-profilebase-extension": True,
+            },
+        ],
+        {
+            "200": {
+                "description": "Queued (XML), or the dry-run report (JSON).",
+                "content": {
+                    XML: {"schema": ref("XmlSubmitted")},
+                    JSON: {"schema": ref("DryRunReport")},
+                },
+            },
+            **errors(XML, 400, 404, 409, 413, 429),
+        },
+        requestBody={
+            "required": True,
+            "description": "batch= then the header (pcId or thirdPartyId, then attribute "
+            "names) and one line per profile; every cell URL-encoded UTF-8. Also accepted "
+            "as the multipart field `batch`.",
+            "content": {
+                "application/x-www-form-urlencoded": {"schema": {"type": "string"}},
+                "multipart/form-data": {"schema": {"type": "object"}},
+            },
+        },
+    )
+
+
+def batch_status() -> Schema:
+    return operation(
+        TARGET,
+        "Batch status: complete, incomplete or stuck; counts and failed ids with showDetails.",
+        [
+            CLIENT,
+            query_param("batchId", "The batch id.", required=True),
+            query_param(
+                "showDetails",
+                "true adds the counts (and, for v2, failed profiles).",
+                {"type": "boolean"},
+            ),
+            query_param("m2Node", "Accepted and ignored (Target routing hint)."),
+            query_param("mboxPC", "Accepted and ignored (Target routing hint)."),
+        ],
+        {"200": reply("The status.", XML, ref("XmlBatchStatus")), **errors(XML, 400, 404)},
+    )
+
+
+def profile_fetch(param: Schema) -> Schema:
+    return operation(
+        TARGET,
+        "Fetch a profile with every attribute written to it.",
+        [param, query_param("client", "The client code.", required=True)],
+        {"200": reply("The profile.", JSON, ref("Profile")), **errors(JSON, 400, 404)},
+    )
+
+
+def paths() -> dict[str, Schema]:
+    ext = "/profilebase/v1/clients/{client}"
+    return {
+        "/healthz": {
+            "get": operation(
+                TARGET,
+                "200 once the server accepts requests (profilebase's; Target has none).",
+                [],
+                {"200": reply("Up.", JSON, {"type": "object"})},
+            )
+        },
+        "/m2/{client}/profile/batchUpdate": {"post": batch_update(1)},
+        "/m2/{client}/v2/profile/batchUpdate": {"post": batch_update(2)},
+        "/m2/{client}/profile/batchStatus": {"get": batch_status()},
+        "/m2/{client}/v2/profile/batchStatus": {"get": batch_status()},
+        "/rest/v1/profiles/{pc_id}": {
+            "get": profile_fetch(path_param("pc_id", "Target's visitor id (tntId, mboxPC)."))
+        },
+        "/rest/v1/profiles/thirdPartyId/{third_party_id}": {
+            "get": profile_fetch(path_param("third_party_id", "Your own id (mbox3rdPartyId)."))
+        },
+        "/openapi.json": {
+            "get": operation(
+                EXTENSION,
+                "This document.",
+                [],
+                {"200": reply("OpenAPI 3.1.", JSON, {"type": "object"})},
+            )
+        },
+        ext: {
+            "get": operation(
+                EXTENSION,
+                "The client's limits, quota use and this server's extensions.",
+                [CLIENT],
+                {"200": reply("Limits and quota.", JSON, ref("ClientInfo")), **errors(JSON, 404)},
+            )
+        },
+        ext + "/batches/{batch_id}": {
+            "get": operation(
+                EXTENSION,
+                "Batch status as JSON: Target's fields plus state, times, rate, reason.",
+                [CLIENT, BATCH_ID],
+                {"200": reply("The status.", JSON, ref("BatchStatus")), **errors(JSON, 404)},
+            )
+        },
+        ext + "/batches/{batch_id}/failures": {
+            "get": operation(
+                EXTENSION,
+                "Failed rows: line, id, reason and original cells.",
+                [
+                    CLIENT,
+                    BATCH_ID,
+                    query_param(
+                        "format",
+                        "json (paged), jsonl or csv (streamed, all rows).",
+                        {"type": "string", "enum": ["json", "jsonl", "csv"], "default": "json"},
+                    ),
+                    query_param(
+                        "after", "Only rows after this line.", {"type": "integer", "default": 0}
+                    ),
+                    query_param(
+                        "limit",
+                        "Rows per JSON page (1 to 10000).",
+                        {"type": "integer", "default": 1000},
+                    ),
+                ],
+                {
+                    "200": {
+                        "description": "Failed rows.",
+                        "content": {
+                            JSON: {"schema": ref("FailurePage")},
+                            "application/x-ndjson": {"schema": ref("Failure")},
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **errors(JSON, 400, 404),
+                },
+            )
+        },
+    }
+
+
+def schemas() -> dict[str, Schema]:
+    text, integer = {"type": "string"}, {"type": "integer"}
+    nullable_text = {"type": ["string", "null"]}
+    failure = {
+        "type": "object",
+        "properties": {
+            "line": integer,
+            "id": text,
+            "reason": text,
+            "raw": text,
+            "cells": {"type": "object", "additionalProperties": text},
+            "extraCells": {"type": "array", "items": text},
+        },
+    }
+    return {
+        "XmlSubmitted": {
+            "type": "string",
+            "description": "<response><success>true</success><batchStatus>URL</batchStatus>"
+            "<message>Batch submitted for processing</message></response>",
+        },
+        "XmlBatchStatus": {
+            "type": "string",
+            "description": "<response><batchId/><status/><batchSize/>[<consumedCount/>"
+            "<successfulUpdates/><profilesNotFound/><failedUpdates/>][<profile><id/><status>failed</status>"
+            "</profile>…]</response>",
+        },
+        "XmlFailure": {
+            "type": "string",
+            "description": "<response><success>false</success>[<batchStatus/>]"
+            "<message>why</message></response>",
+        },
+        "JsonError": {"type": "object", "properties": {"status": integer, "message": text}},
+        "Profile": {
+            "type": "object",
+            "properties": {
+                "client": text,
+                "visitorId": text,
+                "modifiedAt": text,
+                "profileAttributes": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "properties": {"value": text, "modifiedAt": text},
+                    },
+                },
+            },
+        },
+        "Limits": {
+            "type": "object",
+            "properties": {
+                "maxBatchBytes": integer,
+                "maxBatchRows": integer,
+                "rowsPerDay": integer,
+                "maxProfileBytes": integer,
+            },
+        },
+        "ClientInfo": {
+            "type": "object",
+            "properties": {
+                "server": text,
+                "version": text,
+                "client": text,
+                "limits": ref("Limits"),
+                "quota": {
+                    "type": "object",
+                    "properties": {
+                        "rowsPerDay": integer,
+                        "usedLast24h": integer,
+                        "remaining": integer,
+                    },
+                },
+                "extensions": {"type": "object"},
+            },
+        },
+        "BatchStatus": {
+            "type": "object",
+            "properties": {
+                "batchId": text,
+                "client": text,
+                "version": integer,
+                "key": text,
+                "attributes": {"type": "array", "items": text},
+                "status": {"enum": ["complete", "incomplete", "stuck"]},
+                "state": {"enum": ["queued", "processing", "throttled", "complete", "stuck"]},
+                "reason": nullable_text,
+                "batchSize": integer,
+                "consumedCount": integer,
+                "successfulUpdates": integer,
+                "profilesNotFound": integer,
+                "failedUpdates": integer,
+                "acceptedAt": text,
+                "startedAt": nullable_text,
+                "finishedAt": nullable_text,
+                "lastProgressAt": text,
+                "rowsPerSecond": {"type": ["number", "null"]},
+                "units": {"type": "object"},
+                "links": {"type": "object"},
+            },
+        },
+        "Failure": failure,
+        "FailurePage": {
+            "type": "object",
+            "properties": {
+                "batchId": text,
+                "columns": {"type": "array", "items": text},
+                "failedUpdates": integer,
+                "failures": {"type": "array", "items": ref("Failure")},
+                "nextAfter": {"type": ["integer", "null"]},
+            },
+        },
+        "DryRunReport": {
+            "type": "object",
+            "properties": {
+                "dryRun": {"const": True},
+                "wouldBeAccepted": {"type": "boolean"},
+                "version": integer,
+                "key": text,
+                "attributes": {"type": "array", "items": text},
+                "batchSize": integer,
+                "wouldSucceed": integer,
+                "wouldFail": integer,
+                "failures": {"type": "array", "items": failure},
+                "failuresListed": integer,
+                "quota": {"type": "object"},
+                "limits": ref("Limits"),
+            },
+        },
+    }
+
+
+def document(version: str) -> Schema:
+    """The whole document."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "profilebase",
+            "version": version,
+            "description": "Adobe Target's profile APIs, self-hosted. Operations tagged "
+            f"'{EXTENSION}' (x-profilebase-extension: true) are profilebase's own; Target "
+            "does not have them.",
+        },
+        "tags": [
+            {"name": TARGET, "description": "Same paths and shapes as Adobe Target."},
+            {"name": EXTENSION, "description": "profilebase's own additions."},
+        ],
+        "paths": paths(),
+        "components": {"schemas": schemas()},
+    }

@@ -1,0 +1,51 @@
+"""/openapi.json describes every route of the app, and marks profilebase's own as extensions."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+from starlette.routing import Route
+
+from profilebase.web import create_app, openapi
+
+
+def test_every_route_is_described_and_nothing_else(settings):  # type: ignore[no-untyped-def]
+    """The document's paths and methods are exactly the app's routes."""
+    app = create_app(settings, workers=0)
+    routes = {
+        (route.path, method.lower())
+        for route in app.routes
+        if isinstance(route, Route)
+        for method in (route.methods or set()) - {"HEAD"}
+    }
+    described = {
+        (path, method)
+        for path, operations in openapi.document("0").get("paths", {}).items()
+        for method in operations
+    }
+    assert described == routes
+
+
+def test_extensions_are_marked(http: httpx.Client):
+    """Operations under /profilebase/ and /openapi.json are extensions; Target's paths are not."""
+    document = http.get("/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            own = path.startswith("/profilebase/") or path == "/openapi.json"
+            assert operation.get("x-profilebase-extension", False) is own, path
+            assert operation["tags"] == ["profilebase extensions" if own else "Target-compatible"]
+    update = document["paths"]["/m2/{client}/v2/profile/batchUpdate"]["post"]
+    marked = {p["name"] for p in update["parameters"] if p.get("x-profilebase-extension")}
+    assert marked == {"dryRun", "Idempotency-Key"}
+
+
+def test_path_parameters_are_declared(http: httpx.Client):
+    """Each {name} in a path has a matching path parameter."""
+    document = http.get("/openapi.json").json()
+    for path, operations in document["paths"].items():
+        names = set(re.findall(r"{(\w+)}", path))
+        for operation in operations.values():
+            declared = {p["name"] for p in operation["parameters"] if p["in"] == "path"}
+            assert declared == names, path
