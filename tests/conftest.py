@@ -5,13 +5,15 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 
+from profilebase.client import Client
 from profilebase.config import Settings
 from profilebase.storage import Store, open_store
 from profilebase.web import create_app
@@ -51,11 +53,20 @@ def free_port() -> int:
 class LiveServer:
     """uvicorn serving the app on a real loopback socket, in a background thread."""
 
-    def __init__(self, settings: Settings, store: Store, workers: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        workers: int,
+        wrap: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(settings, store, workers=workers)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        # ``wrap`` puts ASGI middleware of a test's own around the app (server-side faults).
+        config = uvicorn.Config(
+            wrap(app) if wrap else app, host="127.0.0.1", port=self.port, log_level="warning"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -82,4 +93,18 @@ def live_server(settings: Settings, store: Store) -> Iterator[LiveServer]:
 @pytest.fixture
 def http(live_server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=live_server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def working_server(settings: Settings, store: Store) -> Iterator[LiveServer]:
+    """A live server with a worker thread of its own, for clients that wait on their own."""
+    with LiveServer(settings, store, workers=1) as server:
+        yield server
+
+
+@pytest.fixture
+def sdk(live_server: LiveServer, drain) -> Iterator[Client]:  # type: ignore[no-untyped-def]
+    """The SDK against the live server; where it would wait, it drains the workers instead."""
+    with Client(live_server.url, "demo", poll_interval=0, sleep=lambda seconds: drain()) as c:
         yield c

@@ -8,8 +8,8 @@ import json
 
 import httpx
 import pytest
-
 from helpers import attributes, batch_id_of, status, submit, xml_fields
+
 from profilebase.config import Settings, client_limits
 from profilebase.ingest import Intake, store_batch
 from profilebase.models import now_ms
@@ -128,8 +128,12 @@ def test_dry_run_reports_and_writes_nothing(http: httpx.Client, store: Store):
     assert report["batchSize"] == 5 and report["wouldFail"] == 3 and report["wouldSucceed"] == 2
     assert [f["line"] for f in report["failures"]] == [3, 4, 5]
     assert report["failures"][0]["raw"] == "bad%2B1,x"
-    assert report["quota"] == {"rowsPerDay": 1_000_000, "usedLast24h": 0,
-                               "remaining": 1_000_000, "fits": True}  # fmt: skip
+    assert report["quota"] == {
+        "rowsPerDay": 1_000_000,
+        "usedLast24h": 0,
+        "remaining": 1_000_000,
+        "fits": True,
+    }
     assert store.pending_units() == 0 and store.rows_accepted_since(1, 0) == 0
     assert attributes(http, "ok1") is None
 
@@ -163,9 +167,13 @@ class TestLimits:
     @pytest.fixture
     def settings(self, tmp_path) -> Settings:  # type: ignore[no-untyped-def]
         return Settings(
-            database=f"sqlite:///{tmp_path}/test.db", workers=0, unit_rows=2,
-            max_batch_rows=5, rows_per_day=8, max_profile_bytes=60,
-        )  # fmt: skip
+            database=f"sqlite:///{tmp_path}/test.db",
+            workers=0,
+            unit_rows=2,
+            max_batch_rows=5,
+            rows_per_day=8,
+            max_profile_bytes=60,
+        )
 
     def test_dry_run_forecasts_the_quota(self, http: httpx.Client):
         """A batch that would exceed the rolling quota is reported, not refused."""
@@ -173,8 +181,7 @@ class TestLimits:
         body = b"batch=thirdPartyId,a\n" + b"".join(b"s%d,v\n" % i for i in range(4))
         report = http.post("/m2/demo/v2/profile/batchUpdate?dryRun=true", content=body).json()
         assert report["wouldBeAccepted"] is False
-        assert report["quota"] == {"rowsPerDay": 8, "usedLast24h": 5, "remaining": 3,
-                                   "fits": False}  # fmt: skip
+        assert report["quota"] == {"rowsPerDay": 8, "usedLast24h": 5, "remaining": 3, "fits": False}
 
     def test_dry_run_too_many_rows_is_413(self, http: httpx.Client):
         body = b"batch=thirdPartyId,a\n" + b"".join(b"r%d,v\n" % i for i in range(6))
@@ -201,7 +208,9 @@ def test_client_info_unknown_client_is_404(http: httpx.Client):
     assert http.get("/profilebase/v1/clients/nobody").status_code == 404
 
 
-def post_with_key(http: httpx.Client, body: bytes, key: str, client: str = "demo") -> httpx.Response:
+def post_with_key(
+    http: httpx.Client, body: bytes, key: str, client: str = "demo"
+) -> httpx.Response:
     return http.post(
         f"/m2/{client}/v2/profile/batchUpdate", content=body, headers={"Idempotency-Key": key}
     )
@@ -248,9 +257,7 @@ def test_invalid_idempotency_key_is_400(http: httpx.Client, key: str):
     assert "Idempotency-Key" in xml_fields(response)["message"]
 
 
-def test_idempotency_key_outlives_the_purge_of_its_batch(
-    http: httpx.Client, store: Store, drain
-):
+def test_idempotency_key_outlives_the_purge_of_its_batch(http: httpx.Client, store: Store, drain):
     """Purging old statuses keeps keys younger than 24 hours, so a late retry is still caught."""
     batch_id = batch_id_of(post_with_key(http, MESSY, "late"))
     drain()

@@ -14,7 +14,16 @@ default message.
     │       └── BatchTooLarge  413: too many bytes or rows
     ├── IdempotencyConflict    409: an Idempotency-Key was already used for another body
     ├── QuotaExceeded          429: a rolling quota is used up (carries retry_after)
-    └── StorageError           500: the database failed in a way the user cannot fix
+    ├── StorageError           500: the database failed in a way the user cannot fix
+    └── ClientError            the client side (SDK and `push`): talking to a server failed
+        ├── InputError         the input file cannot be read or mapped to a batch
+        ├── RemoteRejected     the server refused the request (4xx; carries http_status)
+        ├── RemoteUnavailable  no usable answer after every retry (network, 429, 5xx)
+        └── BatchStuck         the server reports a batch as stuck
+
+The server raises the first group; ``profilebase.Client`` raises ``ClientError``
+subclasses, and ``BatchRejected`` when its own check of a header fails, the same
+check the server makes.
 """
 
 from __future__ import annotations
@@ -94,3 +103,26 @@ class StorageError(ProfilebaseError):
 
     status = 500
 
+
+class ClientError(ProfilebaseError):
+    """The request to the profile server failed."""
+
+
+class InputError(ClientError):
+    """The input cannot be read."""
+
+
+class RemoteRejected(ClientError):
+    """The server refused the request."""
+
+    def __init__(self, message: str, http_status: int) -> None:
+        self.http_status = http_status
+        super().__init__(message)
+
+
+class RemoteUnavailable(ClientError):
+    """The server could not be reached or did not answer usefully, even after retries."""
+
+
+class BatchStuck(ClientError):
+    """The server reports the batch as stuck."""
