@@ -119,6 +119,21 @@ def test_no_wait_exits_0_once_accepted(live_server: LiveServer, tmp_path: Path):
     assert re.search(r"in 1 batch\(es\): demo-\d+-\d+", result.stdout)
 
 
+def test_no_wait_with_refused_rows_exits_4(live_server: LiveServer, tmp_path: Path):
+    source = csv_file(tmp_path, "id,a\n1,x\n+,y\n")
+    args = ["push", source, "--url", live_server.url, "--client", "demo", "--no-wait"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 4, result.output
+    assert "not waited for; refused before sending 1" in result.stdout
+
+
+def test_every_row_refused_exits_4(run, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Nothing left to send is not a success: the refused rows are reported."""
+    result = run("push", csv_file(tmp_path, "id,a\n+,x\n/,y\n"))
+    assert result.exit_code == 4, result.output
+    assert "sent 0 rows in 0 batch(es): none" in result.stdout
+
+
 def test_v1_rows_for_missing_profiles_exit_4(run, tmp_path: Path):  # type: ignore[no-untyped-def]
     result = run("push", csv_file(tmp_path, "id,a\nnobody,x\n"), "--v1")
     assert result.exit_code == 4 and "v1 does not create them" in result.stdout

@@ -267,11 +267,12 @@ def push(
         except ProfilebaseError as exc:
             raise failure(exc) from None
     push_summary(result, file, time.monotonic() - start, errors_out)
-    if result.ok or (no_wait and not result.failures):
-        return
+    if no_wait:
+        sys.exit(EXIT_ROWS_FAILED if result.failures else EXIT_OK)
     if result.stuck or not result.finished:
         sys.exit(EXIT_UNAVAILABLE)
-    sys.exit(EXIT_ROWS_FAILED)
+    if not result.ok:
+        sys.exit(EXIT_ROWS_FAILED)
 
 
 @main.command()

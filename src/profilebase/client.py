@@ -422,7 +422,7 @@ class Client:
                 self._check_quota(the_plan, info)
                 prefix = idempotency_key or uuid.uuid4().hex
                 parts = self._send_parts(the_plan, version, prefix, on_progress)
-                waited = wait and bool(parts)
+                waited = wait
                 if wait:
                     parts = self._wait_all(parts, the_plan, timeout, on_progress)
                 if waited:

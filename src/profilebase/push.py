@@ -415,7 +415,7 @@ class PushResult:
     id_column: str
     ignored_columns: tuple[str, ...]
     dry_run: bool = False
-    #: False when the push returned without waiting (or before every batch finished).
+    #: False when the push returned without following its batches (``wait=False``).
     waited: bool = True
 
     @property
