@@ -22,8 +22,10 @@ from profilebase.worker import Worker
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(database=f"sqlite:///{tmp_path}/test.db", workers=0, unit_rows=50)
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Test settings; parametrize indirectly with a dict to override some of them."""
+    overrides = getattr(request, "param", {})
+    return Settings(database=f"sqlite:///{tmp_path}/test.db", workers=0, unit_rows=50, **overrides)
 
 
 @pytest.fixture

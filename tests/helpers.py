@@ -62,3 +62,14 @@ def apply_claim(store: Store, claim: UnitClaim, max_profile_bytes: int = 2_048_0
     header = batchfile.Header(claim.key_kind, claim.names)
     rows, failures = decode_unit(claim.body, claim.first_line, header, claim.batch_seq, now_ms())
     return store.apply_unit(claim, rows, failures, now_ms(), max_profile_bytes)
+
+
+def update(http: httpx.Client, method: str = "GET", client: str = "demo", **params: str) -> httpx.Response:
+    """A single profile update with ``params`` in the query string (``profile_x`` means ``profile.x``)."""
+    query = {name.replace("profile_", "profile.", 1): value for name, value in params.items()}
+    return http.request(method, f"/m2/{client}/profile/update", params=query)
+
+
+def deliver(http: httpx.Client, payload: dict, client: str = "demo", session: str = "s1") -> httpx.Response:
+    """A Delivery API call."""
+    return http.post("/rest/v1/delivery", params={"client": client, "sessionId": session}, json=payload)

@@ -190,10 +190,20 @@ def test_get_missing_profile_exits_3(run):  # type: ignore[no-untyped-def]
     assert result.exit_code == 3 and "No profile with pcId 'nobody'" in result.stderr
 
 
-def test_update_without_the_server_route_exits_3(run):  # type: ignore[no-untyped-def]
-    """The single update endpoint is not served yet; the 404 is reported as refused."""
+def test_update_of_an_unknown_profile_exits_3(run):  # type: ignore[no-untyped-def]
+    """The single update creates nothing; the server's 404 is reported as refused."""
     result = run("update", "x", "a=1", "--third-party")
-    assert result.exit_code == 3 and "No endpoint at /m2/demo/profile/update" in result.stderr
+    assert result.exit_code == 3
+    assert "No profile found for client demo with mbox3rdPartyId=x" in result.stderr
+
+
+def test_update_of_an_existing_profile_exits_0(run, tmp_path: Path):  # type: ignore[no-untyped-def]
+    assert run("push", csv_file(tmp_path, "id,a\nu1,1\n")).exit_code == 0
+    assert run("update", "u1", "a=2", "b=3", "--third-party").exit_code == 0
+    result = run("get", "u1", "--third-party")
+    assert result.exit_code == 0
+    attributes = json.loads(result.stdout)["profileAttributes"]
+    assert {name: a["value"] for name, a in attributes.items()} == {"a": "2", "b": "3"}
 
 
 def test_update_needs_name_value_pairs(run):  # type: ignore[no-untyped-def]

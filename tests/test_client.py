@@ -190,11 +190,24 @@ def test_dry_run_writes_nothing(sdk: Client, store: Store):
     assert store.rows_accepted_since(1, 0) == 0 and values(sdk, "ok") is None
 
 
-def test_update_profile_needs_the_server_route(sdk: Client):
-    """The single update endpoint is not served yet: the SDK reports the 404 as a refusal."""
+def test_update_profile_through_the_single_update_api(sdk: Client):
+    """Short updates go in the query string, long ones in a form body; both apply at once."""
+    sdk.push([{"id": "u1", "a": "1"}])
+    result = sdk.update_profile("u1", {"a": "2", "city": "München & Köln"}, key="thirdPartyId")
+    assert result.success and result.message == "Request successfully submitted"
+    assert values(sdk, "u1") == {"a": "2", "city": "München & Köln"}
+    long = "x" * 9000
+    assert sdk.update_profile("u1", {"long": long}, key="thirdPartyId").success
+    assert values(sdk, "u1") == {"a": "2", "city": "München & Köln", "long": long}
+
+
+def test_update_profile_of_an_unknown_id_is_refused(sdk: Client):
+    """Update only: the server creates nothing and the SDK reports its 404 as a refusal."""
     with pytest.raises(RemoteRejected) as caught:
         sdk.update_profile("x", {"a": "1"}, key="thirdPartyId")
     assert caught.value.http_status == 404
+    assert "No profile found for client demo with mbox3rdPartyId=x" in caught.value.message
+    assert values(sdk, "x") is None
 
 
 # -- faults: dropped connections, busy servers, quotas ---------------------------------------

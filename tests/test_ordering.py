@@ -80,6 +80,13 @@ def test_units_applied_in_shuffled_order_equal_the_model(http: httpx.Client, sto
     rnd = random.Random(seed)
     batches = random_batches(rnd, 15)
     ids = submit_all(http, batches)
+    rounds = apply_in_shuffled_order(store, settings, rnd)
+    assert rounds > 1  # v1 batches waited for earlier ones: units really ran out of order
+    check(http, batches, ids)
+
+
+def apply_in_shuffled_order(store: Store, settings: Settings, rnd: random.Random) -> int:
+    """Claim every claimable unit, apply them in a random order, repeat; return the rounds."""
     rounds = 0
     while store.pending_units():
         rounds += 1
@@ -88,9 +95,8 @@ def test_units_applied_in_shuffled_order_equal_the_model(http: httpx.Client, sto
             claims.append(claim)
         rnd.shuffle(claims)
         for claim in claims:
-            assert apply_claim(store, claim) is not None
-    assert rounds > 1  # v1 batches waited for earlier ones: units really ran out of order
-    check(http, batches, ids)
+            assert apply_claim(store, claim, settings.max_profile_bytes) is not None
+    return rounds
 
 
 def test_several_worker_threads_equal_the_model(http: httpx.Client, store: Store, settings: Settings):
@@ -131,3 +137,85 @@ def test_failing_unit_is_retried_not_dropped(http: httpx.Client, store: Store, s
     drain()
     assert status(http, batch_id)["status"] == "complete"
     assert attributes(http, "r1") == {"a": "1"}
+
+
+# -- single updates, page calls and deletes in the same order ----------------------------------
+
+PC_IDS = [f"p{n}" for n in range(8)]
+
+
+def random_operations(rnd: random.Random, count: int) -> list[tuple]:
+    """Batches keyed by pcId mixed with single updates, page calls (tntId only) and deletes."""
+    operations: list[tuple] = []
+    for _ in range(count):
+        roll = rnd.random()
+        identifier = rnd.choice(PC_IDS)
+        values = {name: f"{name}{rnd.randint(0, 99)}" for name in rnd.sample(NAMES, rnd.randint(1, 3))}
+        if roll < 0.45:
+            rows = []
+            for _ in range(rnd.randint(1, 12)):
+                rows.append([rnd.choice(PC_IDS)] + [rnd.choice(["", f"b{rnd.randint(0, 99)}"]) for _ in NAMES])
+            operations.append(("batch", rnd.random() < 0.7, rows))
+        elif roll < 0.65:
+            operations.append(("update", identifier, values))
+        elif roll < 0.85:
+            operations.append(("visit", identifier, values))
+        else:
+            operations.append(("delete", identifier))
+    return operations
+
+
+def test_updates_page_calls_and_deletes_take_their_place_in_the_order(http: httpx.Client, store: Store, settings: Settings):
+    """Immediate writes interleaved with queued batches, units then applied in shuffled order,
+    equal applying everything one by one in acceptance order.
+
+    A single update or a delete finds its profile only if it exists when the call is made:
+    a batch still queued has not created it yet (the model tracks that as `live`).
+    """
+    rnd = random.Random(11)
+    for attempt in range(4):
+        model: dict[str, dict[str, str]] = {}
+        live: set[str] = set()
+        batches: list[tuple[str, list[list[str]], tuple[int, int]]] = []
+        client = store.ensure_client(f"mixed{attempt}")
+        for operation in random_operations(rnd, 40):
+            kind = operation[0]
+            if kind == "batch":
+                _, v2, rows = operation
+                ok = missing = 0
+                for row in rows:
+                    if row[0] not in model and not v2:
+                        missing += 1
+                        continue
+                    model.setdefault(row[0], {}).update({n: v for n, v in zip(NAMES, row[1:]) if v})
+                    ok += 1
+                response = submit(http, batchfile.encode("pcId", NAMES, rows), client=client.code, v2=v2)
+                batches.append((batch_id_of(response), rows, (ok, missing)))
+            elif kind == "update":
+                _, identifier, values = operation
+                query = {"mboxPC": identifier} | {f"profile.{n}": v for n, v in values.items()}
+                response = http.get(f"/m2/{client.code}/profile/update", params=query)
+                assert response.status_code == (200 if identifier in live else 404)
+                if identifier in live:
+                    model[identifier].update(values)
+            elif kind == "visit":
+                _, identifier, values = operation
+                payload = {"id": {"tntId": identifier}, "execute": {"pageLoad": {"profileParameters": values}}}
+                response = http.post("/rest/v1/delivery", params={"client": client.code, "sessionId": "s"}, json=payload)
+                assert response.status_code == 200
+                model.setdefault(identifier, {}).update(values)
+                live.add(identifier)
+            else:
+                _, identifier = operation
+                response = http.delete(f"/rest/v1/profiles/{identifier}", params={"client": client.code})
+                assert response.status_code == (204 if identifier in live else 404)
+                model.pop(identifier, None)
+                live.discard(identifier)
+        apply_in_shuffled_order(store, settings, rnd)
+        for batch_id, rows, (ok, missing) in batches:
+            fields = status(http, batch_id, client=client.code)
+            assert (fields["status"], int(fields["consumedCount"])) == ("complete", len(rows))
+            assert (int(fields["successfulUpdates"]), int(fields["profilesNotFound"])) == (ok, missing), batch_id
+        for identifier in PC_IDS:
+            found = attributes(http, identifier, third_party=False, client=client.code)
+            assert found == model.get(identifier), (attempt, identifier)

@@ -174,13 +174,19 @@ def encode_cell(value: str) -> str:
     return urllib.parse.quote(value, safe="")
 
 
+def encode_header(key_kind: KeyKind | str, names: Sequence[str]) -> str:
+    """The first line of a batch body, without its line end."""
+    return "batch=" + ",".join([str(KeyKind(key_kind))] + [encode_cell(n) for n in names])
+
+
+def encode_row(cells: Sequence[str | None]) -> str:
+    """One data line (the id, then values; None or "" for no change), without its line end."""
+    return ",".join(encode_cell(cell or "") for cell in cells)
+
+
 def encode(
     key_kind: KeyKind | str, names: Sequence[str], rows: Iterable[Sequence[str | None]]
 ) -> bytes:
     """Encode a batch body: each row is the id followed by values (None or "" for no change)."""
-    out = [
-        "batch=" + ",".join([str(KeyKind(key_kind))] + [encode_cell(n) for n in names])
-    ]
-    for row in rows:
-        out.append(",".join(encode_cell(cell or "") for cell in row))
+    out = [encode_header(key_kind, names)] + [encode_row(row) for row in rows]
     return ("\n".join(out) + "\n").encode("ascii")

@@ -48,6 +48,24 @@ class Settings:
     max_profile_bytes: int = _setting(
         2000 * 1024, "Largest stored size of one profile; a row that would exceed it fails."
     )
+    max_update_url_bytes: int = _setting(
+        8 * 1024, "Longest request line of a GET single profile update (Target: 8 KB)."
+    )
+    max_update_body_bytes: int = _setting(
+        60 * 1024,
+        "Largest body (plus query string) of a POST single profile update (Target: 60 KB).",
+    )
+    updates_per_day: int = _setting(
+        1_000_000, "Most single profile updates a client may make in any rolling 24 hours."
+    )
+    max_delivery_bytes: int = _setting(
+        60 * MB, "Largest body of a Delivery API call (Target: 60 MB)."
+    )
+    profile_expiry_days: float = _setting(
+        0.0,
+        "A profile with no activity for this many days expires and is deleted (Target: 14); "
+        "0 keeps profiles for ever.",
+    )
     unit_rows: int = _setting(
         25_000, "Lines per work unit: a batch is cut into units that workers apply in parallel."
     )
@@ -97,6 +115,10 @@ class Settings:
             "max_batch_rows",
             "rows_per_day",
             "max_profile_bytes",
+            "max_update_url_bytes",
+            "max_update_body_bytes",
+            "updates_per_day",
+            "max_delivery_bytes",
             "unit_rows",
             "lease_seconds",
             "stuck_after_seconds",
@@ -109,6 +131,11 @@ class Settings:
             raise ConfigError(
                 "Setting status_retention_days must be at least 1: the daily row quota "
                 f"counts the batches of the last 24 hours, got {self.status_retention_days}."
+            )
+        if self.profile_expiry_days < 0:
+            raise ConfigError(
+                "Setting profile_expiry_days must be 0 (off) or more, "
+                f"got {self.profile_expiry_days}."
             )
         if self.workers < 0:
             raise ConfigError(f"Setting workers must be 0 or more, got {self.workers}.")
@@ -149,10 +176,10 @@ def setting_fields() -> list[dataclasses.Field[Any]]:
     return list(dataclasses.fields(Settings))
 
 
-def client_limits(settings: Settings, overrides: Mapping[str, int]) -> Limits:
+def client_limits(settings: Settings, overrides: Mapping[str, float]) -> Limits:
     """The limits in force for a client: server-wide defaults, then the client's overrides."""
-    values = {
-        name: int(overrides.get(name, getattr(settings, name)))
-        for name in ("max_batch_bytes", "max_batch_rows", "rows_per_day", "max_profile_bytes")
-    }
+    values = {}
+    for f in dataclasses.fields(Limits):
+        default = getattr(settings, f.name)
+        values[f.name] = type(default)(overrides.get(f.name, default))
     return Limits(**values)

@@ -139,11 +139,16 @@ def report_json(report: DryRunReport) -> dict[str, object]:
     }
 
 
-def limits_json(limits: Limits) -> dict[str, int]:
+def limits_json(limits: Limits) -> dict[str, float]:
     """A client's limits as the extension endpoints show them."""
     return {
         "maxBatchBytes": limits.max_batch_bytes,
         "maxBatchRows": limits.max_batch_rows,
         "rowsPerDay": limits.rows_per_day,
         "maxProfileBytes": limits.max_profile_bytes,
+        "maxUpdateUrlBytes": limits.max_update_url_bytes,
+        "maxUpdateBodyBytes": limits.max_update_body_bytes,
+        "updatesPerDay": limits.updates_per_day,
+        "maxDeliveryBytes": limits.max_delivery_bytes,
+        "profileExpiryDays": limits.profile_expiry_days,
     }

@@ -10,6 +10,7 @@ default message.
     ├── UnknownClient          404: no such client code
     ├── NotFound               404: no such batch or profile
     ├── BadRequest             400: a parameter is missing or invalid
+    │   ├── RequestTooLarge    413: a request, or the profile it would make, is too large
     │   └── BatchRejected      400: the batch body is malformed
     │       └── BatchTooLarge  413: too many bytes or rows
     ├── IdempotencyConflict    409: an Idempotency-Key was already used for another body
@@ -68,6 +69,12 @@ class BadRequest(ProfilebaseError):
     """The request is invalid."""
 
     status = 400
+
+
+class RequestTooLarge(BadRequest):
+    """The request is too large."""
+
+    status = 413
 
 
 class BatchRejected(BadRequest):

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 #: Sequence numbers order every write: ``batch_seq * SEQ_SPAN + line number``.
 #: A batch body under 50 MB has fewer than 10**8 lines, so rows never collide.
 SEQ_SPAN = 100_000_000
+DAY_MS = 86_400_000
 
 
 class KeyKind(enum.StrEnum):
@@ -26,6 +27,19 @@ class KeyKind(enum.StrEnum):
 
     def key(self, identifier: str) -> str:
         return self.prefix + identifier
+
+
+class WriteKind(enum.StrEnum):
+    """What took a write sequence number; an attribute's seq tells which write set it."""
+
+    #: A bulk batch; its ref is the batch id and each row adds its line number.
+    BATCH = "batch"
+    #: A single profile update call.
+    UPDATE = "update"
+    #: A Delivery API (page) call: creating, linking and its profileParameters.
+    DELIVERY = "delivery"
+    #: A profile deletion.
+    DELETE = "delete"
 
 
 class BatchState(enum.StrEnum):
@@ -66,12 +80,28 @@ class Client:
 
 @dataclass(frozen=True)
 class Limits:
-    """The limits in force for one client."""
+    """The limits in force for one client (the server builds them with ``config.client_limits``).
+
+    The batch limits are all a client of the bulk API needs; the others default to
+    Target's documented values so that such a client can leave them out.
+    """
 
     max_batch_bytes: int
     max_batch_rows: int
     rows_per_day: int
     max_profile_bytes: int
+    max_update_url_bytes: int = 8 * 1024
+    max_update_body_bytes: int = 60 * 1024
+    updates_per_day: int = 1_000_000
+    max_delivery_bytes: int = 60 * 1024 * 1024
+    #: 0 means profiles never expire.
+    profile_expiry_days: float = 0.0
+
+    def expire_before_ms(self, now_ms: int) -> int:
+        """Profiles last active before this moment have expired (0 when expiry is off)."""
+        if self.profile_expiry_days <= 0:
+            return 0
+        return now_ms - int(self.profile_expiry_days * DAY_MS)
 
 
 @dataclass(frozen=True)
@@ -126,26 +156,47 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class Write:
+    """Provenance: the write an attribute's value came from."""
+
+    kind: WriteKind
+    #: The batch id, the update's id or the page call's requestId.
+    ref: str
+    #: The line of the batch row (batches only).
+    line: int | None = None
+
+
+@dataclass(frozen=True)
 class Attribute:
     """One profile attribute: its value, when it was written and by which write."""
 
     value: str
     modified_at: datetime
     seq: int
+    written_by: Write | None = None
 
 
 @dataclass(frozen=True)
 class Profile:
-    """A stored profile, as the fetch endpoint shows it."""
+    """A stored profile, as the fetch endpoint shows it.
+
+    ``key`` is the id it was looked up by; ``ids`` are all its keys, the stored
+    (canonical) key first, then the tntIds linked to it.
+    """
 
     client_code: str
     key: str
     modified_at: datetime
     attributes: dict[str, Attribute]
+    ids: tuple[str, ...] = ()
 
     @property
     def visitor_id(self) -> str:
         return self.key[2:]
+
+    def ids_of(self, kind: KeyKind) -> list[str]:
+        """The profile's identifiers of one kind, without their key prefix."""
+        return [key[2:] for key in self.ids if key.startswith(kind.prefix)]
 
 
 def now_ms() -> int:

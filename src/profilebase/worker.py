@@ -17,9 +17,9 @@ import traceback
 import uuid
 
 from profilebase import batchfile
-from profilebase.config import Settings
+from profilebase.config import Settings, client_limits
 from profilebase.decoder import decode_unit
-from profilebase.models import Counts, now_ms
+from profilebase.models import DAY_MS, Counts, now_ms
 from profilebase.storage.base import Store, UnitClaim
 
 log = logging.getLogger("profilebase.worker")
@@ -52,8 +52,14 @@ class Worker:
             rows, failures = decode_unit(
                 claim.body, claim.first_line, header, claim.batch_seq, now
             )
+            limits = client_limits(self.settings, claim.client_limits)
             counts = self.store.apply_unit(
-                claim, rows, failures, now, self.max_profile_bytes(claim)
+                claim,
+                rows,
+                failures,
+                now,
+                limits.max_profile_bytes,
+                expire_before_ms=limits.expire_before_ms(now),
             )
         except Exception as exc:  # a bug or a database outage: retry later, never drop
             attempt_delay = min(60_000, 1000 * 2 ** min(claim.attempts, 6))
@@ -73,9 +79,6 @@ class Worker:
         if counts is not None:
             self.applied = self.applied + counts
 
-    def max_profile_bytes(self, claim: UnitClaim) -> int:
-        return self.settings.max_profile_bytes
-
     def run(self, until_idle: bool = False, stop: threading.Event | None = None) -> None:
         """Work until ``stop`` is set; with ``until_idle``, return once no unit is claimable."""
         stop = stop or threading.Event()
@@ -92,16 +95,29 @@ class Worker:
                 stop.wait(self.settings.poll_interval)
 
     def housekeeping(self) -> None:
-        """Purge statuses past their retention, at most once an hour per worker."""
+        """Purge statuses past their retention and expired profiles, at most once an hour."""
         now = now_ms()
         if now - self._last_purge < PURGE_EVERY_MS:
             return
         self._last_purge = now
-        retention_ms = int(self.settings.status_retention_days * 86_400_000)
+        retention_ms = int(self.settings.status_retention_days * DAY_MS)
         try:
             self.store.purge(now - retention_ms)
         except Exception:
             log.exception("purging old batch statuses failed")
+        try:
+            self.expire_profiles(now)
+        except Exception:
+            log.exception("deleting expired profiles failed")
+
+    def expire_profiles(self, now: int) -> int:
+        """Delete the profiles of every client with expiry on that were inactive too long."""
+        deleted = 0
+        for client in self.store.list_clients():
+            before = client_limits(self.settings, client.limits).expire_before_ms(now)
+            if before:
+                deleted += self.store.expire_profiles(client.id, before)
+        return deleted
 
 
 class WorkerPool:

@@ -9,13 +9,19 @@ seq of the row that wrote it, and a write never replaces an attribute that
 carries a higher seq. Creation (``created_seq``) and deletion (tombstones) are
 ordered the same way. Units may therefore be applied by any worker in any
 order and the result equals applying every accepted row one by one in
-acceptance order.
+acceptance order. Single updates, page calls and deletes take their own write
+seq and apply at once, in one transaction; rows of batches accepted before them
+but applied later lose to them attribute by attribute.
+
+Identity: a tntId linked to a thirdPartyId's profile is an alias of it (see
+``links.py``); every lookup by key resolves aliases first. ``expire_before_ms``
+(0: off) makes profiles last active before that moment count as gone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from profilebase.models import Batch, Client, Counts, FailedRow, KeyKind, Profile
@@ -61,6 +67,8 @@ class UnitClaim:
     names: tuple[str, ...]
     owner: str
     attempts: int = 1
+    #: The client's limit overrides (``Client.limits``).
+    client_limits: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,41 @@ class DecodedRow(NamedTuple):
     attrs: str
 
 
+@dataclass(frozen=True)
+class Visit:
+    """The profile side of one page call: its ids and its profileParameters."""
+
+    tnt_id: str
+    third_party_id: str | None
+    values: Mapping[str, str]
+    request_id: str
+
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    """A single update that found its profile."""
+
+    #: A tntId of the profile (the one updated, or the latest linked), for the reply.
+    pc_id: str | None
+    #: The update's seq; None when there was no attribute to write.
+    seq: int | None
+
+
+class ProfileExport(Protocol):
+    """A consistent snapshot of one client's profiles, read page by page."""
+
+    def pages(self, size: int) -> Iterator[list[Profile]]:
+        """The profiles in key order, ``size`` at a time; each keyed by its stored key.
+
+        May be called more than once; every pass reads the same snapshot.
+        """
+        ...
+
+    def close(self) -> None:
+        """End the snapshot and release its connection."""
+        ...
+
+
 class Store(Protocol):
     """A profilebase database."""
 
@@ -109,6 +152,10 @@ class Store(Protocol):
 
     def get_client(self, code: str) -> Client | None:
         """Return the client with this code, or None."""
+        ...
+
+    def list_clients(self) -> list[Client]:
+        """Every client, by code."""
         ...
 
     def accept_batch(
@@ -145,13 +192,16 @@ class Store(Protocol):
         failures: Sequence[FailedRow],
         now_ms: int,
         max_profile_bytes: int,
+        expire_before_ms: int = 0,
     ) -> Counts | None:
         """Apply a decoded unit and mark it done, all in one transaction.
 
         v1 rows update existing profiles only (others count as not found); v2 rows
         create missing ones. A row that would make a profile larger than
-        ``max_profile_bytes`` fails. Returns the unit's counts, or None (changing
-        nothing) if the lease was lost to another worker.
+        ``max_profile_bytes`` fails. Rows keyed by a linked tntId apply to its
+        profile; expired profiles the unit touches are deleted first. Returns the
+        unit's counts, or None (changing nothing) if the lease was lost to another
+        worker.
         """
         ...
 
@@ -177,14 +227,70 @@ class Store(Protocol):
         """Failed rows of a batch in line order, starting after ``after_line``."""
         ...
 
-    def get_profile(self, client_id: int, key: str) -> Profile | None:
-        """The profile stored under ``key`` ('p:' or 't:' prefixed), or None."""
+    def get_profile(self, client_id: int, key: str, expire_before_ms: int = 0) -> Profile | None:
+        """The profile ``key`` ('p:' or 't:' prefixed) finds, with provenance, or None."""
+        ...
+
+    def update_profile(
+        self,
+        client: Client,
+        key: str,
+        values: Mapping[str, str],
+        now_ms: int,
+        updates_per_day: int,
+        max_profile_bytes: int,
+        expire_before_ms: int = 0,
+    ) -> UpdateOutcome | None:
+        """Apply a single update now, under a new write seq; None if no profile has ``key``.
+
+        Creates nothing. Raises ``QuotaExceeded`` when the client made
+        ``updates_per_day`` updates in the last 24 hours and ``RequestTooLarge``
+        when the profile would outgrow ``max_profile_bytes``; either writes nothing.
+        """
+        ...
+
+    def visit(
+        self,
+        client_id: int,
+        visit: Visit,
+        now_ms: int,
+        max_profile_bytes: int,
+        expire_before_ms: int = 0,
+    ) -> str:
+        """Apply a page call now: create or link profiles (``links.plan_link``), then
+        apply its values after the link. Returns the stored key of its profile.
+
+        A call that changes nothing only marks the profile active.
+        """
+        ...
+
+    def delete_profile(
+        self, client_id: int, key: str, now_ms: int, expire_before_ms: int = 0
+    ) -> bool:
+        """Delete the profile ``key`` finds with all its ids; False if there was none.
+
+        While batches of the client are still queued, every id gets a tombstone with
+        the delete's seq, so their older rows do not bring the profile back.
+        """
+        ...
+
+    def open_export(
+        self, client_id: int, kind: KeyKind | None = None, expire_before_ms: int = 0
+    ) -> ProfileExport:
+        """A snapshot of the client's profiles: all, or those stored under ``kind``'s keys."""
+        ...
+
+    def expire_profiles(self, client_id: int, before_ms: int) -> int:
+        """Delete the client's profiles last active before ``before_ms``; return how many."""
         ...
 
     def purge(self, older_than_ms: int) -> int:
         """Delete finished batches accepted before ``older_than_ms``; return how many.
 
         Idempotency keys go too once older than both ``older_than_ms`` and 24 hours.
+        Also forgets what no longer matters: tombstones no queued row is older than,
+        quota counts older than a day, and the records of single updates, page
+        calls and deletes accepted before ``older_than_ms`` (their provenance).
         """
         ...
 

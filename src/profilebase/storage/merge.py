@@ -10,7 +10,7 @@ profile; ``merge_attrs`` is the exact per-attribute rule otherwise.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,6 +27,24 @@ class ProfileState:
     size: int
 
 
+@dataclass
+class Tombstone:
+    """One delete of a profile key: rows older than ``deleted_seq`` must not bring it back."""
+
+    deleted_seq: int
+    #: ``created_seq`` of the profile the delete removed (None if there was none), so that
+    #: an older v1 row still knows whether the profile existed at its seq.
+    created_seq: int | None = None
+
+
+def delete_after(tombstones: Sequence[Tombstone] | None, seq: int) -> Tombstone | None:
+    """The first delete after ``seq`` (``tombstones`` sorted by deleted_seq), or None."""
+    for tombstone in tombstones or ():
+        if tombstone.deleted_seq > seq:
+            return tombstone
+    return None
+
+
 class RowWriter(Protocol):
     def write(self, key: str, row: DecodedRow, create: bool) -> None:
         """Buffer an upsert of ``row`` into profile ``key``."""
@@ -38,6 +56,10 @@ class RowWriter(Protocol):
 
     def merged_size(self, key: str, row: DecodedRow) -> int:
         """Flush buffered writes; return the byte size the profile would have with ``row``."""
+        ...
+
+    def tombstone_created(self, key: str, deleted_seq: int, created_seq: int) -> None:
+        """Record that a row older than that delete of ``key`` created it at ``created_seq``."""
         ...
 
 
@@ -81,31 +103,47 @@ def apply_rows(
     prefix: str,
     create: bool,
     existing: dict[str, ProfileState],
-    tombstones: dict[str, int],
+    tombstones: Mapping[str, Sequence[Tombstone]],
     max_profile_bytes: int,
     writer: RowWriter,
+    aliases: Mapping[str, str] | None = None,
 ) -> tuple[Counts, list[FailedRow]]:
     """Apply ``rows`` in order through ``writer``; return their counts and failures.
 
+    ``tombstones`` lists each key's deletes by seq; ``existing`` is keyed by stored key;
+    ``aliases`` maps a row's key (a tntId linked to a thirdPartyId's profile) to the key its
+    profile is stored under.
+
     0. Units where no row can fail are written in one go (``needs_no_checks``).
-    1. A row older than a delete of its profile is accounted successful and skipped:
-       in acceptance order it was applied, then deleted.
+    1. A row older than a delete of its profile is skipped: in acceptance order it was
+       applied (or, v1, not found), then deleted. A skipped v2 row still created the
+       profile before that delete; the tombstone remembers it for v1 rows in between.
     2. A v1 row (``create`` false) for a profile that does not exist at its seq is
        "not found"; a v2 row creates it.
     3. A row that could push the profile past ``max_profile_bytes`` gets an exact
        check and fails if it would.
     """
-    if create and not tombstones and needs_no_checks(rows, existing, max_profile_bytes):
+    fast = create and not tombstones and not aliases
+    if fast and needs_no_checks(rows, existing, max_profile_bytes):
         writer.write_all(rows, prefix)
         return Counts(successful=len(rows)), []
     successful = not_found = 0
     failures: list[FailedRow] = []
     for row in rows:
         key = prefix + row.id
-        deleted = tombstones.get(key)
-        if deleted is not None and deleted > row.seq:
-            successful += 1
+        tombstone = delete_after(tombstones.get(key), row.seq)
+        if tombstone is not None:
+            created = tombstone.created_seq
+            if create and (created is None or row.seq < created):
+                tombstone.created_seq = row.seq
+                writer.tombstone_created(key, tombstone.deleted_seq, row.seq)
+            if create or (created is not None and created < row.seq):
+                successful += 1
+            else:
+                not_found += 1
             continue
+        if aliases:
+            key = aliases.get(key, key)
         state = existing.get(key)
         exists = state is not None and state.created_seq < row.seq
         if not exists and not create:

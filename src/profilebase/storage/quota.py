@@ -38,3 +38,12 @@ def quota_message(client: str, limit: int, used: int, size: int, wait_ms: int) -
         f"(rows_per_day). Enough quota frees up in {seconds} seconds; retry then, or send "
         "a smaller batch."
     )
+
+
+def update_quota_message(client: str, limit: int, wait_ms: int) -> str:
+    seconds = -(-wait_ms // 1000)
+    return (
+        f"Daily single-update quota exceeded for client {client!r}: {limit:,} updates were "
+        f"made in the last 24 hours (updates_per_day). The next update fits in {seconds} "
+        "seconds; retry then, or send many updates at once as a batch."
+    )

@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from profilebase.errors import ConfigError, QuotaExceeded
 from profilebase.models import (
-    Attribute,
+    DAY_MS,
+    SEQ_SPAN,
     Batch,
     BatchState,
     Client,
@@ -26,27 +27,41 @@ from profilebase.models import (
     FailedRow,
     KeyKind,
     Profile,
+    WriteKind,
     from_ms,
 )
 from profilebase.storage import migrations
-from profilebase.storage.base import DecodedRow, NewBatch, UnitClaim, UnitsSummary
+from profilebase.storage.base import (
+    DecodedRow,
+    NewBatch,
+    UnitClaim,
+    UnitsSummary,
+    UpdateOutcome,
+    Visit,
+)
 from profilebase.storage.idempotency import KEY_TTL_MS, replay
-from profilebase.storage.merge import ProfileState, apply_rows, byte_size, merge_attrs
+from profilebase.storage.links import plan_link
+from profilebase.storage.merge import ProfileState, Tombstone, apply_rows, byte_size, merge_attrs
 from profilebase.storage.quota import quota_message, retry_after_ms
-
-DAY_MS = 86_400_000
-
-UPSERT_PROFILE = """
-INSERT INTO profiles (client_id, pkey, attrs, created_seq, max_seq, modified_at)
-VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (client_id, pkey) DO UPDATE SET
-    attrs = CASE WHEN profiles.max_seq < excluded.max_seq
-                 THEN json_patch(profiles.attrs, excluded.attrs)
-                 ELSE pb_merge(profiles.attrs, excluded.attrs) END,
-    created_seq = min(profiles.created_seq, excluded.created_seq),
-    max_seq = max(profiles.max_seq, excluded.max_seq),
-    modified_at = max(profiles.modified_at, excluded.modified_at)
-"""
+from profilebase.storage.records import build_profile, write_numbers
+from profilebase.storage.sqlite_profiles import (
+    MINUTE_MS,
+    UPSERT_PROFILE,
+    SQLiteExport,
+    absorb,
+    aliases_of,
+    apply_values,
+    expire_keys,
+    has_queued_rows,
+    json_list,
+    live_key,
+    new_write,
+    pc_id_of,
+    resolve,
+    take_update_quota,
+    touch,
+    writes_of,
+)
 
 
 class _Writer:
@@ -72,6 +87,13 @@ class _Writer:
         if self.pending:
             self.db.executemany(UPSERT_PROFILE, self.pending)
             self.pending = []
+
+    def tombstone_created(self, key: str, deleted_seq: int, created_seq: int) -> None:
+        self.db.execute(
+            "UPDATE tombstones SET created_seq = ? "
+            "WHERE client_id = ? AND pkey = ? AND deleted_seq = ?",
+            (created_seq, self.client_id, key, deleted_seq),
+        )
 
     def merged_size(self, key: str, row: DecodedRow) -> int:
         self.flush()
@@ -202,6 +224,12 @@ class SQLiteStore:
         )
         return self._client(row)
 
+    def list_clients(self) -> list[Client]:
+        rows = self._all(
+            "SELECT id, code, require_auth, disabled, limits FROM clients ORDER BY code"
+        )
+        return [client for client in map(self._client, rows) if client is not None]
+
     def ensure_client(self, code: str) -> Client:
         with self._write() as db:
             db.execute(
@@ -311,8 +339,9 @@ class SQLiteStore:
             if found is None:
                 return None
             batch_seq, unit_no, first_line, row_count, body, attempts = found
-            client_id, version, key_kind, header = db.execute(
-                "SELECT client_id, version, key_kind, header FROM batches WHERE seq = ?",
+            client_id, version, key_kind, header, limits = db.execute(
+                "SELECT b.client_id, b.version, b.key_kind, b.header, c.limits "
+                "FROM batches b JOIN clients c ON c.id = b.client_id WHERE b.seq = ?",
                 (batch_seq,),
             ).fetchone()
             db.execute(
@@ -331,6 +360,7 @@ class SQLiteStore:
             names=tuple(json.loads(header)),
             owner=owner,
             attempts=attempts,
+            client_limits=json.loads(limits),
         )
 
     def apply_unit(
@@ -340,9 +370,11 @@ class SQLiteStore:
         failures: Sequence[FailedRow],
         now_ms: int,
         max_profile_bytes: int,
+        expire_before_ms: int = 0,
     ) -> Counts | None:
         prefix = claim.key_kind.prefix
-        keys = json.dumps(sorted({prefix + row.id for row in rows}), ensure_ascii=False)
+        row_keys = sorted({prefix + row.id for row in rows})
+        keys = json_list(row_keys)
         with self._write() as db:
             ours = db.execute(
                 "SELECT 1 FROM batch_units WHERE batch_seq = ? AND unit_no = ? "
@@ -351,26 +383,37 @@ class SQLiteStore:
             ).fetchone()
             if ours is None:
                 return None
+            aliases: dict[str, str] = {}
+            stored_keys = keys
+            # Like tombstones below: one cheap check keeps clients without links fast.
+            if db.execute(
+                "SELECT 1 FROM identities WHERE client_id = ? LIMIT 1", (claim.client_id,)
+            ).fetchone():
+                aliases = aliases_of(db, claim.client_id, keys)
+                stored_keys = json_list(sorted({aliases.get(k, k) for k in row_keys}))
+            if expire_before_ms:
+                expired = expire_keys(db, claim.client_id, stored_keys, expire_before_ms)
+                aliases = {k: v for k, v in aliases.items() if v not in expired}
             existing = {
                 pkey: ProfileState(created, latest, size)
                 for pkey, created, latest, size in db.execute(
                     "SELECT pkey, created_seq, max_seq, length(CAST(attrs AS BLOB)) "
                     "FROM profiles WHERE client_id = ? AND pkey IN "
                     "(SELECT value FROM json_each(?))",
-                    (claim.client_id, keys),
+                    (claim.client_id, stored_keys),
                 )
             }
-            tombstones: dict[str, int] = {}
+            tombstones: dict[str, list[Tombstone]] = {}
             if db.execute(
                 "SELECT 1 FROM tombstones WHERE client_id = ? LIMIT 1", (claim.client_id,)
             ).fetchone():
-                tombstones = dict(
-                    db.execute(
-                        "SELECT pkey, deleted_seq FROM tombstones WHERE client_id = ? "
-                        "AND pkey IN (SELECT value FROM json_each(?))",
-                        (claim.client_id, keys),
-                    ).fetchall()
-                )
+                for pkey, deleted, created in db.execute(
+                    "SELECT pkey, deleted_seq, created_seq FROM tombstones "
+                    "WHERE client_id = ? AND pkey IN (SELECT value FROM json_each(?)) "
+                    "ORDER BY pkey, deleted_seq",
+                    (claim.client_id, keys),
+                ):
+                    tombstones.setdefault(pkey, []).append(Tombstone(deleted, created))
             writer = _Writer(db, claim.client_id, now_ms)
             counts, size_failures = apply_rows(
                 rows,
@@ -380,6 +423,7 @@ class SQLiteStore:
                 tombstones,
                 max_profile_bytes,
                 writer,
+                aliases,
             )
             writer.flush()
             all_failures = list(failures) + size_failures
@@ -512,24 +556,165 @@ class SQLiteStore:
 
     # -- profiles ----------------------------------------------------------------------
 
-    def get_profile(self, client_id: int, key: str) -> Profile | None:
-        row = self._one(
-            "SELECT c.code, p.attrs, p.modified_at FROM profiles p "
-            "JOIN clients c ON c.id = p.client_id WHERE p.client_id = ? AND p.pkey = ?",
-            (client_id, key),
-        )
-        if row is None:
-            return None
-        code, attrs, modified = row
-        return Profile(
-            client_code=code,
-            key=key,
-            modified_at=from_ms(modified),
-            attributes={
-                name: Attribute(value, from_ms(ms), seq)
-                for name, (value, seq, ms) in json.loads(attrs).items()
-            },
-        )
+    def get_profile(self, client_id: int, key: str, expire_before_ms: int = 0) -> Profile | None:
+        # One read transaction: the profile, its ids and its provenance from one snapshot.
+        with self._read() as db:
+            db.execute("BEGIN")
+            stored = resolve(db, client_id, key)
+            row = db.execute(
+                "SELECT c.code, p.attrs, p.modified_at FROM profiles p "
+                "JOIN clients c ON c.id = p.client_id "
+                "WHERE p.client_id = ? AND p.pkey = ? AND p.modified_at >= ?",
+                (client_id, stored, expire_before_ms),
+            ).fetchone()
+            if row is None:
+                return None
+            code, attrs_json, modified = row
+            attrs = json.loads(attrs_json)
+            ids = [stored] + [
+                alias
+                for (alias,) in db.execute(
+                    "SELECT alias FROM identities WHERE client_id = ? AND pkey = ? "
+                    "ORDER BY linked_seq",
+                    (client_id, stored),
+                )
+            ]
+            writes = writes_of(db, write_numbers([attrs]))
+        return build_profile(code, key, attrs, modified, ids, writes)
+
+    def update_profile(
+        self,
+        client: Client,
+        key: str,
+        values: Mapping[str, str],
+        now_ms: int,
+        updates_per_day: int,
+        max_profile_bytes: int,
+        expire_before_ms: int = 0,
+    ) -> UpdateOutcome | None:
+        with self._write() as db:
+            stored = live_key(db, client.id, key, expire_before_ms)
+            if stored is None:
+                return None
+            pc_id = pc_id_of(db, client.id, key, stored)
+            if not values:
+                return UpdateOutcome(pc_id, None)
+            take_update_quota(db, client, now_ms, updates_per_day)
+            seq = new_write(db, client.id, WriteKind.UPDATE, None, now_ms) * SEQ_SPAN + 1
+            apply_values(db, client.id, stored, values, seq, now_ms, max_profile_bytes)
+        return UpdateOutcome(pc_id, seq)
+
+    def visit(
+        self,
+        client_id: int,
+        visit: Visit,
+        now_ms: int,
+        max_profile_bytes: int,
+        expire_before_ms: int = 0,
+    ) -> str:
+        tnt_key = KeyKind.PC_ID.key(visit.tnt_id)
+        third_key = None
+        if visit.third_party_id is not None:
+            third_key = KeyKind.THIRD_PARTY_ID.key(visit.third_party_id)
+        with self._write() as db:
+            tnt_profile = live_key(db, client_id, tnt_key, expire_before_ms)
+            third_exists = third_key is not None and (
+                live_key(db, client_id, third_key, expire_before_ms) == third_key
+            )
+            plan = plan_link(tnt_key, tnt_profile, third_key, third_exists)
+            target = plan.target
+            if not plan.changes and not visit.values:
+                touch(db, client_id, target, now_ms)
+                return target
+            base = new_write(db, client_id, WriteKind.DELIVERY, visit.request_id, now_ms)
+            link_seq = base * SEQ_SPAN + 1
+            if plan.create:
+                db.execute(
+                    "INSERT INTO profiles (client_id, pkey, attrs, created_seq, max_seq, "
+                    "modified_at) VALUES (?, ?, '{}', ?, ?, ?)",
+                    (client_id, target, link_seq, link_seq, now_ms),
+                )
+            if plan.rename:
+                db.execute(
+                    "UPDATE profiles SET pkey = ? WHERE client_id = ? AND pkey = ?",
+                    (target, client_id, plan.rename),
+                )
+            if plan.absorb:
+                absorb(db, client_id, target, plan.absorb, link_seq)
+            if plan.alias:
+                db.execute(
+                    "INSERT INTO identities (client_id, alias, pkey, linked_seq) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (client_id, alias) DO UPDATE SET "
+                    "pkey = excluded.pkey, linked_seq = excluded.linked_seq",
+                    (client_id, plan.alias, target, link_seq),
+                )
+            if visit.values:
+                apply_values(
+                    db, client_id, target, visit.values, link_seq + 1, now_ms, max_profile_bytes
+                )
+            else:
+                touch(db, client_id, target, now_ms)
+        return target
+
+    def delete_profile(
+        self, client_id: int, key: str, now_ms: int, expire_before_ms: int = 0
+    ) -> bool:
+        with self._write() as db:
+            stored = live_key(db, client_id, key, expire_before_ms)
+            keys = {key}
+            created = None
+            if stored is not None:
+                created = db.execute(
+                    "SELECT created_seq FROM profiles WHERE client_id = ? AND pkey = ?",
+                    (client_id, stored),
+                ).fetchone()[0]
+                keys.add(stored)
+                keys.update(
+                    alias
+                    for (alias,) in db.execute(
+                        "SELECT alias FROM identities WHERE client_id = ? AND pkey = ?",
+                        (client_id, stored),
+                    )
+                )
+                db.execute(
+                    "DELETE FROM profiles WHERE client_id = ? AND pkey = ?", (client_id, stored)
+                )
+                db.execute(
+                    "DELETE FROM identities WHERE client_id = ? AND pkey = ?", (client_id, stored)
+                )
+            # Rows of batches still queued are older than this delete; without queued
+            # batches no row can be, and no tombstone is needed.
+            if has_queued_rows(db, client_id):
+                deleted_seq = new_write(db, client_id, WriteKind.DELETE, None, now_ms)
+                db.executemany(
+                    "INSERT INTO tombstones (client_id, pkey, deleted_seq, deleted_at, "
+                    "created_seq) VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (client_id, k, deleted_seq * SEQ_SPAN, now_ms, created)
+                        for k in sorted(keys)
+                    ],
+                )
+        return stored is not None
+
+    def open_export(
+        self, client_id: int, kind: KeyKind | None = None, expire_before_ms: int = 0
+    ) -> SQLiteExport:
+        return SQLiteExport(self._open(), client_id, kind, expire_before_ms)
+
+    def expire_profiles(self, client_id: int, before_ms: int) -> int:
+        with self._write() as db:
+            count = db.execute(
+                "DELETE FROM profiles WHERE client_id = ? AND modified_at < ?",
+                (client_id, before_ms),
+            ).rowcount
+            if count:
+                db.execute(
+                    "DELETE FROM identities WHERE client_id = ? AND NOT EXISTS ("
+                    "SELECT 1 FROM profiles p WHERE p.client_id = identities.client_id "
+                    "AND p.pkey = identities.pkey)",
+                    (client_id,),
+                )
+        return int(count)
 
     # -- housekeeping ------------------------------------------------------------------
 
@@ -543,10 +728,29 @@ class SQLiteStore:
                 "CAST(strftime('%s', 'now') AS INTEGER) * 1000 - ?)",
                 (older_than_ms, KEY_TTL_MS),
             )
-            return db.execute(
+            purged = db.execute(
                 "DELETE FROM batches WHERE finished_at IS NOT NULL AND accepted_at < ?",
                 (older_than_ms,),
             ).rowcount
+            # A tombstone matters only while a queued row of its client is older than it.
+            db.execute(
+                "DELETE FROM tombstones WHERE deleted_seq < coalesce(("
+                " SELECT min(u.batch_seq) FROM batch_units u JOIN batches b"
+                " ON b.seq = u.batch_seq WHERE u.state <> 'done'"
+                " AND b.client_id = tombstones.client_id), 1 << 62) * ?",
+                (SEQ_SPAN,),
+            )
+            # Counts a day older than the purge horizon are outside every 24-hour window.
+            db.execute(
+                "DELETE FROM update_counts WHERE minute < ?",
+                ((older_than_ms - DAY_MS) // MINUTE_MS,),
+            )
+            immediate = [str(k) for k in (WriteKind.UPDATE, WriteKind.DELIVERY, WriteKind.DELETE)]
+            db.execute(
+                "DELETE FROM writes WHERE kind IN (?, ?, ?) AND at < ?",
+                (*immediate, older_than_ms),
+            )
+            return int(purged)
 
     def pending_units(self) -> int:
         return int(

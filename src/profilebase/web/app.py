@@ -15,7 +15,7 @@ from starlette.routing import Route
 from profilebase.config import Settings
 from profilebase.errors import ProfilebaseError
 from profilebase.storage import Store, open_store
-from profilebase.web import bulk, errors, extensions, profiles
+from profilebase.web import bulk, delivery, errors, extensions, profiles, update
 from profilebase.worker import WorkerPool
 
 DEMO_CLIENT = "demo"
@@ -58,7 +58,9 @@ def create_app(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             *bulk.routes,
+            *update.routes,
             *profiles.routes,
+            *delivery.routes,
             *extensions.routes,
         ],
         exception_handlers={

@@ -68,6 +68,9 @@ async def client_info(request: Request) -> Response:
                 "failures": f"{PREFIX}/clients/{client.code}/batches/{{batchId}}/failures",
                 "dryRun": True,
                 "idempotencyKey": True,
+                "profileExport": f"/rest/v1/profiles?client={client.code}&format=jsonl",
+                "profileDelete": True,
+                "writtenBy": True,
             },
         }
     )

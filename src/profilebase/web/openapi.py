@@ -52,8 +52,8 @@ def errors(media_type: str, *statuses: int) -> dict[str, Schema]:
         400: "Malformed request",
         404: "Unknown client, batch or profile",
         409: "Idempotency-Key reused for another body",
-        413: "Batch too large",
-        429: "Daily row quota used up (Retry-After says when it frees)",
+        413: "Too large: the batch, the request, or the profile it would make",
+        429: "A daily quota used up (Retry-After says when it frees)",
     }
     return {str(s): reply(words[s], media_type, schema) for s in statuses}
 
@@ -151,8 +151,48 @@ def profile_fetch(param: Schema) -> Schema:
     )
 
 
+def single_update(method: str) -> Schema:
+    extra: Schema = {}
+    if method == "post":
+        extra["requestBody"] = {
+            "description": "The same parameters, form-encoded (or, leniently, a JSON object).",
+            "content": {
+                "application/x-www-form-urlencoded": {"schema": {"type": "string"}},
+                JSON: {"schema": {"type": "object", "additionalProperties": True}},
+            },
+        }
+    return operation(
+        TARGET,
+        "Single profile update: set profile.<name>=<value> attributes of one existing profile, "
+        "applied before the reply. The literal path /m2/client/profile/update takes the client "
+        "from ?client= or the Host header's first label.",
+        [
+            CLIENT,
+            query_param("mboxPC", "The profile's tntId (or mbox3rdPartyId instead)."),
+            query_param("mbox3rdPartyId", "Your own id of the profile (or mboxPC instead)."),
+            query_param("client", "The client code, for the literal path /m2/client/…"),
+        ],
+        {
+            "200": reply("Applied.", XML, ref("XmlUpdated")),
+            **errors(XML, 400, 404, 413, 429),
+        },
+        **extra,
+    )
+
+
+def profile_delete(param: Schema) -> Schema:
+    return operation(
+        EXTENSION,
+        "Delete the profile this id finds, with its thirdPartyId and every linked tntId.",
+        [param, query_param("client", "The client code.", required=True)],
+        {"204": {"description": "Deleted."}, **errors(JSON, 400, 404)},
+    )
+
+
 def paths() -> dict[str, Schema]:
     ext = "/profilebase/v1/clients/{client}"
+    pc_id = path_param("pc_id", "Target's visitor id (tntId, mboxPC).")
+    third_party_id = path_param("third_party_id", "Your own id (mbox3rdPartyId).")
     return {
         "/healthz": {
             "get": operation(
@@ -166,11 +206,66 @@ def paths() -> dict[str, Schema]:
         "/m2/{client}/v2/profile/batchUpdate": {"post": batch_update(2)},
         "/m2/{client}/profile/batchStatus": {"get": batch_status()},
         "/m2/{client}/v2/profile/batchStatus": {"get": batch_status()},
+        "/m2/{client}/profile/update": {
+            "get": single_update("get"),
+            "post": single_update("post"),
+        },
+        "/rest/v1/delivery": {
+            "post": operation(
+                TARGET,
+                "Delivery API, profile side: create or link the visitor's profile and apply its "
+                "profileParameters; no offers are decided.",
+                [
+                    query_param("client", "The client code.", required=True),
+                    query_param("sessionId", "1-128 printable characters.", required=True),
+                ],
+                {
+                    "200": reply("Target's envelope, no content.", JSON, ref("DeliveryResponse")),
+                    **errors(JSON, 400, 404, 413),
+                },
+                requestBody={
+                    "required": True,
+                    "content": {JSON: {"schema": ref("DeliveryRequest")}},
+                },
+            )
+        },
+        "/rest/v1/profiles": {
+            "get": operation(
+                EXTENSION,
+                "Export every profile of the client, streamed from one snapshot: JSON lines, or "
+                "a v2 batch file that posts back to the same attribute values.",
+                [
+                    query_param("client", "The client code.", required=True),
+                    query_param(
+                        "format",
+                        "jsonl (fetch-shaped objects with their ids) or batch.",
+                        {"type": "string", "enum": ["jsonl", "batch"], "default": "jsonl"},
+                    ),
+                    query_param(
+                        "key",
+                        "format=batch only: one row per tntId (pcId) or per thirdPartyId.",
+                        {"type": "string", "enum": ["pcId", "thirdPartyId"], "default": "pcId"},
+                    ),
+                ],
+                {
+                    "200": {
+                        "description": "The profiles.",
+                        "content": {
+                            "application/x-ndjson": {"schema": ref("Profile")},
+                            "text/plain": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **errors(JSON, 400, 404),
+                },
+            )
+        },
         "/rest/v1/profiles/{pc_id}": {
-            "get": profile_fetch(path_param("pc_id", "Target's visitor id (tntId, mboxPC)."))
+            "get": profile_fetch(pc_id),
+            "delete": profile_delete(pc_id),
         },
         "/rest/v1/profiles/thirdPartyId/{third_party_id}": {
-            "get": profile_fetch(path_param("third_party_id", "Your own id (mbox3rdPartyId)."))
+            "get": profile_fetch(third_party_id),
+            "delete": profile_delete(third_party_id),
         },
         "/openapi.json": {
             "get": operation(
@@ -264,6 +359,11 @@ def schemas() -> dict[str, Schema]:
             "description": "<response><success>false</success>[<batchStatus/>]"
             "<message>why</message></response>",
         },
+        "XmlUpdated": {
+            "type": "string",
+            "description": "<response><success>true</success><pcId>tntId or empty</pcId>"
+            "<message>Request successfully submitted</message></response>",
+        },
         "JsonError": {"type": "object", "properties": {"status": integer, "message": text}},
         "Profile": {
             "type": "object",
@@ -275,9 +375,60 @@ def schemas() -> dict[str, Schema]:
                     "type": "object",
                     "additionalProperties": {
                         "type": "object",
-                        "properties": {"value": text, "modifiedAt": text},
+                        "properties": {
+                            "value": text,
+                            "modifiedAt": text,
+                            "writtenBy": {
+                                "type": "object",
+                                "description": "Extension: the write the value came from.",
+                                "properties": {
+                                    "kind": {"enum": ["batch", "update", "delivery"]},
+                                    "id": text,
+                                    "line": integer,
+                                },
+                            },
+                        },
                     },
                 },
+                "thirdPartyId": {**text, "description": "Export only: the profile's own id."},
+                "tntIds": {
+                    "type": "array",
+                    "items": text,
+                    "description": "Export only: the tntIds of the profile.",
+                },
+            },
+        },
+        "DeliveryRequest": {
+            "type": "object",
+            "description": "Target's request; only the parts that touch profiles are read.",
+            "properties": {
+                "requestId": text,
+                "id": ref("VisitorId"),
+                "execute": {"type": "object"},
+                "prefetch": {"type": "object"},
+                "notifications": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "DeliveryResponse": {
+            "type": "object",
+            "properties": {
+                "status": integer,
+                "requestId": text,
+                "client": text,
+                "id": ref("VisitorId"),
+                "edgeHost": text,
+                "execute": {"type": "object"},
+                "prefetch": {"type": "object"},
+                "notifications": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "VisitorId": {
+            "type": "object",
+            "properties": {
+                "tntId": {**text, "maxLength": 128},
+                "thirdPartyId": {**text, "maxLength": 256},
+                "marketingCloudVisitorId": text,
+                "customerIds": {"type": "array", "items": {"type": "object"}},
             },
         },
         "Limits": {
@@ -287,6 +438,11 @@ def schemas() -> dict[str, Schema]:
                 "maxBatchRows": integer,
                 "rowsPerDay": integer,
                 "maxProfileBytes": integer,
+                "maxUpdateUrlBytes": integer,
+                "maxUpdateBodyBytes": integer,
+                "updatesPerDay": integer,
+                "maxDeliveryBytes": integer,
+                "profileExpiryDays": {"type": "number", "description": "0: never"},
             },
         },
         "ClientInfo": {

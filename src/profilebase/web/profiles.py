@@ -1,59 +1,123 @@
-"""Target's profile fetch: ``/rest/v1/profiles/{pcId}`` and ``/rest/v1/profiles/thirdPartyId/{id}``."""
+"""Profiles by id: Target's fetch, plus delete and export (beyond Target).
+
+``/rest/v1/profiles/{pcId}`` and ``/rest/v1/profiles/thirdPartyId/{id}`` answer
+GET (fetch) and DELETE; ``/rest/v1/profiles`` streams every profile of a client.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
 
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from profilebase import export
 from profilebase.errors import BadRequest, NotFound
-from profilebase.models import Client, KeyKind, Profile, iso_ms
-from profilebase.web.context import resolve_client, store_of
+from profilebase.models import KeyKind, now_ms
+from profilebase.storage.base import ProfileExport
+from profilebase.web.context import client_from_query, limits_of, store_of
+
+#: Profiles read per database round trip while exporting.
+EXPORT_PAGE = 500
+FORMATS = {"batch": "text/plain; charset=utf-8", "jsonl": "application/x-ndjson"}
 
 
-def profile_json(profile: Profile) -> dict[str, Any]:
-    """Target's fetch shape: exactly the attributes written, with millisecond UTC timestamps."""
-    return {
-        "client": profile.client_code,
-        "visitorId": profile.visitor_id,
-        "modifiedAt": iso_ms(profile.modified_at),
-        "profileAttributes": {
-            name: {"value": attribute.value, "modifiedAt": iso_ms(attribute.modified_at)}
-            for name, attribute in sorted(profile.attributes.items())
-        },
-    }
+def not_found(client_code: str, kind: KeyKind, identifier: str) -> NotFound:
+    """Target's 404 message for an unknown (or expired) profile."""
+    what = "mboxPC" if kind is KeyKind.PC_ID else "third party id"
+    return NotFound(f"No profile found for client {client_code} with {what}={identifier}")
 
 
-async def client_from_query(request: Request) -> Client:
-    code = request.query_params.get("client", "").strip()
-    if not code:
-        raise BadRequest(
-            "The client query parameter is missing: add ?client=<your client code>."
-        )
-    return await resolve_client(request, code)
+def identify(request: Request) -> tuple[KeyKind, str]:
+    if "third_party_id" in request.path_params:
+        return KeyKind.THIRD_PARTY_ID, request.path_params["third_party_id"]
+    return KeyKind.PC_ID, request.path_params["pc_id"]
 
 
-async def fetch(request: Request, kind: KeyKind, identifier: str) -> Response:
+async def fetch(request: Request) -> Response:
+    """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from."""
     client = await client_from_query(request)
-    profile = await run_in_threadpool(store_of(request).get_profile, client.id, kind.key(identifier))
+    kind, identifier = identify(request)
+    before = limits_of(request, client).expire_before_ms(now_ms())
+    profile = await run_in_threadpool(
+        store_of(request).get_profile, client.id, kind.key(identifier), before
+    )
     if profile is None:
-        what = "mboxPC" if kind is KeyKind.PC_ID else "third party id"
-        raise NotFound(f"No profile found for client {client.code} with {what}={identifier}")
-    return JSONResponse(profile_json(profile))
+        raise not_found(client.code, kind, identifier)
+    return JSONResponse(export.profile_json(profile))
 
 
-async def fetch_by_pc_id(request: Request) -> Response:
-    return await fetch(request, KeyKind.PC_ID, request.path_params["pc_id"])
+async def delete(request: Request) -> Response:
+    """Delete the profile with every id linked to it: 204, or 404 if there is none."""
+    client = await client_from_query(request)
+    kind, identifier = identify(request)
+    now = now_ms()
+    deleted = await run_in_threadpool(
+        store_of(request).delete_profile,
+        client.id,
+        kind.key(identifier),
+        now,
+        limits_of(request, client).expire_before_ms(now),
+    )
+    if not deleted:
+        raise not_found(client.code, kind, identifier)
+    return Response(status_code=204)
 
 
-async def fetch_by_third_party_id(request: Request) -> Response:
-    return await fetch(request, KeyKind.THIRD_PARTY_ID, request.path_params["third_party_id"])
+async def export_profiles(request: Request) -> Response:
+    """Stream every profile of the client, a page at a time, from one consistent snapshot."""
+    client = await client_from_query(request)
+    form = request.query_params.get("format", "jsonl")
+    if form not in FORMATS:
+        raise BadRequest(f"format must be batch or jsonl, got {form!r}.")
+    key = request.query_params.get("key")
+    if key is not None and form != "batch":
+        raise BadRequest("key applies to format=batch only.")
+    try:
+        key_kind = KeyKind(key or KeyKind.PC_ID)
+    except ValueError:
+        raise BadRequest(f"key must be pcId or thirdPartyId, got {key!r}.") from None
+    # A pcId export also holds profiles stored under a thirdPartyId that have tntIds.
+    only = (
+        KeyKind.THIRD_PARTY_ID if form == "batch" and key_kind is KeyKind.THIRD_PARTY_ID else None
+    )
+    before = limits_of(request, client).expire_before_ms(now_ms())
+    snapshot = await run_in_threadpool(store_of(request).open_export, client.id, only, before)
+    suffix = "txt" if form == "batch" else "jsonl"
+    return StreamingResponse(
+        export_body(snapshot, form, key_kind),
+        media_type=FORMATS[form],
+        headers={"content-disposition": f'attachment; filename="{client.code}-profiles.{suffix}"'},
+    )
+
+
+async def export_body(
+    snapshot: ProfileExport, form: str, key_kind: KeyKind
+) -> AsyncIterator[bytes]:
+    names: list[str] = []
+    try:
+        if form == "batch":
+            # A batch header lists every attribute: a first pass over the snapshot finds them.
+            found: set[str] = set()
+            async for page in iterate_in_threadpool(snapshot.pages(EXPORT_PAGE)):
+                found.update(name for profile in page for name in profile.attributes)
+            names = sorted(found)
+            yield export.batch_header(key_kind, names).encode()
+        async for page in iterate_in_threadpool(snapshot.pages(EXPORT_PAGE)):
+            if form == "batch":
+                yield export.batch_lines(key_kind, names, page).encode()
+            else:
+                yield export.jsonl_lines(page).encode()
+    finally:
+        snapshot.close()
 
 
 routes = [
-    Route("/rest/v1/profiles/thirdPartyId/{third_party_id}", fetch_by_third_party_id, methods=["GET"]),
-    Route("/rest/v1/profiles/{pc_id}", fetch_by_pc_id, methods=["GET"]),
+    Route("/rest/v1/profiles", export_profiles, methods=["GET"]),
+    Route("/rest/v1/profiles/thirdPartyId/{third_party_id}", fetch, methods=["GET"]),
+    Route("/rest/v1/profiles/thirdPartyId/{third_party_id}", delete, methods=["DELETE"]),
+    Route("/rest/v1/profiles/{pc_id}", fetch, methods=["GET"]),
+    Route("/rest/v1/profiles/{pc_id}", delete, methods=["DELETE"]),
 ]

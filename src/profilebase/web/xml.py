@@ -44,6 +44,15 @@ def submitted(status_url: str) -> list[str]:
     ]
 
 
+def updated(pc_id: str | None) -> list[str]:
+    """The reply to a single profile update that was applied."""
+    return [
+        element("success", "true"),
+        element("pcId", pc_id),
+        element("message", "Request successfully submitted"),
+    ]
+
+
 def rejected(message: str, with_batch_status: bool) -> list[str]:
     parts = [element("success", "false")]
     if with_batch_status:

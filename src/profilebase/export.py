@@ -1,0 +1,80 @@
+"""Profiles written out: Target's fetch JSON, JSON lines, and v2 batch files. No I/O.
+
+The fetch shape is Target's (``client``, ``visitorId``, ``modifiedAt``,
+``profileAttributes``); each attribute adds ``writtenBy``, the write its value
+came from, which Target clients ignore. A batch export is a valid v2 batch body:
+posted back, it restores the same attribute values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from profilebase import batchfile
+from profilebase.models import Attribute, KeyKind, Profile, iso_ms
+
+
+def attribute_json(attribute: Attribute) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "value": attribute.value,
+        "modifiedAt": iso_ms(attribute.modified_at),
+    }
+    source = attribute.written_by
+    if source is not None:
+        written: dict[str, Any] = {"kind": str(source.kind), "id": source.ref}
+        if source.line is not None:
+            written["line"] = source.line
+        out["writtenBy"] = written
+    return out
+
+
+def profile_json(profile: Profile, with_ids: bool = False) -> dict[str, Any]:
+    """Target's fetch shape; ``with_ids`` adds the profile's ``thirdPartyId`` and ``tntIds``."""
+    out: dict[str, Any] = {
+        "client": profile.client_code,
+        "visitorId": profile.visitor_id,
+        "modifiedAt": iso_ms(profile.modified_at),
+        "profileAttributes": {
+            name: attribute_json(attribute)
+            for name, attribute in sorted(profile.attributes.items())
+        },
+    }
+    if with_ids:
+        third_party = profile.ids_of(KeyKind.THIRD_PARTY_ID)
+        if third_party:
+            out["thirdPartyId"] = third_party[0]
+        tnt_ids = profile.ids_of(KeyKind.PC_ID)
+        if tnt_ids:
+            out["tntIds"] = tnt_ids
+    return out
+
+
+def jsonl_lines(profiles: Iterable[Profile]) -> str:
+    """One fetch-shaped JSON object per line, with the profile's ids, keyed by its stored id."""
+    return "".join(
+        json.dumps(profile_json(profile, with_ids=True), ensure_ascii=False) + "\n"
+        for profile in profiles
+    )
+
+
+def batch_header(key_kind: KeyKind, names: Sequence[str]) -> str:
+    return batchfile.encode_header(key_kind, names) + "\n"
+
+
+def batch_lines(key_kind: KeyKind, names: Sequence[str], profiles: Iterable[Profile]) -> str:
+    """One row per id of ``key_kind`` a profile has (a profile with none has no row).
+
+    Empty trailing cells are left out: a row may be shorter than the header.
+    """
+    lines = []
+    for profile in profiles:
+        values = [
+            profile.attributes[name].value if name in profile.attributes else "" for name in names
+        ]
+        while values and not values[-1]:
+            values.pop()
+        for identifier in profile.ids_of(key_kind):
+            lines.append(batchfile.encode_row([identifier, *values]) + "\n")
+    return "".join(lines)

@@ -1,0 +1,247 @@
+"""The profile side of Target's Delivery API: ``POST /rest/v1/delivery?client=…&sessionId=…``.
+
+A page call names a visitor (``id.tntId``, ``id.thirdPartyId``) and may carry
+``profileParameters`` in each part of the request. profilebase decides no offers:
+it creates or links the visitor's profile, applies the parameters, and answers
+with Target's envelope (``status``, ``requestId``, ``client``, ``id``,
+``edgeHost``, and the ``execute``/``prefetch`` parts echoing each mbox) with no
+content. A call without a tntId gets a new one in Target's format.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from profilebase import batchfile
+from profilebase.errors import BadRequest
+from profilebase.models import KeyKind, now_ms
+from profilebase.storage.base import Visit
+from profilebase.web.context import (
+    client_from_query,
+    limits_of,
+    read_body,
+    scalar_text,
+    store_of,
+)
+
+#: The location hint of tntIds made here (Target's are cluster numbers such as 28).
+LOCATION_HINT = "0"
+MAX_PARAMETERS = 50
+MAX_NAME_LENGTH = 128
+MAX_VALUE_LENGTH = 256
+MAX_MBOXES = 50
+MAX_THIRD_PARTY_ID_LENGTH = 256
+SESSION_ID = re.compile(r"[!-~]{1,128}")
+SESSION_ID_FORBIDDEN = set(" ?{}/")
+#: Where profileParameters may appear, in the order they apply (a later value wins).
+PARTS = [
+    ("execute", "pageLoad"),
+    ("execute", "mboxes"),
+    ("prefetch", "pageLoad"),
+    ("prefetch", "views"),
+    ("prefetch", "mboxes"),
+    (None, "notifications"),
+]
+
+
+@dataclass(frozen=True)
+class DeliveryCall:
+    """What a Delivery request says about its visitor."""
+
+    tnt_id: str | None
+    third_party_id: str | None
+    values: dict[str, str]
+
+
+def new_tnt_id() -> str:
+    """A new tntId in Target's format: 32 hex digits, a dot, the location hint, ``_0``."""
+    return f"{uuid.uuid4().hex}.{LOCATION_HINT}_0"
+
+
+async def delivery(request: Request) -> Response:
+    """Create or link the visitor's profile, apply its parameters, answer Target's envelope."""
+    client = await client_from_query(request)
+    check_session_id(request.query_params.get("sessionId"))
+    limits = limits_of(request, client)
+    body = await read_body(request, limits.max_delivery_bytes, "max_delivery_bytes")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The request body is not valid JSON.") from None
+    payload = as_object(payload, "the request body")
+    call = parse_call(payload)
+    tnt_id = call.tnt_id or new_tnt_id()
+    request_id = payload.get("requestId")
+    if not isinstance(request_id, str) or not request_id:
+        request_id = str(uuid.uuid4())
+    now = now_ms()
+    await run_in_threadpool(
+        store_of(request).visit,
+        client.id,
+        Visit(tnt_id, call.third_party_id, call.values, request_id),
+        now,
+        limits.max_profile_bytes,
+        limits.expire_before_ms(now),
+    )
+    identity = dict(as_object(payload.get("id"), "id"))
+    identity["tntId"] = tnt_id
+    reply: dict[str, Any] = {
+        "status": 200,
+        "requestId": request_id,
+        "client": client.code,
+        "id": identity,
+        "edgeHost": request.headers.get("host") or request.url.netloc,
+        **echo(payload),
+    }
+    return JSONResponse(reply)
+
+
+def check_session_id(session_id: str | None) -> None:
+    if not session_id:
+        raise BadRequest(
+            "The sessionId query parameter is missing: add &sessionId=<a stable id of the "
+            "visitor's session>."
+        )
+    if not SESSION_ID.fullmatch(session_id) or SESSION_ID_FORBIDDEN & set(session_id):
+        raise BadRequest(
+            "sessionId must be 1 to 128 printable characters without spaces, '?', '{', '}' or '/'."
+        )
+
+
+def as_object(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where} must be a JSON object.")
+    return value
+
+
+def as_list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest(f"{where} must be a JSON array.")
+    return value
+
+
+def parse_call(payload: dict[str, Any]) -> DeliveryCall:
+    """The visitor's ids and every profileParameter, validated as Target documents."""
+    identity = as_object(payload.get("id"), "id")
+    tnt_id = optional_id(identity, "tntId", KeyKind.PC_ID, 128)
+    third_party_id = optional_id(
+        identity, "thirdPartyId", KeyKind.THIRD_PARTY_ID, MAX_THIRD_PARTY_ID_LENGTH
+    )
+    values: dict[str, str] = {}
+    for section, part in PARTS:
+        container = payload if section is None else as_object(payload.get(section), section)
+        where = part if section is None else f"{section}.{part}"
+        if part == "pageLoad":
+            items = [container.get(part)] if part in container else []
+        else:
+            items = as_list(container.get(part), where)
+            if part == "mboxes" and len(items) > MAX_MBOXES:
+                raise BadRequest(f"{where}: size must be between 0 and {MAX_MBOXES}.")
+        for index, item in enumerate(items):
+            label = where if part == "pageLoad" else f"{where}[{index}]"
+            item = as_object(item, label)
+            values.update(profile_parameters(item.get("profileParameters"), label))
+    return DeliveryCall(tnt_id, third_party_id, values)
+
+
+def optional_id(identity: dict[str, Any], name: str, kind: KeyKind, longest: int) -> str | None:
+    value = identity.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"id.{name} must be a string.")
+    if len(value) > longest:
+        raise BadRequest(f"id.{name} is {len(value)} characters long; at most {longest}.")
+    problem = batchfile.check_id(kind, value)
+    if problem:
+        raise BadRequest(f"Invalid id.{name}: {problem}.")
+    return value
+
+
+def profile_parameters(raw: Any, where: str) -> dict[str, str]:
+    """One profileParameters object; an empty value leaves the attribute unchanged."""
+    parameters = as_object(raw, f"{where}.profileParameters")
+    if len(parameters) > MAX_PARAMETERS:
+        raise BadRequest(
+            f"{where}.profileParameters has {len(parameters)} parameters; at most "
+            f"{MAX_PARAMETERS} are allowed."
+        )
+    values = {}
+    for name, value in parameters.items():
+        if not name.strip():
+            raise BadRequest(f"{where}.profileParameters has a blank parameter name.")
+        if len(name) > MAX_NAME_LENGTH:
+            raise BadRequest(
+                f"Profile parameter name {name[:40]!r}… is {len(name)} characters long; at most "
+                f"{MAX_NAME_LENGTH}."
+            )
+        if name.startswith("profile."):
+            raise BadRequest(
+                f"Profile parameter {name!r} must not start with 'profile.': write "
+                f"{name.removeprefix('profile.')!r}."
+            )
+        if value is None:
+            raise BadRequest(f"Profile parameter {name!r}: the value cannot be null.")
+        text = scalar_text(value)
+        if text is None:
+            raise BadRequest(f"Profile parameter {name!r}: the value must be a string.")
+        if len(text) > MAX_VALUE_LENGTH:
+            raise BadRequest(
+                f"Profile parameter {name!r} has a value of {len(text)} characters; at most "
+                f"{MAX_VALUE_LENGTH}."
+            )
+        if text:
+            values[name] = text
+    return values
+
+
+def echo(payload: dict[str, Any]) -> dict[str, Any]:
+    """The ``execute``/``prefetch``/``notifications`` parts of the reply, without content."""
+    out: dict[str, Any] = {}
+    for section in ("execute", "prefetch"):
+        if section not in payload:
+            continue
+        asked = payload[section]
+        part: dict[str, Any] = {}
+        if "pageLoad" in asked:
+            part["pageLoad"] = {}
+        if "views" in asked:
+            part["views"] = [
+                echo_item(view, position, False) for position, view in enumerate(asked["views"])
+            ]
+        if "mboxes" in asked:
+            part["mboxes"] = [
+                echo_item(mbox, position, True) for position, mbox in enumerate(asked["mboxes"])
+            ]
+        out[section] = part
+    if "notifications" in payload:
+        out["notifications"] = [
+            {"id": item["id"]} if "id" in item else {} for item in payload["notifications"]
+        ]
+    return out
+
+
+def echo_item(item: dict[str, Any], position: int, with_index: bool) -> dict[str, Any]:
+    """An mbox (its ``index``, by default its position, and ``name``) or a view (``name``)."""
+    out: dict[str, Any] = {}
+    if with_index:
+        out["index"] = item.get("index", position)
+    if "name" in item:
+        out["name"] = item["name"]
+    return out
+
+
+routes = [Route("/rest/v1/delivery", delivery, methods=["POST"])]

@@ -1,0 +1,259 @@
+"""Single profile update over HTTP: applied at once, update only, both paths, limits, quota."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import attributes, batch_id_of, deliver, submit, update, xml_fields
+
+from profilebase.config import Settings
+
+
+@pytest.fixture
+def crm(http: httpx.Client, drain) -> httpx.Client:
+    """Profile crm-1 (thirdPartyId) and 123 (pcId) exist, created by a v2 batch."""
+    submit(http, b"batch=thirdPartyId,tier,city\ncrm-1,silver,Berlin\n")
+    submit(http, b"batch=pcId,tier\n123,bronze\n")
+    drain()
+    return http
+
+
+def test_update_is_visible_at_once(crm: httpx.Client):
+    """The reply is Target's; a fetch right after it returns the new value, the rest unchanged."""
+    response = update(crm, mbox3rdPartyId="crm-1", profile_tier="gold")
+    assert response.status_code == 200
+    assert xml_fields(response) == {
+        "success": "true",
+        "pcId": "",
+        "message": "Request successfully submitted",
+    }
+    assert attributes(crm, "crm-1") == {"tier": "gold", "city": "Berlin"}
+
+
+def test_update_by_mbox_pc_echoes_the_pc_id(crm: httpx.Client):
+    response = update(crm, mboxPC="123", profile_tier="gold", profile_new="1")
+    assert xml_fields(response)["pcId"] == "123"
+    assert attributes(crm, "123", third_party=False) == {"tier": "gold", "new": "1"}
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        pytest.param(lambda http, path, q: http.get(path, params=q), id="GET query"),
+        pytest.param(lambda http, path, q: http.post(path, params=q), id="POST query, no body"),
+        pytest.param(lambda http, path, q: http.post(path, data=q), id="POST form body"),
+        pytest.param(lambda http, path, q: http.post(path, json=q), id="POST JSON body"),
+        pytest.param(
+            lambda http, path, q: http.post(
+                path, content=httpx.QueryParams(q).__str__(), headers={"content-type": "text/plain"}
+            ),
+            id="POST form body without its content type",
+        ),
+    ],
+)
+def test_every_way_of_sending_parameters(crm: httpx.Client, send):
+    """Query string, form body or JSON body: UTF-8, URL-encoded, case-sensitive names."""
+    query = {
+        "mbox3rdPartyId": "crm-1",
+        "profile.City": "München & Köln",
+        "profile.note": "a+b 100%",
+        "other": "x",
+    }
+    response = send(crm, "/m2/demo/profile/update", query)
+    assert response.status_code == 200, response.text
+    assert attributes(crm, "crm-1") == {
+        "tier": "silver",
+        "city": "Berlin",
+        "City": "München & Köln",
+        "note": "a+b 100%",
+    }
+
+
+def test_json_numbers_and_booleans_become_text(crm: httpx.Client):
+    response = crm.post(
+        "/m2/demo/profile/update",
+        json={
+            "mbox3rdPartyId": "crm-1",
+            "profile.age": 42,
+            "profile.vip": True,
+            "profile.city": None,
+        },
+    )
+    assert response.status_code == 200
+    assert attributes(crm, "crm-1") == {
+        "tier": "silver",
+        "city": "Berlin",
+        "age": "42",
+        "vip": "true",
+    }
+
+
+def test_empty_value_leaves_the_attribute_unchanged(crm: httpx.Client):
+    assert (
+        update(crm, mbox3rdPartyId="crm-1", profile_tier="", profile_city="Paris").status_code
+        == 200
+    )
+    assert attributes(crm, "crm-1") == {"tier": "silver", "city": "Paris"}
+
+
+def test_unknown_id_creates_nothing(crm: httpx.Client):
+    """Target silently drops it; profilebase says so: 404, success=false, client and id named."""
+    response = update(crm, mbox3rdPartyId="nobody", profile_tier="gold")
+    assert response.status_code == 404
+    fields = xml_fields(response)
+    assert fields["success"] == "false"
+    assert "No profile found for client demo with mbox3rdPartyId=nobody" in fields["message"]
+    assert attributes(crm, "nobody") is None
+    response = update(crm, mboxPC="999", profile_tier="gold")
+    assert "with mboxPC=999" in xml_fields(response)["message"]
+
+
+def test_a_profile_in_a_queued_batch_does_not_exist_yet(http: httpx.Client, drain):
+    """Update only: the profile must exist when the update runs; a queued batch has not made it."""
+    submit(http, b"batch=thirdPartyId,tier\nlater,silver\n")
+    assert update(http, mbox3rdPartyId="later", profile_tier="gold").status_code == 404
+    drain()
+    assert attributes(http, "later") == {"tier": "silver"}
+
+
+def test_rows_of_a_batch_queued_before_the_update_lose_to_it(crm: httpx.Client, drain):
+    """The update takes its place in the per-profile order: older rows lose to it, per attribute."""
+    submit(crm, b"batch=thirdPartyId,tier,city\ncrm-1,platinum,Rome\n")
+    assert update(crm, mbox3rdPartyId="crm-1", profile_tier="gold").status_code == 200
+    submit(crm, b"batch=thirdPartyId,city\ncrm-1,Oslo\n")
+    drain()
+    assert attributes(crm, "crm-1") == {"tier": "gold", "city": "Oslo"}
+
+
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [
+        ("/m2/client/profile/update?client=demo&mbox3rdPartyId=crm-1&profile.tier=gold", {}),
+        (
+            "/m2/client/profile/update?mbox3rdPartyId=crm-1&profile.tier=gold",
+            {"host": "demo.tt.omtrdc.net"},
+        ),
+        ("/m2/demo/profile/update?client=demo&mbox3rdPartyId=crm-1&profile.tier=gold", {}),
+    ],
+    ids=["client parameter", "Host header", "client code in the path"],
+)
+def test_both_path_forms(crm: httpx.Client, url: str, headers: dict[str, str]):
+    """Target's docs print the literal /m2/client/…; the client comes from ?client= or the Host."""
+    response = crm.get(url, headers=headers)
+    assert response.status_code == 200, response.text
+    assert attributes(crm, "crm-1")["tier"] == "gold"
+
+
+def test_literal_path_with_no_known_client_is_404(crm: httpx.Client):
+    response = crm.get("/m2/client/profile/update?client=nobody&mbox3rdPartyId=crm-1&profile.a=1")
+    assert response.status_code == 404
+    assert "Unknown client 'nobody'" in xml_fields(response)["message"]
+
+
+@pytest.mark.parametrize(
+    ("query", "fragment"),
+    [
+        ("profile.a=1", "exactly one of mboxPC"),
+        ("mboxPC=123&mbox3rdPartyId=crm-1&profile.a=1", "exactly one of mboxPC"),
+        ("mbox3rdPartyId=&profile.a=1", "exactly one of mboxPC"),
+        ("mbox3rdPartyId=a%2Fb&profile.a=1", "must not contain '+' or '/'"),
+        ("mboxPC=1.2.3&profile.a=1", "at most one '.'"),
+        ("mbox3rdPartyId=crm-1&profile.=1", "does not name an attribute"),
+        ("mbox3rdPartyId=crm-1&profile.profile.a=1", "one `profile.` prefix"),
+        ("mbox3rdPartyId=crm-1&profile.a=%FF", "not valid UTF-8"),
+    ],
+)
+def test_invalid_requests_are_400(crm: httpx.Client, query: str, fragment: str):
+    response = crm.get("/m2/demo/profile/update?" + query)
+    assert response.status_code == 400
+    fields = xml_fields(response)
+    assert fields["success"] == "false" and fragment in fields["message"]
+
+
+def test_invalid_json_body_is_400(crm: httpx.Client):
+    response = crm.post(
+        "/m2/demo/profile/update", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and "JSON" in xml_fields(response)["message"]
+
+
+def test_pc_id_of_a_linked_profile(crm: httpx.Client):
+    """Updating by thirdPartyId names the tntId linked to the profile, as Target's pcId."""
+    deliver(crm, {"id": {"tntId": "abc.0_0", "thirdPartyId": "crm-1"}})
+    response = update(crm, mbox3rdPartyId="crm-1", profile_tier="gold")
+    assert xml_fields(response)["pcId"] == "abc.0_0"
+    assert attributes(crm, "abc.0_0", third_party=False)["tier"] == "gold"
+
+
+def test_nothing_to_write_still_answers_success(crm: httpx.Client):
+    response = update(crm, mbox3rdPartyId="crm-1", other="x")
+    assert response.status_code == 200
+    assert attributes(crm, "crm-1") == {"tier": "silver", "city": "Berlin"}
+
+
+class TestLimits:
+    @pytest.fixture
+    def settings(self, tmp_path: Path) -> Settings:
+        return Settings(
+            database=f"sqlite:///{tmp_path}/test.db",
+            workers=0,
+            max_update_url_bytes=200,
+            max_update_body_bytes=300,
+            updates_per_day=3,
+        )
+
+    def test_get_request_line_over_the_limit_is_413(self, crm: httpx.Client):
+        short = "/m2/demo/profile/update?mbox3rdPartyId=crm-1&profile.a="
+        fits = short + "x" * (200 - len("GET ") - len(short) - len(" HTTP/1.1"))
+        assert crm.get(fits).status_code == 200
+        response = crm.get(fits + "x")
+        assert response.status_code == 413
+        fields = xml_fields(response)
+        assert fields["success"] == "false" and "max_update_url_bytes" in fields["message"]
+
+    def test_post_body_over_the_limit_is_413(self, crm: httpx.Client):
+        body = {"mbox3rdPartyId": "crm-1", "profile.a": "x" * 400}
+        response = crm.post("/m2/demo/profile/update", data=body)
+        assert (
+            response.status_code == 413
+            and "max_update_body_bytes" in xml_fields(response)["message"]
+        )
+
+        def chunks():
+            yield b"mbox3rdPartyId=crm-1&profile.a="
+            for _ in range(50):
+                yield b"x" * 10
+
+        assert crm.post("/m2/demo/profile/update", content=chunks()).status_code == 413
+        assert attributes(crm, "crm-1") == {"tier": "silver", "city": "Berlin"}
+
+    def test_daily_quota_is_429_with_retry_after(self, crm: httpx.Client):
+        """Applied updates count; an unknown id or an update with nothing to write does not."""
+        assert update(crm, mbox3rdPartyId="nobody", profile_a="1").status_code == 404
+        assert update(crm, mbox3rdPartyId="crm-1", other="1").status_code == 200
+        for n in range(3):
+            assert update(crm, mbox3rdPartyId="crm-1", profile_a=str(n)).status_code == 200
+        response = update(crm, mbox3rdPartyId="crm-1", profile_a="late")
+        assert response.status_code == 429
+        assert 0 < int(response.headers["retry-after"]) <= 86_400 + 60
+        assert "updates_per_day" in xml_fields(response)["message"]
+        assert attributes(crm, "crm-1")["a"] == "2"
+
+
+@pytest.mark.parametrize("settings", [{"max_profile_bytes": 150}], indirect=True)
+def test_profile_size_limit_is_413(crm: httpx.Client):
+    """An update that would grow the profile past max_profile_bytes writes nothing."""
+    assert update(crm, mbox3rdPartyId="crm-1", profile_small="y").status_code == 200
+    response = update(crm, mbox3rdPartyId="crm-1", profile_big="y" * 80, profile_other="z")
+    assert response.status_code == 413
+    assert "max_profile_bytes" in xml_fields(response)["message"]
+    assert attributes(crm, "crm-1") == {"tier": "silver", "city": "Berlin", "small": "y"}
+
+
+def test_status_url_is_unaffected(crm: httpx.Client, drain):
+    """The update routes do not shadow the bulk routes of the same client."""
+    response = submit(crm, b"batch=thirdPartyId,a\nx,1\n")
+    assert response.status_code == 200
+    assert batch_id_of(response).startswith("demo-")
