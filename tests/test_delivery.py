@@ -48,6 +48,13 @@ def test_the_envelope_echoes_each_part_without_content(http: httpx.Client):
     assert body["notifications"] == [{"id": "n1"}]
 
 
+def test_null_parts_are_absent_parts(http: httpx.Client):
+    payload = {"id": None, "execute": None, "prefetch": {"mboxes": None}, "notifications": None}
+    body = deliver(http, payload).json()
+    assert TNT_ID.fullmatch(body["id"]["tntId"])
+    assert "execute" not in body and body["prefetch"] == {} and "notifications" not in body
+
+
 def test_profile_parameters_from_every_part_apply_later_parts_winning(http: httpx.Client):
     """pageLoad, mboxes, views and notifications all carry profileParameters; later ones win."""
     payload = {

@@ -13,7 +13,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from profilebase import batchfile
+from profilebase.models import now_ms
 from profilebase.storage import Store
+from profilebase.storage.base import Visit
 
 
 def export(http: httpx.Client, client: str = "demo", **params: str) -> httpx.Response:
@@ -176,3 +178,26 @@ def test_client_info_announces_export_delete_and_provenance(http: httpx.Client):
     assert info["extensions"]["profileExport"] == "/rest/v1/profiles?client=demo&format=jsonl"
     assert info["extensions"]["profileDelete"] is True and info["extensions"]["writtenBy"] is True
     assert info["limits"]["updatesPerDay"] == 1_000_000 and info["limits"]["profileExpiryDays"] == 0
+
+
+def test_an_export_reads_one_snapshot_page_by_page(store: Store):
+    """Writes made while an export is being read do not tear it; each pass sees the same."""
+    client = store.ensure_client("snap")
+    for n in range(5):
+        store.visit(client.id, Visit(f"t{n}", None, {"n": str(n)}, "r"), now_ms(), 10_000)
+    snapshot = store.open_export(client.id)
+    try:
+        pages = snapshot.pages(2)
+        first = next(pages)
+        store.visit(client.id, Visit("t9", None, {"n": "9"}, "r"), now_ms(), 10_000)
+        store.visit(client.id, Visit("t4", None, {"n": "changed"}, "r"), now_ms(), 10_000)
+        assert store.delete_profile(client.id, "p:t3", now_ms())
+        rest = [profile for page in pages for profile in page]
+        assert [len(first), len(rest)] == [2, 3]
+        seen = {p.visitor_id: p.attributes["n"].value for p in first + rest}
+        assert seen == {f"t{n}": str(n) for n in range(5)}
+        again = [p.visitor_id for page in snapshot.pages(100) for p in page]
+        assert again == [f"t{n}" for n in range(5)]
+    finally:
+        snapshot.close()
+    assert len(store.get_profile(client.id, "p:t9").attributes) == 1

@@ -146,10 +146,14 @@ def test_both_path_forms(crm: httpx.Client, url: str, headers: dict[str, str]):
     assert attributes(crm, "crm-1")["tier"] == "gold"
 
 
-def test_literal_path_with_no_known_client_is_404(crm: httpx.Client):
-    response = crm.get("/m2/client/profile/update?client=nobody&mbox3rdPartyId=crm-1&profile.a=1")
+@pytest.mark.parametrize("host", ["127.0.0.1", "demo.tt.omtrdc.net"])
+def test_literal_path_with_an_unknown_client_parameter_is_404(crm: httpx.Client, host: str):
+    """An explicit ?client= is authoritative: the Host header does not stand in for it."""
+    url = "/m2/client/profile/update?client=nobody&mbox3rdPartyId=crm-1&profile.a=1"
+    response = crm.get(url, headers={"host": host})
     assert response.status_code == 404
     assert "Unknown client 'nobody'" in xml_fields(response)["message"]
+    assert "a" not in attributes(crm, "crm-1")
 
 
 @pytest.mark.parametrize(

@@ -212,22 +212,22 @@ def echo(payload: dict[str, Any]) -> dict[str, Any]:
     """The ``execute``/``prefetch``/``notifications`` parts of the reply, without content."""
     out: dict[str, Any] = {}
     for section in ("execute", "prefetch"):
-        if section not in payload:
+        asked = payload.get(section)
+        if asked is None:
             continue
-        asked = payload[section]
         part: dict[str, Any] = {}
         if "pageLoad" in asked:
             part["pageLoad"] = {}
-        if "views" in asked:
+        if asked.get("views") is not None:
             part["views"] = [
                 echo_item(view, position, False) for position, view in enumerate(asked["views"])
             ]
-        if "mboxes" in asked:
+        if asked.get("mboxes") is not None:
             part["mboxes"] = [
                 echo_item(mbox, position, True) for position, mbox in enumerate(asked["mboxes"])
             ]
         out[section] = part
-    if "notifications" in payload:
+    if payload.get("notifications") is not None:
         out["notifications"] = [
             {"id": item["id"]} if "id" in item else {} for item in payload["notifications"]
         ]

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from profilebase import export
 from profilebase.errors import BadRequest, NotFound
 from profilebase.models import KeyKind, now_ms
-from profilebase.storage.base import ProfileExport
+from profilebase.storage.base import Store
 from profilebase.web.context import client_from_query, limits_of, store_of
 
 #: Profiles read per database round trip while exporting.
@@ -84,18 +84,24 @@ async def export_profiles(request: Request) -> Response:
         KeyKind.THIRD_PARTY_ID if form == "batch" and key_kind is KeyKind.THIRD_PARTY_ID else None
     )
     before = limits_of(request, client).expire_before_ms(now_ms())
-    snapshot = await run_in_threadpool(store_of(request).open_export, client.id, only, before)
     suffix = "txt" if form == "batch" else "jsonl"
     return StreamingResponse(
-        export_body(snapshot, form, key_kind),
+        export_body(store_of(request), client.id, only, before, form, key_kind),
         media_type=FORMATS[form],
         headers={"content-disposition": f'attachment; filename="{client.code}-profiles.{suffix}"'},
     )
 
 
 async def export_body(
-    snapshot: ProfileExport, form: str, key_kind: KeyKind
+    store: Store,
+    client_id: int,
+    only: KeyKind | None,
+    expire_before_ms: int,
+    form: str,
+    key_kind: KeyKind,
 ) -> AsyncIterator[bytes]:
+    """The export's bytes; the snapshot opens when streaming starts and closes when it ends."""
+    snapshot = await run_in_threadpool(store.open_export, client_id, only, expire_before_ms)
     names: list[str] = []
     try:
         if form == "batch":

@@ -63,19 +63,20 @@ async def update(request: Request) -> Response:
 
 
 async def update_client(request: Request) -> Client:
-    """The client of the path; for the literal ``/m2/client/…``, the ``client`` parameter or
-    the first label of the Host header (a client really named ``client`` comes last)."""
-    code = request.path_params["client"]
-    if code != LITERAL_CLIENT:
+    """The client of the path; for the literal ``/m2/client/…``, the ``client`` parameter, else
+    the first label of the Host header, else a client really named ``client``."""
+    if request.path_params["client"] != LITERAL_CLIENT:
         return await resolve_client(request)
-    host = request.headers.get("host", "").split(":")[0]
-    candidates = [request.query_params.get("client", "").strip(), host.split(".")[0]]
-    for candidate in [c for c in candidates if c] + [LITERAL_CLIENT]:
+    named = request.query_params.get("client", "").strip()
+    if named:
+        return await resolve_client(request, named)
+    label = request.headers.get("host", "").split(":")[0].split(".")[0]
+    if label:
         try:
-            return await resolve_client(request, candidate)
+            return await resolve_client(request, label)
         except UnknownClient:
-            continue
-    raise UnknownClient(candidates[0] or candidates[1] or LITERAL_CLIENT)
+            pass
+    return await resolve_client(request, LITERAL_CLIENT)
 
 
 async def read_parameters(request: Request, limits: Limits) -> list[tuple[str, str]]:
