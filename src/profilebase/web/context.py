@@ -41,9 +41,7 @@ async def client_from_query(request: Request) -> Client:
     """The client named by the ``client`` query parameter, as Target's ``/rest/`` APIs take it."""
     code = request.query_params.get("client", "").strip()
     if not code:
-        raise BadRequest(
-            "The client query parameter is missing: add ?client=<your client code>."
-        )
+        raise BadRequest("The client query parameter is missing: add ?client=<your client code>.")
     return await resolve_client(request, code)
 
 

@@ -54,10 +54,9 @@ async def update(request: Request) -> Response:
     if outcome is None:
         raise NotFound(
             f"No profile found for client {client.code} with {PARAMETER_OF[kind]}={identifier}: "
-            "the single "
-            "profile update API updates existing profiles only and created nothing. A profile "
-            "in a batch that is still queued does not exist yet; create profiles with a v2 "
-            "batch or a page call first."
+            "the single profile update API updates existing profiles only and created nothing. "
+            "A profile in a batch that is still queued does not exist yet; create profiles with "
+            "a v2 batch or a page call first."
         )
     return xml.xml_response(xml.updated(outcome.pc_id))
 
