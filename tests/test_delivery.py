@@ -9,6 +9,8 @@ import httpx
 import pytest
 from helpers import attributes, batch_id_of, deliver, status, submit, update
 
+from profilebase import batchfile
+
 TNT_ID = re.compile(r"[0-9a-f]{32}\.0_0")
 
 
@@ -99,6 +101,18 @@ def test_a_known_tnt_id_updates_its_profile(http: httpx.Client, drain):
         {"id": {"tntId": "t3"}, "execute": {"pageLoad": {"profileParameters": {"tier": "gold"}}}},
     )
     assert attributes(http, "t3", third_party=False) == {"tier": "gold", "city": "Berlin"}
+
+
+def test_v1_batches_update_the_profiles_page_calls_created(http: httpx.Client, drain):
+    """What makes v1 meaningful: the site creates profiles, a v1 batch updates only those."""
+    tnt_id = deliver(http, {}).json()["id"]["tntId"]
+    body = batchfile.encode("pcId", ["tier"], [[tnt_id, "gold"], ["never-seen", "gold"]])
+    batch_id = batch_id_of(submit(http, body, v2=False))
+    drain()
+    fields = status(http, batch_id)
+    assert (fields["successfulUpdates"], fields["profilesNotFound"]) == ("1", "1")
+    assert attributes(http, tnt_id, third_party=False) == {"tier": "gold"}
+    assert attributes(http, "never-seen", third_party=False) is None
 
 
 def test_third_party_id_alone_gets_a_tnt_id_mapped_to_it(http: httpx.Client):
