@@ -201,3 +201,21 @@ def test_an_export_reads_one_snapshot_page_by_page(store: Store):
     finally:
         snapshot.close()
     assert len(store.get_profile(client.id, "p:t9").attributes) == 1
+
+
+def test_a_page_of_large_profiles_ends_early(store: Store, monkeypatch: pytest.MonkeyPatch):
+    """Pages are bounded by size as well as by count, so large profiles never pile up."""
+    if getattr(store, "backend", "") != "sqlite":
+        pytest.skip("checks the SQLite export's page bound")
+    from profilebase.storage import sqlite_profiles
+
+    monkeypatch.setattr(sqlite_profiles, "EXPORT_PAGE_CHARS", 250)
+    client = store.ensure_client("large")
+    for n in range(4):
+        store.visit(client.id, Visit(f"t{n}", None, {"v": "x" * 100}, "r"), now_ms(), 10_000)
+    snapshot = store.open_export(client.id)
+    try:
+        sizes = [len(page) for page in snapshot.pages(100)]
+    finally:
+        snapshot.close()
+    assert sizes == [2, 2]

@@ -124,7 +124,8 @@ class ProfileExport(Protocol):
     """A consistent snapshot of one client's profiles, read page by page."""
 
     def pages(self, size: int) -> Iterator[list[Profile]]:
-        """The profiles in key order, ``size`` at a time; each keyed by its stored key.
+        """The profiles in key order, at most ``size`` at a time (fewer when they are large,
+        so that a page stays a few MB); each keyed by its stored key.
 
         May be called more than once; every pass reads the same snapshot.
         """

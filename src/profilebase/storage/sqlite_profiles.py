@@ -20,6 +20,8 @@ from profilebase.storage.quota import retry_after_ms, update_quota_message
 from profilebase.storage.records import WriteRows, build_profile, write_numbers
 
 MINUTE_MS = 60_000
+#: An export page stops once its profiles hold this much stored JSON (2000 KB profiles exist).
+EXPORT_PAGE_CHARS = 8_000_000
 #: Stored keys start with 'p:' or 't:' (';' follows ':'): the range of each export.
 EXPORT_RANGES = {
     None: ("p:", "t;"),
@@ -257,11 +259,17 @@ class SQLiteExport:
     def _page(self, after: str, size: int) -> list[Profile]:
         if self.closed:
             return []
-        rows = self.db.execute(
+        rows = []
+        stored = 0
+        for row in self.db.execute(
             f"SELECT p.pkey, p.attrs, p.modified_at FROM profiles p WHERE {self.where} "
             "AND p.pkey > ? ORDER BY p.pkey LIMIT ?",
             (*self.params, after, size),
-        ).fetchall()
+        ):
+            rows.append(row)
+            stored += len(row[1])
+            if stored >= EXPORT_PAGE_CHARS:  # a page of large profiles ends early
+                break
         documents = {pkey: json.loads(attrs) for pkey, attrs, _ in rows}
         ids: dict[str, list[str]] = {pkey: [pkey] for pkey in documents}
         for alias, pkey in self.db.execute(
