@@ -15,6 +15,7 @@ import uvicorn
 
 from profilebase.client import Client
 from profilebase.config import Settings
+from profilebase.models import now_ms
 from profilebase.storage import Store, open_store
 from profilebase.web import create_app
 from profilebase.web.app import prepare
@@ -36,12 +37,31 @@ def store(settings: Settings) -> Iterator[Store]:
     the_store.close()
 
 
+class FakeClock:
+    """Milliseconds since the epoch that move only when a test says so."""
+
+    def __init__(self, start_ms: int) -> None:
+        self.ms = start_ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+    def advance(self, seconds: float) -> None:
+        self.ms += int(seconds * 1000)
+
+
 @pytest.fixture
-def drain(store: Store, settings: Settings):  # type: ignore[no-untyped-def]
-    """Apply every queued unit now, deterministically, in this thread."""
+def clock() -> Callable[[], int]:
+    """The clock of the app and the workers; modules that test time override it."""
+    return now_ms
+
+
+@pytest.fixture
+def drain(store: Store, settings: Settings, clock: Callable[[], int]):  # type: ignore[no-untyped-def]
+    """Apply every claimable unit now, deterministically, in this thread."""
 
     def run() -> None:
-        Worker(store, settings).run(until_idle=True)
+        Worker(store, settings, clock=clock).run(until_idle=True)
 
     return run
 
@@ -61,10 +81,11 @@ class LiveServer:
         store: Store,
         workers: int,
         wrap: Callable[[Any], Any] | None = None,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(settings, store, workers=workers)
+        app = create_app(settings, store, workers=workers, clock=clock)
         # ``wrap`` puts ASGI middleware of a test's own around the app (server-side faults).
         config = uvicorn.Config(
             wrap(app) if wrap else app, host="127.0.0.1", port=self.port, log_level="warning"
@@ -87,8 +108,10 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(settings: Settings, store: Store) -> Iterator[LiveServer]:
-    with LiveServer(settings, store, workers=0) as server:
+def live_server(
+    settings: Settings, store: Store, clock: Callable[[], int]
+) -> Iterator[LiveServer]:
+    with LiveServer(settings, store, workers=0, clock=clock) as server:
         yield server
 
 

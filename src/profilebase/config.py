@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from profilebase import business_hours
 from profilebase.errors import ConfigError
 from profilebase.models import Limits
 
@@ -65,6 +66,28 @@ class Settings:
         0.0,
         "A profile with no activity for this many days expires and is deleted (Target: 14); "
         "0 keeps profiles for ever.",
+    )
+    bulk_requests_per_minute: int = _setting(
+        0, "Most batches a client may submit in any 60 seconds (0: no limit; Target: 50)."
+    )
+    ingest_rows_per_second: int = _setting(
+        0, "Rows per second the workers apply for one client during business_hours (0: no limit)."
+    )
+    business_hours: str = _setting(
+        "mon-fri 09:00-18:00 UTC",
+        "When ingest_rows_per_second applies: `always` or `[days] HH:MM-HH:MM [time zone]`.",
+    )
+    token_ttl_seconds: int = _setting(
+        7_775_999, "Lifetime of a token from the token endpoint (Target: 7775999, about 90 days)."
+    )
+    legacy_token_ttl_seconds: int = _setting(
+        21_599, "Lifetime of a token from the legacy /admin/rest/v1 endpoint (Target: 21599)."
+    )
+    token_grace_seconds: int = _setting(
+        0, "How long the previous token stays valid once a new one is created (0: revoked at once)."
+    )
+    auth_failures_per_minute: int = _setting(
+        20, "Failed authentications one address may make per minute before it gets 429 (0: off)."
     )
     unit_rows: int = _setting(
         25_000, "Lines per work unit: a batch is cut into units that workers apply in parallel."
@@ -119,6 +142,8 @@ class Settings:
             "max_update_body_bytes",
             "updates_per_day",
             "max_delivery_bytes",
+            "token_ttl_seconds",
+            "legacy_token_ttl_seconds",
             "unit_rows",
             "lease_seconds",
             "stuck_after_seconds",
@@ -137,8 +162,17 @@ class Settings:
                 "Setting profile_expiry_days must be 0 (off) or more, "
                 f"got {self.profile_expiry_days}."
             )
-        if self.workers < 0:
-            raise ConfigError(f"Setting workers must be 0 or more, got {self.workers}.")
+        zero_or_more = [
+            "workers",
+            "bulk_requests_per_minute",
+            "ingest_rows_per_second",
+            "token_grace_seconds",
+            "auth_failures_per_minute",
+        ]
+        for name in zero_or_more:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"Setting {name} must be 0 or more, got {getattr(self, name)}.")
+        business_hours.parse(self.business_hours)
         if self.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ConfigError(
                 "Setting sqlite_synchronous must be one of OFF, NORMAL, FULL, EXTRA, "
@@ -166,7 +200,7 @@ def parse_value(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
             return float(text)
     except ValueError:
         raise ConfigError(
-            f"{source}={raw!r} is not a valid {kind.__name__}; see `profilebase serve --help`."
+            f"{source}={raw!r} is not a valid {kind.__name__}; see docs/configuration.md."
         ) from None
     return raw
 
@@ -176,7 +210,26 @@ def setting_fields() -> list[dataclasses.Field[Any]]:
     return list(dataclasses.fields(Settings))
 
 
-def client_limits(settings: Settings, overrides: Mapping[str, float]) -> Limits:
+#: The settings a client may override for itself (``clients set CODE --limit NAME=VALUE``).
+LIMIT_NAMES = tuple(f.name for f in dataclasses.fields(Limits))
+
+
+def parse_limit(name: str, raw: str) -> int | float | str | None:
+    """Parse and check one per-client limit given as text, strictly, like its setting.
+
+    An empty value is None: the client goes back to the server-wide default.
+    """
+    if name not in LIMIT_NAMES:
+        raise ConfigError(f"Unknown limit {name!r}; the limits are: {', '.join(LIMIT_NAMES)}.")
+    if not raw.strip():
+        return None
+    field_ = next(f for f in dataclasses.fields(Settings) if f.name == name)
+    value = parse_value(field_, raw, f"limit {name}")
+    dataclasses.replace(Settings(), **{name: value}).validate()
+    return value  # type: ignore[no-any-return]
+
+
+def client_limits(settings: Settings, overrides: Mapping[str, int | float | str]) -> Limits:
     """The limits in force for a client: server-wide defaults, then the client's overrides."""
     values = {}
     for f in dataclasses.fields(Limits):

@@ -7,14 +7,20 @@ default message.
 
     ProfilebaseError
     ├── ConfigError            bad setting or database URL
+    ├── InvalidClientCode      400: a client code outside 1-64 of a-z 0-9 _ -
+    ├── ClientExists           409: `clients create` of a code that is taken
     ├── UnknownClient          404: no such client code
-    ├── NotFound               404: no such batch or profile
+    ├── NotFound               404: no such batch, profile or token
+    ├── Unauthenticated        401: no credentials where they are required
+    ├── AccessDenied           403: credentials wrong, expired, revoked or another client's
+    │   └── ClientDisabled     403: the client is disabled
     ├── BadRequest             400: a parameter is missing or invalid
     │   ├── RequestTooLarge    413: a request, or the profile it would make, is too large
     │   └── BatchRejected      400: the batch body is malformed
     │       └── BatchTooLarge  413: too many bytes or rows
     ├── IdempotencyConflict    409: an Idempotency-Key was already used for another body
-    ├── QuotaExceeded          429: a rolling quota is used up (carries retry_after)
+    ├── QuotaExceeded          429: a quota or rate is used up (carries retry_after)
+    │   └── TooManyFailures    429: too many failed authentications from one address
     ├── StorageError           500: the database failed in a way the user cannot fix
     └── ClientError            the client side (SDK and `push`): talking to a server failed
         ├── InputError         the input file cannot be read or mapped to a batch
@@ -24,7 +30,8 @@ default message.
 
 The server raises the first group; ``profilebase.Client`` raises ``ClientError``
 subclasses, and ``BatchRejected`` when its own check of a header fails, the same
-check the server makes.
+check the server makes. ``headers`` holds extra HTTP headers the reply carries
+(Retry-After, WWW-Authenticate, the X-RateLimit-* quota headers).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class ProfilebaseError(Exception):
 
     def __init__(self, message: str | None = None) -> None:
         self.message = message or (self.__doc__ or "").strip()
+        self.headers: dict[str, str] = {}
         super().__init__(self.message)
 
 
@@ -59,10 +67,59 @@ class UnknownClient(ProfilebaseError):
         )
 
 
+class InvalidClientCode(ProfilebaseError):
+    """Invalid client code."""
+
+    status = 400
+
+    def __init__(self, code: str) -> None:
+        super().__init__(
+            f"Invalid client code {code!r}: use 1 to 64 characters of lower-case letters a-z, "
+            "digits 0-9, `_` and `-`."
+        )
+
+
+class ClientExists(ProfilebaseError):
+    """The client exists already."""
+
+    status = 409
+
+    def __init__(self, code: str) -> None:
+        super().__init__(
+            f"Client {code!r} exists already; `profilebase clients show {code}` shows it."
+        )
+
+
 class NotFound(ProfilebaseError):
     """Not found."""
 
     status = 404
+
+
+class Unauthenticated(ProfilebaseError):
+    """Authentication is required."""
+
+    status = 401
+
+    def __init__(self, message: str, scheme: str = "Bearer") -> None:
+        super().__init__(message)
+        self.headers["WWW-Authenticate"] = f'{scheme} realm="profilebase"'
+
+
+class AccessDenied(ProfilebaseError):
+    """Access denied."""
+
+    status = 403
+
+
+class ClientDisabled(AccessDenied):
+    """The client is disabled."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(
+            f"Client {code!r} is disabled: the server refuses every call for it until an "
+            f"operator runs `profilebase clients enable {code}`."
+        )
 
 
 class BadRequest(ProfilebaseError):
@@ -95,8 +152,13 @@ class QuotaExceeded(ProfilebaseError):
     status = 429
 
     def __init__(self, message: str, retry_after: int) -> None:
-        self.retry_after = max(1, int(retry_after))
         super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+        self.headers["Retry-After"] = str(self.retry_after)
+
+
+class TooManyFailures(QuotaExceeded):
+    """Too many failed authentications from this address."""
 
 
 class IdempotencyConflict(ProfilebaseError):

@@ -220,7 +220,7 @@ def store_batch(
                 digest=read.digest,
             ),
             now_ms,
-            limits.rows_per_day,
+            limits,
         )
     finally:
         read.units.close()

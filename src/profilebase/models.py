@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from profilebase import business_hours
+
 #: Sequence numbers order every write: ``batch_seq * SEQ_SPAN + line number``.
 #: A batch body under 50 MB has fewer than 10**8 lines, so rows never collide.
 SEQ_SPAN = 100_000_000
@@ -49,7 +51,9 @@ class BatchState(enum.StrEnum):
     QUEUED = "queued"
     #: At least one unit applied or claimed, not all done.
     PROCESSING = "processing"
-    #: Held back: its next unit waits to be retried after a failed attempt.
+    #: Held back: the client's ``ingest_rows_per_second`` applies now and its next
+    #: unit must wait, or (no pacing) its next unit waits to be retried after a
+    #: failed attempt.
     THROTTLED = "throttled"
     #: Every row accounted for.
     COMPLETE = "complete"
@@ -69,21 +73,29 @@ class BatchState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Client:
-    """A tenant. ``limits`` overrides the server-wide defaults by name."""
+    """A tenant. ``limits`` overrides the server-wide defaults by name.
+
+    ``api_key`` and ``secret_hash`` are the Basic credentials of the token endpoints;
+    a client made by ``ensure_client`` (the ``demo`` client) has none until
+    ``profilebase clients new-secret`` gives it some.
+    """
 
     id: int
     code: str
     require_auth: bool = False
     disabled: bool = False
-    limits: dict[str, int] = field(default_factory=dict)
+    limits: dict[str, int | float | str] = field(default_factory=dict)
+    api_key: str | None = None
+    secret_hash: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """The limits in force for one client (the server builds them with ``config.client_limits``).
+    """The limits in force for one client (the server builds them with ``config.client_limits``;
+    each is also a server-wide setting).
 
     The batch limits are all a client of the bulk API needs; the others default to
-    Target's documented values so that such a client can leave them out.
+    Target's documented values (or to none) so that such a client can leave them out.
     """
 
     max_batch_bytes: int
@@ -96,12 +108,39 @@ class Limits:
     max_delivery_bytes: int = 60 * 1024 * 1024
     #: 0 means profiles never expire.
     profile_expiry_days: float = 0.0
+    token_ttl_seconds: int = 7_775_999
+    #: 0 means no limit.
+    bulk_requests_per_minute: int = 0
+    #: 0 means no limit.
+    ingest_rows_per_second: int = 0
+    business_hours: str = "mon-fri 09:00-18:00 UTC"
 
     def expire_before_ms(self, now_ms: int) -> int:
         """Profiles last active before this moment have expired (0 when expiry is off)."""
         if self.profile_expiry_days <= 0:
             return 0
         return now_ms - int(self.profile_expiry_days * DAY_MS)
+
+    def ingest_rate(self, moment: datetime) -> int:
+        """Rows per second the workers may apply for this client at ``moment`` (0: no limit)."""
+        if self.ingest_rows_per_second and business_hours.parse(self.business_hours).contains(
+            moment
+        ):
+            return self.ingest_rows_per_second
+        return 0
+
+
+@dataclass(frozen=True)
+class Token:
+    """A stored authorization token; only the SHA-256 of its value is kept."""
+
+    client_id: int
+    token_hash: str
+    last4: str
+    scope: str
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -153,6 +192,8 @@ class Batch:
     units_done: int
     #: The attribute names of the header, in order (the id column not included).
     names: tuple[str, ...] = ()
+    #: When the client's next unit may start, if its ingestion is being paced.
+    throttled_until: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,13 @@ done is one transaction, so a worker killed at any moment leaves the unit
 either untouched (its lease expires and another worker takes it) or done.
 A unit that raises is given back and retried with a growing delay; its batch
 reports ``stuck`` if nothing progresses for ``stuck_after_seconds``.
+
+A unit's per-client limits (``max_profile_bytes``, profile expiry) come with
+its claim. Pacing needs them before the claim: each worker keeps a copy of the
+clients' limits, re-read every few seconds, and hands the clients whose
+``ingest_rows_per_second`` applies now (during their ``business_hours``) to
+``Store.claim_unit``, so that the store paces their units
+(docs/design.md#quotas-and-throttled-ingestion).
 """
 
 from __future__ import annotations
@@ -15,40 +22,71 @@ import socket
 import threading
 import traceback
 import uuid
+from collections.abc import Callable
 
 from profilebase import batchfile
 from profilebase.config import Settings, client_limits
 from profilebase.decoder import decode_unit
-from profilebase.models import DAY_MS, Counts, now_ms
+from profilebase.models import DAY_MS, Counts, Limits, from_ms, now_ms
 from profilebase.storage.base import Store, UnitClaim
 
 log = logging.getLogger("profilebase.worker")
 PURGE_EVERY_MS = 3_600_000
+#: How often a worker re-reads the clients' limits; changes apply within this time.
+CLIENTS_REFRESH_MS = 2_000
 
 
 class Worker:
     """Applies units from ``store`` until told to stop (or, for tests, until idle)."""
 
-    def __init__(self, store: Store, settings: Settings | None = None, name: str = "") -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings | None = None,
+        name: str = "",
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
         self.store = store
         self.settings = settings or Settings()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.clock = clock
         self.applied = Counts()
         self._last_purge = 0
+        self._limits: dict[int, Limits] = {}
+        self._limits_read_at: int | None = None
 
     def run_once(self) -> bool:
         """Claim and apply one unit; return False if there was nothing to do."""
-        now = now_ms()
-        claim = self.store.claim_unit(self.name, now, int(self.settings.lease_seconds * 1000))
+        now = self.clock()
+        claim = self.store.claim_unit(
+            self.name, now, int(self.settings.lease_seconds * 1000), self.paced(now)
+        )
         if claim is None:
             return False
         self.process(claim)
         return True
 
+    def all_limits(self) -> dict[int, Limits]:
+        """Every client's limits by client id, from a copy at most ``CLIENTS_REFRESH_MS`` old."""
+        now = self.clock()
+        if self._limits_read_at is None or now - self._limits_read_at >= CLIENTS_REFRESH_MS:
+            self._limits = {
+                client.id: client_limits(self.settings, client.limits)
+                for client in self.store.list_clients()
+            }
+            self._limits_read_at = now
+        return self._limits
+
+    def paced(self, now: int) -> dict[int, int]:
+        """Clients whose ingestion is limited right now, with their rows per second."""
+        moment = from_ms(now)
+        rates = {cid: limits.ingest_rate(moment) for cid, limits in self.all_limits().items()}
+        return {cid: rate for cid, rate in rates.items() if rate}
+
     def process(self, claim: UnitClaim) -> None:
         try:
             header = batchfile.Header(claim.key_kind, claim.names)
-            now = now_ms()
+            now = self.clock()
             rows, failures = decode_unit(
                 claim.body, claim.first_line, header, claim.batch_seq, now
             )
@@ -72,7 +110,7 @@ class Worker:
                 traceback.format_exc(),
             )
             try:
-                self.store.release_unit(claim, repr(exc), now_ms() + attempt_delay)
+                self.store.release_unit(claim, repr(exc), self.clock() + attempt_delay)
             except Exception:  # the lease expires on its own
                 log.exception("could not release unit %s/%s", claim.batch_seq, claim.unit_no)
             return
@@ -96,7 +134,7 @@ class Worker:
 
     def housekeeping(self) -> None:
         """Purge statuses past their retention and expired profiles, at most once an hour."""
-        now = now_ms()
+        now = self.clock()
         if now - self._last_purge < PURGE_EVERY_MS:
             return
         self._last_purge = now
@@ -123,9 +161,11 @@ class Worker:
 class WorkerPool:
     """N worker threads inside the server process."""
 
-    def __init__(self, store: Store, settings: Settings, count: int) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, count: int, clock: Callable[[], int] = now_ms
+    ) -> None:
         self.stop = threading.Event()
-        self.workers = [Worker(store, settings) for _ in range(count)]
+        self.workers = [Worker(store, settings, clock=clock) for _ in range(count)]
         self.threads = [
             threading.Thread(target=w.run, kwargs={"stop": self.stop}, name=f"worker-{i}", daemon=True)
             for i, w in enumerate(self.workers)

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from profilebase.models import Batch, Client, Counts, FailedRow, KeyKind, Profile
+from profilebase.models import Batch, Client, Counts, FailedRow, KeyKind, Limits, Profile, Token
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class UnitClaim:
     owner: str
     attempts: int = 1
     #: The client's limit overrides (``Client.limits``).
-    client_limits: Mapping[str, float] = field(default_factory=dict)
+    client_limits: Mapping[str, int | float | str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -156,33 +156,82 @@ class Store(Protocol):
         ...
 
     def list_clients(self) -> list[Client]:
-        """Every client, by code."""
+        """Every client, in code order."""
         ...
 
-    def accept_batch(
-        self, batch: NewBatch, now_ms: int, rows_per_day: int
-    ) -> tuple[int, str]:
-        """Store a batch and its units atomically; return (seq, batch id).
+    def create_client(
+        self, code: str, require_auth: bool, api_key: str, secret_hash: str, now_ms: int
+    ) -> Client:
+        """Create a client with its Basic credentials; ``ClientExists`` if the code is taken."""
+        ...
 
-        Raises ``QuotaExceeded`` (writing nothing) when the client's rows accepted in
-        the last 24 hours plus this batch exceed ``rows_per_day``.
+    def update_client(
+        self,
+        code: str,
+        *,
+        require_auth: bool | None = None,
+        disabled: bool | None = None,
+        limits: Mapping[str, int | float | str] | None = None,
+        credentials: tuple[str, str] | None = None,
+    ) -> Client:
+        """Change the fields given (``limits`` replaces the whole overrides object,
+        ``credentials`` is (api_key, secret_hash)); ``UnknownClient`` if there is none."""
+        ...
+
+    def create_token(self, token: Token, others_revoked_at_ms: int) -> None:
+        """Store ``token``. Every other token of its client and scope that would still be
+        valid at ``others_revoked_at_ms`` is revoked then (the rotation's grace period)."""
+        ...
+
+    def find_token(self, token_hash: str) -> Token | None:
+        """The token with this hash, whatever its client or state, or None."""
+        ...
+
+    def active_token(self, client_id: int, scope: str, now_ms: int) -> Token | None:
+        """The newest token of the client and scope neither expired nor revoked at ``now_ms``."""
+        ...
+
+    def revoke_tokens(self, client_id: int, now_ms: int) -> int:
+        """Revoke at ``now_ms`` every token of the client still valid then; return how many."""
+        ...
+
+    def accept_batch(self, batch: NewBatch, now_ms: int, limits: Limits) -> tuple[int, str]:
+        """Store a batch and its units atomically; return (seq, batch id).
 
         With ``batch.idempotency_key`` set: if this client already has a batch
         accepted under that key, return its (seq, batch id) and store nothing (raise
         ``IdempotencyConflict`` if its ``digest`` differs); otherwise record the key
-        in the same transaction. Keys are kept at least 24 hours.
+        in the same transaction. Keys are kept at least 24 hours. A replay is
+        answered before any quota check: it stores no rows.
+
+        Otherwise raises ``QuotaExceeded`` (writing nothing) when ``quota.check_batch``
+        refuses the batch given the client's batches of the last 24 hours
+        (``rows_per_day``, ``bulk_requests_per_minute``); the check runs inside the
+        same transaction.
         """
+        ...
+
+    def recent_batches(self, client_id: int, since_ms: int) -> list[tuple[int, int]]:
+        """(accepted_at, rows) of the client's batches accepted after ``since_ms``."""
         ...
 
     def rows_accepted_since(self, client_id: int, since_ms: int) -> int:
         """Rows of the client's batches accepted at or after ``since_ms``."""
         ...
 
-    def claim_unit(self, owner: str, now_ms: int, lease_ms: int) -> UnitClaim | None:
+    def claim_unit(
+        self, owner: str, now_ms: int, lease_ms: int, paced: Mapping[int, int] | None = None
+    ) -> UnitClaim | None:
         """Lease the oldest claimable unit: pending, or running with an expired lease.
 
         A unit of a v1 batch is claimable only once every earlier batch of its client
         is done, because v1 rows count profiles that exist at their seq.
+
+        ``paced`` maps client ids to the rows per second their ingestion is limited to
+        right now. A unit of such a client is claimable only from the client's
+        ``ingest_pacing.not_before`` on, and claiming it moves ``not_before`` on by the
+        unit's rows divided by the rate, in the same transaction: however many workers
+        run, the client's rows are applied at that rate on average.
         """
         ...
 
@@ -215,6 +264,7 @@ class Store(Protocol):
 
         ``last_progress_at`` is the latest progress of this batch or of any batch accepted
         before it: a batch waiting its turn behind work that moves is not stuck.
+        ``throttled_until`` is the client's ``ingest_pacing.not_before``, if any.
         """
         ...
 
@@ -286,7 +336,8 @@ class Store(Protocol):
         ...
 
     def purge(self, older_than_ms: int) -> int:
-        """Delete finished batches accepted before ``older_than_ms``; return how many.
+        """Delete finished batches accepted before ``older_than_ms`` and tokens expired or
+        revoked before it; return how many batches.
 
         Idempotency keys go too once older than both ``older_than_ms`` and 24 hours.
         Also forgets what no longer matters: tombstones no queued row is older than,

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from profilebase.errors import ConfigError, QuotaExceeded
+from profilebase.errors import ClientExists, ConfigError, UnknownClient
 from profilebase.models import (
     DAY_MS,
     SEQ_SPAN,
@@ -26,11 +26,13 @@ from profilebase.models import (
     Counts,
     FailedRow,
     KeyKind,
+    Limits,
     Profile,
+    Token,
     WriteKind,
     from_ms,
 )
-from profilebase.storage import migrations
+from profilebase.storage import migrations, quota
 from profilebase.storage.base import (
     DecodedRow,
     NewBatch,
@@ -42,7 +44,6 @@ from profilebase.storage.base import (
 from profilebase.storage.idempotency import KEY_TTL_MS, replay
 from profilebase.storage.links import plan_link
 from profilebase.storage.merge import ProfileState, Tombstone, apply_rows, byte_size, merge_attrs
-from profilebase.storage.quota import quota_message, retry_after_ms
 from profilebase.storage.records import build_profile, write_numbers
 from profilebase.storage.sqlite_profiles import (
     MINUTE_MS,
@@ -207,6 +208,8 @@ class SQLiteStore:
                 applied.append(f"{migration.version:04d}_{migration.name}")
         return applied
 
+    CLIENT_COLUMNS = "id, code, require_auth, disabled, limits, api_key, secret_hash"
+
     def _client(self, row: tuple[object, ...] | None) -> Client | None:
         if row is None:
             return None
@@ -216,19 +219,132 @@ class SQLiteStore:
             require_auth=bool(row[2]),
             disabled=bool(row[3]),
             limits=json.loads(str(row[4])),
+            api_key=None if row[5] is None else str(row[5]),
+            secret_hash=None if row[6] is None else str(row[6]),
         )
 
     def get_client(self, code: str) -> Client | None:
-        row = self._one(
-            "SELECT id, code, require_auth, disabled, limits FROM clients WHERE code = ?", (code,)
-        )
+        row = self._one(f"SELECT {self.CLIENT_COLUMNS} FROM clients WHERE code = ?", (code,))
         return self._client(row)
 
     def list_clients(self) -> list[Client]:
-        rows = self._all(
-            "SELECT id, code, require_auth, disabled, limits FROM clients ORDER BY code"
-        )
+        rows = self._all(f"SELECT {self.CLIENT_COLUMNS} FROM clients ORDER BY code")
         return [client for client in map(self._client, rows) if client is not None]
+
+    def create_client(
+        self, code: str, require_auth: bool, api_key: str, secret_hash: str, now_ms: int
+    ) -> Client:
+        with self._write() as db:
+            inserted = db.execute(
+                "INSERT INTO clients (code, require_auth, api_key, secret_hash, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (code) DO NOTHING",
+                (code, int(require_auth), api_key, secret_hash, now_ms),
+            ).rowcount
+        if not inserted:
+            raise ClientExists(code)
+        client = self.get_client(code)
+        assert client is not None
+        return client
+
+    def update_client(
+        self,
+        code: str,
+        *,
+        require_auth: bool | None = None,
+        disabled: bool | None = None,
+        limits: Mapping[str, int | float | str] | None = None,
+        credentials: tuple[str, str] | None = None,
+    ) -> Client:
+        changes: dict[str, object] = {}
+        if require_auth is not None:
+            changes["require_auth"] = int(require_auth)
+        if disabled is not None:
+            changes["disabled"] = int(disabled)
+        if limits is not None:
+            changes["limits"] = json.dumps(dict(limits), sort_keys=True)
+        if credentials is not None:
+            changes["api_key"], changes["secret_hash"] = credentials
+        with self._write() as db:
+            found = db.execute("SELECT 1 FROM clients WHERE code = ?", (code,)).fetchone()
+            if found is None:
+                raise UnknownClient(code)
+            if changes:
+                assignments = ", ".join(f"{name} = ?" for name in changes)
+                db.execute(
+                    f"UPDATE clients SET {assignments} WHERE code = ?", (*changes.values(), code)
+                )
+        client = self.get_client(code)
+        assert client is not None
+        return client
+
+    # -- tokens ------------------------------------------------------------------------
+
+    TOKEN_COLUMNS = "client_id, token_hash, last4, scope, created_at, expires_at, revoked_at"
+
+    @staticmethod
+    def _token(row: tuple[int, str, str, str, int, int, int | None] | None) -> Token | None:
+        if row is None:
+            return None
+        client_id, token_hash, last4, scope, created, expires, revoked = row
+        return Token(
+            client_id=client_id,
+            token_hash=token_hash,
+            last4=last4,
+            scope=scope,
+            created_at=from_ms(created),
+            expires_at=from_ms(expires),
+            revoked_at=None if revoked is None else from_ms(revoked),
+        )
+
+    def create_token(self, token: Token, others_revoked_at_ms: int) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE client_id = ? AND scope = ? "
+                "AND expires_at > ? AND (revoked_at IS NULL OR revoked_at > ?)",
+                (
+                    others_revoked_at_ms,
+                    token.client_id,
+                    token.scope,
+                    others_revoked_at_ms,
+                    others_revoked_at_ms,
+                ),
+            )
+            db.execute(
+                f"INSERT INTO tokens ({self.TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    token.client_id,
+                    token.token_hash,
+                    token.last4,
+                    token.scope,
+                    int(token.created_at.timestamp() * 1000),
+                    int(token.expires_at.timestamp() * 1000),
+                ),
+            )
+
+    def find_token(self, token_hash: str) -> Token | None:
+        row = self._one(
+            f"SELECT {self.TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,)
+        )
+        return self._token(row)
+
+    def active_token(self, client_id: int, scope: str, now_ms: int) -> Token | None:
+        row = self._one(
+            f"SELECT {self.TOKEN_COLUMNS} FROM tokens WHERE client_id = ? AND scope = ? "
+            "AND expires_at > ? AND (revoked_at IS NULL OR revoked_at > ?) "
+            "ORDER BY created_at DESC LIMIT 1",
+            (client_id, scope, now_ms, now_ms),
+        )
+        return self._token(row)
+
+    def revoke_tokens(self, client_id: int, now_ms: int) -> int:
+        with self._write() as db:
+            return int(
+                db.execute(
+                    "UPDATE tokens SET revoked_at = ? WHERE client_id = ? AND expires_at > ? "
+                    "AND (revoked_at IS NULL OR revoked_at > ?)",
+                    (now_ms, client_id, now_ms, now_ms),
+                ).rowcount
+            )
 
     def ensure_client(self, code: str) -> Client:
         with self._write() as db:
@@ -251,7 +367,22 @@ class SQLiteStore:
         )
         return int(row[0])
 
-    def accept_batch(self, batch: NewBatch, now_ms: int, rows_per_day: int) -> tuple[int, str]:
+    def recent_batches(self, client_id: int, since_ms: int) -> list[tuple[int, int]]:
+        with self._read() as db:
+            return self._recent(db, client_id, since_ms)
+
+    @staticmethod
+    def _recent(db: sqlite3.Connection, client_id: int, since_ms: int) -> list[tuple[int, int]]:
+        return [
+            (int(at), int(size))
+            for at, size in db.execute(
+                "SELECT accepted_at, batch_size FROM batches "
+                "WHERE client_id = ? AND accepted_at > ? ORDER BY accepted_at",
+                (client_id, since_ms),
+            )
+        ]
+
+    def accept_batch(self, batch: NewBatch, now_ms: int, limits: Limits) -> tuple[int, str]:
         client = batch.client
         with self._write() as db:
             if batch.idempotency_key is not None:
@@ -262,18 +393,8 @@ class SQLiteStore:
                 ).fetchone()
                 if earlier is not None:
                     return replay(earlier, batch)
-            recent = db.execute(
-                "SELECT accepted_at, batch_size FROM batches "
-                "WHERE client_id = ? AND accepted_at > ? ORDER BY accepted_at",
-                (client.id, now_ms - DAY_MS),
-            ).fetchall()
-            used = sum(size for _, size in recent)
-            if used + batch.batch_size > rows_per_day:
-                wait = retry_after_ms(recent, batch.batch_size, rows_per_day, now_ms)
-                raise QuotaExceeded(
-                    quota_message(client.code, rows_per_day, used, batch.batch_size, wait),
-                    retry_after=-(-wait // 1000),
-                )
+            recent = self._recent(db, client.id, now_ms - DAY_MS)
+            quota.check_batch(client.code, recent, batch.batch_size, limits, now_ms)
             seq = db.execute(
                 "INSERT INTO writes (client_id, kind, at) VALUES (?, 'batch', ?)",
                 (client.id, now_ms),
@@ -317,7 +438,10 @@ class SQLiteStore:
                 )
         return seq, batch_id
 
-    def claim_unit(self, owner: str, now_ms: int, lease_ms: int) -> UnitClaim | None:
+    def claim_unit(
+        self, owner: str, now_ms: int, lease_ms: int, paced: Mapping[int, int] | None = None
+    ) -> UnitClaim | None:
+        paced = paced or {}
         with self._write() as db:
             found = db.execute(
                 "UPDATE batch_units SET state = 'running', lease_owner = ?, lease_expires = ?, "
@@ -332,9 +456,13 @@ class SQLiteStore:
                 "   SELECT 1 FROM batch_units e JOIN batches eb ON eb.seq = e.batch_seq"
                 "   WHERE eb.client_id = b.client_id AND e.batch_seq < u.batch_seq"
                 "   AND e.state <> 'done'))"
+                # A paced client's units wait for its not_before.
+                "  AND NOT EXISTS (SELECT 1 FROM ingest_pacing p"
+                "   WHERE p.client_id = b.client_id AND p.not_before > ?"
+                "   AND p.client_id IN (SELECT value FROM json_each(?)))"
                 " ORDER BY u.batch_seq, u.unit_no LIMIT 1) "
                 "RETURNING batch_seq, unit_no, first_line, row_count, body, attempts",
-                (owner, now_ms + lease_ms, now_ms, now_ms),
+                (owner, now_ms + lease_ms, now_ms, now_ms, now_ms, json.dumps(list(paced))),
             ).fetchone()
             if found is None:
                 return None
@@ -348,6 +476,14 @@ class SQLiteStore:
                 "UPDATE batches SET started_at = coalesce(started_at, ?) WHERE seq = ?",
                 (now_ms, batch_seq),
             )
+            rate = paced.get(client_id)
+            if rate:
+                pause = row_count * 1000 // rate
+                db.execute(
+                    "INSERT INTO ingest_pacing (client_id, not_before) VALUES (?, ? + ?) "
+                    "ON CONFLICT (client_id) DO UPDATE SET not_before = max(not_before, ?) + ?",
+                    (client_id, now_ms, pause, now_ms, pause),
+                )
         return UnitClaim(
             batch_seq=batch_seq,
             unit_no=unit_no,
@@ -480,7 +616,8 @@ class SQLiteStore:
             " ORDER BY e.last_progress_at DESC LIMIT 1), b.header, "
             "coalesce(sum(u.consumed), 0), coalesce(sum(u.successful), 0), "
             "coalesce(sum(u.not_found), 0), coalesce(sum(u.failed), 0), "
-            "coalesce(sum(u.state = 'done'), 0) "
+            "coalesce(sum(u.state = 'done'), 0), "
+            "(SELECT not_before FROM ingest_pacing p WHERE p.client_id = b.client_id) "
             "FROM batches b JOIN clients c ON c.id = b.client_id "
             "LEFT JOIN batch_units u ON u.batch_seq = b.seq "
             "WHERE b.client_id = ? AND b.batch_id = ? GROUP BY b.seq",
@@ -489,7 +626,8 @@ class SQLiteStore:
         if row is None:
             return None
         (seq, bid, cid, code, version, kind, size, total, accepted, started, finished,
-         progress, header, consumed, successful, not_found, failed, done) = row  # fmt: skip
+         progress, header, consumed, successful, not_found, failed, done,
+         paced_until) = row  # fmt: skip
         if finished is not None:
             state = BatchState.COMPLETE
         elif started is not None:
@@ -513,6 +651,7 @@ class SQLiteStore:
             units_total=total,
             units_done=done,
             names=tuple(json.loads(header)),
+            throttled_until=None if paced_until is None else from_ms(paced_until),
         )
 
     def units_summary(self, batch_seq: int, now_ms: int) -> UnitsSummary:
@@ -727,6 +866,10 @@ class SQLiteStore:
                 "DELETE FROM idempotency_keys WHERE accepted_at < min(?, "
                 "CAST(strftime('%s', 'now') AS INTEGER) * 1000 - ?)",
                 (older_than_ms, KEY_TTL_MS),
+            )
+            db.execute(
+                "DELETE FROM tokens WHERE min(expires_at, coalesce(revoked_at, expires_at)) < ?",
+                (older_than_ms,),
             )
             purged = db.execute(
                 "DELETE FROM batches WHERE finished_at IS NOT NULL AND accepted_at < ?",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -14,8 +14,10 @@ from starlette.routing import Route
 
 from profilebase.config import Settings
 from profilebase.errors import ProfilebaseError
+from profilebase.models import now_ms
 from profilebase.storage import Store, open_store
-from profilebase.web import bulk, delivery, errors, extensions, profiles, update
+from profilebase.web import authentication, bulk, delivery, errors, extensions, profiles, update
+from profilebase.web.attempts import FailedAttempts
 from profilebase.worker import WorkerPool
 
 DEMO_CLIENT = "demo"
@@ -34,9 +36,13 @@ def prepare(store: Store, settings: Settings) -> None:
 
 
 def create_app(
-    settings: Settings | None = None, store: Store | None = None, workers: int | None = None
+    settings: Settings | None = None,
+    store: Store | None = None,
+    workers: int | None = None,
+    clock: Callable[[], int] = now_ms,
 ) -> Starlette:
-    """Build the ASGI app. ``workers`` batch threads run inside it (default: settings.workers)."""
+    """Build the ASGI app. ``workers`` batch threads run inside it (default: settings.workers);
+    ``clock`` gives milliseconds since the epoch to the app and its workers."""
     settings = settings or Settings.from_env()
     owns_store = store is None
     the_store = store or open_store(settings.database, sqlite_synchronous=settings.sqlite_synchronous)
@@ -45,7 +51,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(prepare, the_store, settings)
-        pool = WorkerPool(the_store, settings, count)
+        pool = WorkerPool(the_store, settings, count, clock)
         pool.start()
         try:
             yield
@@ -61,6 +67,7 @@ def create_app(
             *update.routes,
             *profiles.routes,
             *delivery.routes,
+            *authentication.routes,
             *extensions.routes,
         ],
         exception_handlers={
@@ -72,4 +79,6 @@ def create_app(
     )
     app.state.settings = settings
     app.state.store = the_store
+    app.state.clock = clock
+    app.state.failed_attempts = FailedAttempts(settings.auth_failures_per_minute, clock)
     return app

@@ -17,23 +17,58 @@ from starlette.routing import Route
 
 from profilebase import dry_run
 from profilebase.config import client_limits
-from profilebase.errors import BadRequest, BatchRejected, BatchTooLarge, NotFound
+from profilebase.errors import (
+    BadRequest,
+    BatchRejected,
+    BatchTooLarge,
+    NotFound,
+    ProfilebaseError,
+)
 from profilebase.ingest import Intake, store_batch
-from profilebase.models import Batch, BatchState, now_ms
+from profilebase.models import Batch, BatchState, Client, Limits, from_ms
+from profilebase.storage import quota
 from profilebase.storage.base import Store
 from profilebase.web import xml
-from profilebase.web.context import resolve_client, settings_of, store_of
+from profilebase.web.context import clock_of, resolve_client, settings_of, store_of
 
 
 FAILED_ROWS_PAGE = 10_000
 
 
 async def batch_update(request: Request) -> Response:
-    """Accept a batch: stream the body through the intake, store it, reply with its status URL."""
+    """Accept a batch; every reply to an authorized caller carries the quota headers."""
     client = await resolve_client(request)
+    limits = client_limits(settings_of(request), client.limits)
+    try:
+        response = await accept(request, client, limits)
+    except ProfilebaseError as exc:
+        exc.headers.update(await quota_headers(request, client, limits))
+        raise
+    response.headers.update(await quota_headers(request, client, limits))
+    return response
+
+
+async def quota_headers(request: Request, client: Client, limits: Limits) -> dict[str, str]:
+    """``X-RateLimit-*`` for the client's rolling daily row quota, as it stands now."""
+    now = clock_of(request)()
+    recent = await run_in_threadpool(
+        store_of(request).recent_batches, client.id, now - quota.DAY_MS
+    )
+    return quota.rate_limit_headers(recent, limits.rows_per_day, now)
+
+
+async def accept(request: Request, client: Client, limits: Limits) -> Response:
+    """Stream the body through the intake, store it, reply with its status URL.
+
+    The quotas are checked before the body is read (to refuse early) and again in
+    the transaction that stores the batch (to be exact under concurrency).
+    """
     version = 2 if "/v2/" in request.url.path else 1
     settings = settings_of(request)
-    limits = client_limits(settings, client.limits)
+    store, clock = store_of(request), clock_of(request)
+    now = clock()
+    recent = await run_in_threadpool(store.recent_batches, client.id, now - quota.DAY_MS)
+    quota.check_batch(client.code, recent, None, limits, now)
     content_type = request.headers.get("content-type", "")
     multipart = content_type.lower().startswith("multipart/form-data")
     declared = request.headers.get("content-length", "")
@@ -57,11 +92,11 @@ async def batch_update(request: Request) -> Response:
         raise
     if dry:
         report = await run_in_threadpool(
-            dry_run.check, store_of(request), client, version, read, limits, now_ms()
+            dry_run.check, store, client, version, read, limits, clock()
         )
         return JSONResponse(dry_run.report_json(report))
     seq, batch_id = await run_in_threadpool(
-        store_batch, store_of(request), client, version, read, limits, now_ms(), key
+        store_batch, store, client, version, read, limits, clock(), key
     )
     base = str(request.base_url).rstrip("/")
     v2 = "/v2" if version == 2 else ""
@@ -162,12 +197,24 @@ async def multipart_field(
         )
 
 
-def effective_state(batch: Batch, now: int, stuck_after_seconds: float) -> BatchState:
-    """The batch's state, ``stuck`` when nothing progressed for ``stuck_after_seconds``."""
+def effective_state(
+    batch: Batch, now: int, stuck_after_seconds: float, limits: Limits
+) -> BatchState:
+    """The batch's state as of ``now``.
+
+    ``throttled`` while the client's ingestion is paced now and its next unit must
+    wait; ``stuck`` when nothing progressed for ``stuck_after_seconds`` counted from
+    the later of the last progress and the end of the last pause.
+    """
     if batch.state is BatchState.COMPLETE:
         return batch.state
-    idle_ms = now - int(batch.last_progress_at.timestamp() * 1000)
-    if idle_ms > stuck_after_seconds * 1000:
+    last = int(batch.last_progress_at.timestamp() * 1000)
+    if batch.throttled_until is not None:
+        until = int(batch.throttled_until.timestamp() * 1000)
+        if until > now and limits.ingest_rate(from_ms(now)):
+            return BatchState.THROTTLED
+        last = max(last, until)
+    if now - last > stuck_after_seconds * 1000:
         return BatchState.STUCK
     return batch.state
 
@@ -190,7 +237,13 @@ async def batch_status(request: Request) -> Response:
             f"{settings_of(request).status_retention_days:g} days)."
         )
     details = request.query_params.get("showDetails", "").lower() == "true"
-    state = effective_state(batch, now_ms(), settings_of(request).stuck_after_seconds)
+    settings = settings_of(request)
+    state = effective_state(
+        batch,
+        clock_of(request)(),
+        settings.stuck_after_seconds,
+        client_limits(settings, client.limits),
+    )
     parts = xml.batch_status(batch, state.target_status, details)
     if not (details and batch.version >= 2 and batch.counts.failed):
         return xml.xml_response(parts)

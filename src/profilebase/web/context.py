@@ -1,16 +1,26 @@
-"""What every handler needs: settings, store, the request's client and limits, its body."""
+"""What every handler needs: settings, store, clock, the request's client — resolved and
+authorized in one place so that no endpoint can forget to — its limits, and its body."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from profilebase import tokens
 from profilebase.config import Settings, client_limits
-from profilebase.errors import BadRequest, RequestTooLarge, UnknownClient
+from profilebase.errors import (
+    AccessDenied,
+    BadRequest,
+    ClientDisabled,
+    RequestTooLarge,
+    UnknownClient,
+)
 from profilebase.models import Client, Limits
 from profilebase.storage.base import Store
+from profilebase.web.attempts import FailedAttempts
 
 
 def store_of(request: Request) -> Store:
@@ -28,12 +38,68 @@ def limits_of(request: Request, client: Client) -> Limits:
     return client_limits(settings_of(request), client.limits)
 
 
-async def resolve_client(request: Request, code: str | None = None) -> Client:
-    """The client named in the path (or ``code``); ``UnknownClient`` (404) if there is none."""
-    code = code if code is not None else request.path_params.get("client", "")
+def clock_of(request: Request) -> Callable[[], int]:
+    """Milliseconds since the epoch; tests give the app a clock they move by hand."""
+    clock: Callable[[], int] = request.app.state.clock
+    return clock
+
+
+def failed_attempts_of(request: Request) -> FailedAttempts:
+    attempts: FailedAttempts = request.app.state.failed_attempts
+    return attempts
+
+
+def address_of(request: Request) -> str:
+    """The caller's address (uvicorn takes it from X-Forwarded-For of trusted proxies)."""
+    return request.client.host if request.client else "unknown"
+
+
+def presented_token(request: Request) -> str | None:
+    """The token of ``Authorization: Bearer <t>`` or, as older Target docs spell it,
+    of the header ``access_token: <t>``."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("access_token", "").strip() or None
+
+
+async def find_client(request: Request, code: str) -> Client:
+    """The client ``code`` if it exists (404) and is not disabled (403); re-read on every
+    request, so a change made with ``profilebase clients`` applies at once."""
     client = await run_in_threadpool(store_of(request).get_client, code)
     if client is None:
         raise UnknownClient(code)
+    if client.disabled:
+        raise ClientDisabled(client.code)
+    return client
+
+
+async def resolve_client(request: Request, code: str | None = None) -> Client:
+    """The client named in the path (or ``code``), once it may make this profile API call.
+
+    1. Unknown client: 404; disabled client: 403.
+    2. If the client requires authorization: an address with too many recent failures
+       gets 429; then the token must be the client's, valid now (401 if missing, 403
+       if not). A refused token counts as a failure of the address.
+    """
+    client = await find_client(
+        request, code if code is not None else request.path_params.get("client", "")
+    )
+    if not client.require_auth:
+        return client
+    attempts = failed_attempts_of(request)
+    attempts.check(address_of(request))
+    try:
+        await run_in_threadpool(
+            tokens.authorize,
+            store_of(request),
+            client,
+            presented_token(request),
+            clock_of(request)(),
+        )
+    except AccessDenied:
+        attempts.record(address_of(request))
+        raise
     return client
 
 

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from profilebase.errors import ProfilebaseError, QuotaExceeded
+from profilebase.errors import ProfilebaseError
 from profilebase.web import xml
 
 log = logging.getLogger("profilebase.web")
@@ -32,10 +32,7 @@ def error_response(request: Request, status: int, message: str, headers: dict[st
 
 async def profilebase_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProfilebaseError)
-    headers = {}
-    if isinstance(exc, QuotaExceeded):
-        headers["Retry-After"] = str(exc.retry_after)
-    return error_response(request, exc.status, exc.message, headers)
+    return error_response(request, exc.status, exc.message, exc.headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

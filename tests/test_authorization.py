@@ -1,0 +1,362 @@
+"""Authorization and isolation: every profile route × every kind of credential, on a
+client that requires authorization and on one that does not (real sockets)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import FakeClock, LiveServer
+from helpers import batch_id_of, submit, xml_fields
+
+from profilebase import clients, tokens
+from profilebase.config import Settings
+from profilebase.models import now_ms
+from profilebase.storage import Store, open_store
+from profilebase.web.app import prepare
+from profilebase.worker import Worker
+
+BODY = b"batch=pcId,a\npc1,new\n"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    params: dict[str, str]
+    body: bytes | None = None
+
+    def request(
+        self, http: httpx.Client, client: str, batch_id: str, headers: dict[str, str]
+    ) -> httpx.Response:
+        path = self.path.format(client=client)
+        params = {k: v.format(client=client, batch=batch_id) for k, v in self.params.items()}
+        return http.request(self.method, path, params=params, content=self.body, headers=headers)
+
+
+#: Every profile API route; a new one must be added here to be covered.
+ROUTES = {
+    "batchUpdate v1": Route("POST", "/m2/{client}/profile/batchUpdate", {}, BODY),
+    "batchUpdate v2": Route("POST", "/m2/{client}/v2/profile/batchUpdate", {}, BODY),
+    "batchStatus": Route(
+        "GET", "/m2/{client}/profile/batchStatus", {"batchId": "{batch}", "showDetails": "true"}
+    ),
+    "batchStatus v2": Route("GET", "/m2/{client}/v2/profile/batchStatus", {"batchId": "{batch}"}),
+    "fetch pcId": Route("GET", "/rest/v1/profiles/pc1", {"client": "{client}"}),
+    "fetch thirdPartyId": Route(
+        "GET", "/rest/v1/profiles/thirdPartyId/tp1", {"client": "{client}"}
+    ),
+}
+
+#: What each kind of credential gets from a client that requires authorization.
+EXPECTED = {
+    "no token": (401, "requires an authorization token"),
+    "wrong token": (403, "is not valid for client"),
+    "other client's token": (403, "belongs to another client"),
+    "expired token": (403, "expired at"),
+    "revoked token": (403, "was revoked at"),
+    "right token": (200, None),
+}
+
+
+class World:
+    """One server with clients `secure` (requires authorization), `open` (does not) and
+    `other`; each has a batch, profiles pc1 and tp1, and tokens in every state. The
+    failed-authentication slowdown is off here (it has its own tests below)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.settings = Settings(
+            database=f"sqlite:///{tmp}/world.db", workers=0, auth_failures_per_minute=0
+        )
+        self.store = open_store(self.settings.database)
+        prepare(self.store, self.settings)
+        self.server = LiveServer(self.settings, self.store, workers=0).__enter__()
+        self.http = httpx.Client(base_url=self.server.url, timeout=30)
+        self.batch: dict[str, str] = {}
+        self.tokens: dict[str, dict[str, str]] = {}
+        now = now_ms()
+        for code in ["secure", "open", "other"]:
+            client = clients.create(self.store, code, False, now)[0]
+            body = f"batch=pcId,owner\npc1,{code}\n".encode()
+            self.batch[code] = batch_id_of(submit(self.http, body, client=code))
+            submit(self.http, f"batch=thirdPartyId,owner\ntp1,{code}\n".encode(), client=code)
+            expired = tokens.issue(self.store, client, 1, 0, now - 10_000).value
+            revoked = tokens.issue(self.store, client, 3600, 0, now - 5_000).value
+            right = tokens.issue(self.store, client, 3600, 0, now).value
+            self.tokens[code] = {
+                "expired token": expired,
+                "revoked token": revoked,
+                "right token": right,
+            }
+        Worker(self.store, self.settings).run(until_idle=True)
+        for code in ["secure", "other"]:
+            clients.change(self.store, code, require_auth=True)
+
+    def headers(self, client: str, credential: str) -> dict[str, str]:
+        value = {
+            "no token": None,
+            "wrong token": "not-a-token-" + "x" * 32,
+            "other client's token": self.tokens["other"]["right token"],
+        }.get(credential) or self.tokens[client].get(credential)
+        return {} if value is None else {"Authorization": f"Bearer {value}"}
+
+    def written(self, client: str) -> tuple[int, int]:
+        """Batches accepted for the client, and units not yet applied anywhere."""
+        found = self.store.get_client(client)
+        assert found is not None
+        return len(self.store.recent_batches(found.id, 0)), self.store.pending_units()
+
+    def close(self) -> None:
+        self.http.close()
+        self.server.__exit__()
+        self.store.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    the_world = World(tmp_path_factory.mktemp("world"))
+    yield the_world
+    the_world.close()
+
+
+def assert_format(route: Route, response: httpx.Response) -> str:
+    """The reply is in the endpoint's own format; return its message (or body)."""
+    if route.path.startswith("/m2/"):
+        fields = xml_fields(response)
+        if response.status_code >= 400:
+            assert fields["success"] == "false"
+            return fields["message"]
+        return response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    return body["message"] if response.status_code >= 400 else response.text
+
+
+@pytest.mark.parametrize("credential", list(EXPECTED))
+@pytest.mark.parametrize("route_name", list(ROUTES))
+def test_client_that_requires_authorization(world: World, route_name: str, credential: str):
+    """Only the client's own valid token passes; every refusal says why and writes nothing."""
+    route = ROUTES[route_name]
+    before = world.written("secure")
+    response = route.request(
+        world.http, "secure", world.batch["secure"], world.headers("secure", credential)
+    )
+    status, fragment = EXPECTED[credential]
+    assert response.status_code == status, response.text
+    message = assert_format(route, response)
+    if fragment is None:
+        grew = route.method == "POST"
+        assert world.written("secure")[0] == before[0] + grew
+        if route.path.startswith("/rest/"):
+            assert response.json()["profileAttributes"]["owner"]["value"] == "secure"
+        return
+    assert fragment in message
+    assert world.written("secure") == before
+    assert "owner" not in response.text and "batchSize" not in response.text
+    assert not any(h.lower().startswith("x-ratelimit") for h in response.headers)
+    if status == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("credential", list(EXPECTED))
+@pytest.mark.parametrize("route_name", list(ROUTES))
+def test_client_that_does_not_require_authorization_ignores_tokens(
+    world: World, route_name: str, credential: str
+):
+    route = ROUTES[route_name]
+    response = route.request(
+        world.http, "open", world.batch["open"], world.headers("open", credential)
+    )
+    assert response.status_code == 200, response.text
+    assert_format(route, response)
+    if route.path.startswith("/rest/"):
+        assert response.json()["profileAttributes"]["owner"]["value"] == "open"
+
+
+@pytest.mark.parametrize(
+    "spelling", ["Authorization: Bearer", "Authorization: bearer", "access_token"]
+)
+def test_both_header_spellings_are_accepted(world: World, spelling: str):
+    token = world.tokens["secure"]["right token"]
+    name, _, scheme = spelling.partition(": ")
+    headers = {name: f"{scheme} {token}".strip()}
+    response = world.http.get("/rest/v1/profiles/pc1", params={"client": "secure"}, headers=headers)
+    assert response.status_code == 200
+
+
+def test_basic_credentials_are_not_a_profile_api_token(world: World):
+    response = world.http.get("/rest/v1/profiles/pc1", params={"client": "secure"}, auth=("a", "b"))
+    assert response.status_code == 401
+
+
+def not_found_text(response: httpx.Response, *ids: str) -> str:
+    text = response.text
+    for identifier in ids:
+        text = text.replace(identifier, "<id>")
+    return text
+
+
+def test_another_clients_batch_ids_are_not_found(world: World):
+    """With its own valid token, `secure` sees `other`'s batch id exactly as a made-up one."""
+    headers = world.headers("secure", "right token")
+    theirs = world.batch["other"]
+    made_up = re.sub(r"-\d+$", "-999999", theirs)
+    answers = [
+        world.http.get(
+            f"/m2/secure{v2}/profile/batchStatus", params={"batchId": batch_id}, headers=headers
+        )
+        for v2 in ["", "/v2"]
+        for batch_id in [theirs, made_up]
+    ]
+    assert {r.status_code for r in answers} == {404}
+    assert not_found_text(answers[0], theirs) == not_found_text(answers[1], made_up)
+    assert "owner" not in answers[0].text and "batchSize" not in answers[0].text
+
+
+def test_another_clients_profiles_are_not_found(world: World, store_other_only: str):
+    headers = world.headers("secure", "right token")
+    for path in [
+        f"/rest/v1/profiles/{store_other_only}",
+        f"/rest/v1/profiles/thirdPartyId/{store_other_only}",
+    ]:
+        theirs = world.http.get(path, params={"client": "secure"}, headers=headers)
+        made_up = world.http.get(
+            path.replace(store_other_only, "nobody-at-all"),
+            params={"client": "secure"},
+            headers=headers,
+        )
+        assert theirs.status_code == made_up.status_code == 404
+        assert not_found_text(theirs, store_other_only) == not_found_text(made_up, "nobody-at-all")
+
+
+@pytest.fixture
+def store_other_only(world: World) -> str:
+    """A visitor id that only client `other` has, under both kinds of id."""
+    token = {"Authorization": "Bearer " + world.tokens["other"]["right token"]}
+    for body in [b"batch=pcId,a\nonly-other,1\n", b"batch=thirdPartyId,a\nonly-other,1\n"]:
+        assert (
+            world.http.post(
+                "/m2/other/v2/profile/batchUpdate", content=body, headers=token
+            ).status_code
+            == 200
+        )
+    Worker(world.store, world.settings).run(until_idle=True)
+    assert (
+        world.http.get(
+            "/rest/v1/profiles/only-other", params={"client": "other"}, headers=token
+        ).status_code
+        == 200
+    )
+    return "only-other"
+
+
+def test_same_visitor_id_in_two_clients_stays_apart(world: World):
+    for code in ["secure", "other"]:
+        response = world.http.get(
+            "/rest/v1/profiles/pc1",
+            params={"client": code},
+            headers=world.headers(code, "right token"),
+        )
+        assert response.json()["profileAttributes"]["owner"]["value"] == code
+        assert response.json()["client"] == code
+
+
+# -- disabled clients and the failed-authentication slowdown --------------------------------
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(now_ms())
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(database=f"sqlite:///{tmp_path}/test.db", workers=0, auth_failures_per_minute=3)
+
+
+@pytest.mark.parametrize("require_auth", [True, False])
+def test_a_disabled_client_gets_403_everywhere(
+    http: httpx.Client, store: Store, require_auth: bool
+):
+    client, credentials = clients.create(store, "gone", require_auth, now_ms())
+    token = tokens.issue(store, client, 3600, 0, now_ms()).value
+    batch_id = batch_id_of(
+        submit(http, BODY, client="gone")
+        if not require_auth
+        else http.post(
+            "/m2/gone/v2/profile/batchUpdate", content=BODY, headers={"access_token": token}
+        )
+    )
+    clients.change(store, "gone", disabled=True)
+    headers = {"Authorization": f"Bearer {token}"}
+    for route in ROUTES.values():
+        response = route.request(http, "gone", batch_id, headers)
+        assert response.status_code == 403
+        assert "is disabled" in assert_format(route, response)
+    for method in ["GET", "POST"]:
+        response = http.request(
+            method,
+            "/gone/target/authentication/token",
+            params={"scope": "profile_api"},
+            auth=(credentials.api_key, credentials.secret),
+        )
+        assert response.status_code == 403
+    clients.change(store, "gone", disabled=False)
+    assert ROUTES["batchStatus"].request(http, "gone", batch_id, headers).status_code == 200
+
+
+def test_failed_authentications_slow_down_that_address_only(
+    http: httpx.Client, store: Store, clock: FakeClock
+):
+    """More than 3 failures a minute (set here) from one address: 429 there, not elsewhere."""
+    client, credentials = clients.create(store, "acme", True, now_ms())
+    good = {"Authorization": "Bearer " + tokens.issue(store, client, 3600, 0, clock()).value}
+    bad = {"Authorization": "Bearer wrong"}
+
+    def call(address: str, headers: dict[str, str]) -> httpx.Response:
+        return http.get(
+            "/rest/v1/profiles/x",
+            params={"client": "acme"},
+            headers={**headers, "X-Forwarded-For": address},
+        )
+
+    assert [call("10.0.0.1", bad).status_code for _ in range(4)] == [403] * 4
+    blocked = call("10.0.0.1", good)
+    assert blocked.status_code == 429
+    assert 0 < int(blocked.headers["retry-after"]) <= 60
+    assert "auth_failures_per_minute" in blocked.json()["message"]
+    basic = http.post(
+        "/acme/target/authentication/token",
+        params={"scope": "profile_api"},
+        auth=(credentials.api_key, credentials.secret),
+        headers={"X-Forwarded-For": "10.0.0.1"},
+    )
+    assert basic.status_code == 429
+    assert call("10.0.0.2", good).status_code == 404  # authorized: no such profile
+    clock.advance(60)
+    assert call("10.0.0.1", good).status_code == 404
+
+
+def test_wrong_basic_secrets_count_as_failures(http: httpx.Client, store: Store):
+    credentials = clients.create(store, "acme", False, now_ms())[1]
+    path, params = "/acme/target/authentication/token", {"scope": "profile_api"}
+    headers = {"X-Forwarded-For": "10.0.0.9"}
+    codes = [
+        http.post(
+            path, params=params, auth=(credentials.api_key, "nope"), headers=headers
+        ).status_code
+        for _ in range(5)
+    ]
+    assert codes == [401, 401, 401, 401, 429]
+
+
+def test_a_missing_token_is_not_a_failed_attempt(http: httpx.Client, store: Store):
+    clients.create(store, "acme", True, now_ms())
+    codes = [
+        http.get("/rest/v1/profiles/x", params={"client": "acme"}).status_code for _ in range(6)
+    ]
+    assert codes == [401] * 6

@@ -1,0 +1,215 @@
+"""Per-client quotas: overrides, requests per minute, quota headers, throttled ingestion."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import FakeClock
+from helpers import attributes, batch_id_of, status, submit, xml_fields
+
+from profilebase import business_hours, clients
+from profilebase.config import Settings, client_limits
+from profilebase.errors import ConfigError
+from profilebase.models import BatchState, now_ms
+from profilebase.storage import Store
+from profilebase.web.bulk import effective_state
+
+#: Wednesday 2025-01-15 10:00 UTC, and the Saturday after.
+WEDNESDAY_10 = int(datetime(2025, 1, 15, 10, 0, tzinfo=UTC).timestamp() * 1000)
+SATURDAY_10 = int(datetime(2025, 1, 18, 10, 0, tzinfo=UTC).timestamp() * 1000)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(WEDNESDAY_10)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        database=f"sqlite:///{tmp_path}/test.db",
+        workers=0,
+        unit_rows=5,
+        rows_per_day=10,
+        stuck_after_seconds=1,
+    )
+
+
+def rows(n: int, start: int = 0) -> bytes:
+    return b"batch=thirdPartyId,a\n" + b"".join(b"r%d,v\n" % i for i in range(start, start + n))
+
+
+def quota_headers(response: httpx.Response) -> tuple[int, int, int]:
+    h = response.headers
+    return int(h["x-ratelimit-limit"]), int(h["x-ratelimit-remaining"]), int(h["x-ratelimit-reset"])
+
+
+def test_every_bulk_reply_carries_the_daily_quota_headers(http: httpx.Client, clock: FakeClock):
+    """Accepted, malformed and over-quota replies all say limit, remaining and reset."""
+    assert quota_headers(submit(http, rows(3))) == (10, 7, 86400)
+    clock.advance(400)
+    assert quota_headers(submit(http, b"nonsense")) == (10, 7, 86000)
+    refused = submit(http, rows(8))
+    assert refused.status_code == 429 and quota_headers(refused) == (10, 7, 86000)
+    assert "batchStatus" not in {k.lower() for k in refused.headers}
+
+
+def test_quota_message_names_the_limit_and_the_reset_time(http: httpx.Client, clock: FakeClock):
+    submit(http, rows(6))
+    clock.advance(3600)
+    response = submit(http, rows(5))
+    assert response.status_code == 429
+    assert int(response.headers["retry-after"]) == 86400 - 3600
+    message = xml_fields(response)["message"]
+    assert "rows_per_day" in message and "2025-01-16T10:00:00.000+00:00" in message
+
+
+def test_a_used_up_quota_is_refused_before_the_body_is_read(http: httpx.Client):
+    """A client without quota left gets 429 even for a body that would be malformed."""
+    assert submit(http, rows(10)).status_code == 200
+    response = submit(http, b"this is not a batch")
+    assert response.status_code == 429
+    assert "used up" in xml_fields(response)["message"]
+
+
+def test_bulk_requests_per_minute(http: httpx.Client, store: Store, clock: FakeClock):
+    clients.change(store, "demo", limits={"bulk_requests_per_minute": "2", "rows_per_day": "1000"})
+    assert [submit(http, rows(1, i)).status_code for i in range(2)] == [200, 200]
+    clock.advance(20)
+    refused = submit(http, rows(1, 5))
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) == 40
+    assert "bulk_requests_per_minute" in xml_fields(refused)["message"]
+    clock.advance(40)
+    assert submit(http, rows(1, 6)).status_code == 200
+
+
+def test_limits_are_per_client(http: httpx.Client, store: Store):
+    """An override applies to its client only; an empty value restores the default."""
+    clients.create(store, "small", False, now_ms())
+    clients.change(store, "small", limits={"max_batch_rows": "2"})
+    assert submit(http, rows(3), client="small").status_code == 413
+    assert submit(http, rows(3)).status_code == 200
+    clients.change(store, "small", limits={"max_batch_rows": ""})
+    assert submit(http, rows(3), client="small").status_code == 200
+
+
+def test_max_profile_bytes_per_client_applies_in_the_worker(
+    http: httpx.Client, store: Store, drain
+):
+    clients.change(store, "demo", limits={"max_profile_bytes": "60"})
+    batch_id = batch_id_of(submit(http, b"batch=thirdPartyId,a\nbig," + b"x" * 40 + b"\nsmall,y\n"))
+    drain()
+    assert status(http, batch_id)["failedUpdates"] == "1"
+    assert attributes(http, "small") == {"a": "y"} and attributes(http, "big") is None
+
+
+# -- throttled ingestion -------------------------------------------------------------------
+
+
+def throttle(store: Store, hours: str = "mon-fri 09:00-18:00 UTC") -> None:
+    """10 rows per second during `hours`; with units of 5 rows, a unit every 500 ms."""
+    clients.change(
+        store,
+        "demo",
+        limits={"ingest_rows_per_second": "10", "business_hours": hours, "rows_per_day": "1000"},
+    )
+
+
+def test_throttled_batch_is_applied_at_the_rate_and_stays_incomplete(
+    http: httpx.Client, store: Store, drain, clock: FakeClock
+):
+    throttle(store)
+    batch_id = batch_id_of(submit(http, rows(20)))
+    drain()
+    fields = status(http, batch_id)
+    assert fields["status"] == "incomplete" and fields["consumedCount"] == "5"
+    clock.advance(0.499)
+    drain()
+    assert status(http, batch_id)["consumedCount"] == "5"
+    clock.advance(0.001)
+    drain()
+    assert status(http, batch_id)["consumedCount"] == "10"
+    clock.advance(5)  # a pause does not let the client burst to catch up
+    drain()
+    assert status(http, batch_id)["consumedCount"] == "15"
+    clock.advance(0.5)
+    drain()
+    assert status(http, batch_id)["status"] == "complete"
+
+
+def test_throttled_batch_is_not_reported_stuck(
+    http: httpx.Client, store: Store, drain, clock: FakeClock
+):
+    """Waiting for its turn is not being stuck, even past stuck_after_seconds (1 s here)."""
+    clients.change(
+        store, "demo", limits={"ingest_rows_per_second": "1", "business_hours": "always"}
+    )
+    batch_id = batch_id_of(submit(http, rows(10)))
+    drain()
+    clock.advance(3)
+    batch = store.get_batch(1, batch_id)
+    assert batch is not None
+    limits = client_limits(Settings(), store.get_client("demo").limits)  # type: ignore[union-attr]
+    assert effective_state(batch, clock(), 1, limits) is BatchState.THROTTLED
+    assert batch.throttled_until == datetime.fromtimestamp((WEDNESDAY_10 + 5000) / 1000, UTC)
+    assert status(http, batch_id)["status"] == "incomplete"
+    clock.advance(10)  # the pause is long over and nothing ran: now it is stuck
+    assert status(http, batch_id)["status"] == "stuck"
+
+
+def test_no_throttle_outside_business_hours(
+    http: httpx.Client, store: Store, drain, clock: FakeClock
+):
+    throttle(store)
+    clock.ms = SATURDAY_10
+    batch_id = batch_id_of(submit(http, rows(20)))
+    drain()
+    assert status(http, batch_id)["status"] == "complete"
+
+
+def test_throttling_one_client_does_not_slow_another(http: httpx.Client, store: Store, drain):
+    throttle(store)
+    clients.create(store, "fast", False, now_ms())
+    slow_id = batch_id_of(submit(http, rows(20)))
+    fast_id = batch_id_of(submit(http, rows(10), client="fast"))
+    drain()
+    assert status(http, slow_id)["consumedCount"] == "5"
+    assert status(http, fast_id, client="fast")["status"] == "complete"
+
+
+@pytest.mark.parametrize(
+    ("text", "inside", "outside"),
+    [
+        ("always", "2025-01-18T03:00", None),
+        ("mon-fri 09:00-18:00", "2025-01-15T09:00", "2025-01-15T18:00"),
+        ("mon-fri 09:00-18:00 UTC", "2025-01-17T17:59", "2025-01-18T10:00"),
+        ("sat,sun 00:00-24:00", "2025-01-19T23:59", "2025-01-20T00:00"),
+        ("fri-mon 10:00-11:00", "2025-01-20T10:30", "2025-01-21T10:30"),
+        ("mon-fri 09:00-18:00 Europe/Berlin", "2025-01-15T08:30", "2025-01-15T17:30"),
+    ],
+)
+def test_business_hours(text: str, inside: str, outside: str | None):
+    hours = business_hours.parse(text)
+    assert hours.contains(datetime.fromisoformat(inside).replace(tzinfo=UTC))
+    if outside:
+        assert not hours.contains(datetime.fromisoformat(outside).replace(tzinfo=UTC))
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "no time range"),
+        ("weekdays 09:00-17:00", "is not a day"),
+        ("mon-fri 9-17", "is not HH:MM-HH:MM"),
+        ("mon-fri 18:00-09:00", "start before end"),
+        ("mon-fri 09:00-17:00 Mars/Base", "unknown time zone"),
+        ("mon-fri 09:00-17:00 UTC extra", "extra words"),
+    ],
+)
+def test_bad_business_hours_are_clear_errors(text: str, fragment: str):
+    with pytest.raises(ConfigError, match=fragment):
+        business_hours.parse(text)

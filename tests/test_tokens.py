@@ -1,0 +1,236 @@
+"""The token endpoints: Basic key:secret in, Target-shaped tokens out, hashes only kept."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import FakeClock
+
+from profilebase import clients
+from profilebase.config import Settings
+from profilebase.models import now_ms
+from profilebase.storage import Store, sqlite_path
+
+TOKEN = "/acme/target/authentication/token"
+LEGACY = "/admin/rest/v1/authentication/token"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(database=f"sqlite:///{tmp_path}/test.db", workers=0, token_grace_seconds=30)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(now_ms())
+
+
+@pytest.fixture
+def acme(store: Store) -> clients.Credentials:
+    return clients.create(store, "acme", True, now_ms())[1]
+
+
+def fetch(http: httpx.Client, token: str) -> int:
+    """Status of a profile fetch for acme with this token (404: authorized, no such profile)."""
+    response = http.get(
+        "/rest/v1/profiles/p1",
+        params={"client": "acme"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    return response.status_code
+
+
+@pytest.mark.parametrize("scope_parameter", ["authorizationScope", "scope"])
+def test_post_creates_a_token_in_targets_shape(
+    http: httpx.Client, acme: clients.Credentials, scope_parameter: str
+):
+    response = http.post(
+        TOKEN, params={scope_parameter: "profile_api"}, auth=(acme.api_key, acme.secret)
+    )
+    assert response.status_code == 201
+    body = response.json()
+    assert set(body) == {"accessToken", "tokenType", "scope", "expiresIn"}
+    assert body["tokenType"] == "bearer" and body["scope"] == "profile_api"
+    assert body["expiresIn"] == 7775999
+    assert len(body["accessToken"]) >= 43  # 256 random bits, URL-safe base64
+    assert response.headers["cache-control"] == "no-store"
+    assert fetch(http, body["accessToken"]) == 404
+
+
+def test_get_shows_the_active_token_without_its_value(
+    http: httpx.Client, acme: clients.Credentials, clock: FakeClock
+):
+    auth = (acme.api_key, acme.secret)
+    params = {"authorizationScope": "profile_api"}
+    assert http.get(TOKEN, params=params, auth=auth).status_code == 404
+    value = http.post(TOKEN, params=params, auth=auth).json()["accessToken"]
+    clock.advance(100)
+    response = http.get(TOKEN, params=params, auth=auth)
+    assert response.status_code == 200
+    assert response.json() == {
+        "tokenType": "bearer",
+        "scope": "profile_api",
+        "expiresIn": 7775999 - 100,
+        "accessTokenLast4": value[-4:],
+    }
+
+
+def test_only_hashes_are_stored(http: httpx.Client, acme: clients.Credentials, settings: Settings):
+    value = http.post(
+        TOKEN, params={"scope": "profile_api"}, auth=(acme.api_key, acme.secret)
+    ).json()["accessToken"]
+    dump = "\n".join(sqlite3.connect(sqlite_path(settings.database)).iterdump())
+    assert value not in dump and acme.secret not in dump
+    assert acme.api_key in dump and "scrypt$" in dump
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [None, ("wrong", "wrong"), "right key, wrong secret", "other client's credentials"],
+)
+def test_wrong_or_missing_basic_credentials_are_401(
+    http: httpx.Client, store: Store, acme: clients.Credentials, auth
+):
+    other = clients.create(store, "other", False, now_ms())[1]
+    if auth == "right key, wrong secret":
+        auth = (acme.api_key, acme.secret + "x")
+    elif auth == "other client's credentials":
+        auth = (other.api_key, other.secret)
+    for path, params in [
+        (TOKEN, {"scope": "profile_api"}),
+        (LEGACY, {"client": "acme", "scope": "profile_api"}),
+    ]:
+        response = http.post(path, params=params, auth=auth)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"].startswith("Basic")
+        assert "accessToken" not in response.text and "access_token" not in response.text
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_legacy_endpoint_answers_in_snake_case(
+    http: httpx.Client, acme: clients.Credentials, method: str
+):
+    response = http.request(
+        method,
+        LEGACY,
+        params={"client": "acme", "scope": "profile_api"},
+        auth=(acme.api_key, acme.secret),
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert list(body) == ["access_token", "scope", "expires_in", "token_type"]
+    assert (
+        body["scope"] == "profile_api"
+        and body["expires_in"] == 21599
+        and body["token_type"] == "bearer"
+    )
+    assert fetch(http, body["access_token"]) == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "fragment"),
+    [
+        (TOKEN, {}, "authorizationScope=profile_api"),
+        (TOKEN, {"authorizationScope": "debug_tools"}, "profile_api scope only"),
+        (LEGACY, {"scope": "profile_api"}, "client query parameter is missing"),
+    ],
+)
+def test_bad_token_requests_are_400(
+    http: httpx.Client, acme: clients.Credentials, path, params, fragment
+):
+    response = http.post(path, params=params, auth=(acme.api_key, acme.secret))
+    assert response.status_code == 400 and fragment in response.json()["message"]
+
+
+def test_a_new_token_revokes_the_old_one_after_the_grace_period(
+    http: httpx.Client, acme: clients.Credentials, clock: FakeClock
+):
+    """With token_grace_seconds=30 the old token works 30 more seconds, then is revoked."""
+
+    def create() -> str:
+        auth = (acme.api_key, acme.secret)
+        return http.post(TOKEN, params={"scope": "profile_api"}, auth=auth).json()["accessToken"]
+
+    old = create()
+    new = create()
+    clock.advance(29)
+    assert fetch(http, old) == 404 and fetch(http, new) == 404
+    clock.advance(1)
+    assert fetch(http, old) == 403 and fetch(http, new) == 404
+    assert (
+        "revoked"
+        in http.get(
+            "/rest/v1/profiles/p1", params={"client": "acme"}, headers={"access_token": old}
+        ).json()["message"]
+    )
+
+
+def test_without_grace_the_old_token_is_revoked_at_once(
+    tmp_path: Path, store: Store, acme: clients.Credentials, clock: FakeClock
+):
+    from conftest import LiveServer
+
+    settings = Settings(database=f"sqlite:///{tmp_path}/test.db", workers=0)
+    with (
+        LiveServer(settings, store, workers=0, clock=clock) as server,
+        httpx.Client(base_url=server.url) as http,
+    ):
+        old = http.post(
+            TOKEN, params={"scope": "profile_api"}, auth=(acme.api_key, acme.secret)
+        ).json()["accessToken"]
+        http.post(TOKEN, params={"scope": "profile_api"}, auth=(acme.api_key, acme.secret))
+        assert fetch(http, old) == 403
+
+
+def test_token_lifetime_is_a_per_client_limit(
+    http: httpx.Client, store: Store, acme: clients.Credentials, clock: FakeClock
+):
+    clients.change(store, "acme", limits={"token_ttl_seconds": "60"})
+    body = http.post(
+        TOKEN, params={"scope": "profile_api"}, auth=(acme.api_key, acme.secret)
+    ).json()
+    assert body["expiresIn"] == 60
+    clock.advance(59)
+    assert fetch(http, body["accessToken"]) == 404
+    clock.advance(1)
+    response = http.get(
+        "/rest/v1/profiles/p1",
+        params={"client": "acme"},
+        headers={"Authorization": "Bearer " + body["accessToken"]},
+    )
+    assert response.status_code == 403 and "expired at" in response.json()["message"]
+
+
+def test_new_secret_replaces_the_credentials(
+    http: httpx.Client, store: Store, acme: clients.Credentials
+):
+    fresh = clients.new_secret(store, "acme")[1]
+    params = {"scope": "profile_api"}
+    assert http.post(TOKEN, params=params, auth=(acme.api_key, acme.secret)).status_code == 401
+    assert http.post(TOKEN, params=params, auth=(fresh.api_key, fresh.secret)).status_code == 201
+
+
+def test_demo_client_has_no_credentials_until_given_some(http: httpx.Client, store: Store):
+    response = http.post(
+        "/demo/target/authentication/token", params={"scope": "profile_api"}, auth=("x", "y")
+    )
+    assert response.status_code == 401
+    credentials = clients.new_secret(store, "demo")[1]
+    response = http.post(
+        "/demo/target/authentication/token",
+        params={"scope": "profile_api"},
+        auth=(credentials.api_key, credentials.secret),
+    )
+    assert response.status_code == 201
+
+
+def test_secret_hash_round_trip():
+    stored = clients.hash_secret("s3cret")
+    assert stored.startswith("scrypt$16384$8$1$")
+    assert clients.verify_secret("s3cret", stored)
+    assert not clients.verify_secret("s3cret!", stored)
+    assert not clients.verify_secret("s3cret", "garbage")
+    assert clients.hash_secret("s3cret") != stored  # salted
