@@ -123,7 +123,7 @@ def change(
     limits: Mapping[str, str] | None = None,
 ) -> Client:
     """Change a client; ``limits`` maps names to text values, an empty one removes the override."""
-    overrides: dict[str, int | str] | None = None
+    overrides: dict[str, int | float | str] | None = None
     if limits:
         overrides = dict(get(store, code).limits)
         for name, raw in limits.items():

@@ -226,7 +226,7 @@ def parse_limit(name: str, raw: str) -> int | float | str | None:
     field_ = next(f for f in dataclasses.fields(Settings) if f.name == name)
     value = parse_value(field_, raw, f"limit {name}")
     dataclasses.replace(Settings(), **{name: value}).validate()
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def client_limits(settings: Settings, overrides: Mapping[str, int | float | str]) -> Limits:

@@ -198,20 +198,21 @@ async def multipart_field(
 
 
 def effective_state(
-    batch: Batch, now: int, stuck_after_seconds: float, limits: Limits
+    batch: Batch, now: int, stuck_after_seconds: float, limits: Limits | None = None
 ) -> BatchState:
     """The batch's state as of ``now``.
 
-    ``throttled`` while the client's ingestion is paced now and its next unit must
-    wait; ``stuck`` when nothing progressed for ``stuck_after_seconds`` counted from
-    the later of the last progress and the end of the last pause.
+    ``throttled`` while the client's ingestion (per its ``limits``) is paced now and
+    its next unit must wait; ``stuck`` when nothing progressed for
+    ``stuck_after_seconds`` counted from the later of the last progress and the end
+    of the last pause.
     """
     if batch.state is BatchState.COMPLETE:
         return batch.state
     last = int(batch.last_progress_at.timestamp() * 1000)
     if batch.throttled_until is not None:
         until = int(batch.throttled_until.timestamp() * 1000)
-        if until > now and limits.ingest_rate(from_ms(now)):
+        if until > now and limits is not None and limits.ingest_rate(from_ms(now)):
             return BatchState.THROTTLED
         last = max(last, until)
     if now - last > stuck_after_seconds * 1000:
