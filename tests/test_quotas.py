@@ -16,6 +16,7 @@ from profilebase.errors import ConfigError
 from profilebase.models import BatchState, now_ms
 from profilebase.storage import Store
 from profilebase.web.bulk import effective_state
+from profilebase.worker import Worker
 
 #: Wednesday 2025-01-15 10:00 UTC, and the Saturday after.
 WEDNESDAY_10 = int(datetime(2025, 1, 15, 10, 0, tzinfo=UTC).timestamp() * 1000)
@@ -139,6 +140,20 @@ def test_throttled_batch_is_applied_at_the_rate_and_stays_incomplete(
     clock.advance(0.5)
     drain()
     assert status(http, batch_id)["status"] == "complete"
+
+
+def test_pacing_holds_across_workers(
+    http: httpx.Client, store: Store, settings: Settings, clock: FakeClock
+):
+    """The pause is taken in the claim's transaction: a second worker cannot take the next
+    unit early, and neither can the first."""
+    throttle(store)
+    submit(http, rows(20))
+    first, second = (Worker(store, settings, name=n, clock=clock) for n in ["w1", "w2"])
+    assert first.run_once() is True
+    assert second.run_once() is False and first.run_once() is False
+    clock.advance(0.5)
+    assert second.run_once() is True and first.run_once() is False
 
 
 def test_throttled_batch_is_not_reported_stuck(
