@@ -7,11 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from profilebase import ingest
+from profilebase.config import Settings, client_limits
 from profilebase.errors import BatchRejected, BatchTooLarge
 from profilebase.ingest import Intake
-from profilebase.models import Limits
 
-LIMITS = Limits(max_batch_bytes=10**6, max_batch_rows=1000, rows_per_day=10**6, max_profile_bytes=10**6)
+LIMITS = client_limits(
+    Settings(max_batch_bytes=10**6, max_batch_rows=1000, rows_per_day=10**6, max_profile_bytes=10**6), {}
+)
 
 
 def read(chunks: list[bytes], unit_rows: int = 3):
