@@ -9,7 +9,7 @@ import httpx
 import pytest
 from conftest import FakeClock
 
-from profilebase import clients
+from profilebase import clients, tokens
 from profilebase.config import Settings
 from profilebase.models import now_ms
 from profilebase.storage import Store, sqlite_path
@@ -234,3 +234,17 @@ def test_secret_hash_round_trip():
     assert not clients.verify_secret("s3cret!", stored)
     assert not clients.verify_secret("s3cret", "garbage")
     assert clients.hash_secret("s3cret") != stored  # salted
+
+
+def test_purge_forgets_tokens_expired_or_revoked_before_the_retention(store: Store):
+    """Old tokens go with old batch statuses; a valid one stays."""
+    client = clients.create(store, "acme", True, now_ms())[0]
+    day = 86_400_000
+    start = now_ms() - 40 * day
+    expired = tokens.issue(store, client, 3600, 0, start)
+    revoked = tokens.issue(store, client, 90 * 86400, 0, start + day)
+    valid = tokens.issue(store, client, 90 * 86400, 0, start + 2 * day)  # revokes `revoked`
+    store.purge(now_ms() - 30 * day)
+    assert store.find_token(expired.token.token_hash) is None
+    assert store.find_token(revoked.token.token_hash) is None
+    assert store.find_token(valid.token.token_hash) is not None

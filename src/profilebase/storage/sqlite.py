@@ -479,10 +479,13 @@ class SQLiteStore:
             rate = paced.get(client_id)
             if rate:
                 pause = row_count * 1000 // rate
+                # not_before = max(not_before, now) + pause, in SQL both backends speak.
                 db.execute(
-                    "INSERT INTO ingest_pacing (client_id, not_before) VALUES (?, ? + ?) "
-                    "ON CONFLICT (client_id) DO UPDATE SET not_before = max(not_before, ?) + ?",
-                    (client_id, now_ms, pause, now_ms, pause),
+                    "INSERT INTO ingest_pacing (client_id, not_before) VALUES (?, ?) "
+                    "ON CONFLICT (client_id) DO UPDATE SET not_before = CASE "
+                    "WHEN ingest_pacing.not_before + ? > excluded.not_before "
+                    "THEN ingest_pacing.not_before + ? ELSE excluded.not_before END",
+                    (client_id, now_ms + pause, pause, pause),
                 )
         return UnitClaim(
             batch_seq=batch_seq,
@@ -868,8 +871,8 @@ class SQLiteStore:
                 (older_than_ms, KEY_TTL_MS),
             )
             db.execute(
-                "DELETE FROM tokens WHERE min(expires_at, coalesce(revoked_at, expires_at)) < ?",
-                (older_than_ms,),
+                "DELETE FROM tokens WHERE expires_at < ? OR revoked_at < ?",
+                (older_than_ms, older_than_ms),
             )
             purged = db.execute(
                 "DELETE FROM batches WHERE finished_at IS NOT NULL AND accepted_at < ?",
