@@ -12,11 +12,13 @@ import httpx
 import pytest
 from conftest import FakeClock, LiveServer
 from helpers import batch_id_of, submit, xml_fields
+from starlette.routing import Route as StarletteRoute
 
 from profilebase import clients, tokens
 from profilebase.config import Settings
 from profilebase.models import now_ms
 from profilebase.storage import Store, open_store
+from profilebase.web import create_app
 from profilebase.web.app import prepare
 from profilebase.worker import Worker
 
@@ -29,19 +31,27 @@ class Route:
     path: str
     params: dict[str, str]
     body: bytes | None = None
+    #: True if the right credentials make it store a batch.
+    writes: bool = False
 
     def request(
         self, http: httpx.Client, client: str, batch_id: str, headers: dict[str, str]
     ) -> httpx.Response:
-        path = self.path.format(client=client)
+        path = self.path.format(client=client, batch=batch_id)
         params = {k: v.format(client=client, batch=batch_id) for k, v in self.params.items()}
         return http.request(self.method, path, params=params, content=self.body, headers=headers)
 
 
-#: Every profile API route; a new one must be added here to be covered.
+EXTENSION = "/profilebase/v1/clients/{client}"
+
+#: Every route that touches a client's data, Target's and profilebase's own extensions;
+#: a new one must be added here to be covered.
 ROUTES = {
-    "batchUpdate v1": Route("POST", "/m2/{client}/profile/batchUpdate", {}, BODY),
-    "batchUpdate v2": Route("POST", "/m2/{client}/v2/profile/batchUpdate", {}, BODY),
+    "batchUpdate v1": Route("POST", "/m2/{client}/profile/batchUpdate", {}, BODY, writes=True),
+    "batchUpdate v2": Route("POST", "/m2/{client}/v2/profile/batchUpdate", {}, BODY, writes=True),
+    "batchUpdate dry run": Route(
+        "POST", "/m2/{client}/v2/profile/batchUpdate", {"dryRun": "true"}, BODY
+    ),
     "batchStatus": Route(
         "GET", "/m2/{client}/profile/batchStatus", {"batchId": "{batch}", "showDetails": "true"}
     ),
@@ -50,6 +60,22 @@ ROUTES = {
     "fetch thirdPartyId": Route(
         "GET", "/rest/v1/profiles/thirdPartyId/tp1", {"client": "{client}"}
     ),
+    "client info": Route("GET", EXTENSION, {}),
+    "JSON batch status": Route("GET", EXTENSION + "/batches/{batch}", {}),
+    "failed rows": Route("GET", EXTENSION + "/batches/{batch}/failures", {}),
+    "failed rows as CSV": Route("GET", EXTENSION + "/batches/{batch}/failures", {"format": "csv"}),
+    "failed rows as JSONL": Route(
+        "GET", EXTENSION + "/batches/{batch}/failures", {"format": "jsonl"}
+    ),
+}
+
+#: Routes that touch no client's data, or authenticate with the client's secret instead
+#: (the token endpoints, tests/test_tokens.py).
+NOT_IN_ROUTES = {
+    "/healthz",
+    "/openapi.json",
+    "/{client}/target/authentication/token",
+    "/admin/rest/v1/authentication/token",
 }
 
 #: What each kind of credential gets from a client that requires authorization.
@@ -124,16 +150,35 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def assert_format(route: Route, response: httpx.Response) -> str:
-    """The reply is in the endpoint's own format; return its message (or body)."""
-    if route.path.startswith("/m2/"):
+    """The reply is in the endpoint's own format (XML for /m2/ but a dry run's report,
+    JSON for the rest, CSV when asked for); return its message (or body)."""
+    if route.path.startswith("/m2/") and (
+        response.status_code >= 400 or "dryRun" not in route.params
+    ):
         fields = xml_fields(response)
         if response.status_code >= 400:
             assert fields["success"] == "false"
             return fields["message"]
         return response.text
+    if response.status_code < 400:
+        return response.text
     assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    return body["message"] if response.status_code >= 400 else response.text
+    return str(response.json()["message"])
+
+
+def test_every_route_of_the_app_is_in_the_table(settings: Settings):
+    """A route added to the app is either in ROUTES or named in NOT_IN_ROUTES."""
+    app = create_app(settings, workers=0)
+    for route in app.routes:
+        assert isinstance(route, StarletteRoute)
+        if route.path in NOT_IN_ROUTES:
+            continue
+        for method in (route.methods or set()) - {"HEAD"}:
+            assert any(
+                entry.method == method
+                and route.path_regex.match(entry.path.format(client="c", batch="b"))
+                for entry in ROUTES.values()
+            ), f"{method} {route.path} is missing from ROUTES"
 
 
 @pytest.mark.parametrize("credential", list(EXPECTED))
@@ -149,10 +194,13 @@ def test_client_that_requires_authorization(world: World, route_name: str, crede
     assert response.status_code == status, response.text
     message = assert_format(route, response)
     if fragment is None:
-        grew = route.method == "POST"
-        assert world.written("secure")[0] == before[0] + grew
+        assert world.written("secure")[0] == before[0] + route.writes
         if route.path.startswith("/rest/"):
             assert response.json()["profileAttributes"]["owner"]["value"] == "secure"
+        if route.path.startswith("/profilebase/") and route.params.get("format") is None:
+            body = response.json()
+            assert body.get("client", "secure") == "secure"
+            assert body.get("batchId", world.batch["secure"]) == world.batch["secure"]
         return
     assert fragment in message
     assert world.written("secure") == before
@@ -213,6 +261,29 @@ def test_another_clients_batch_ids_are_not_found(world: World):
         for batch_id in [theirs, made_up]
     ]
     assert {r.status_code for r in answers} == {404}
+    assert not_found_text(answers[0], theirs) == not_found_text(answers[1], made_up)
+    assert "owner" not in answers[0].text and "batchSize" not in answers[0].text
+
+
+@pytest.mark.parametrize(
+    ("tail", "params"), [("", {}), ("/failures", {}), ("/failures", {"format": "csv"})]
+)
+def test_another_clients_batch_ids_are_not_found_by_the_extensions(
+    world: World, tail: str, params: dict[str, str]
+):
+    """The JSON status and the failed rows answer `other`'s batch id as a made-up one."""
+    headers = world.headers("secure", "right token")
+    theirs = world.batch["other"]
+    made_up = re.sub(r"-\d+$", "-999999", theirs)
+    answers = [
+        world.http.get(
+            f"/profilebase/v1/clients/secure/batches/{batch_id}{tail}",
+            params=params,
+            headers=headers,
+        )
+        for batch_id in [theirs, made_up]
+    ]
+    assert [r.status_code for r in answers] == [404, 404]
     assert not_found_text(answers[0], theirs) == not_found_text(answers[1], made_up)
     assert "owner" not in answers[0].text and "batchSize" not in answers[0].text
 

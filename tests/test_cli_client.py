@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import LiveServer, free_port
 
+from profilebase import clients, tokens
 from profilebase.cli import main
 from profilebase.config import Settings, client_limits
 from profilebase.ingest import Intake, store_batch
@@ -145,6 +146,44 @@ def test_dry_run_exit_codes(run, tmp_path: Path, store: Store):  # type: ignore[
     dirty = run("push", csv_file(tmp_path, "id,a\n1,x\n+,y\n", "dirty.csv"), "--dry-run")
     assert dirty.exit_code == 4 and "1 would fail" in dirty.stdout
     assert store.rows_accepted_since(1, 0) == 0
+
+
+@pytest.mark.parametrize("given_as", ["flag", "environment"])
+def test_push_with_a_token_to_a_client_that_requires_authorization(  # type: ignore[no-untyped-def]
+    run, tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch, given_as: str
+):
+    """--token (or PROFILEBASE_TOKEN) goes with every call: the push and the reads succeed."""
+    client = clients.create(store, "secure", True, now_ms())[0]
+    token = tokens.issue(store, client, 3600, 0, now_ms()).value
+    args = ["--client", "secure"]
+    if given_as == "flag":
+        args += ["--token", token]
+    else:
+        monkeypatch.setenv("PROFILEBASE_TOKEN", token)
+    result = run("push", csv_file(tmp_path, "id,tier\nc-1,gold\n"), *args)
+    assert result.exit_code == 0, result.output
+    assert "applied 1 · not found 0 · failed 0" in result.stdout
+    batch_id = re.search(r"secure-\d+-\d+", result.stdout)
+    assert batch_id is not None
+    assert run("status", batch_id.group(0), *args).exit_code == 0
+    profile = run("get", "c-1", "--third-party", *args)
+    assert json.loads(profile.stdout)["profileAttributes"]["tier"]["value"] == "gold"
+
+
+@pytest.mark.parametrize("token", [None, "not-the-token"])
+def test_push_without_the_right_token_exits_3(  # type: ignore[no-untyped-def]
+    run, tmp_path: Path, store: Store, token: str | None
+):
+    """A client that requires authorization refuses a push without its token, before a
+    row is sent: one sentence, exit 3 (refused)."""
+    client = clients.create(store, "secure", True, now_ms())[0]
+    tokens.issue(store, client, 3600, 0, now_ms())
+    args = ["--client", "secure"] + ([] if token is None else ["--token", token])
+    result = run("push", csv_file(tmp_path, "id,tier\nc-1,gold\n"), *args)
+    assert result.exit_code == 3, result.output
+    expected = "requires an authorization token" if token is None else "is not valid"
+    assert expected in result.stderr and "Traceback" not in result.output
+    assert store.rows_accepted_since(client.id, 0) == 0
 
 
 def test_columns_and_delimiter_flags(run, tmp_path: Path):  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from helpers import attributes, batch_id_of, status, submit, xml_fields
 
+from profilebase import clients
 from profilebase.config import Settings, client_limits
 from profilebase.ingest import Intake, store_batch
 from profilebase.models import now_ms
@@ -133,6 +134,8 @@ def test_dry_run_reports_and_writes_nothing(http: httpx.Client, store: Store):
         "usedLast24h": 0,
         "remaining": 1_000_000,
         "fits": True,
+        "message": None,
+        "retryAfter": None,
     }
     assert store.pending_units() == 0 and store.rows_accepted_since(1, 0) == 0
     assert attributes(http, "ok1") is None
@@ -181,7 +184,52 @@ class TestLimits:
         body = b"batch=thirdPartyId,a\n" + b"".join(b"s%d,v\n" % i for i in range(4))
         report = http.post("/m2/demo/v2/profile/batchUpdate?dryRun=true", content=body).json()
         assert report["wouldBeAccepted"] is False
-        assert report["quota"] == {"rowsPerDay": 8, "usedLast24h": 5, "remaining": 3, "fits": False}
+        quota = report["quota"]
+        assert (quota["rowsPerDay"], quota["usedLast24h"], quota["remaining"]) == (8, 5, 3)
+        assert quota["fits"] is False and 0 < quota["retryAfter"] <= 86400
+        real = submit(http, body)
+        assert real.status_code == 429 and xml_fields(real)["message"] == quota["message"]
+
+    def test_dry_run_is_judged_by_the_clients_own_limits(self, http: httpx.Client, store: Store):
+        """Overrides set with `clients set` apply to a dry run: rows, bytes per profile, the
+        daily quota and batches per minute; a full quota is forecast, not refused."""
+        clients.change(
+            store,
+            "demo",
+            limits={
+                "max_batch_rows": "3",
+                "max_profile_bytes": "30",
+                "rows_per_day": "100",
+                "bulk_requests_per_minute": "1",
+            },
+        )
+        dry = "/m2/demo/v2/profile/batchUpdate?dryRun=true"
+        four = b"batch=thirdPartyId,a\n" + b"".join(b"r%d,v\n" % i for i in range(4))
+        assert http.post(dry, content=four).status_code == 413
+        body = b"batch=thirdPartyId,a\nsmall,v\nbig," + b"x" * 40 + b"\n"
+        report = http.post(dry, content=body).json()
+        assert report["wouldBeAccepted"] is True and report["quota"]["rowsPerDay"] == 100
+        assert [f["line"] for f in report["failures"]] == [3]
+        assert "max_profile_bytes" in report["failures"][0]["reason"]
+        assert report["limits"]["maxBatchRows"] == 3 and report["limits"]["maxProfileBytes"] == 30
+        assert report["limits"]["bulkRequestsPerMinute"] == 1
+        assert submit(http, body).status_code == 200
+        after = http.post(dry, content=body)
+        assert after.status_code == 200 and after.json()["wouldBeAccepted"] is False
+        assert "bulk_requests_per_minute" in after.json()["quota"]["message"]
+
+    def test_a_keyed_retry_is_answered_even_when_the_quota_is_used_up(
+        self, http: httpx.Client, store: Store
+    ):
+        """A batch that used up the quota, sent again with its key, returns its batch id:
+        the retry of a lost answer is not refused for the rows it already counted."""
+        body = b"batch=thirdPartyId,a\n" + b"".join(b"r%d,v\n" % i for i in range(5))
+        first = post_with_key(http, body, "full")
+        assert submit(http, b"batch=thirdPartyId,a\nx,1\ny,2\nz,3\n").status_code == 200
+        assert submit(http, b"batch=thirdPartyId,a\nw,1\n").status_code == 429
+        again = post_with_key(http, body, "full")
+        assert again.status_code == 200 and batch_id_of(again) == batch_id_of(first)
+        assert store.rows_accepted_since(1, 0) == 8
 
     def test_dry_run_too_many_rows_is_413(self, http: httpx.Client):
         body = b"batch=thirdPartyId,a\n" + b"".join(b"r%d,v\n" % i for i in range(6))
@@ -200,6 +248,7 @@ class TestLimits:
         info = http.get(EXT).json()
         assert info["server"] == "profilebase" and info["client"] == "demo"
         assert info["limits"]["maxBatchRows"] == 5 and info["limits"]["rowsPerDay"] == 8
+        assert info["limits"]["businessHours"] == "mon-fri 09:00-18:00 UTC"
         assert info["quota"] == {"rowsPerDay": 8, "usedLast24h": 2, "remaining": 6}
         assert info["extensions"]["dryRun"] is True
 

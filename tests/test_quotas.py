@@ -176,6 +176,31 @@ def test_throttled_batch_is_not_reported_stuck(
     assert status(http, batch_id)["status"] == "stuck"
 
 
+def test_json_status_of_a_paced_batch_says_throttled_why_and_until_when(
+    http: httpx.Client, store: Store, drain, clock: FakeClock
+):
+    """The extension's JSON status names the limit and the end of the pause; Target's XML
+    keeps saying incomplete; once the pause is over and a worker ran, it is processing."""
+    throttle(store)
+    batch_id = batch_id_of(submit(http, rows(20)))
+    drain()
+    url = f"/profilebase/v1/clients/demo/batches/{batch_id}"
+    body = http.get(url).json()
+    assert body["state"] == "throttled" and body["status"] == "incomplete"
+    assert body["throttledUntil"] == "2025-01-15T10:00:00.500+00:00"
+    assert "10 rows per second (ingest_rows_per_second)" in body["reason"]
+    assert "'mon-fri 09:00-18:00 UTC' (business_hours)" in body["reason"]
+    assert body["reason"].endswith("may start at 2025-01-15T10:00:00.500+00:00")
+    clock.advance(0.5)
+    drain()
+    after = http.get(url).json()
+    assert after["state"] == "throttled" and after["consumedCount"] == 10
+    assert after["throttledUntil"] == "2025-01-15T10:00:01.000+00:00"
+    clients.change(store, "demo", limits={"ingest_rows_per_second": "0"})
+    unpaced = http.get(url).json()
+    assert unpaced["state"] == "processing" and unpaced["throttledUntil"] is None
+
+
 def test_no_throttle_outside_business_hours(
     http: httpx.Client, store: Store, drain, clock: FakeClock
 ):

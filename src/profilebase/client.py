@@ -190,6 +190,8 @@ class Client:
         """The server's limits; profilebase says its own, Target gets its documented ones.
 
         The answer is kept; ``refresh`` asks again (profilebase's quota use changes).
+        An unknown client, or a token the server refuses (401, 403), is raised at once:
+        every other call for the client would be refused the same way.
         """
         if self._info is not None and not refresh:
             return self._info
@@ -201,6 +203,8 @@ class Client:
                 if isinstance(data, dict) and data.get("server") == "profilebase":
                     info = parse_server_info(data)
             except RemoteRejected as exc:
+                if exc.http_status in (401, 403):
+                    raise
                 if exc.http_status == 404 and exc.message.startswith("Unknown client"):
                     raise
             except ValueError:

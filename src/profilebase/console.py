@@ -135,6 +135,7 @@ def status_summary(status: BatchStatus) -> None:
         "status": status.status,
         "state": status.state,
         "reason": status.reason,
+        "throttledUntil": status.throttled_until,
         "batchSize": status.batch_size,
         "consumedCount": status.consumed,
         "successfulUpdates": status.successful,

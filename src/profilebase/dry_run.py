@@ -5,7 +5,9 @@ the ``batch=`` prefix, the header and the byte and row limits and raises
 exactly as it does for a real batch. This module then decodes every unit with
 the worker's own decoder (so each row fails or passes for the same reason it
 would when applied), finds rows too large for any profile, and forecasts the
-rolling quota. What depends on the profiles as they will be when the batch is
+quotas with the same ``quota.check_batch`` that ``accept_batch`` runs. Every
+limit is the client's own (``config.client_limits``: its overrides, else the
+server's defaults). What depends on the profiles as they will be when the batch is
 applied cannot be known in advance and is not reported: v1 rows for profiles
 that do not exist ("not found"), and a profile pushed past its size limit by
 the attributes it already has.
@@ -16,11 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from profilebase.decoder import decode_unit, raw_text
+from profilebase.errors import QuotaExceeded
 from profilebase.ingest import ReadBatch
 from profilebase.models import Client, FailedRow, KeyKind, Limits
+from profilebase.storage import quota
 from profilebase.storage.base import Store
 from profilebase.storage.merge import byte_size
-from profilebase.storage.quota import DAY_MS
 
 #: How many failed rows a dry-run report lists by default (all are counted).
 DEFAULT_MAX_FAILURES = 1000
@@ -28,15 +31,20 @@ DEFAULT_MAX_FAILURES = 1000
 
 @dataclass(frozen=True)
 class QuotaForecast:
-    """Whether the batch fits the client's rolling 24-hour row quota right now."""
+    """Whether the client's quotas (rows in the rolling 24 hours, batches per minute)
+    would take the batch right now; if not, the refusal a real batch would get."""
 
     rows_per_day: int
     used: int
     batch_size: int
+    #: The 429 message a real batch would get now, or None.
+    refusal: str | None = None
+    #: Its Retry-After in seconds, or None.
+    retry_after: int | None = None
 
     @property
     def fits(self) -> bool:
-        return self.used + self.batch_size <= self.rows_per_day
+        return self.refusal is None
 
     @property
     def remaining(self) -> int:
@@ -101,7 +109,6 @@ def check(
                 failures.extend(sorted(bad, key=lambda f: f.line)[:room])
     finally:
         read.units.close()
-    used = store.rows_accepted_since(client.id, now_ms - DAY_MS + 1)
     return DryRunReport(
         version=version,
         key_kind=read.header.key_kind,
@@ -109,9 +116,20 @@ def check(
         batch_size=read.rows,
         would_fail=failed,
         failures=tuple(failures),
-        quota=QuotaForecast(limits.rows_per_day, used, read.rows),
+        quota=forecast(store, client, read.rows, limits, now_ms),
         limits=limits,
     )
+
+
+def forecast(store: Store, client: Client, size: int, limits: Limits, now_ms: int) -> QuotaForecast:
+    """The quota check a batch of ``size`` rows would meet in ``accept_batch`` now."""
+    recent = store.recent_batches(client.id, now_ms - quota.DAY_MS)
+    used = sum(rows for _, rows in recent)
+    try:
+        quota.check_batch(client.code, recent, size, limits, now_ms)
+    except QuotaExceeded as exc:
+        return QuotaForecast(limits.rows_per_day, used, size, exc.message, exc.retry_after)
+    return QuotaForecast(limits.rows_per_day, used, size)
 
 
 def report_json(report: DryRunReport) -> dict[str, object]:
@@ -134,12 +152,14 @@ def report_json(report: DryRunReport) -> dict[str, object]:
             "usedLast24h": report.quota.used,
             "remaining": report.quota.remaining,
             "fits": report.quota.fits,
+            "message": report.quota.refusal,
+            "retryAfter": report.quota.retry_after,
         },
         "limits": limits_json(report.limits),
     }
 
 
-def limits_json(limits: Limits) -> dict[str, float]:
+def limits_json(limits: Limits) -> dict[str, float | str]:
     """A client's limits as the extension endpoints show them."""
     return {
         "maxBatchBytes": limits.max_batch_bytes,
@@ -151,4 +171,8 @@ def limits_json(limits: Limits) -> dict[str, float]:
         "updatesPerDay": limits.updates_per_day,
         "maxDeliveryBytes": limits.max_delivery_bytes,
         "profileExpiryDays": limits.profile_expiry_days,
+        "tokenTtlSeconds": limits.token_ttl_seconds,
+        "bulkRequestsPerMinute": limits.bulk_requests_per_minute,
+        "ingestRowsPerSecond": limits.ingest_rows_per_second,
+        "businessHours": limits.business_hours,
     }

@@ -127,6 +127,8 @@ class BatchStatus:
     state: BatchState | None = None
     #: profilebase only: why it is queued, throttled or stuck.
     reason: str | None = None
+    #: profilebase only: until when a throttled batch waits (pacing, or a retry).
+    throttled_until: datetime | None = None
     accepted_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -188,6 +190,7 @@ def parse_batch_status_json(data: Mapping[str, Any]) -> BatchStatus:
         failed=data.get("failedUpdates"),
         state=BatchState(state) if state in BatchState._value2member_map_ else None,
         reason=data.get("reason"),
+        throttled_until=to_datetime(data.get("throttledUntil")),
         accepted_at=to_datetime(data.get("acceptedAt")),
         started_at=to_datetime(data.get("startedAt")),
         finished_at=to_datetime(data.get("finishedAt")),

@@ -61,14 +61,20 @@ async def accept(request: Request, client: Client, limits: Limits) -> Response:
     """Stream the body through the intake, store it, reply with its status URL.
 
     The quotas are checked before the body is read (to refuse early) and again in
-    the transaction that stores the batch (to be exact under concurrency).
+    the transaction that stores the batch (to be exact under concurrency). The
+    early check is left out for a dry run, whose report forecasts the quotas, and
+    for a request with an ``Idempotency-Key``: it may repeat a batch already
+    accepted and counted, which the store answers before its own check.
     """
     version = 2 if "/v2/" in request.url.path else 1
     settings = settings_of(request)
     store, clock = store_of(request), clock_of(request)
-    now = clock()
-    recent = await run_in_threadpool(store.recent_batches, client.id, now - quota.DAY_MS)
-    quota.check_batch(client.code, recent, None, limits, now)
+    dry = is_dry_run(request)
+    key = None if dry else idempotency_key(request)
+    if not dry and key is None:
+        now = clock()
+        recent = await run_in_threadpool(store.recent_batches, client.id, now - quota.DAY_MS)
+        quota.check_batch(client.code, recent, None, limits, now)
     content_type = request.headers.get("content-type", "")
     multipart = content_type.lower().startswith("multipart/form-data")
     declared = request.headers.get("content-length", "")
@@ -79,8 +85,6 @@ async def accept(request: Request, client: Client, limits: Limits) -> Response:
             f"{limits.max_batch_bytes:,} bytes (max_batch_bytes). Split the file into "
             "several batches."
         )
-    dry = is_dry_run(request)
-    key = None if dry else idempotency_key(request)
     intake = Intake(limits, settings.unit_rows, prefix_optional=multipart, digest=key is not None)
     try:
         chunks = multipart_field(request, content_type) if multipart else request.stream()

@@ -13,6 +13,10 @@ on them by accident:
 - ``GET /profilebase/v1/clients/{client}/batches/{batchId}/failures``: the
   failed rows with line, id, reason and original cells, paged as JSON or
   streamed as JSONL or CSV.
+
+Each of them resolves its client with ``web.context.resolve_client``, as
+Target's routes do: a client that requires authorization needs its own token
+here too, and another client's batch ids are "not found".
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -32,12 +37,12 @@ from profilebase import __version__, batchfile
 from profilebase.config import client_limits
 from profilebase.dry_run import limits_json
 from profilebase.errors import BadRequest, NotFound
-from profilebase.models import Batch, BatchState, Client, FailedRow, from_ms, iso_ms, now_ms
+from profilebase.models import Batch, BatchState, Client, FailedRow, Limits, from_ms, iso_ms
 from profilebase.storage.base import Store, UnitsSummary
 from profilebase.storage.quota import DAY_MS
 from profilebase.web import openapi
 from profilebase.web.bulk import effective_state
-from profilebase.web.context import resolve_client, settings_of, store_of
+from profilebase.web.context import clock_of, resolve_client, settings_of, store_of
 
 PREFIX = "/profilebase/v1"
 PAGE_SIZE = 1000
@@ -50,7 +55,7 @@ async def client_info(request: Request) -> Response:
     client = await resolve_client(request)
     limits = client_limits(settings_of(request), client.limits)
     used = await run_in_threadpool(
-        store_of(request).rows_accepted_since, client.id, now_ms() - DAY_MS + 1
+        store_of(request).rows_accepted_since, client.id, clock_of(request)() - DAY_MS + 1
     )
     return JSONResponse(
         {
@@ -89,41 +94,70 @@ async def find_batch(request: Request) -> tuple[Client, Batch]:
     return client, batch
 
 
+@dataclass(frozen=True)
+class Standing:
+    """A batch's state in the extension's five words, the reason where one helps, and,
+    for a throttled batch, when it may go on (ms)."""
+
+    state: BatchState
+    reason: str | None = None
+    until: int | None = None
+
+
 def extended_state(
-    batch: Batch, units: UnitsSummary, now: int, stuck_after_seconds: float
-) -> tuple[BatchState, str | None]:
-    """The batch's state in the extension's five words, and the reason where one helps.
+    batch: Batch, units: UnitsSummary, now: int, stuck_after_seconds: float, limits: Limits
+) -> Standing:
+    """Where the batch stands, judged with its client's ``limits``.
 
     1. Complete is complete.
-    2. Stuck follows the rule of Target's batchStatus (no progress for
+    2. Throttled by pacing: the client's ``ingest_rows_per_second`` applies now and
+       its next unit waits until ``throttled_until`` (``bulk.effective_state``, which
+       also keeps such a batch from counting as stuck).
+    3. Stuck follows the rule of Target's batchStatus (no progress for
        ``stuck_after_seconds``); the reason is the last error, or that no worker ran.
-    3. Throttled: nothing runs and a unit waits for its retry after a failure.
-    4. Queued (with the work ahead of it) or processing.
+    4. Throttled by a retry: nothing runs and a unit waits for its retry after a failure.
+    5. Queued (with the work ahead of it) or processing.
     """
     if batch.state is BatchState.COMPLETE:
-        return BatchState.COMPLETE, None
-    if effective_state(batch, now, stuck_after_seconds) is BatchState.STUCK:
+        return Standing(BatchState.COMPLETE)
+    state = effective_state(batch, now, stuck_after_seconds, limits)
+    if state is BatchState.THROTTLED and batch.throttled_until is not None:
+        until = int(batch.throttled_until.timestamp() * 1000)
+        return Standing(
+            BatchState.THROTTLED,
+            f"client {batch.client_code!r} is paced to {limits.ingest_rate(from_ms(now)):,} "
+            f"rows per second (ingest_rows_per_second) during {limits.business_hours!r} "
+            f"(business_hours); its next unit may start at {iso_ms_of(until)}",
+            until,
+        )
+    if state is BatchState.STUCK:
         if units.last_error:
-            return BatchState.STUCK, f"no progress for over {stuck_after_seconds:g} s; " + (
-                f"the last attempt failed: {units.last_error}"
+            return Standing(
+                BatchState.STUCK,
+                f"no progress for over {stuck_after_seconds:g} s; "
+                f"the last attempt failed: {units.last_error}",
             )
-        return BatchState.STUCK, (
+        return Standing(
+            BatchState.STUCK,
             f"no progress for over {stuck_after_seconds:g} s and no error recorded: is a "
-            "worker running (profilebase serve --workers 1 or more)?"
+            "worker running (profilebase serve --workers 1 or more)?",
         )
     if units.retrying and not units.running:
         retry_at = "" if units.retry_at_ms is None else f" at {iso_ms_of(units.retry_at_ms)}"
-        return BatchState.THROTTLED, (
+        return Standing(
+            BatchState.THROTTLED,
             f"{units.retrying} unit(s) wait to be retried{retry_at} after a failed attempt: "
-            f"{units.last_error or 'unknown error'}"
+            f"{units.last_error or 'unknown error'}",
+            units.retry_at_ms,
         )
     if batch.state is BatchState.QUEUED:
         if units.units_ahead:
-            return BatchState.QUEUED, (
-                f"{units.units_ahead} unit(s) of earlier batches are ahead of this one"
+            return Standing(
+                BatchState.QUEUED,
+                f"{units.units_ahead} unit(s) of earlier batches are ahead of this one",
             )
-        return BatchState.QUEUED, None
-    return BatchState.PROCESSING, None
+        return Standing(BatchState.QUEUED)
+    return Standing(BatchState.PROCESSING)
 
 
 def iso_ms_of(ms: int) -> str:
@@ -141,9 +175,10 @@ def rows_per_second(batch: Batch, now: int) -> float | None:
     return round(batch.counts.consumed / elapsed, 1)
 
 
-def status_json(request: Request, batch: Batch, units: UnitsSummary, now: int) -> dict[str, Any]:
-    settings = settings_of(request)
-    state, reason = extended_state(batch, units, now, settings.stuck_after_seconds)
+def status_json(
+    request: Request, batch: Batch, units: UnitsSummary, limits: Limits, now: int
+) -> dict[str, Any]:
+    standing = extended_state(batch, units, now, settings_of(request).stuck_after_seconds, limits)
     base = str(request.base_url).rstrip("/")
     v2 = "/v2" if batch.version >= 2 else ""
     counts = batch.counts
@@ -153,9 +188,10 @@ def status_json(request: Request, batch: Batch, units: UnitsSummary, now: int) -
         "version": batch.version,
         "key": str(batch.key_kind),
         "attributes": list(batch.names),
-        "status": state.target_status,
-        "state": str(state),
-        "reason": reason,
+        "status": standing.state.target_status,
+        "state": str(standing.state),
+        "reason": standing.reason,
+        "throttledUntil": None if standing.until is None else iso_ms_of(standing.until),
         "batchSize": batch.batch_size,
         "consumedCount": counts.consumed,
         "successfulUpdates": counts.successful,
@@ -183,10 +219,11 @@ def status_json(request: Request, batch: Batch, units: UnitsSummary, now: int) -
 
 async def batch_status(request: Request) -> Response:
     """JSON batch status: everything Target's XML has, plus state, times, rate and reason."""
-    _, batch = await find_batch(request)
-    now = now_ms()
+    client, batch = await find_batch(request)
+    now = clock_of(request)()
     units = await run_in_threadpool(store_of(request).units_summary, batch.seq, now)
-    return JSONResponse(status_json(request, batch, units, now))
+    limits = client_limits(settings_of(request), client.limits)
+    return JSONResponse(status_json(request, batch, units, limits, now))
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

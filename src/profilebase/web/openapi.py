@@ -4,6 +4,10 @@ It describes every endpoint: Target's, whose shapes follow Target's
 documentation, and profilebase's own, each marked ``x-profilebase-extension:
 true`` and tagged "profilebase extensions". tests/test_openapi.py checks that
 every route of the app is described here and nothing else is.
+
+Every operation on a client's data declares the two token spellings as
+optional security (they are needed only when the client requires
+authorization); the token endpoints declare HTTP Basic.
 """
 
 from __future__ import annotations
@@ -50,10 +54,13 @@ def errors(media_type: str, *statuses: int) -> dict[str, Schema]:
     schema = ref("XmlFailure") if media_type == XML else ref("JsonError")
     words = {
         400: "Malformed request",
+        401: "Credentials missing where the client requires them",
+        403: "Credentials wrong, expired, revoked or another client's; or the client is disabled",
         404: "Unknown client, batch or profile",
         409: "Idempotency-Key reused for another body",
         413: "Too large: the batch, the request, or the profile it would make",
-        429: "A daily quota used up (Retry-After says when it frees)",
+        429: "A quota or rate is used up, or this address failed authentication too often "
+        "(Retry-After says when to retry)",
     }
     return {str(s): reply(words[s], media_type, schema) for s in statuses}
 
@@ -72,6 +79,12 @@ def operation(
         op["x-profilebase-extension"] = True
     return op
 
+
+#: A token, either spelling, when the client requires authorization; nothing otherwise.
+TOKEN_IF_REQUIRED: list[Schema] = [{"bearer": []}, {"accessToken": []}, {}]
+BASIC: list[Schema] = [{"basic": []}]
+#: The refusals every operation on a client's data may answer with.
+REFUSALS = (401, 403, 404, 429)
 
 CLIENT = path_param("client", "The client code (tenant).")
 BATCH_ID = path_param("batch_id", "The batch id that batchUpdate returned.")
@@ -108,8 +121,9 @@ def batch_update(version: int) -> Schema:
                     JSON: {"schema": ref("DryRunReport")},
                 },
             },
-            **errors(XML, 400, 404, 409, 413, 429),
+            **errors(XML, 400, *REFUSALS, 409, 413),
         },
+        security=TOKEN_IF_REQUIRED,
         requestBody={
             "required": True,
             "description": "batch= then the header (pcId or thirdPartyId, then attribute "
@@ -138,7 +152,8 @@ def batch_status() -> Schema:
             query_param("m2Node", "Accepted and ignored (Target routing hint)."),
             query_param("mboxPC", "Accepted and ignored (Target routing hint)."),
         ],
-        {"200": reply("The status.", XML, ref("XmlBatchStatus")), **errors(XML, 400, 404)},
+        {"200": reply("The status.", XML, ref("XmlBatchStatus")), **errors(XML, 400, *REFUSALS)},
+        security=TOKEN_IF_REQUIRED,
     )
 
 
@@ -147,7 +162,50 @@ def profile_fetch(param: Schema) -> Schema:
         TARGET,
         "Fetch a profile with every attribute written to it.",
         [param, query_param("client", "The client code.", required=True)],
-        {"200": reply("The profile.", JSON, ref("Profile")), **errors(JSON, 400, 404)},
+        {"200": reply("The profile.", JSON, ref("Profile")), **errors(JSON, 400, *REFUSALS)},
+        security=TOKEN_IF_REQUIRED,
+    )
+
+
+SCOPE = query_param("scope", "profile_api, the one scope profilebase issues.")
+
+
+def token() -> Schema:
+    scope = query_param("authorizationScope", "profile_api (or give it as scope).")
+    return {
+        "post": operation(
+            TARGET,
+            "Create the client's profile API token; the previous one is revoked (after "
+            "token_grace_seconds).",
+            [CLIENT, scope, SCOPE],
+            {"201": reply("The new token.", JSON, ref("Token")), **errors(JSON, 400, *REFUSALS)},
+            security=BASIC,
+        ),
+        "get": operation(
+            TARGET,
+            "Show the client's active token: type, scope, seconds left and its last 4 "
+            "characters (only a hash of the token is kept).",
+            [CLIENT, scope, SCOPE],
+            {
+                "200": reply("The active token.", JSON, ref("TokenInfo")),
+                **errors(JSON, 400, *REFUSALS),
+            },
+            security=BASIC,
+        ),
+    }
+
+
+def legacy_token() -> Schema:
+    return operation(
+        TARGET,
+        "Target Classic's token call: a new profile API token, in snake_case, with its "
+        "shorter lifetime (legacy_token_ttl_seconds).",
+        [query_param("client", "The client code.", required=True), {**SCOPE, "required": True}],
+        {
+            "200": reply("The new token.", JSON, ref("LegacyToken")),
+            **errors(JSON, 400, *REFUSALS),
+        },
+        security=BASIC,
     )
 
 
@@ -267,6 +325,11 @@ def paths() -> dict[str, Schema]:
             "get": profile_fetch(third_party_id),
             "delete": profile_delete(third_party_id),
         },
+        "/{client}/target/authentication/token": token(),
+        "/admin/rest/v1/authentication/token": {
+            "get": legacy_token(),
+            "post": legacy_token(),
+        },
         "/openapi.json": {
             "get": operation(
                 EXTENSION,
@@ -280,7 +343,11 @@ def paths() -> dict[str, Schema]:
                 EXTENSION,
                 "The client's limits, quota use and this server's extensions.",
                 [CLIENT],
-                {"200": reply("Limits and quota.", JSON, ref("ClientInfo")), **errors(JSON, 404)},
+                {
+                    "200": reply("Limits and quota.", JSON, ref("ClientInfo")),
+                    **errors(JSON, *REFUSALS),
+                },
+                security=TOKEN_IF_REQUIRED,
             )
         },
         ext + "/batches/{batch_id}": {
@@ -288,7 +355,11 @@ def paths() -> dict[str, Schema]:
                 EXTENSION,
                 "Batch status as JSON: Target's fields plus state, times, rate, reason.",
                 [CLIENT, BATCH_ID],
-                {"200": reply("The status.", JSON, ref("BatchStatus")), **errors(JSON, 404)},
+                {
+                    "200": reply("The status.", JSON, ref("BatchStatus")),
+                    **errors(JSON, *REFUSALS),
+                },
+                security=TOKEN_IF_REQUIRED,
             )
         },
         ext + "/batches/{batch_id}/failures": {
@@ -321,8 +392,9 @@ def paths() -> dict[str, Schema]:
                             "text/csv": {"schema": {"type": "string"}},
                         },
                     },
-                    **errors(JSON, 400, 404),
+                    **errors(JSON, 400, *REFUSALS),
                 },
+                security=TOKEN_IF_REQUIRED,
             )
         },
     }
@@ -331,6 +403,11 @@ def paths() -> dict[str, Schema]:
 def schemas() -> dict[str, Schema]:
     text, integer = {"type": "string"}, {"type": "integer"}
     nullable_text = {"type": ["string", "null"]}
+    token = {
+        "tokenType": {"const": "bearer"},
+        "scope": {"const": "profile_api"},
+        "expiresIn": integer,
+    }
     failure = {
         "type": "object",
         "properties": {
@@ -443,6 +520,21 @@ def schemas() -> dict[str, Schema]:
                 "updatesPerDay": integer,
                 "maxDeliveryBytes": integer,
                 "profileExpiryDays": {"type": "number", "description": "0: never"},
+                "tokenTtlSeconds": integer,
+                "bulkRequestsPerMinute": integer,
+                "ingestRowsPerSecond": integer,
+                "businessHours": text,
+            },
+        },
+        "Token": {"type": "object", "properties": {"accessToken": text, **token}},
+        "TokenInfo": {"type": "object", "properties": {**token, "accessTokenLast4": text}},
+        "LegacyToken": {
+            "type": "object",
+            "properties": {
+                "access_token": text,
+                "scope": {"const": "profile_api"},
+                "expires_in": integer,
+                "token_type": {"const": "bearer"},
             },
         },
         "ClientInfo": {
@@ -474,6 +566,7 @@ def schemas() -> dict[str, Schema]:
                 "status": {"enum": ["complete", "incomplete", "stuck"]},
                 "state": {"enum": ["queued", "processing", "throttled", "complete", "stuck"]},
                 "reason": nullable_text,
+                "throttledUntil": nullable_text,
                 "batchSize": integer,
                 "consumedCount": integer,
                 "successfulUpdates": integer,
@@ -535,5 +628,12 @@ def document(version: str) -> Schema:
             {"name": EXTENSION, "description": "profilebase's own additions."},
         ],
         "paths": paths(),
-        "components": {"schemas": schemas()},
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "accessToken": {"type": "apiKey", "in": "header", "name": "access_token"},
+                "basic": {"type": "http", "scheme": "basic"},
+            },
+        },
     }
