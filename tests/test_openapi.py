@@ -62,3 +62,21 @@ def test_path_parameters_are_declared(http: httpx.Client):
         for operation in operations.values():
             declared = {p["name"] for p in operation["parameters"] if p["in"] == "path"}
             assert declared == names, path
+
+
+def test_credentials_are_declared(http: httpx.Client):
+    """Operations on a client's data take the token, optional (only a client that requires
+    authorization needs it); the token endpoints take Basic; the rest take nothing."""
+    document = http.get("/openapi.json").json()
+    assert set(document["components"]["securitySchemes"]) == {"bearer", "accessToken", "basic"}
+    open_paths = {"/healthz", "/openapi.json", "/rest/v1/delivery"}
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            if path.endswith("/authentication/token"):
+                expected = [{"basic": []}]
+            elif path in open_paths:
+                expected = None
+            else:
+                expected = [{"bearer": []}, {"accessToken": []}, {}]
+                assert {"401", "403"} <= set(operation["responses"]), path
+            assert operation.get("security") == expected, path

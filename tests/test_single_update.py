@@ -245,6 +245,23 @@ class TestLimits:
         assert "updates_per_day" in xml_fields(response)["message"]
         assert attributes(crm, "crm-1")["a"] == "2"
 
+    def test_every_reply_carries_the_daily_update_quota_headers(self, crm: httpx.Client):
+        """Applied, not found and over-quota replies all say limit, remaining and reset."""
+
+        def headers(response: httpx.Response) -> tuple[str, str, bool]:
+            h = response.headers
+            reset = 86_400 <= int(h["x-ratelimit-reset"]) <= 86_460  # a day after the minute
+            return h["x-ratelimit-limit"], h["x-ratelimit-remaining"], reset
+
+        assert headers(update(crm, mbox3rdPartyId="crm-1", profile_a="1")) == ("3", "2", True)
+        missing = update(crm, mbox3rdPartyId="nobody", profile_a="1")
+        assert missing.status_code == 404 and headers(missing) == ("3", "2", True)
+        update(crm, mbox3rdPartyId="crm-1", profile_a="2")
+        update(crm, mbox3rdPartyId="crm-1", profile_a="3")
+        refused = update(crm, mbox3rdPartyId="crm-1", profile_a="4")
+        assert refused.status_code == 429 and headers(refused) == ("3", "0", True)
+        assert "at 20" in xml_fields(refused)["message"]  # says when, as an ISO time
+
 
 @pytest.mark.parametrize("settings", [{"max_profile_bytes": 150}], indirect=True)
 def test_profile_size_limit_is_413(crm: httpx.Client):

@@ -300,6 +300,12 @@ class Store(Protocol):
         """
         ...
 
+    def recent_updates(self, client_id: int, since_ms: int) -> list[tuple[int, int]]:
+        """(end of the minute, updates) of each minute of the client's single updates from
+        the minute of ``since_ms`` on: an update counts against ``updates_per_day`` until
+        24 hours after its minute ends."""
+        ...
+
     def visit(
         self,
         client_id: int,

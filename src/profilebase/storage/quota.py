@@ -109,10 +109,10 @@ def quota_message(
     )
 
 
-def update_quota_message(client: str, limit: int, wait_ms: int) -> str:
-    seconds = -(-wait_ms // 1000)
+def update_quota_message(client: str, limit: int, wait_ms: int, now_ms: int) -> str:
     return (
         f"Daily single-update quota exceeded for client {client!r}: {limit:,} updates were "
-        f"made in the last 24 hours (updates_per_day). The next update fits in {seconds} "
-        "seconds; retry then, or send many updates at once as a batch."
+        f"made in the last 24 hours (updates_per_day). The next update fits in "
+        f"{seconds(wait_ms)} seconds, at {at(now_ms + wait_ms)}; retry then, or send many "
+        "updates at once as a batch."
     )

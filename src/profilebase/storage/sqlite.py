@@ -746,6 +746,16 @@ class SQLiteStore:
             apply_values(db, client.id, stored, values, seq, now_ms, max_profile_bytes)
         return UpdateOutcome(pc_id, seq)
 
+    def recent_updates(self, client_id: int, since_ms: int) -> list[tuple[int, int]]:
+        return [
+            ((int(minute) + 1) * MINUTE_MS, int(updates))
+            for minute, updates in self._all(
+                "SELECT minute, updates FROM update_counts WHERE client_id = ? AND minute >= ? "
+                "ORDER BY minute",
+                (client_id, since_ms // MINUTE_MS),
+            )
+        ]
+
     def visit(
         self,
         client_id: int,

@@ -16,7 +16,7 @@ from profilebase.errors import QuotaExceeded, RequestTooLarge
 from profilebase.models import DAY_MS, Client, KeyKind, Profile, WriteKind
 from profilebase.storage.links import absorb_attrs
 from profilebase.storage.merge import byte_size, dump_attrs, merge_attrs
-from profilebase.storage.quota import retry_after_ms, update_quota_message
+from profilebase.storage.quota import retry_after_ms, seconds, update_quota_message
 from profilebase.storage.records import WriteRows, build_profile, write_numbers
 
 MINUTE_MS = 60_000
@@ -195,8 +195,8 @@ def take_update_quota(
         ends = [((m + 1) * MINUTE_MS, n) for m, n in recent]
         wait = retry_after_ms(ends, 1, updates_per_day, now_ms)
         raise QuotaExceeded(
-            update_quota_message(client.code, updates_per_day, wait),
-            retry_after=-(-wait // 1000),
+            update_quota_message(client.code, updates_per_day, wait, now_ms),
+            retry_after=seconds(wait),
         )
     db.execute(
         "INSERT INTO update_counts (client_id, minute, updates) VALUES (?, ?, 1) "

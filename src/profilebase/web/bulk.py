@@ -17,19 +17,19 @@ from starlette.routing import Route
 
 from profilebase import dry_run
 from profilebase.config import client_limits
-from profilebase.errors import (
-    BadRequest,
-    BatchRejected,
-    BatchTooLarge,
-    NotFound,
-    ProfilebaseError,
-)
+from profilebase.errors import BadRequest, BatchRejected, BatchTooLarge, NotFound
 from profilebase.ingest import Intake, store_batch
 from profilebase.models import Batch, BatchState, Client, Limits, from_ms
 from profilebase.storage import quota
 from profilebase.storage.base import Store
 from profilebase.web import xml
-from profilebase.web.context import clock_of, resolve_client, settings_of, store_of
+from profilebase.web.context import (
+    clock_of,
+    resolve_client,
+    settings_of,
+    store_of,
+    with_headers,
+)
 
 
 FAILED_ROWS_PAGE = 10_000
@@ -39,13 +39,9 @@ async def batch_update(request: Request) -> Response:
     """Accept a batch; every reply to an authorized caller carries the quota headers."""
     client = await resolve_client(request)
     limits = client_limits(settings_of(request), client.limits)
-    try:
-        response = await accept(request, client, limits)
-    except ProfilebaseError as exc:
-        exc.headers.update(await quota_headers(request, client, limits))
-        raise
-    response.headers.update(await quota_headers(request, client, limits))
-    return response
+    return await with_headers(
+        accept(request, client, limits), lambda: quota_headers(request, client, limits)
+    )
 
 
 async def quota_headers(request: Request, client: Client, limits: Limits) -> dict[str, str]:

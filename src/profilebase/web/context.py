@@ -4,10 +4,11 @@ authorized in one place so that no endpoint can forget to — its limits, and it
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+from starlette.responses import Response
 
 from profilebase import tokens
 from profilebase.config import Settings, client_limits
@@ -15,6 +16,7 @@ from profilebase.errors import (
     AccessDenied,
     BadRequest,
     ClientDisabled,
+    ProfilebaseError,
     RequestTooLarge,
     UnknownClient,
 )
@@ -103,12 +105,30 @@ async def resolve_client(request: Request, code: str | None = None) -> Client:
     return client
 
 
-async def client_from_query(request: Request) -> Client:
-    """The client named by the ``client`` query parameter, as Target's ``/rest/`` APIs take it."""
+async def client_from_query(request: Request, authorize: bool = True) -> Client:
+    """The client named by the ``client`` query parameter, as Target's ``/rest/`` APIs take it,
+    authorized as ``resolve_client`` does; with ``authorize`` False only found (the Delivery
+    API, which Target takes without credentials: page calls come from browsers)."""
     code = request.query_params.get("client", "").strip()
     if not code:
         raise BadRequest("The client query parameter is missing: add ?client=<your client code>.")
+    if not authorize:
+        return await find_client(request, code)
     return await resolve_client(request, code)
+
+
+async def with_headers(
+    reply: Awaitable[Response], headers: Callable[[], Awaitable[dict[str, str]]]
+) -> Response:
+    """The response of ``reply`` with ``headers()`` added, or its ``ProfilebaseError`` with
+    them: the quota headers go on every reply to an authorized caller, refusals included."""
+    try:
+        response = await reply
+    except ProfilebaseError as exc:
+        exc.headers.update(await headers())
+        raise
+    response.headers.update(await headers())
+    return response
 
 
 def scalar_text(value: object) -> str | None:

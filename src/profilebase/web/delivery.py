@@ -69,7 +69,9 @@ def new_tnt_id() -> str:
 
 async def delivery(request: Request) -> Response:
     """Create or link the visitor's profile, apply its parameters, answer Target's envelope."""
-    client = await client_from_query(request)
+    # No token: "There is no authentication for Target Delivery APIs" (even for a client
+    # whose profile APIs require one); an unknown or disabled client is still refused.
+    client = await client_from_query(request, authorize=False)
     check_session_id(request.query_params.get("sessionId"))
     limits = limits_of(request, client)
     body = await read_body(request, limits.max_delivery_bytes, "max_delivery_bytes")

@@ -232,8 +232,9 @@ def single_update(method: str) -> Schema:
         ],
         {
             "200": reply("Applied.", XML, ref("XmlUpdated")),
-            **errors(XML, 400, 404, 413, 429),
+            **errors(XML, 400, *REFUSALS, 413),
         },
+        security=TOKEN_IF_REQUIRED,
         **extra,
     )
 
@@ -243,7 +244,8 @@ def profile_delete(param: Schema) -> Schema:
         EXTENSION,
         "Delete the profile this id finds, with its thirdPartyId and every linked tntId.",
         [param, query_param("client", "The client code.", required=True)],
-        {"204": {"description": "Deleted."}, **errors(JSON, 400, 404)},
+        {"204": {"description": "Deleted."}, **errors(JSON, 400, *REFUSALS)},
+        security=TOKEN_IF_REQUIRED,
     )
 
 
@@ -272,14 +274,16 @@ def paths() -> dict[str, Schema]:
             "post": operation(
                 TARGET,
                 "Delivery API, profile side: create or link the visitor's profile and apply its "
-                "profileParameters; no offers are decided.",
+                "profileParameters; no offers are decided. No credentials, as Target's (page "
+                "calls come from browsers), even for a client whose profile APIs require a "
+                "token.",
                 [
                     query_param("client", "The client code.", required=True),
                     query_param("sessionId", "1-128 printable characters.", required=True),
                 ],
                 {
                     "200": reply("Target's envelope, no content.", JSON, ref("DeliveryResponse")),
-                    **errors(JSON, 400, 404, 413),
+                    **errors(JSON, 400, 403, 404, 413),
                 },
                 requestBody={
                     "required": True,
@@ -313,8 +317,9 @@ def paths() -> dict[str, Schema]:
                             "text/plain": {"schema": {"type": "string"}},
                         },
                     },
-                    **errors(JSON, 400, 404),
+                    **errors(JSON, 400, *REFUSALS),
                 },
+                security=TOKEN_IF_REQUIRED,
             )
         },
         "/rest/v1/profiles/{pc_id}": {

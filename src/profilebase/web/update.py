@@ -18,14 +18,17 @@ from starlette.routing import Route
 
 from profilebase import batchfile
 from profilebase.errors import BadRequest, NotFound, RequestTooLarge, UnknownClient
-from profilebase.models import Client, KeyKind, Limits, now_ms
+from profilebase.models import DAY_MS, Client, KeyKind, Limits
+from profilebase.storage import quota
 from profilebase.web import xml
 from profilebase.web.context import (
+    clock_of,
     limits_of,
     read_body,
     resolve_client,
     scalar_text,
     store_of,
+    with_headers,
 )
 
 ATTRIBUTE_PREFIX = "profile."
@@ -36,11 +39,26 @@ PARAMETER_OF = {kind: name for name, kind in ID_PARAMETERS.items()}
 
 
 async def update(request: Request) -> Response:
-    """Apply one profile update now; 404 (creating nothing) if no profile has the id."""
+    """Apply one profile update; every reply to an authorized caller carries the headers
+    of the client's daily update quota."""
     client = await update_client(request)
     limits = limits_of(request, client)
+    return await with_headers(
+        apply(request, client, limits), lambda: quota_headers(request, client, limits)
+    )
+
+
+async def quota_headers(request: Request, client: Client, limits: Limits) -> dict[str, str]:
+    """``X-RateLimit-*`` for the client's rolling daily update quota (updates_per_day)."""
+    now = clock_of(request)()
+    recent = await run_in_threadpool(store_of(request).recent_updates, client.id, now - DAY_MS)
+    return quota.rate_limit_headers(recent, limits.updates_per_day, now)
+
+
+async def apply(request: Request, client: Client, limits: Limits) -> Response:
+    """Apply one profile update now; 404 (creating nothing) if no profile has the id."""
     kind, identifier, values = parse_update(await read_parameters(request, limits))
-    now = now_ms()
+    now = clock_of(request)()
     outcome = await run_in_threadpool(
         store_of(request).update_profile,
         client,
