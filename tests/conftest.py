@@ -1,10 +1,24 @@
-"""Shared fixtures: settings in tmp_path, a real store, the app, a live server over a socket."""
+"""Shared fixtures: a real store on every backend, the app, a live server over a socket.
+
+``database_url`` is parametrised over SQLite and PostgreSQL, and ``settings``,
+``store``, ``drain``, ``live_server`` and ``http`` build on it, so every test that
+uses one of them runs on both backends. A PostgreSQL test gets a fresh database
+cloned from a template that is migrated once per session.
+
+The PostgreSQL half runs when a server answers at ``PROFILEBASE_TEST_POSTGRES``
+(default below) and is reported as skipped, loudly, when none does. With
+``PROFILEBASE_REQUIRE_POSTGRES=1`` (set by .ci/run) a missing server, or a run
+in which no PostgreSQL test ran, fails the session instead.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +35,148 @@ from profilebase.web import create_app
 from profilebase.web.app import prepare
 from profilebase.worker import Worker
 
+POSTGRES_URL = os.environ.get("PROFILEBASE_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
+REQUIRE_POSTGRES = os.environ.get("PROFILEBASE_REQUIRE_POSTGRES", "") not in {"", "0"}
+
+
+class PostgresServer:
+    """The test PostgreSQL server: a migrated template database and fresh clones of it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.prefix = f"pbtest_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self.template = f"{self.prefix}_template"
+        self.error = ""
+        self.ready = False
+        self.ran = 0
+        self.clones: list[str] = []
+
+    def with_database(self, name: str) -> str:
+        return urllib.parse.urlsplit(self.url)._replace(path=f"/{name}").geturl()
+
+    def admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as db:
+            db.execute(sql)  # type: ignore[arg-type]
+
+    def started(self) -> bool:
+        """Create and migrate the template once; False (with ``error``) if there is no server."""
+        if self.ready or self.error:
+            return self.ready
+        try:
+            from profilebase.storage.postgres import PostgresStore
+
+            self.admin(f'CREATE DATABASE "{self.template}"')
+        except ImportError as exc:
+            self.error = f"psycopg is not installed ({exc})"
+            return False
+        except Exception as exc:
+            self.error = f"no PostgreSQL server at {self.url} ({str(exc).strip()})"
+            return False
+        store = PostgresStore(self.with_database(self.template), pool_size=1)
+        store.migrate()
+        store.close()
+        self.ready = True
+        return True
+
+    def clone(self, migrated: bool = True) -> str:
+        """A new database, a copy of the migrated template (or empty); its name."""
+        name = f"{self.prefix}_{len(self.clones)}"
+        template = self.template if migrated else "template0"
+        self.admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        self.clones.append(name)
+        self.ran += 1
+        return name
+
+    def drop(self, name: str) -> None:
+        self.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        if not self.ready:
+            return
+        for name in [*self.clones, self.template]:
+            try:
+                self.drop(name)
+            except Exception:  # the server went away; nothing left to clean
+                pass
+
+
+postgres_key = pytest.StashKey[PostgresServer]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[postgres_key] = PostgresServer(POSTGRES_URL)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under CI, a missing PostgreSQL ends the run before any test."""
+    server = session.config.stash[postgres_key]
+    if REQUIRE_POSTGRES and not server.started():
+        pytest.exit(f"PROFILEBASE_REQUIRE_POSTGRES is set but {server.error}.", returncode=1)
+
+
+@pytest.fixture(scope="session")
+def postgres(request: pytest.FixtureRequest) -> PostgresServer:
+    """The PostgreSQL server for the session; the test is skipped if there is none."""
+    server = request.config.stash[postgres_key]
+    if not server.started():
+        pytest.skip("no PostgreSQL server: the PostgreSQL half is skipped (see the summary)")
+    return server
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
+    server = config.stash[postgres_key]
+    if server.ran:
+        terminalreporter.write_sep("=", f"PostgreSQL half ran: {server.ran} tests on {server.url}")
+        return
+    if server.error or REQUIRE_POSTGRES:
+        reason = server.error or "no PostgreSQL test was selected"
+        verdict = (
+            "failing the run (PROFILEBASE_REQUIRE_POSTGRES)"
+            if REQUIRE_POSTGRES
+            else "set PROFILEBASE_TEST_POSTGRES to a server to run it"
+        )
+        terminalreporter.write_sep(
+            "!", f"PostgreSQL half SKIPPED: {reason}; {verdict}", red=True, bold=True
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    server = session.config.stash[postgres_key]
+    server.stop()
+    if REQUIRE_POSTGRES and exitstatus == 0 and not server.ran:
+        session.exitstatus = 1  # CI must not pass without the PostgreSQL half
+
+
+def fresh_database(
+    request: pytest.FixtureRequest, tmp_path: Path, migrated: bool = True
+) -> Iterator[str]:
+    """The URL of a new database of the backend ``request.param`` names; dropped afterwards.
+
+    A SQLite file starts empty; a PostgreSQL one is a clone of the migrated template,
+    or empty when ``migrated`` is false.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/test.db"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = server.clone(migrated)
+    yield server.with_database(name)
+    server.drop(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of each backend."""
+    yield from fresh_database(request, tmp_path)
+
 
 @pytest.fixture
-def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+def settings(database_url: str, request: pytest.FixtureRequest) -> Settings:
     """Test settings; parametrize indirectly with a dict to override some of them."""
     overrides = getattr(request, "param", {})
-    return Settings(database=f"sqlite:///{tmp_path}/test.db", workers=0, unit_rows=50, **overrides)
+    return Settings(database=database_url, workers=0, unit_rows=50, **overrides)
 
 
 @pytest.fixture

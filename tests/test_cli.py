@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from click.testing import CliRunner
+from conftest import fresh_database
+from profilebase.models import BatchState
+from test_crash import ServerProcess, wait_until
+from test_store_contract import accept
 
 from profilebase.cli import main
-from test_crash import ServerProcess
+from profilebase.errors import ConfigError
+from profilebase.storage import Store, open_store
 
 
 def test_serve_uses_the_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -50,10 +57,68 @@ def test_bad_configuration_is_one_clear_line(env: dict[str, str], fragment: str,
     assert "Traceback" not in result.stderr
 
 
-def test_migrate_is_idempotent(tmp_path: Path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no schema yet, of each backend."""
+    yield from fresh_database(request, tmp_path, migrated=False)
+
+
+def test_migrate_is_idempotent(empty_database: str):
     runner = CliRunner()
-    url = f"sqlite:///{tmp_path}/m.db"
+    url = empty_database
     first = runner.invoke(main, ["migrate", "--database", url])
     assert first.exit_code == 0 and "0001_foundation" in first.output
     second = runner.invoke(main, ["migrate", "--database", url])
     assert second.exit_code == 0 and "up to date" in second.output
+
+
+def test_postgres_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch):
+    """Without the driver, a postgresql:// URL says which extra to install."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    monkeypatch.delitem(sys.modules, "profilebase.storage.postgres", raising=False)
+    with pytest.raises(ConfigError, match=r"pip install 'profilebase\[postgres\]'"):
+        open_store("postgresql://root@127.0.0.1:5432/test")
+
+
+@pytest.mark.parametrize("command", ["worker", "migrate", "serve"])
+def test_unreachable_postgres_is_one_clear_line_without_the_password(command: str, tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "profilebase", command],
+        env={**os.environ, "PROFILEBASE_DATABASE": "postgresql://pb:s3cret@127.0.0.1:1/pb"},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Cannot connect to PostgreSQL at postgresql://pb:***@127.0.0.1:1/pb" in result.stderr
+    assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_worker_processes_apply_batches_and_stop_on_sigterm(
+    store: Store, database_url: str, tmp_path: Path
+):
+    """`profilebase worker --concurrency 2` applies what is queued and exits 0 on SIGTERM."""
+    _, batch_id = accept(
+        store, b"batch=thirdPartyId,a\n" + b"".join(b"w%d,v\n" % i for i in range(9))
+    )
+    with (tmp_path / "worker.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "profilebase", "worker", "--concurrency", "2"],
+            env={**os.environ, "PROFILEBASE_DATABASE": database_url},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    def complete() -> bool:
+        batch = store.get_batch(1, batch_id)
+        return batch is not None and batch.state is BatchState.COMPLETE
+
+    try:
+        wait_until(complete, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert store.get_batch(1, batch_id).counts.successful == 9  # type: ignore[union-attr]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 
@@ -13,9 +11,9 @@ from profilebase.storage import Store
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(database_url: str) -> Settings:
     return Settings(
-        database=f"sqlite:///{tmp_path}/test.db",
+        database=database_url,
         workers=0,
         unit_rows=2,
         max_batch_bytes=300,

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from profilebase.config import Settings
+from profilebase.config import LOG_FORMAT, Settings
 from profilebase.errors import BatchStuck, ProfilebaseError, RemoteUnavailable
+from profilebase.storage import redact
 
 if TYPE_CHECKING:
     from profilebase.storage import Store
@@ -58,6 +59,19 @@ database_option = click.option(
 )
 
 
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="How much the process logs.",
+)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+
+
 @click.group()
 @click.version_option(package_name="profilebase")
 def main() -> None:
@@ -80,13 +94,7 @@ def main() -> None:
     default=None,
     help="Create the `demo` client if missing [env PROFILEBASE_DEMO; default on].",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="How much the server logs.",
-)
+@log_level_option
 def serve(
     host: str | None,
     port: int | None,
@@ -101,14 +109,14 @@ def serve(
     from profilebase.web import create_app
 
     settings = load_settings(host=host, port=port, database=database, workers=workers, demo=demo)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level)
     try:
         app = create_app(settings)
     except ProfilebaseError as exc:
         raise click.ClickException(exc.message) from None
     click.echo(
         f"profilebase serving http://{settings.host}:{settings.port} "
-        f"on {settings.database} with {settings.workers} worker(s)",
+        f"on {redact(settings.database)} with {settings.workers} worker(s)",
         err=True,
     )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
@@ -116,13 +124,42 @@ def serve(
 
 @main.command()
 @database_option
+@click.option(
+    "--concurrency",
+    type=int,
+    default=None,
+    help="Worker processes to run [env PROFILEBASE_CONCURRENCY; default 1].",
+)
+@log_level_option
+def worker(database: str | None, concurrency: int | None, log_level: str) -> None:
+    """Apply accepted batches, without serving HTTP: run as many as the database takes.
+
+    Stops after finishing its current unit on SIGTERM or Ctrl-C.
+    """
+    from profilebase.worker import run_processes
+
+    settings = load_settings(database=database, concurrency=concurrency)
+    configure_logging(log_level)
+    click.echo(
+        f"profilebase worker on {redact(settings.database)} "
+        f"with {settings.concurrency} process(es)",
+        err=True,
+    )
+    try:
+        run_processes(settings, settings.concurrency)
+    except ProfilebaseError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@main.command()
+@database_option
 def migrate(database: str | None) -> None:
-    """Apply pending schema migrations (serve also does this at start-up)."""
-    from profilebase.storage import open_store
+    """Apply pending schema migrations (serve and worker also do this at start-up)."""
+    from profilebase.storage import open_settings_store
 
     settings = load_settings(database=database)
     try:
-        store = open_store(settings.database, sqlite_synchronous=settings.sqlite_synchronous)
+        store = open_settings_store(settings)
         applied = store.migrate()
         store.close()
     except ProfilebaseError as exc:

@@ -19,6 +19,8 @@ from profilebase.errors import ConfigError
 from profilebase.models import Limits
 
 ENV_PREFIX = "PROFILEBASE_"
+#: How every profilebase process logs.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DEFAULT_DATABASE = "sqlite:///./profilebase-data/profilebase.db"
 MB = 1024 * 1024
 
@@ -108,6 +110,12 @@ class Settings:
     poll_interval: float = _setting(
         0.2, "Seconds an idle worker waits before looking for new work again."
     )
+    concurrency: int = _setting(
+        1, "Worker processes `profilebase worker` runs (one per core is a good start)."
+    )
+    postgres_pool_size: int = _setting(
+        10, "Most connections one process opens to PostgreSQL (unused with SQLite)."
+    )
 
     @classmethod
     def from_env(
@@ -148,6 +156,8 @@ class Settings:
             "lease_seconds",
             "stuck_after_seconds",
             "status_retention_days",
+            "concurrency",
+            "postgres_pool_size",
         ]
         for name in positive:
             if getattr(self, name) <= 0:

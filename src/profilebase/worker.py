@@ -12,12 +12,18 @@ clients' limits, re-read every few seconds, and hands the clients whose
 ``ingest_rows_per_second`` applies now (during their ``business_hours``) to
 ``Store.claim_unit``, so that the store paces their units
 (docs/design.md#quotas-and-throttled-ingestion).
+
+Workers run as threads inside ``serve`` (``WorkerPool``) or as processes of
+their own, on any machine that reaches the database (``run_processes``, the
+``profilebase worker`` command).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import signal
 import socket
 import threading
 import traceback
@@ -25,9 +31,10 @@ import uuid
 from collections.abc import Callable
 
 from profilebase import batchfile
-from profilebase.config import Settings, client_limits
+from profilebase.config import LOG_FORMAT, Settings, client_limits
 from profilebase.decoder import decode_unit
 from profilebase.models import DAY_MS, Counts, Limits, from_ms, now_ms
+from profilebase.storage import open_settings_store
 from profilebase.storage.base import Store, UnitClaim
 
 log = logging.getLogger("profilebase.worker")
@@ -179,3 +186,69 @@ class WorkerPool:
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT set, so a worker finishes its unit and exits."""
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    return stop
+
+
+def run_process(settings: Settings, log_level: int = logging.INFO) -> None:
+    """One worker process: apply units until SIGTERM or SIGINT."""
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)  # a spawned child starts bare
+    stop = stop_on_signals()
+    store = open_settings_store(settings)
+    try:
+        worker = Worker(store, settings)
+        log.info("worker %s started", worker.name)
+        worker.run(stop=stop)
+    finally:
+        store.close()
+
+
+def run_processes(settings: Settings, count: int) -> None:
+    """Run ``count`` worker processes until SIGTERM or SIGINT; restart any that dies.
+
+    1. Migrate the schema once, before any worker starts.
+    2. With one process, work in this one; otherwise start ``count`` children
+       (spawned, so that none inherits a database connection) and replace any
+       child that exits while we are not stopping.
+    3. On a signal, ask every child to stop and wait for it to finish its unit.
+    """
+    store = open_settings_store(settings)
+    try:
+        store.migrate()
+    finally:
+        store.close()
+    if count == 1:
+        run_process(settings)
+        return
+    stop = stop_on_signals()
+    context = multiprocessing.get_context("spawn")
+
+    def start() -> multiprocessing.process.BaseProcess:
+        child = context.Process(
+            target=run_process,
+            args=(settings, logging.getLogger().getEffectiveLevel()),
+            name="profilebase-worker",
+        )
+        child.start()
+        return child
+
+    children = [start() for _ in range(count)]
+    while not stop.wait(1.0):
+        for i, child in enumerate(children):
+            if not child.is_alive() and not stop.is_set():
+                log.error(
+                    "worker process %s exited with %s; starting another", child.pid, child.exitcode
+                )
+                children[i] = start()
+    for child in children:
+        child.terminate()  # SIGTERM: finish the current unit, then exit
+    for child in children:
+        child.join(settings.lease_seconds + 10)
+        if child.is_alive():
+            child.kill()

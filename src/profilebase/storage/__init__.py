@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import urllib.parse
 
+from profilebase.config import Settings
 from profilebase.errors import ConfigError
 from profilebase.storage.base import Store
 
-__all__ = ["Store", "open_store", "sqlite_path"]
+__all__ = ["Store", "open_settings_store", "open_store", "redact", "sqlite_path"]
+
+
+def redact(url: str) -> str:
+    """The URL with its password, if any, replaced by ``***``: for logs and messages."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not at or not colon:
+        return url
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 def sqlite_path(url: str) -> str:
@@ -22,7 +33,9 @@ def sqlite_path(url: str) -> str:
     return path or ":memory:"
 
 
-def open_store(url: str, *, sqlite_synchronous: str = "NORMAL") -> Store:
+def open_store(
+    url: str, *, sqlite_synchronous: str = "NORMAL", postgres_pool_size: int = 10
+) -> Store:
     """Open the store a database URL names. This is the one place that knows the backends."""
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
@@ -30,9 +43,26 @@ def open_store(url: str, *, sqlite_synchronous: str = "NORMAL") -> Store:
 
         return SQLiteStore(sqlite_path(url), synchronous=sqlite_synchronous)
     if scheme in {"postgresql", "postgres"}:
-        from profilebase.storage.postgres import PostgresStore
+        try:
+            from profilebase.storage.postgres import PostgresStore
+        except ModuleNotFoundError as exc:
+            if exc.name not in {"psycopg", "psycopg_pool"}:
+                raise
+            raise ConfigError(
+                f"The database URL names PostgreSQL but {exc.name} is not installed: "
+                "pip install 'profilebase[postgres]'."
+            ) from None
 
-        return PostgresStore(url)
+        return PostgresStore(url, pool_size=postgres_pool_size)
     raise ConfigError(
         f"Unsupported database URL {url!r}: use sqlite:///path.db or postgresql://user@host/db."
+    )
+
+
+def open_settings_store(settings: Settings) -> Store:
+    """Open ``settings.database`` with the backend options the settings give."""
+    return open_store(
+        settings.database,
+        sqlite_synchronous=settings.sqlite_synchronous,
+        postgres_pool_size=settings.postgres_pool_size,
     )

@@ -5,6 +5,10 @@ and the stored state of the unit's profiles; ``apply_rows`` decides, row by
 row in line order, what happens to each row. The database's own JSON merge
 (``json_patch`` / ``||``) is used when the row is newer than everything in the
 profile; ``merge_attrs`` is the exact per-attribute rule otherwise.
+
+Attribute values are right whatever order units are applied in; whether a v1
+row finds its profile is not, so a v1 unit is only claimed once every earlier
+batch of its client is done (``V1_WAITS_FOR_EARLIER_BATCHES``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,15 @@ from typing import Protocol
 
 from profilebase.models import Counts, FailedRow
 from profilebase.storage.base import DecodedRow
+
+#: Claim condition shared by the backends' claim queries (``u`` is the candidate unit,
+#: ``b`` its batch): a v1 row is "not found" unless its profile was created by an
+#: earlier write, so a v1 unit waits until every earlier batch of its client is done.
+#: v2 units never wait: their outcome does not depend on the order units are applied in.
+V1_WAITS_FOR_EARLIER_BATCHES = """(b.version >= 2 OR NOT EXISTS (
+    SELECT 1 FROM batch_units e JOIN batches eb ON eb.seq = e.batch_seq
+    WHERE eb.client_id = b.client_id AND e.batch_seq < u.batch_seq
+      AND e.state <> 'done'))"""
 
 
 @dataclass

@@ -1,33 +1,24 @@
-"""The profile side of the SQLite backend: identity look-ups, writes that apply at once, exports.
+"""The profile side of the SQLite backend: identity look-ups, steps of writes that apply at once.
 
-The functions run inside a transaction the caller holds (``SQLiteStore._write``);
-``SQLiteExport`` holds a read snapshot on a connection of its own.
+The functions run inside a transaction the caller holds (``SQLiteStore._write``).
+``postgres_profiles.py`` has the same functions in PostgreSQL's SQL; the methods
+that call them (``storage/queries.py``) are shared.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from profilebase.errors import QuotaExceeded, RequestTooLarge
-from profilebase.models import DAY_MS, Client, KeyKind, Profile, WriteKind
-from profilebase.storage.links import absorb_attrs
+from profilebase.models import DAY_MS, Client, KeyKind, WriteKind
 from profilebase.storage.merge import byte_size, dump_attrs, merge_attrs
-from profilebase.storage.quota import retry_after_ms, seconds, update_quota_message
-from profilebase.storage.records import WriteRows, build_profile, write_numbers
+from profilebase.storage.quota import MINUTE_MS, retry_after_ms, seconds, update_quota_message
+from profilebase.storage.records import WriteRows
 
-MINUTE_MS = 60_000
-#: An export page stops once its profiles hold this much stored JSON (2000 KB profiles exist).
-EXPORT_PAGE_CHARS = 8_000_000
-#: Stored keys start with 'p:' or 't:' (';' follows ':'): the range of each export.
-EXPORT_RANGES = {
-    None: ("p:", "t;"),
-    KeyKind.PC_ID: ("p:", "p;"),
-    KeyKind.THIRD_PARTY_ID: ("t:", "t;"),
-}
+#: The stored attributes as JSON text, in a query over ``profiles p``.
+ATTRS_TEXT = "p.attrs"
 
 UPSERT_PROFILE = """
 INSERT INTO profiles (client_id, pkey, attrs, created_seq, max_seq, modified_at)
@@ -144,35 +135,6 @@ def apply_values(
     db.execute(UPSERT_PROFILE, (client_id, stored, attrs, seq, seq, now_ms))
 
 
-def absorb(
-    db: sqlite3.Connection, client_id: int, target: str, absorbed: str, link_seq: int
-) -> None:
-    """Merge profile ``absorbed`` into ``target`` (target's values win) and delete it."""
-    (t_attrs, t_created, t_max), (a_attrs, a_created, a_max) = (
-        db.execute(
-            "SELECT attrs, created_seq, max_seq FROM profiles WHERE client_id = ? AND pkey = ?",
-            (client_id, key),
-        ).fetchone()
-        for key in (target, absorbed)
-    )
-    db.execute(
-        "UPDATE profiles SET attrs = ?, created_seq = ?, max_seq = ? "
-        "WHERE client_id = ? AND pkey = ?",
-        (
-            absorb_attrs(t_attrs, a_attrs, link_seq),
-            min(t_created, a_created),
-            max(t_max, a_max, link_seq),
-            client_id,
-            target,
-        ),
-    )
-    db.execute("DELETE FROM profiles WHERE client_id = ? AND pkey = ?", (client_id, absorbed))
-    db.execute(
-        "UPDATE identities SET pkey = ? WHERE client_id = ? AND pkey = ?",
-        (target, client_id, absorbed),
-    )
-
-
 def touch(db: sqlite3.Connection, client_id: int, stored: str, now_ms: int) -> None:
     """Mark a profile active (a page call counts as activity, like a visit in Target)."""
     db.execute(
@@ -226,74 +188,16 @@ def writes_of(db: sqlite3.Connection, numbers: set[int]) -> WriteRows:
     }
 
 
-class SQLiteExport:
-    """A read snapshot of one client's profiles on a connection of its own."""
-
-    def __init__(
-        self, db: sqlite3.Connection, client_id: int, kind: KeyKind | None, expire_before_ms: int
-    ) -> None:
-        self.db = db
-        self.client_id = client_id
-        # The web layer may close the snapshot while a page is still being read.
-        self.lock = threading.Lock()
-        self.closed = False
-        low, high = EXPORT_RANGES[kind]
-        self.where = "p.client_id = ? AND p.pkey >= ? AND p.pkey < ? AND p.modified_at >= ?"
-        self.params: tuple[Any, ...] = (client_id, low, high, expire_before_ms)
-        # The snapshot starts with the first read and lasts until close().
-        db.execute("BEGIN")
-        self.code = str(
-            db.execute("SELECT code FROM clients WHERE id = ?", (client_id,)).fetchone()[0]
-        )
-
-    def pages(self, size: int) -> Iterator[list[Profile]]:
-        after = ""
-        while True:
-            with self.lock:
-                page = self._page(after, size)
-            if not page:
-                return
-            after = page[-1].ids[0]
-            yield page
-
-    def _page(self, after: str, size: int) -> list[Profile]:
-        if self.closed:
-            return []
-        rows = []
-        stored = 0
-        for row in self.db.execute(
-            f"SELECT p.pkey, p.attrs, p.modified_at FROM profiles p WHERE {self.where} "
-            "AND p.pkey > ? ORDER BY p.pkey LIMIT ?",
-            (*self.params, after, size),
-        ):
-            rows.append(row)
-            stored += len(row[1])
-            if stored >= EXPORT_PAGE_CHARS:  # a page of large profiles ends early
-                break
-        documents = {pkey: json.loads(attrs) for pkey, attrs, _ in rows}
-        ids: dict[str, list[str]] = {pkey: [pkey] for pkey in documents}
-        for alias, pkey in self.db.execute(
-            "SELECT alias, pkey FROM identities WHERE client_id = ? "
-            "AND pkey IN (SELECT value FROM json_each(?)) ORDER BY linked_seq",
-            (self.client_id, json_list(list(documents))),
-        ):
-            ids[pkey].append(alias)
-        writes = writes_of(self.db, write_numbers(documents.values()))
-        return [
-            build_profile(self.code, pkey, documents[pkey], modified, ids[pkey], writes)
-            for pkey, _, modified in rows
-        ]
-
-    def close(self) -> None:
-        with self.lock:
-            if self.closed:
-                return
-            self.closed = True
-            try:
-                self.db.execute("COMMIT")
-            except sqlite3.Error:
-                pass
-            self.db.close()
+def ids_of(db: sqlite3.Connection, client_id: int, stored: list[str]) -> dict[str, list[str]]:
+    """Each stored key, then its aliases in link order."""
+    ids: dict[str, list[str]] = {key: [key] for key in stored}
+    for alias, pkey in db.execute(
+        "SELECT alias, pkey FROM identities WHERE client_id = ? "
+        "AND pkey IN (SELECT value FROM json_each(?)) ORDER BY linked_seq",
+        (client_id, json_list(stored)),
+    ):
+        ids[pkey].append(alias)
+    return ids
 
 
 def json_list(items: Sequence[object]) -> str:

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from profilebase.config import Settings
 from profilebase.errors import ProfilebaseError
 from profilebase.models import now_ms
-from profilebase.storage import Store, open_store
+from profilebase.storage import Store, open_settings_store
 from profilebase.web import authentication, bulk, delivery, errors, extensions, profiles, update
 from profilebase.web.attempts import FailedAttempts
 from profilebase.worker import WorkerPool
@@ -45,7 +45,7 @@ def create_app(
     ``clock`` gives milliseconds since the epoch to the app and its workers."""
     settings = settings or Settings.from_env()
     owns_store = store is None
-    the_store = store or open_store(settings.database, sqlite_synchronous=settings.sqlite_synchronous)
+    the_store = store or open_settings_store(settings)
     count = settings.workers if workers is None else workers
 
     @asynccontextmanager

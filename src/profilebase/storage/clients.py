@@ -1,67 +1,43 @@
-"""The clients and tokens of the SQLite backend: ``SQLiteClients``, a base of ``SQLiteStore``.
+"""Clients and tokens: ``ClientQueries``, the tenant side of every backend's store.
 
-It holds the tenant side of the Store protocol: clients with their credentials,
-authorization switch and limit overrides, and their tokens (stored as hashes).
-The connections are ``SQLiteStore``'s: the methods below that raise
-``NotImplementedError`` are the store's own.
+Clients with their credentials, authorization switch and limit overrides, and
+their tokens (stored as hashes). The SQL is the same on SQLite and PostgreSQL
+(``SharedQueries._sql`` adapts the placeholders); the connections are the store's.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
-from typing import Any
 
 from profilebase.errors import ClientExists, UnknownClient
-from profilebase.models import Client, Token, from_ms
+from profilebase.models import Client, Token, from_ms, now_ms
+from profilebase.storage.queries import SharedQueries
+from profilebase.storage.records import CLIENT_COLUMNS, client_from_row
 
 
-class SQLiteClients:
+class ClientQueries(SharedQueries):
     """Clients and tokens, on the connections of the store that inherits this."""
-
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _one(self, sql: str, params: tuple[object, ...] = ()) -> Any:
-        raise NotImplementedError
-
-    def _all(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
-        raise NotImplementedError
 
     # -- clients -----------------------------------------------------------------------
 
-    CLIENT_COLUMNS = "id, code, require_auth, disabled, limits, api_key, secret_hash"
-
-    def _client(self, row: tuple[object, ...] | None) -> Client | None:
-        if row is None:
-            return None
-        return Client(
-            id=int(row[0]),  # type: ignore[call-overload]
-            code=str(row[1]),
-            require_auth=bool(row[2]),
-            disabled=bool(row[3]),
-            limits=json.loads(str(row[4])),
-            api_key=None if row[5] is None else str(row[5]),
-            secret_hash=None if row[6] is None else str(row[6]),
-        )
-
     def get_client(self, code: str) -> Client | None:
-        row = self._one(f"SELECT {self.CLIENT_COLUMNS} FROM clients WHERE code = ?", (code,))
-        return self._client(row)
+        row = self._one(f"SELECT {CLIENT_COLUMNS} FROM clients WHERE code = ?", (code,))
+        return client_from_row(row)
 
     def list_clients(self) -> list[Client]:
-        rows = self._all(f"SELECT {self.CLIENT_COLUMNS} FROM clients ORDER BY code")
-        return [client for client in map(self._client, rows) if client is not None]
+        rows = self._all(f"SELECT {CLIENT_COLUMNS} FROM clients ORDER BY code")
+        return [client for client in map(client_from_row, rows) if client is not None]
 
     def create_client(
         self, code: str, require_auth: bool, api_key: str, secret_hash: str, now_ms: int
     ) -> Client:
         with self._write() as db:
             inserted = db.execute(
-                "INSERT INTO clients (code, require_auth, api_key, secret_hash, created_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (code) DO NOTHING",
+                self._sql(
+                    "INSERT INTO clients (code, require_auth, api_key, secret_hash, created_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (code) DO NOTHING"
+                ),
                 (code, int(require_auth), api_key, secret_hash, now_ms),
             ).rowcount
         if not inserted:
@@ -89,13 +65,16 @@ class SQLiteClients:
         if credentials is not None:
             changes["api_key"], changes["secret_hash"] = credentials
         with self._write() as db:
-            found = db.execute("SELECT 1 FROM clients WHERE code = ?", (code,)).fetchone()
+            found = db.execute(
+                self._sql("SELECT 1 FROM clients WHERE code = ?"), (code,)
+            ).fetchone()
             if found is None:
                 raise UnknownClient(code)
             if changes:
                 assignments = ", ".join(f"{name} = ?" for name in changes)
                 db.execute(
-                    f"UPDATE clients SET {assignments} WHERE code = ?", (*changes.values(), code)
+                    self._sql(f"UPDATE clients SET {assignments} WHERE code = ?"),
+                    (*changes.values(), code),
                 )
         client = self.get_client(code)
         assert client is not None
@@ -123,8 +102,10 @@ class SQLiteClients:
     def create_token(self, token: Token, others_revoked_at_ms: int) -> None:
         with self._write() as db:
             db.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE client_id = ? AND scope = ? "
-                "AND expires_at > ? AND (revoked_at IS NULL OR revoked_at > ?)",
+                self._sql(
+                    "UPDATE tokens SET revoked_at = ? WHERE client_id = ? AND scope = ? "
+                    "AND expires_at > ? AND (revoked_at IS NULL OR revoked_at > ?)"
+                ),
                 (
                     others_revoked_at_ms,
                     token.client_id,
@@ -134,7 +115,9 @@ class SQLiteClients:
                 ),
             )
             db.execute(
-                f"INSERT INTO tokens ({self.TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                self._sql(
+                    f"INSERT INTO tokens ({self.TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)"
+                ),
                 (
                     token.client_id,
                     token.token_hash,
@@ -164,8 +147,10 @@ class SQLiteClients:
         with self._write() as db:
             return int(
                 db.execute(
-                    "UPDATE tokens SET revoked_at = ? WHERE client_id = ? AND expires_at > ? "
-                    "AND (revoked_at IS NULL OR revoked_at > ?)",
+                    self._sql(
+                        "UPDATE tokens SET revoked_at = ? WHERE client_id = ? AND expires_at > ? "
+                        "AND (revoked_at IS NULL OR revoked_at > ?)"
+                    ),
                     (now_ms, client_id, now_ms, now_ms),
                 ).rowcount
             )
@@ -173,10 +158,14 @@ class SQLiteClients:
     def ensure_client(self, code: str) -> Client:
         with self._write() as db:
             db.execute(
-                "INSERT INTO clients (code, created_at) VALUES (?, strftime('%s','now') * 1000) "
-                "ON CONFLICT (code) DO NOTHING",
-                (code,),
+                self._sql(
+                    "INSERT INTO clients (code, created_at) VALUES (?, ?) "
+                    "ON CONFLICT (code) DO NOTHING"
+                ),
+                (code, now_ms()),
             )
         client = self.get_client(code)
         assert client is not None
         return client
+
+    # -- batches -----------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""PostgreSQL only: what several processes applying units at once can run into."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import PostgresServer
+from profilebase.config import Settings
+from profilebase.models import SEQ_SPAN, Counts
+from profilebase.storage import Store, open_store
+from profilebase.web.app import prepare
+from profilebase.worker import Worker
+from test_store_contract import accept, apply, values
+
+psycopg = pytest.importorskip("psycopg")
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> Iterator[str]:
+    name = postgres.clone()
+    yield postgres.with_database(name)
+    postgres.drop(name)
+
+
+@pytest.fixture
+def pg_store(database: str) -> Iterator[Store]:
+    store = open_store(database)
+    prepare(store, Settings(database=database))
+    yield store
+    store.close()
+
+
+def wait_for_lock_wait(database: str) -> None:
+    """Return once some session of this database waits on a lock (bounded in time)."""
+    deadline = time.monotonic() + 30
+    with psycopg.connect(database, autocommit=True) as db:
+        while time.monotonic() < deadline:
+            if db.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            ).fetchone():
+                return
+            time.sleep(0.01)
+    raise AssertionError("no session waited on a lock")
+
+
+def test_a_profile_created_meanwhile_sends_the_unit_round_again(
+    pg_store: Store, database: str, caplog: pytest.LogCaptureFixture
+):
+    """A unit that took a profile for new while another transaction created it merges into it."""
+    caplog.set_level(logging.INFO, logger="profilebase.storage")
+    seq, batch_id = accept(pg_store, b"batch=thirdPartyId,a\nx,1\n")
+    claim = pg_store.claim_unit("w1", 0, 10**15)
+    assert claim is not None
+    later = seq * SEQ_SPAN + SEQ_SPAN + 5  # a write accepted after the batch
+    other = psycopg.connect(database)
+    other.execute(
+        "INSERT INTO profiles VALUES (1, 't:x', %s, %s, %s, 0)",
+        (f'{{"b": ["2", {later}, 0]}}', later, later),
+    )
+    result: list[Counts | None] = []
+    applying = threading.Thread(target=lambda: result.append(apply(pg_store, claim)))
+    applying.start()
+    try:
+        wait_for_lock_wait(database)  # the unit's insert waits for the other transaction
+    finally:
+        other.commit()
+        other.close()
+        applying.join(30)
+    assert result == [Counts(1, 1, 0, 0)]
+    assert values(pg_store, "x") == {"a": "1", "b": "2"}
+    assert pg_store.get_batch(1, batch_id).state.value == "complete"  # type: ignore[union-attr]
+    assert "lost a race" in caplog.text
+
+
+def test_a_row_holding_nul_fails_with_its_reason(pg_store: Store):
+    """PostgreSQL cannot store U+0000: such a row fails with the reason; the others apply."""
+    seq, batch_id = accept(pg_store, b"batch=thirdPartyId,a\nx,1\ny,%00\n")
+    Worker(pg_store, Settings()).run(until_idle=True)
+    assert pg_store.get_batch(1, batch_id).counts == Counts(2, 1, 0, 1)  # type: ignore[union-attr]
+    (failure,) = pg_store.failed_rows(seq)
+    assert failure.id == "y" and "U+0000" in failure.reason
+    assert values(pg_store, "x") == {"a": "1"} and values(pg_store, "y") is None
+    assert pg_store.get_profile(1, "t:\x00") is None
