@@ -27,8 +27,11 @@ pytestmark = pytest.mark.slow
 class ServerProcess:
     """`python -m profilebase serve` as a real process on a loopback port."""
 
-    def __init__(self, database: str | None, log: Path) -> None:
-        self.port = free_port()
+    def __init__(
+        self, database: str | None, log: Path, port: int = 0, **settings: str
+    ) -> None:
+        """``settings`` override the test defaults by name, e.g. ``workers="0"``."""
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
             **os.environ,
@@ -36,6 +39,7 @@ class ServerProcess:
             "PROFILEBASE_UNIT_ROWS": "1000",
             "PROFILEBASE_LEASE_SECONDS": "1",
             "PROFILEBASE_WORKERS": "2",
+            **{f"PROFILEBASE_{name.upper()}": value for name, value in settings.items()},
         }
         with log.open("ab") as out:
             self.process = subprocess.Popen(
