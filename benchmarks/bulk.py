@@ -122,6 +122,18 @@ def run_floor(reference: Path, batch: Path, workdir: Path) -> float:
     return float(re.search(r"seconds=([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
 
+def generate_batch(reference: Path, rows: int, attrs: int, workdir: Path) -> Path:
+    """Write the reference workload with the reference generator; return the file."""
+    generator = reference / "gen_batch.py"
+    if not generator.exists():
+        raise SystemExit(f"reference workload not found at {generator}; pass --reference DIR")
+    batch = workdir / "batch.txt"
+    subprocess.run(
+        [sys.executable, str(generator), str(rows), str(batch), "--attrs", str(attrs)], check=True
+    )
+    return batch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=500_000)
@@ -131,17 +143,9 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, default=HERE.parent.parent / "shared" / "bench")
     parser.add_argument("--no-floor", action="store_true")
     args = parser.parse_args()
-    generator = args.reference / "gen_batch.py"
-    if not generator.exists():
-        raise SystemExit(f"reference workload not found at {generator}; pass --reference DIR")
-
     workdir = Path(tempfile.mkdtemp(prefix="profilebase-bench-"))
     try:
-        batch = workdir / "batch.txt"
-        subprocess.run(
-            [sys.executable, str(generator), str(args.rows), str(batch), "--attrs", str(args.attrs)],
-            check=True,
-        )
+        batch = generate_batch(args.reference, args.rows, args.attrs, workdir)
         size_mb = batch.stat().st_size / 1e6
         database = args.database or f"sqlite:///{workdir}/bench.db"
         result = run_server(batch, database, args.workers, workdir)
