@@ -142,8 +142,9 @@ def test_profiles_never_expire_by_default(http: httpx.Client, store: Store):
 
 class TestExpiry:
     @pytest.fixture
-    def settings(self, tmp_path) -> Settings:
-        return Settings(database=f"sqlite:///{tmp_path}/test.db", workers=0, profile_expiry_days=14)
+    def settings(self, database_url: str) -> Settings:
+        """Expiry after 14 days, on each backend."""
+        return Settings(database=database_url, workers=0, profile_expiry_days=14)
 
     @pytest.fixture
     def old(self, store: Store) -> None:
