@@ -6,7 +6,9 @@ import httpx
 import pytest
 from helpers import attributes, batch_id_of, deliver, submit, update, xml_fields
 
+from profilebase import clients
 from profilebase.config import Settings
+from profilebase.storage import Store
 
 
 @pytest.fixture
@@ -260,6 +262,33 @@ class TestLimits:
         refused = update(crm, mbox3rdPartyId="crm-1", profile_a="4")
         assert refused.status_code == 429 and headers(refused) == ("3", "0", True)
         assert "at 20" in xml_fields(refused)["message"]  # says when, as an ISO time
+
+
+def test_limits_are_configurable_per_client(crm: httpx.Client, store: Store):
+    """A client's own size limits and daily quota apply to it; other clients keep the defaults."""
+    clients.change(
+        store,
+        "demo",
+        limits={
+            "max_update_url_bytes": "200",
+            "max_update_body_bytes": "300",
+            "updates_per_day": "1",
+        },
+    )
+    store.ensure_client("other")
+    # An unknown id is 404 once the request is within the limits, 413 before.
+    for client, within in [("demo", False), ("other", True)]:
+        got = update(crm, client=client, mbox3rdPartyId="nobody", p="x" * 200).status_code
+        assert got == (404 if within else 413)
+        body = {"mbox3rdPartyId": "nobody", "p": "x" * 400}
+        got = crm.post(f"/m2/{client}/profile/update", data=body).status_code
+        assert got == (404 if within else 413)
+    assert update(crm, mbox3rdPartyId="crm-1", profile_a="1").status_code == 200
+    refused = update(crm, mbox3rdPartyId="crm-1", profile_a="2")
+    assert refused.status_code == 429 and refused.headers["x-ratelimit-limit"] == "1"
+    assert update(crm, client="other", mbox3rdPartyId="nobody").headers["x-ratelimit-limit"] == (
+        "1000000"
+    )
 
 
 @pytest.mark.parametrize("settings", [{"max_profile_bytes": 150}], indirect=True)
