@@ -8,6 +8,7 @@ import httpx
 import pytest
 from helpers import attributes, batch_id_of, deliver, status, submit, update
 
+from profilebase import clients
 from profilebase.config import Settings, client_limits
 from profilebase.models import DAY_MS, now_ms
 from profilebase.storage import Store
@@ -138,6 +139,20 @@ def visit_at(store: Store, moment: int, tnt_id: str, **values: str) -> None:
 def test_profiles_never_expire_by_default(http: httpx.Client, store: Store):
     visit_at(store, now_ms() - 400 * DAY_MS, "ancient", a="1")
     assert attributes(http, "ancient", third_party=False) == {"a": "1"}
+
+
+def test_expiry_is_configurable_per_client(http: httpx.Client, store: Store, settings: Settings):
+    """A client with its own profile_expiry_days expires its profiles; other clients keep theirs."""
+    clients.change(store, "demo", limits={"profile_expiry_days": "14"})
+    other = store.ensure_client("other")
+    visit_at(store, now_ms() - 15 * DAY_MS, "old", a="1")
+    store.visit(other.id, Visit("old", None, {"a": "1"}, "r"), now_ms() - 15 * DAY_MS, 10_000)
+    assert attributes(http, "old", third_party=False) is None
+    assert attributes(http, "old", third_party=False, client="other") == {"a": "1"}
+    assert Worker(store, settings).expire_profiles(now_ms()) == 1
+    clients.change(store, "demo", limits={"profile_expiry_days": ""})
+    assert attributes(http, "old", third_party=False) is None
+    assert attributes(http, "old", third_party=False, client="other") == {"a": "1"}
 
 
 class TestExpiry:
