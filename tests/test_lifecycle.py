@@ -6,6 +6,7 @@ import re
 
 import httpx
 import pytest
+from conftest import FakeClock
 from helpers import attributes, batch_id_of, deliver, status, submit, update
 
 from profilebase import clients
@@ -162,6 +163,11 @@ class TestExpiry:
         return Settings(database=database_url, workers=0, profile_expiry_days=14)
 
     @pytest.fixture
+    def clock(self) -> FakeClock:
+        """The app's and the workers' clock, still until a test moves it."""
+        return FakeClock(now_ms())
+
+    @pytest.fixture
     def old(self, store: Store) -> None:
         """Profile `old` was last active 15 days ago, `recent` 13 days ago."""
         visit_at(store, now_ms() - 15 * DAY_MS, "old", a="1")
@@ -207,3 +213,16 @@ class TestExpiry:
             attributes(http, "crm-old") is None
             and attributes(http, "linked", third_party=False) is None
         )
+
+    def test_page_calls_and_writes_keep_a_profile_active(
+        self, http: httpx.Client, store: Store, clock: FakeClock
+    ):
+        """A page call naming the profile, even with no parameters, or any write is activity."""
+        for tnt_id in ["idle", "called", "updated"]:
+            visit_at(store, clock.ms - 13 * DAY_MS, tnt_id, a="1")
+        deliver(http, {"id": {"tntId": "called"}})
+        assert update(http, mboxPC="updated", profile_b="2").status_code == 200
+        clock.advance(2 * 86_400)
+        assert attributes(http, "idle", third_party=False) is None
+        assert attributes(http, "called", third_party=False) == {"a": "1"}
+        assert attributes(http, "updated", third_party=False) == {"a": "1", "b": "2"}

@@ -23,10 +23,11 @@ from starlette.routing import Route
 
 from profilebase import batchfile
 from profilebase.errors import BadRequest
-from profilebase.models import KeyKind, now_ms
+from profilebase.models import KeyKind
 from profilebase.storage.base import Visit
 from profilebase.web.context import (
     client_from_query,
+    clock_of,
     limits_of,
     read_body,
     scalar_text,
@@ -85,7 +86,7 @@ async def delivery(request: Request) -> Response:
     request_id = payload.get("requestId")
     if not isinstance(request_id, str) or not request_id:
         request_id = str(uuid.uuid4())
-    now = now_ms()
+    now = clock_of(request)()
     await run_in_threadpool(
         store_of(request).visit,
         client.id,

@@ -15,9 +15,9 @@ from starlette.routing import Route
 
 from profilebase import export
 from profilebase.errors import BadRequest, NotFound
-from profilebase.models import KeyKind, now_ms
+from profilebase.models import KeyKind
 from profilebase.storage.base import Store
-from profilebase.web.context import client_from_query, limits_of, store_of
+from profilebase.web.context import client_from_query, clock_of, limits_of, store_of
 
 #: Profiles read per database round trip while exporting.
 EXPORT_PAGE = 500
@@ -40,7 +40,7 @@ async def fetch(request: Request) -> Response:
     """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from."""
     client = await client_from_query(request)
     kind, identifier = identify(request)
-    before = limits_of(request, client).expire_before_ms(now_ms())
+    before = limits_of(request, client).expire_before_ms(clock_of(request)())
     profile = await run_in_threadpool(
         store_of(request).get_profile, client.id, kind.key(identifier), before
     )
@@ -53,7 +53,7 @@ async def delete(request: Request) -> Response:
     """Delete the profile with every id linked to it: 204, or 404 if there is none."""
     client = await client_from_query(request)
     kind, identifier = identify(request)
-    now = now_ms()
+    now = clock_of(request)()
     deleted = await run_in_threadpool(
         store_of(request).delete_profile,
         client.id,
@@ -83,7 +83,7 @@ async def export_profiles(request: Request) -> Response:
     only = (
         KeyKind.THIRD_PARTY_ID if form == "batch" and key_kind is KeyKind.THIRD_PARTY_ID else None
     )
-    before = limits_of(request, client).expire_before_ms(now_ms())
+    before = limits_of(request, client).expire_before_ms(clock_of(request)())
     suffix = "txt" if form == "batch" else "jsonl"
     return StreamingResponse(
         export_body(store_of(request), client.id, only, before, form, key_kind),
