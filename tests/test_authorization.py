@@ -6,11 +6,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import FakeClock, LiveServer
+from conftest import FakeClock, LiveServer, PostgresServer
 from helpers import batch_id_of, deliver, submit, xml_fields
 from starlette.routing import Route as StarletteRoute
 
@@ -110,10 +109,8 @@ class World:
     `other`; each has a batch, profiles pc1 and tp1, and tokens in every state. The
     failed-authentication slowdown is off here (it has its own tests below)."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.settings = Settings(
-            database=f"sqlite:///{tmp}/world.db", workers=0, auth_failures_per_minute=0
-        )
+    def __init__(self, database: str) -> None:
+        self.settings = Settings(database=database, workers=0, auth_failures_per_minute=0)
         self.store = open_store(self.settings.database)
         prepare(self.store, self.settings)
         self.server = LiveServer(self.settings, self.store, workers=0).__enter__()
@@ -166,11 +163,16 @@ class World:
         store_batch(self.store, found, 2, intake.finish(), limits, now_ms())
         Worker(self.store, self.settings).run(until_idle=True)
 
-    def written(self, client: str) -> tuple[int, int]:
-        """Batches accepted for the client, and units not yet applied anywhere."""
+    def written(self, client: str) -> tuple[int, int, object]:
+        """Batches accepted for the client, units not yet applied anywhere, and the
+        attributes of its profiles pc1 and tp1 (which the single update routes change)."""
         found = self.store.get_client(client)
         assert found is not None
-        return len(self.store.recent_batches(found.id, 0)), self.store.pending_units()
+        profiles = [self.store.get_profile(found.id, key) for key in ["p:pc1", "t:tp1"]]
+        attributes = [
+            {name: a.value for name, a in p.attributes.items()} if p else None for p in profiles
+        ]
+        return len(self.store.recent_batches(found.id, 0)), self.store.pending_units(), attributes
 
     def close(self) -> None:
         self.http.close()
@@ -178,11 +180,22 @@ class World:
         self.store.close()
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    the_world = World(tmp_path_factory.mktemp("world"))
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    """The world on each backend, built once per module (the table has hundreds of cases)."""
+    if request.param == "sqlite":
+        the_world = World(f"sqlite:///{tmp_path_factory.mktemp('world')}/world.db")
+        yield the_world
+        the_world.close()
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = server.clone()
+    the_world = World(server.with_database(name))
     yield the_world
     the_world.close()
+    server.drop(name)
 
 
 def assert_format(route: Route, response: httpx.Response) -> str:
@@ -388,8 +401,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(database=f"sqlite:///{tmp_path}/test.db", workers=0, auth_failures_per_minute=3)
+def settings(database_url: str) -> Settings:
+    return Settings(database=database_url, workers=0, auth_failures_per_minute=3)
 
 
 @pytest.mark.parametrize("require_auth", [True, False])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -29,9 +28,9 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(database_url: str) -> Settings:
     return Settings(
-        database=f"sqlite:///{tmp_path}/test.db",
+        database=database_url,
         workers=0,
         unit_rows=5,
         rows_per_day=10,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,8 +18,8 @@ LEGACY = "/admin/rest/v1/authentication/token"
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(database=f"sqlite:///{tmp_path}/test.db", workers=0, token_grace_seconds=30)
+def settings(database_url: str) -> Settings:
+    return Settings(database=database_url, workers=0, token_grace_seconds=30)
 
 
 @pytest.fixture
@@ -82,9 +81,24 @@ def test_only_hashes_are_stored(http: httpx.Client, acme: clients.Credentials, s
     value = http.post(
         TOKEN, params={"scope": "profile_api"}, auth=(acme.api_key, acme.secret)
     ).json()["accessToken"]
-    dump = "\n".join(sqlite3.connect(sqlite_path(settings.database)).iterdump())
+    dump = database_text(settings.database)
     assert value not in dump and acme.secret not in dump
     assert acme.api_key in dump and "scrypt$" in dump
+
+
+def database_text(url: str) -> str:
+    """Every row of every table, as text, on either backend."""
+    if url.startswith("sqlite"):
+        return "\n".join(sqlite3.connect(sqlite_path(url)).iterdump())
+    import psycopg
+
+    with psycopg.connect(url) as pg:
+        tables = pg.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        ).fetchall()
+        return "\n".join(
+            str(row) for (table,) in tables for row in pg.execute(f'SELECT * FROM "{table}"')
+        )
 
 
 @pytest.mark.parametrize(
@@ -169,11 +183,11 @@ def test_a_new_token_revokes_the_old_one_after_the_grace_period(
 
 
 def test_without_grace_the_old_token_is_revoked_at_once(
-    tmp_path: Path, store: Store, acme: clients.Credentials, clock: FakeClock
+    database_url: str, store: Store, acme: clients.Credentials, clock: FakeClock
 ):
     from conftest import LiveServer
 
-    settings = Settings(database=f"sqlite:///{tmp_path}/test.db", workers=0)
+    settings = Settings(database=database_url, workers=0)
     with (
         LiveServer(settings, store, workers=0, clock=clock) as server,
         httpx.Client(base_url=server.url) as http,
