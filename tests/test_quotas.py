@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from conftest import FakeClock
-from helpers import attributes, batch_id_of, status, submit, xml_fields
+from helpers import attributes, batch_id_of, status, submit, update, xml_fields
 
 from profilebase import business_hours, clients
 from profilebase.config import Settings, client_limits
@@ -95,6 +95,23 @@ def test_limits_are_per_client(http: httpx.Client, store: Store):
     assert submit(http, rows(3)).status_code == 200
     clients.change(store, "small", limits={"max_batch_rows": ""})
     assert submit(http, rows(3), client="small").status_code == 200
+
+
+def test_updates_per_day_per_client_with_headers_and_retry_after(
+    http: httpx.Client, store: Store, drain
+):
+    """A client's own updates_per_day: every single update reply says limit, remaining and
+    reset, and the update over it is 429 with Retry-After and a message naming the limit."""
+    submit(http, rows(1))
+    drain()
+    clients.change(store, "demo", limits={"updates_per_day": "2"})
+    replies = [update(http, mbox3rdPartyId="r0", **{"profile.a": str(n)}) for n in range(3)]
+    assert [r.status_code for r in replies] == [200, 200, 429]
+    assert [quota_headers(r)[:2] for r in replies] == [(2, 1), (2, 0), (2, 0)]
+    assert all(86_400 <= quota_headers(r)[2] <= 86_460 for r in replies)
+    assert 0 < int(replies[2].headers["retry-after"]) <= 86_460
+    assert "updates_per_day" in xml_fields(replies[2])["message"]
+    assert attributes(http, "r0") == {"a": "1"}
 
 
 def test_max_profile_bytes_per_client_applies_in_the_worker(
