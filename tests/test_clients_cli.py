@@ -148,9 +148,9 @@ def test_commands_on_a_fresh_database_migrate_it(tmp_path: Path):
     assert json.loads(ok(settings, "clients", "list", "--json")) == []
 
 
-def test_no_demo(tmp_path: Path, store: Store):
+def test_no_demo(database_url: str):
     """With demo off the server starts without the `demo` client (serve --no-demo)."""
-    settings = Settings(database=f"sqlite:///{tmp_path}/nodemo.db", workers=0, demo=False)
+    settings = Settings(database=database_url, workers=0, demo=False)
     from profilebase.storage import open_store
 
     nodemo = open_store(settings.database)
@@ -166,3 +166,24 @@ def test_no_demo(tmp_path: Path, store: Store):
         nodemo.close()
     assert Settings.from_env({"PROFILEBASE_DEMO": "false"}).demo is False
     assert "--no-demo" in CliRunner().invoke(main, ["serve", "--help"]).output
+
+
+@pytest.mark.parametrize("group", ["clients", "tokens"])
+def test_every_subcommand_takes_database(group: str):
+    """Each `clients` and `tokens` subcommand has --database, as `serve` does."""
+    commands = main.commands[group].commands  # type: ignore[attr-defined]
+    assert commands
+    for name, command in commands.items():
+        options = {o for p in command.params for o in getattr(p, "opts", [])}
+        assert "--database" in options, f"{group} {name} has no --database"
+
+
+def test_commands_read_the_database_from_the_environment(settings: Settings, store: Store):
+    """Without --database, PROFILEBASE_DATABASE names the database."""
+    result = CliRunner().invoke(
+        main,
+        ["clients", "create", "acme", "--json"],
+        env={"PROFILEBASE_DATABASE": settings.database},
+    )
+    assert result.exit_code == 0, result.output
+    assert [c.code for c in store.list_clients()] == ["acme", "demo"]
