@@ -425,13 +425,14 @@ def test_a_disabled_client_gets_403_everywhere(
         assert response.status_code == 403
         assert "is disabled" in assert_format(route, response)
     for method in ["GET", "POST"]:
-        response = http.request(
-            method,
-            "/gone/target/authentication/token",
-            params={"scope": "profile_api"},
-            auth=(credentials.api_key, credentials.secret),
-        )
-        assert response.status_code == 403
+        for path, params in [
+            ("/gone/target/authentication/token", {"scope": "profile_api"}),
+            ("/admin/rest/v1/authentication/token", {"client": "gone", "scope": "profile_api"}),
+        ]:
+            response = http.request(
+                method, path, params=params, auth=(credentials.api_key, credentials.secret)
+            )
+            assert response.status_code == 403 and "is disabled" in response.json()["message"]
     clients.change(store, "gone", disabled=False)
     assert ROUTES["batchStatus"].request(http, "gone", batch_id, headers).status_code == 200
 
