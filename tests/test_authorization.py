@@ -247,6 +247,10 @@ def test_client_that_requires_authorization(world: World, route_name: str, crede
     message = assert_format(route, response)
     if fragment is None:
         assert world.written("secure")[0] == before[0] + route.writes
+        if route.path.endswith(("/batchUpdate", "/profile/update")):
+            assert {"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"} <= set(
+                response.headers
+            )
         if route.fetches:
             assert response.json()["profileAttributes"]["owner"]["value"] == "secure"
         if route.method == "DELETE":
