@@ -6,13 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import fresh_database
 from profilebase.models import BatchState
 from test_crash import ServerProcess, wait_until
 from test_store_contract import accept
@@ -55,12 +53,6 @@ def test_bad_configuration_is_one_clear_line(env: dict[str, str], fragment: str,
     assert result.returncode != 0
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database with no schema yet, of each backend."""
-    yield from fresh_database(request, tmp_path, migrated=False)
 
 
 def test_migrate_is_idempotent(empty_database: str):

@@ -22,9 +22,9 @@ DOCS = Path(__file__).parent.parent / "docs" / "client.md"
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(database_url: str) -> Settings:
     """A worker that looks for work every 10 ms, so waiting clients are not kept long."""
-    return Settings(database=f"sqlite:///{tmp_path}/test.db", workers=0, poll_interval=0.01)
+    return Settings(database=database_url, workers=0, poll_interval=0.01)
 
 
 @pytest.fixture

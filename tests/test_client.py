@@ -117,8 +117,8 @@ def test_failed_rows_come_back_and_push_cleanly_once_fixed(sdk: Client, tmp_path
 
 class TestProfileSize:
     @pytest.fixture
-    def settings(self, tmp_path: Path) -> Settings:
-        return Settings(database=f"sqlite:///{tmp_path}/test.db", workers=0, max_profile_bytes=500)
+    def settings(self, database_url: str) -> Settings:
+        return Settings(database=database_url, workers=0, max_profile_bytes=500)
 
     def test_rows_the_server_fails_are_traced_to_input_rows(self, sdk: Client, tmp_path: Path):
         """A row that fails only when applied (profile too large) maps back to its input line."""
@@ -331,9 +331,9 @@ def test_unreachable_server_fails_after_the_retries(drain: Drain):
 
 class TestSmallServer:
     @pytest.fixture
-    def settings(self, tmp_path: Path) -> Settings:
+    def settings(self, database_url: str) -> Settings:
         return Settings(
-            database=f"sqlite:///{tmp_path}/test.db", workers=0, rows_per_day=40, max_batch_rows=10
+            database=database_url, workers=0, rows_per_day=40, max_batch_rows=10
         )
 
     def test_each_part_dropped_once_still_applies_each_once(

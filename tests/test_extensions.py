@@ -168,9 +168,9 @@ def test_dry_run_bad_flag_is_400(http: httpx.Client):
 
 class TestLimits:
     @pytest.fixture
-    def settings(self, tmp_path) -> Settings:  # type: ignore[no-untyped-def]
+    def settings(self, database_url: str) -> Settings:
         return Settings(
-            database=f"sqlite:///{tmp_path}/test.db",
+            database=database_url,
             workers=0,
             unit_rows=2,
             max_batch_rows=5,
