@@ -17,6 +17,7 @@ import pytest
 from conftest import free_port
 from helpers import batch_id_of, status, submit
 from profilebase import batchfile
+from profilebase.storage import sqlite_path
 
 ROWS = 60_000
 NAMES = ["a", "b", "c"]
@@ -77,9 +78,9 @@ def wait_until(predicate, timeout: float = 120.0, interval: float = 0.02):  # ty
     raise AssertionError("condition not reached in time")
 
 
-def test_sigkill_during_a_large_batch(tmp_path: Path):
+def test_sigkill_during_a_large_batch(database_url: str, tmp_path: Path):
     """Kill right after the reply and again mid-way; restarted servers finish with exact counts."""
-    database = f"sqlite:///{tmp_path}/crash.db"
+    database = database_url
     log = tmp_path / "server.log"
     rows = [[f"c{i}", f"a{i}", "" if i % 3 else f"b{i}", "ü 東京,%+"] for i in range(ROWS)]
     rows += [[f"c{i}", "", f"b-late{i}", ""] for i in range(0, ROWS, 7)]  # duplicates: later wins
@@ -109,10 +110,23 @@ def test_sigkill_during_a_large_batch(tmp_path: Path):
     expected: dict[str, dict[str, str]] = {}
     for row in rows:
         expected.setdefault("t:" + row[0], {}).update({n: v for n, v in zip(NAMES, row[1:]) if v})
-    db = sqlite3.connect(f"{tmp_path}/crash.db")
     stored = {
         pkey: {name: entry[0] for name, entry in json.loads(attrs).items()}
-        for pkey, attrs in db.execute("SELECT pkey, attrs FROM profiles")
+        for pkey, attrs in stored_profiles(database)
     }
-    db.close()
     assert stored == expected
+
+
+def stored_profiles(database: str) -> list[tuple[str, str]]:
+    """(profile key, attributes as JSON text) of every stored profile, read from the tables."""
+    query = "SELECT pkey, attrs FROM profiles"
+    if database.startswith("sqlite"):
+        db = sqlite3.connect(sqlite_path(database))
+        try:
+            return db.execute(query).fetchall()
+        finally:
+            db.close()
+    import psycopg
+
+    with psycopg.connect(database) as pg:
+        return pg.execute("SELECT pkey, attrs::text FROM profiles").fetchall()
