@@ -32,7 +32,8 @@ def run(working_server: LiveServer, monkeypatch: pytest.MonkeyPatch):  # type: i
     """Run the CLI configured by the environment, as a user's shell would."""
     monkeypatch.setenv("PROFILEBASE_URL", working_server.url)
     monkeypatch.setenv("PROFILEBASE_CLIENT", "demo")
-    monkeypatch.delenv("PROFILEBASE_TOKEN", raising=False)
+    for name in ("PROFILEBASE_TOKEN", "PROFILEBASE_KEY_ID", "PROFILEBASE_SECRET"):
+        monkeypatch.delenv(name, raising=False)
 
     def invoke(*args: str) -> Result:
         return CliRunner().invoke(main, [*args, "--poll-interval", "0.01"])
@@ -183,6 +184,46 @@ def test_push_without_the_right_token_exits_3(  # type: ignore[no-untyped-def]
     assert result.exit_code == 3, result.output
     expected = "requires an authorization token" if token is None else "is not valid"
     assert expected in result.stderr and "Traceback" not in result.output
+    assert store.rows_accepted_since(client.id, 0) == 0
+
+
+@pytest.mark.parametrize("given_as", ["flag", "environment"])
+def test_push_with_an_api_key_and_secret(  # type: ignore[no-untyped-def]
+    run, tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch, given_as: str
+):
+    """--key-id/--secret (or PROFILEBASE_KEY_ID/_SECRET) get a token: push, status, get work."""
+    credentials = clients.create(store, "secure", True, now_ms())[1]
+    args = ["--client", "secure"]
+    if given_as == "flag":
+        args += ["--key-id", credentials.api_key, "--secret", credentials.secret]
+    else:
+        monkeypatch.setenv("PROFILEBASE_KEY_ID", credentials.api_key)
+        monkeypatch.setenv("PROFILEBASE_SECRET", credentials.secret)
+    result = run("push", csv_file(tmp_path, "id,tier\nc-1,gold\n"), *args)
+    assert result.exit_code == 0, result.output
+    batch_id = re.search(r"secure-\d+-\d+", result.stdout)
+    assert batch_id is not None
+    assert run("status", batch_id.group(0), *args).exit_code == 0
+    profile = run("get", "c-1", "--third-party", *args)
+    assert json.loads(profile.stdout)["profileAttributes"]["tier"]["value"] == "gold"
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--secret", "wrong"], "Wrong API key or secret for client 'secure'"),
+        (["--secret", "s", "--url", "https://secure.tt.omtrdc.net"], "Adobe IMS"),
+    ],
+)
+def test_push_with_a_wrong_secret_or_to_target_exits_3(  # type: ignore[no-untyped-def]
+    run, tmp_path: Path, store: Store, extra: list[str], fragment: str
+):
+    """A wrong secret, or key and secret against Target: one sentence, exit 3, no row sent."""
+    client, credentials = clients.create(store, "secure", True, now_ms())
+    args = ["--client", "secure", "--key-id", credentials.api_key, *extra]
+    result = run("push", csv_file(tmp_path, "id,tier\nc-1,gold\n"), *args)
+    assert result.exit_code == 3, result.output
+    assert fragment in result.stderr and "Traceback" not in result.output
     assert store.rows_accepted_since(client.id, 0) == 0
 
 

@@ -15,7 +15,15 @@ from proxy import FaultyProxy
 
 from profilebase import Client
 from profilebase.config import Settings
-from profilebase.errors import BatchRejected, InputError, RemoteRejected, RemoteUnavailable
+from profilebase import clients
+from profilebase.errors import (
+    BatchRejected,
+    ClientError,
+    InputError,
+    RemoteRejected,
+    RemoteUnavailable,
+)
+from profilebase.models import now_ms
 from profilebase.push import PushProgress
 from profilebase.retry import RetryPolicy
 from profilebase.storage import Store
@@ -318,6 +326,49 @@ def test_token_is_sent_as_bearer(settings: Settings, store: Store, drain: Drain)
             client.push(rows(1))
         middleware = server.server.config.app
     assert set(middleware.authorization) == {"Bearer t0k3n"}
+
+
+def test_api_key_and_secret_get_a_token_once(live_server: LiveServer, store: Store, drain: Drain):
+    """key_id/secret: one token from the token endpoint, then sent with every call."""
+    client, credentials = clients.create(store, "secure", True, now_ms())
+    with Client(
+        live_server.url,
+        "secure",
+        key_id=credentials.api_key,
+        secret=credentials.secret,
+        sleep=lambda s: drain(),
+        poll_interval=0,
+    ) as sdk:
+        result = sdk.push(rows(3))
+        assert result.ok and values(sdk, "r2") == {"a": "v2"}
+        sent = sdk.http.headers["Authorization"]
+    active = store.active_token(client.id, "profile_api", now_ms())
+    assert active is not None and sent.startswith("Bearer ") and sent.endswith(active.last4)
+    assert store.rows_accepted_since(client.id, 0) == 3
+
+
+def test_wrong_secret_is_refused_before_anything_is_sent(live_server: LiveServer, store: Store):
+    client, credentials = clients.create(store, "secure", True, now_ms())
+    with Client(live_server.url, "secure", key_id=credentials.api_key, secret="wrong") as sdk:
+        with pytest.raises(RemoteRejected, match="Wrong API key or secret") as caught:
+            sdk.push(rows(1))
+    assert caught.value.http_status == 401
+    assert store.rows_accepted_since(client.id, 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "kwargs", "fragment"),
+    [
+        ("http://127.0.0.1:1", {"key_id": "k"}, "give both --key-id and --secret"),
+        ("http://127.0.0.1:1", {"secret": "s"}, "give both --key-id and --secret"),
+        ("http://127.0.0.1:1", {"token": "t", "key_id": "k", "secret": "s"}, "not both"),
+        ("https://acme.tt.omtrdc.net", {"key_id": "k", "secret": "s"}, "Adobe IMS"),
+    ],
+)
+def test_api_key_and_secret_misuse_is_refused_at_once(url: str, kwargs: Any, fragment: str):
+    """Half a credential, both kinds, or key and secret for Target: refused, nothing sent."""
+    with pytest.raises(ClientError, match=fragment):
+        Client(url, "acme", **kwargs)
 
 
 def test_unreachable_server_fails_after_the_retries(drain: Drain):

@@ -5,7 +5,8 @@ a flag given on the command line wins over the environment. ``serve`` and
 ``migrate`` run the server; ``clients`` and ``tokens`` manage its tenants in the
 database; ``push``, ``status``, ``get`` and ``update`` are clients over
 ``profilebase.Client``, configured by ``--url``/``--client``/``--token`` or
-``PROFILEBASE_URL``/``PROFILEBASE_CLIENT``/``PROFILEBASE_TOKEN``.
+``PROFILEBASE_URL``/``PROFILEBASE_CLIENT``/``PROFILEBASE_TOKEN`` (or, on profilebase,
+``--key-id``/``--secret``, which get a token first).
 """
 
 from __future__ import annotations
@@ -445,7 +446,7 @@ def failure(exc: ProfilebaseError) -> click.ClickException:
 
 
 def remote_options(command: Any) -> Any:
-    """--url, --client and --token, also read from PROFILEBASE_URL/_CLIENT/_TOKEN."""
+    """--url, --client, --token (or --key-id and --secret), also read from the environment."""
     options = [
         click.option(
             "--url",
@@ -469,6 +470,21 @@ def remote_options(command: Any) -> Any:
             default=None,
             show_envvar=True,
             help="Profile API token, sent as `Authorization: Bearer TOKEN`.",
+        ),
+        click.option(
+            "--key-id",
+            envvar="PROFILEBASE_KEY_ID",
+            default=None,
+            show_envvar=True,
+            help="The client's API key: with --secret, get a token from profilebase's "
+            "token endpoint instead of giving --token (not for Target).",
+        ),
+        click.option(
+            "--secret",
+            envvar="PROFILEBASE_SECRET",
+            default=None,
+            show_envvar=True,
+            help="The secret of the --key-id API key.",
         ),
         click.option(
             "--poll-interval",
@@ -499,6 +515,8 @@ def open_client(remote: dict[str, Any]) -> Any:
             remote["url"],
             remote["client_code"],
             remote["token"],
+            key_id=remote["key_id"],
+            secret=remote["secret"],
             poll_interval=remote["poll_interval"],
             retry=RetryPolicy(attempts=remote["retries"] + 1),
         )

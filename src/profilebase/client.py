@@ -13,6 +13,11 @@ for storage or the web.
 
 Every request is retried on network errors, 429, 503 and other 5xx (see
 ``retry.py``); every error raised is a ``profilebase.errors.ProfilebaseError``.
+
+With ``key_id`` and ``secret`` (a client's API key and secret) instead of a
+token, the client gets a token from profilebase's token endpoint before its
+first call. Target issues its tokens through Adobe IMS, which this client does
+not speak, so there a token from the Target UI is needed.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ MAX_UPDATE_QUERY = 8 * 1024
 MAX_UPDATE_BODY = 60 * 1024
 FAILURE_PAGE = 10_000
 TARGET_FAILED = "Target reported this profile as failed (Target does not say why)"
+TOKEN_PATH = "/{client}/target/authentication/token"
 
 Batch = str | Submitted
 ProgressCallback = Callable[[PushProgress], None]
@@ -104,6 +110,8 @@ class Client:
         client: str,
         token: str | None = None,
         *,
+        key_id: str | None = None,
+        secret: str | None = None,
         timeout: float = 120.0,
         retry: RetryPolicy | None = None,
         poll_interval: float | None = None,
@@ -112,11 +120,15 @@ class Client:
     ) -> None:
         """``poll_interval`` defaults to 1 s for profilebase and 30 s for Target (which
         allows 50 calls a minute). ``sleep`` is how the client waits between polls and
-        retries; tests pass one that runs the server's workers instead."""
+        retries; tests pass one that runs the server's workers instead. ``key_id`` and
+        ``secret`` stand in for ``token`` on profilebase (see ``authenticate``)."""
         if not client:
             raise ClientError("A client code is required (--client or PROFILEBASE_CLIENT).")
         self.base_url = base_url.rstrip("/")
         self.client = client
+        self._credentials: tuple[str, str] | None = None
+        if key_id is not None or secret is not None:
+            self._credentials = self._check_credentials(token, key_id, secret)
         self.retry = retry or RetryPolicy()
         self.poll_interval = poll_interval
         self.sleep = sleep
@@ -142,12 +154,59 @@ class Client:
 
     # -- transport -------------------------------------------------------------------
 
+    def _check_credentials(
+        self, token: str | None, key_id: str | None, secret: str | None
+    ) -> tuple[str, str]:
+        """The (API key, secret) pair, once it is complete and usable with this server."""
+        if not key_id or not secret:
+            raise ClientError("An API key goes with its secret: give both --key-id and --secret.")
+        if token:
+            raise ClientError("Give either a token or an API key and secret, not both.")
+        if self.is_target:
+            raise ClientError(
+                "Adobe Target issues profile API tokens through Adobe IMS, which "
+                "--key-id/--secret do not speak (they use profilebase's token endpoint): "
+                "pass a token generated in the Target UI with --token."
+            )
+        return key_id, secret
+
+    def authenticate(self) -> str:
+        """Get a profile API token with the API key and secret, and send it from now on.
+
+        POSTs ``/{client}/target/authentication/token`` with HTTP Basic ``key:secret``
+        (profilebase only). Each new token revokes the client's older ones after the
+        server's ``token_grace_seconds``. Called before the first request by itself.
+        """
+        if self._credentials is None:
+            raise ClientError("This client was given no API key and secret.")
+        credentials, self._credentials = self._credentials, None
+        try:
+            response = self.request(
+                "POST",
+                TOKEN_PATH.format(client=quote(self.client)),
+                params={"authorizationScope": "profile_api"},
+                auth=credentials,
+            )
+        except BaseException:
+            self._credentials = credentials
+            raise
+        try:
+            value = response.json()["accessToken"]
+        except (ValueError, KeyError, TypeError):
+            raise RemoteUnavailable(
+                f"The token endpoint of {self.base_url} answered without an accessToken."
+            ) from None
+        self.http.headers["Authorization"] = f"Bearer {value}"
+        return str(value)
+
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """Send a request, retrying network errors, 429 and 5xx; raise on a final failure.
 
         A 4xx other than 429 is ``RemoteRejected`` at once; no answer after every retry
         is ``RemoteUnavailable``.
         """
+        if self._credentials is not None:
+            self.authenticate()
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
             try:
