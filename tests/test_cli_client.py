@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -14,8 +15,10 @@ from conftest import LiveServer, free_port
 from profilebase import clients, tokens
 from profilebase.cli import main
 from profilebase.config import Settings, client_limits
+from profilebase.console import ProgressBar
 from profilebase.ingest import Intake, store_batch
 from profilebase.models import now_ms
+from profilebase.push import PushProgress
 from profilebase.storage import Store
 
 DOCS = Path(__file__).parent.parent / "docs" / "client.md"
@@ -288,6 +291,31 @@ def test_update_of_an_existing_profile_exits_0(run, tmp_path: Path):  # type: ig
 
 def test_update_needs_name_value_pairs(run):  # type: ignore[no-untyped-def]
     assert run("update", "x", "novalue").exit_code == 2
+
+
+def test_progress_bar_shows_rows_applied_rate_and_eta():
+    """On a terminal the bar shows rows applied out of rows sent, rows per second and ETA."""
+    from rich.console import Console
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120, color_system=None)
+    with ProgressBar("reading", console) as bar:
+        for applied in (0, 400, 1_000):
+            bar.push(PushProgress("applying", 1_000, 1_000, applied, 1, 1))
+            bar.progress.refresh()
+    text = screen.getvalue()
+    assert "applying" in text and "400/1000 rows" in text and "1000/1000 rows" in text
+    assert "rows/s" in text and "ETA" in text
+
+
+def test_progress_bar_stays_off_when_not_a_terminal():
+    """Pipes and logs get the summary alone: no bar is drawn."""
+    from rich.console import Console
+
+    screen = io.StringIO()
+    with ProgressBar("reading", Console(file=screen)) as bar:
+        bar.push(PushProgress("applying", 10, 10, 5, 1, 1))
+    assert screen.getvalue() == ""
 
 
 @pytest.mark.parametrize("command", ["push", "status", "get", "update"])

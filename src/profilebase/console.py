@@ -40,8 +40,8 @@ class RateColumn(ProgressColumn):
 class ProgressBar:
     """A rich progress bar fed by ``PushProgress`` or ``BatchStatus`` updates."""
 
-    def __init__(self, description: str) -> None:
-        self.console = Console(stderr=True)
+    def __init__(self, description: str, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
         self.progress = Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
