@@ -146,12 +146,20 @@ def test_two_servers_three_workers_with_a_killed_worker_and_a_restart(
                         assert response.status_code == 200, response.text
                         last[identifier] = f"r{round_no}"
 
+        victim, survivors = workers[0], workers[1:]
         with ThreadPoolExecutor(2) as updaters:
             updating = [updaters.submit(update, [row[0] for row in SEED[k::2]]) for k in (0, 1)]
-            with ThreadPoolExecutor(10) as pool:
-                list(pool.map(send, range(10)))
-            victim, survivors = workers[0], workers[1:]
-            unit = kill_holding_a_lease(victim, database)
+            # The survivors sleep while the first batches arrive, so the victim surely holds
+            # a lease when it is killed, however fast or loaded the machine is.
+            for worker in survivors:
+                os.kill(worker.pid, signal.SIGSTOP)
+            try:
+                with ThreadPoolExecutor(10) as pool:
+                    list(pool.map(send, range(10)))
+                unit = kill_holding_a_lease(victim, database)
+            finally:
+                for worker in survivors:
+                    os.kill(worker.pid, signal.SIGCONT)
             port = servers[0].port
             servers[0].kill()
             servers[0] = ServerProcess(database, log, port=port, workers="0", **NODE_SETTINGS)
