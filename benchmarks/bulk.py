@@ -47,7 +47,16 @@ def start_server(database: str, workers: int, log: Path) -> tuple[subprocess.Pop
     env = {**os.environ, "PROFILEBASE_DATABASE": database, "PROFILEBASE_WORKERS": str(workers)}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "profilebase", "serve", "--port", str(port), "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "profilebase",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -135,7 +144,9 @@ def generate_batch(reference: Path, rows: int, attrs: int, workdir: Path) -> Pat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=500_000)
     parser.add_argument("--attrs", type=int, default=7)
     parser.add_argument("--workers", type=int, default=2)
@@ -152,12 +163,14 @@ def main() -> None:
         print(f"batch: {result['rows']:,} rows, {size_mb:.1f} MB, {args.attrs} attributes")
         print(
             f"profilebase ({args.workers} workers, {database.split(':')[0]}): "
-            f"POST->complete {result['seconds']:.2f} s (upload+accept {result['accept_seconds']:.2f} s), "
-            f"{result['rows_per_second']:,.0f} rows/s, peak server memory {result['peak_mb']:.0f} MB"
+            f"POST->complete {result['seconds']:.2f} s "
+            f"(upload+accept {result['accept_seconds']:.2f} s), "
+            f"{result['rows_per_second']:,.0f} rows/s, "
+            f"peak server memory {result['peak_mb']:.0f} MB"
         )
         print(
-            f"fetches during ingestion: {result['fetches']}, median {result['fetch_median_ms']:.1f} ms, "
-            f"max {result['fetch_max_ms']:.1f} ms"
+            f"fetches during ingestion: {result['fetches']}, "
+            f"median {result['fetch_median_ms']:.1f} ms, max {result['fetch_max_ms']:.1f} ms"
         )
         if not args.no_floor:
             floor = run_floor(args.reference, batch, workdir)

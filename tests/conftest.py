@@ -264,9 +264,7 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(
-    settings: Settings, store: Store, clock: Callable[[], int]
-) -> Iterator[LiveServer]:
+def live_server(settings: Settings, store: Store, clock: Callable[[], int]) -> Iterator[LiveServer]:
     with LiveServer(settings, store, workers=0, clock=clock) as server:
         yield server
 

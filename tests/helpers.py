@@ -34,12 +34,16 @@ def batch_id_of(response: httpx.Response) -> str:
     return match.group(1)
 
 
-def submit(http: httpx.Client, body: bytes, client: str = "demo", v2: bool = True) -> httpx.Response:
+def submit(
+    http: httpx.Client, body: bytes, client: str = "demo", v2: bool = True
+) -> httpx.Response:
     path = f"/m2/{client}/v2/profile/batchUpdate" if v2 else f"/m2/{client}/profile/batchUpdate"
     return http.post(path, content=body)
 
 
-def status(http: httpx.Client, batch_id: str, client: str = "demo", details: bool = True) -> dict[str, str]:
+def status(
+    http: httpx.Client, batch_id: str, client: str = "demo", details: bool = True
+) -> dict[str, str]:
     params = {"batchId": batch_id}
     if details:
         params["showDetails"] = "true"
@@ -48,8 +52,14 @@ def status(http: httpx.Client, batch_id: str, client: str = "demo", details: boo
     return xml_fields(response)
 
 
-def attributes(http: httpx.Client, identifier: str, third_party: bool = True, client: str = "demo") -> dict[str, str] | None:
-    path = f"/rest/v1/profiles/thirdPartyId/{identifier}" if third_party else f"/rest/v1/profiles/{identifier}"
+def attributes(
+    http: httpx.Client, identifier: str, third_party: bool = True, client: str = "demo"
+) -> dict[str, str] | None:
+    path = (
+        f"/rest/v1/profiles/thirdPartyId/{identifier}"
+        if third_party
+        else f"/rest/v1/profiles/{identifier}"
+    )
     response = http.get(path, params={"client": client})
     if response.status_code == 404:
         return None
@@ -57,19 +67,27 @@ def attributes(http: httpx.Client, identifier: str, third_party: bool = True, cl
     return {name: a["value"] for name, a in response.json()["profileAttributes"].items()}
 
 
-def apply_claim(store: Store, claim: UnitClaim, max_profile_bytes: int = 2_048_000) -> Counts | None:
+def apply_claim(
+    store: Store, claim: UnitClaim, max_profile_bytes: int = 2_048_000
+) -> Counts | None:
     """Decode and apply one claimed unit, as a worker would."""
     header = batchfile.Header(claim.key_kind, claim.names)
     rows, failures = decode_unit(claim.body, claim.first_line, header, claim.batch_seq, now_ms())
     return store.apply_unit(claim, rows, failures, now_ms(), max_profile_bytes)
 
 
-def update(http: httpx.Client, method: str = "GET", client: str = "demo", **params: str) -> httpx.Response:
+def update(
+    http: httpx.Client, method: str = "GET", client: str = "demo", **params: str
+) -> httpx.Response:
     """A single profile update with ``params`` in the query string (``profile_x`` means ``profile.x``)."""
     query = {name.replace("profile_", "profile.", 1): value for name, value in params.items()}
     return http.request(method, f"/m2/{client}/profile/update", params=query)
 
 
-def deliver(http: httpx.Client, payload: dict, client: str = "demo", session: str = "s1") -> httpx.Response:
+def deliver(
+    http: httpx.Client, payload: dict, client: str = "demo", session: str = "s1"
+) -> httpx.Response:
     """A Delivery API call."""
-    return http.post("/rest/v1/delivery", params={"client": client, "sessionId": session}, json=payload)
+    return http.post(
+        "/rest/v1/delivery", params={"client": client, "sessionId": session}, json=payload
+    )

@@ -15,3 +15,13 @@ def test_import_contracts_are_kept():
     assert lint_imports, "import-linter is part of the dev extra"
     result = subprocess.run([lint_imports], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_code_is_linted_and_formatted():
+    """ruff check and ruff format agree with the tree (the rules are in pyproject.toml)."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent))
+    assert ruff, "ruff is part of the dev extra"
+    paths = ["src", "tests", "benchmarks"]
+    for command in ([ruff, "check", *paths], [ruff, "format", "--check", *paths]):
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr

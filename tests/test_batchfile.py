@@ -21,7 +21,11 @@ def test_seed_sample_parses():
         (2, "123", {"param1": "value1"}),
         (3, "124", {"param1": "value1", "param4": "value4"}),
         (4, "125", {"param2": "value2"}),
-        (5, "126", {"param1": "value1", "param2": "value2", "param3": "value3", "param4": "value4"}),
+        (
+            5,
+            "126",
+            {"param1": "value1", "param2": "value2", "param3": "value3", "param4": "value4"},
+        ),
     ]
 
 
@@ -102,7 +106,10 @@ def test_row_failures(kind: str, line: bytes, fragment: str):
 
 def test_valid_ids_pass():
     header = batchfile.Header(KeyKind.PC_ID, ("a",))
-    assert batchfile.parse_row(b"1368007744041-575948.01_00,v", header).id == "1368007744041-575948.01_00"
+    assert (
+        batchfile.parse_row(b"1368007744041-575948.01_00,v", header).id
+        == "1368007744041-575948.01_00"
+    )
     assert batchfile.parse_row(b"x" * 128 + b",v", header).id == "x" * 128
 
 
@@ -110,16 +117,33 @@ text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=20)
 
 
 @given(
-    names=st.lists(text.filter(lambda s: s.strip() == s and s and not s.startswith("profile.")), min_size=1, max_size=5, unique=True),
+    names=st.lists(
+        text.filter(lambda s: s.strip() == s and s and not s.startswith("profile.")),
+        min_size=1,
+        max_size=5,
+        unique=True,
+    ),
     data=st.data(),
 )
 def test_encode_then_parse_round_trips(names: list[str], data: st.DataObject):
     """Whatever UTF-8 text is encoded comes back unchanged (commas, %, +, newlines, emoji)."""
-    ids = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="+/"), min_size=1, max_size=12).filter(lambda s: s.strip() == s and s)
-    rows = data.draw(st.lists(st.tuples(ids, st.lists(text.map(lambda s: s.strip()), min_size=len(names), max_size=len(names))), max_size=8))
+    ids = st.text(
+        st.characters(blacklist_categories=["Cs"], blacklist_characters="+/"),
+        min_size=1,
+        max_size=12,
+    ).filter(lambda s: s.strip() == s and s)
+    rows = data.draw(
+        st.lists(
+            st.tuples(
+                ids,
+                st.lists(text.map(lambda s: s.strip()), min_size=len(names), max_size=len(names)),
+            ),
+            max_size=8,
+        )
+    )
     body = batchfile.encode("thirdPartyId", names, [[i, *values] for i, values in rows])
     header, parsed = batchfile.parse(body)
     assert list(header.names) == names
     assert [(r.id, r.values) for _, r in parsed] == [
-        (i, {n: v for n, v in zip(names, values) if v}) for i, values in rows
+        (i, {n: v for n, v in zip(names, values, strict=False) if v}) for i, values in rows
     ]

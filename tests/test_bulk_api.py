@@ -7,9 +7,8 @@ from datetime import datetime
 
 import httpx
 import pytest
-
 from helpers import attributes, batch_id_of, failed_ids, status, submit, xml_fields
-from profilebase.config import Settings
+
 from profilebase.storage import Store
 
 SEED = b"batch=pcId,param1,param2,param3,param4\n123,value1\n124,value1,,,value4\n125,,value2\n126,value1,value2,value3,value4\n"
@@ -26,13 +25,25 @@ def test_seed_sample_v2_end_to_end(http: httpx.Client, drain):
     fields = xml_fields(response)
     assert fields["success"] == "true"
     assert fields["message"] == "Batch submitted for processing"
-    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/m2/demo/v2/profile/batchStatus\?batchId=demo-\d{13}-\d+", fields["batchStatus"])
+    assert re.fullmatch(
+        r"http://127\.0\.0\.1:\d+/m2/demo/v2/profile/batchStatus\?batchId=demo-\d{13}-\d+",
+        fields["batchStatus"],
+    )
     batch_id = batch_id_of(response)
-    assert status(http, batch_id, details=False) == {"batchId": batch_id, "status": "incomplete", "batchSize": "4"}
+    assert status(http, batch_id, details=False) == {
+        "batchId": batch_id,
+        "status": "incomplete",
+        "batchSize": "4",
+    }
     drain()
     assert status(http, batch_id) == {
-        "batchId": batch_id, "status": "complete", "batchSize": "4", "consumedCount": "4",
-        "successfulUpdates": "4", "profilesNotFound": "0", "failedUpdates": "0",
+        "batchId": batch_id,
+        "status": "complete",
+        "batchSize": "4",
+        "consumedCount": "4",
+        "successfulUpdates": "4",
+        "profilesNotFound": "0",
+        "failedUpdates": "0",
     }
     assert attributes(http, "124", third_party=False) == {"param1": "value1", "param4": "value4"}
     profile = http.get("/rest/v1/profiles/126", params={"client": "demo"}).json()
@@ -50,8 +61,13 @@ def test_seed_sample_v1_updates_existing_only(http: httpx.Client, drain):
     batch_id = batch_id_of(submit(http, SEED, v2=False))
     drain()
     assert status(http, batch_id) | {} == {
-        "batchId": batch_id, "status": "complete", "batchSize": "4", "consumedCount": "4",
-        "successfulUpdates": "1", "profilesNotFound": "3", "failedUpdates": "0",
+        "batchId": batch_id,
+        "status": "complete",
+        "batchSize": "4",
+        "consumedCount": "4",
+        "successfulUpdates": "1",
+        "profilesNotFound": "3",
+        "failedUpdates": "0",
     }
     assert attributes(http, "124", third_party=False) == {"param1": "value1", "param4": "value4"}
     assert attributes(http, "123", third_party=False) is None
@@ -69,7 +85,10 @@ def test_failed_rows_are_counted_and_listed_for_v2(http: httpx.Client, drain):
     fields = status(http, batch_id)
     assert fields["batchSize"] == "7" and fields["consumedCount"] == "7"
     assert fields["successfulUpdates"] == "2" and fields["failedUpdates"] == "5"
-    response = http.get("/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true", "m2Node": "00", "mboxPC": "x"})
+    response = http.get(
+        "/m2/demo/v2/profile/batchStatus",
+        params={"batchId": batch_id, "showDetails": "true", "m2Node": "00", "mboxPC": "x"},
+    )
     assert failed_ids(response) == ["bad+1", "ok2", "ok3", "", "ok4"]
     assert b"<status>failed</status>" in response.content
 
@@ -77,7 +96,9 @@ def test_failed_rows_are_counted_and_listed_for_v2(http: httpx.Client, drain):
 def test_v1_status_lists_no_profiles(http: httpx.Client, drain):
     batch_id = batch_id_of(submit(http, b"batch=thirdPartyId,a\n,x\n", v2=False))
     drain()
-    response = http.get("/m2/demo/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"})
+    response = http.get(
+        "/m2/demo/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"}
+    )
     assert xml_fields(response)["failedUpdates"] == "1"
     assert failed_ids(response) == []
 
@@ -111,9 +132,15 @@ def test_multipart_without_batch_field(http: httpx.Client):
     assert "no field named 'batch'" in xml_fields(response)["message"]
 
 
-@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", "application/octet-stream"])
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain", "application/octet-stream"]
+)
 def test_any_content_type_is_read_as_the_raw_batch(http: httpx.Client, drain, content_type: str):
-    response = http.post("/m2/demo/v2/profile/batchUpdate", content=b"batch=thirdPartyId,a\nct,v\n", headers={"content-type": content_type})
+    response = http.post(
+        "/m2/demo/v2/profile/batchUpdate",
+        content=b"batch=thirdPartyId,a\nct,v\n",
+        headers={"content-type": content_type},
+    )
     assert response.status_code == 200
     drain()
     assert attributes(http, "ct") == {"a": "v"}
@@ -131,7 +158,9 @@ def test_any_content_type_is_read_as_the_raw_batch(http: httpx.Client, drain, co
         (b"batch=thirdPartyId,a,\nx,1\n", "is empty"),
     ],
 )
-def test_malformed_batches_are_rejected_with_400(http: httpx.Client, store: Store, body: bytes, fragment: str):
+def test_malformed_batches_are_rejected_with_400(
+    http: httpx.Client, store: Store, body: bytes, fragment: str
+):
     response = submit(http, body)
     assert response.status_code == 400
     fields = xml_fields(response)
@@ -160,26 +189,38 @@ def test_unknown_batch_is_404(http: httpx.Client):
 def test_fetch_not_found_messages(http: httpx.Client):
     response = http.get("/rest/v1/profiles/nope", params={"client": "demo"})
     assert response.status_code == 404
-    assert response.json() == {"status": 404, "message": "No profile found for client demo with mboxPC=nope"}
+    assert response.json() == {
+        "status": 404,
+        "message": "No profile found for client demo with mboxPC=nope",
+    }
     response = http.get("/rest/v1/profiles/thirdPartyId/nope", params={"client": "demo"})
-    assert response.json() == {"status": 404, "message": "No profile found for client demo with third party id=nope"}
+    assert response.json() == {
+        "status": 404,
+        "message": "No profile found for client demo with third party id=nope",
+    }
 
 
 def test_xml_is_escaped(http: httpx.Client, drain):
     batch_id = batch_id_of(submit(http, b"batch=thirdPartyId,a\n%3Cx%26y%3E,v\nbad%2F,1\n"))
     drain()
-    response = http.get("/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"})
+    response = http.get(
+        "/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"}
+    )
     assert failed_ids(response) == ["bad/"]
     assert attributes(http, "<x&y>") == {"a": "v"}
 
 
-def test_failed_rows_are_listed_across_pages(http: httpx.Client, drain, monkeypatch: pytest.MonkeyPatch):
+def test_failed_rows_are_listed_across_pages(
+    http: httpx.Client, drain, monkeypatch: pytest.MonkeyPatch
+):
     """The failed rows of a status reply are read page by page, all of them, in line order."""
     monkeypatch.setattr("profilebase.web.bulk.FAILED_ROWS_PAGE", 3)
     body = b"batch=thirdPartyId,a\n" + b"".join(b"bad%d%%2F,x\nok%d,y\n" % (i, i) for i in range(8))
     batch_id = batch_id_of(submit(http, body))
     drain()
-    response = http.get("/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"})
+    response = http.get(
+        "/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"}
+    )
     assert failed_ids(response) == [f"bad{i}/" for i in range(8)]
     assert xml_fields(response)["failedUpdates"] == "8"
 
@@ -188,7 +229,9 @@ def test_pc_id_rules_over_http(http: httpx.Client, drain):
     body = b"batch=pcId,a\n1.2.3,x\n" + b"y" * 129 + b",x\n1368007744041-575948.01_00,ok\n"
     batch_id = batch_id_of(submit(http, body))
     drain()
-    response = http.get("/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"})
+    response = http.get(
+        "/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"}
+    )
     assert failed_ids(response) == ["1.2.3", "y" * 129]
     assert attributes(http, "1368007744041-575948.01_00", third_party=False) == {"a": "ok"}
 
@@ -204,5 +247,7 @@ def test_status_xml_stays_well_formed_with_control_characters(http: httpx.Client
     """Characters XML cannot carry (here U+0001 in a failed id) are replaced, not emitted."""
     batch_id = batch_id_of(submit(http, b"batch=thirdPartyId,a\n%01%2B,x\n"))
     drain()
-    response = http.get("/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"})
+    response = http.get(
+        "/m2/demo/v2/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"}
+    )
     assert failed_ids(response) == ["\ufffd+"]

@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from profilebase.models import BatchState
 from test_crash import ServerProcess, wait_until
 from test_store_contract import accept
 
 from profilebase.cli import main
 from profilebase.errors import ConfigError
+from profilebase.models import BatchState
 from profilebase.storage import Store, open_store
 
 
@@ -101,6 +101,7 @@ def test_worker_processes_apply_batches_and_stop_on_sigterm(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
     def complete() -> bool:
         batch = store.get_batch(1, batch_id)
         return batch is not None and batch.state is BatchState.COMPLETE

@@ -13,9 +13,8 @@ import pytest
 from conftest import LiveServer, free_port
 from proxy import FaultyProxy
 
-from profilebase import Client
+from profilebase import Client, clients
 from profilebase.config import Settings
-from profilebase import clients
 from profilebase.errors import (
     BatchRejected,
     ClientError,
@@ -383,9 +382,7 @@ def test_unreachable_server_fails_after_the_retries(drain: Drain):
 class TestSmallServer:
     @pytest.fixture
     def settings(self, database_url: str) -> Settings:
-        return Settings(
-            database=database_url, workers=0, rows_per_day=40, max_batch_rows=10
-        )
+        return Settings(database=database_url, workers=0, rows_per_day=40, max_batch_rows=10)
 
     def test_each_part_dropped_once_still_applies_each_once(
         self, live_server: LiveServer, store: Store, drain: Drain

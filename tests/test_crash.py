@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import free_port
 from helpers import batch_id_of, status, submit
+
 from profilebase import batchfile
 from profilebase.storage import sqlite_path
 
@@ -28,9 +28,7 @@ pytestmark = pytest.mark.slow
 class ServerProcess:
     """`python -m profilebase serve` as a real process on a loopback port."""
 
-    def __init__(
-        self, database: str | None, log: Path, port: int = 0, **settings: str
-    ) -> None:
+    def __init__(self, database: str | None, log: Path, port: int = 0, **settings: str) -> None:
         """``settings`` override the test defaults by name, e.g. ``workers="0"``."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -93,7 +91,9 @@ def test_sigkill_during_a_large_batch(database_url: str, tmp_path: Path):
         server.kill()  # 1. right after success=true: nothing applied yet, maybe
         server = ServerProcess(database, log)
         with httpx.Client(base_url=server.url, timeout=60) as http:
-            consumed = wait_until(lambda: int(status(http, batch_id)["consumedCount"]), interval=0.005)
+            consumed = wait_until(
+                lambda: int(status(http, batch_id)["consumedCount"]), interval=0.005
+            )
         server.kill()  # 2. in the middle of applying units
         server = ServerProcess(database, log)
         with httpx.Client(base_url=server.url, timeout=60) as http:
@@ -104,12 +104,19 @@ def test_sigkill_during_a_large_batch(database_url: str, tmp_path: Path):
     total = len(rows)
     assert 0 < consumed < total  # the second kill did land mid-batch
     assert final == {
-        "batchId": batch_id, "status": "complete", "batchSize": str(total), "consumedCount": str(total),
-        "successfulUpdates": str(total), "profilesNotFound": "0", "failedUpdates": "0",
+        "batchId": batch_id,
+        "status": "complete",
+        "batchSize": str(total),
+        "consumedCount": str(total),
+        "successfulUpdates": str(total),
+        "profilesNotFound": "0",
+        "failedUpdates": "0",
     }
     expected: dict[str, dict[str, str]] = {}
     for row in rows:
-        expected.setdefault("t:" + row[0], {}).update({n: v for n, v in zip(NAMES, row[1:]) if v})
+        expected.setdefault("t:" + row[0], {}).update(
+            {n: v for n, v in zip(NAMES, row[1:], strict=False) if v}
+        )
     stored = {
         pkey: {name: entry[0] for name, entry in json.loads(attrs).items()}
         for pkey, attrs in stored_profiles(database)

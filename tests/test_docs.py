@@ -20,7 +20,13 @@ def test_every_setting_is_documented_with_its_default(field):
     assert row is not None, f"{field.name} missing from docs/configuration.md"
     assert f"`{ENV_PREFIX}{field.name.upper()}`" in row
     default = getattr(Settings(), field.name)
-    shown = str(default).lower() if isinstance(default, bool) else f"{default:g}" if isinstance(default, float) else str(default)
+    shown = (
+        str(default).lower()
+        if isinstance(default, bool)
+        else f"{default:g}"
+        if isinstance(default, float)
+        else str(default)
+    )
     assert f"`{shown}`" in row, f"default {shown} of {field.name} not in docs"
 
 

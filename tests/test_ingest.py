@@ -12,7 +12,10 @@ from profilebase.errors import BatchRejected, BatchTooLarge
 from profilebase.ingest import Intake
 
 LIMITS = client_limits(
-    Settings(max_batch_bytes=10**6, max_batch_rows=1000, rows_per_day=10**6, max_profile_bytes=10**6), {}
+    Settings(
+        max_batch_bytes=10**6, max_batch_rows=1000, rows_per_day=10**6, max_profile_bytes=10**6
+    ),
+    {},
 )
 
 
@@ -28,7 +31,7 @@ def read(chunks: list[bytes], unit_rows: int = 3):
 
 def split(body: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(body) + 1) for c in cuts})
-    return [body[a:b] for a, b in zip([0, *points], [*points, len(body)])]
+    return [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=False)]
 
 
 BODIES = [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from helpers import attributes, batch_id_of, status, submit, xml_fields
+
 from profilebase.config import Settings
 from profilebase.storage import Store
 

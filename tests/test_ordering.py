@@ -7,8 +7,8 @@ import threading
 
 import httpx
 import pytest
-
 from helpers import apply_claim, attributes, batch_id_of, status, submit
+
 from profilebase import batchfile
 from profilebase.config import Settings
 from profilebase.decoder import decode_unit
@@ -34,13 +34,18 @@ def random_batches(
         rows = []
         for _ in range(rnd.randint(0, most_rows)):
             row = [f"id{rnd.randint(0, ids - 1)}"]
-            row += [rnd.choice(["", "", f"v{rnd.randint(0, 99)}", "x y,%+"]) for _ in NAMES[: rnd.randint(0, len(NAMES))]]
+            row += [
+                rnd.choice(["", "", f"v{rnd.randint(0, 99)}", "x y,%+"])
+                for _ in NAMES[: rnd.randint(0, len(NAMES))]
+            ]
             rows.append(row)
         batches.append((rnd.random() < 0.7, rows))
     return batches
 
 
-def model(batches: list[tuple[bool, list[list[str]]]]) -> tuple[dict[str, dict[str, str]], list[tuple[int, int]]]:
+def model(
+    batches: list[tuple[bool, list[list[str]]]],
+) -> tuple[dict[str, dict[str, str]], list[tuple[int, int]]]:
     """Apply batches one by one in acceptance order; return profiles and (successful, not found)."""
     profiles: dict[str, dict[str, str]] = {}
     counts = []
@@ -50,7 +55,9 @@ def model(batches: list[tuple[bool, list[list[str]]]]) -> tuple[dict[str, dict[s
             if row[0] not in profiles and not v2:
                 missing += 1
                 continue
-            profiles.setdefault(row[0], {}).update({n: v for n, v in zip(NAMES, row[1:]) if v})
+            profiles.setdefault(row[0], {}).update(
+                {n: v for n, v in zip(NAMES, row[1:], strict=False) if v}
+            )
             ok += 1
         counts.append((ok, missing))
     return profiles, counts
@@ -68,7 +75,7 @@ def submit_all(http: httpx.Client, batches) -> list[str]:
 def check_counts(http: httpx.Client, batches, ids) -> None:
     """Every batch is complete with the counts of the one-by-one model."""
     _, counts = model(batches)
-    for batch_id, (v2, rows), (ok, missing) in zip(ids, batches, counts):
+    for batch_id, (_, rows), (ok, missing) in zip(ids, batches, counts, strict=False):
         fields = status(http, batch_id)
         assert fields["status"] == "complete"
         assert (int(fields["batchSize"]), int(fields["consumedCount"])) == (len(rows), len(rows))
@@ -83,7 +90,9 @@ def check(http: httpx.Client, batches, ids) -> None:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_units_applied_in_shuffled_order_equal_the_model(http: httpx.Client, store: Store, settings: Settings, seed: int):
+def test_units_applied_in_shuffled_order_equal_the_model(
+    http: httpx.Client, store: Store, settings: Settings, seed: int
+):
     """Claim every claimable unit, apply them in a random order, repeat: the result is unchanged."""
     rnd = random.Random(seed)
     batches = random_batches(rnd, 15)
@@ -107,7 +116,9 @@ def apply_in_shuffled_order(store: Store, settings: Settings, rnd: random.Random
     return rounds
 
 
-def test_several_worker_threads_equal_the_model(http: httpx.Client, store: Store, settings: Settings):
+def test_several_worker_threads_equal_the_model(
+    http: httpx.Client, store: Store, settings: Settings
+):
     """Four workers draining concurrently give exactly the one-by-one result."""
     batches = random_batches(random.Random(7), 25)
     ids = submit_all(http, batches)
@@ -130,12 +141,16 @@ def test_lost_lease_changes_nothing(http: httpx.Client, store: Store, settings: 
     assert second is not None and second.unit_no == first.unit_no
     header = batchfile.Header(first.key_kind, first.names)
     rows, failures = decode_unit(second.body, second.first_line, header, second.batch_seq, now_ms())
-    assert store.apply_unit(second, rows, failures, now_ms(), settings.max_profile_bytes) is not None
+    assert (
+        store.apply_unit(second, rows, failures, now_ms(), settings.max_profile_bytes) is not None
+    )
     assert store.apply_unit(first, rows, failures, now_ms(), settings.max_profile_bytes) is None
     assert status(http, batch_id)["consumedCount"] == "1"
 
 
-def test_failing_unit_is_retried_not_dropped(http: httpx.Client, store: Store, settings: Settings, drain):
+def test_failing_unit_is_retried_not_dropped(
+    http: httpx.Client, store: Store, settings: Settings, drain
+):
     """A unit whose application raises goes back to the queue and completes later."""
     batch_id = batch_id_of(submit(http, b"batch=thirdPartyId,a\nr1,1\n"))
     claim = store.claim_unit("w", now_ms(), 60_000)
@@ -158,11 +173,16 @@ def random_operations(rnd: random.Random, count: int) -> list[tuple]:
     for _ in range(count):
         roll = rnd.random()
         identifier = rnd.choice(PC_IDS)
-        values = {name: f"{name}{rnd.randint(0, 99)}" for name in rnd.sample(NAMES, rnd.randint(1, 3))}
+        values = {
+            name: f"{name}{rnd.randint(0, 99)}" for name in rnd.sample(NAMES, rnd.randint(1, 3))
+        }
         if roll < 0.45:
             rows = []
             for _ in range(rnd.randint(1, 12)):
-                rows.append([rnd.choice(PC_IDS)] + [rnd.choice(["", f"b{rnd.randint(0, 99)}"]) for _ in NAMES])
+                rows.append(
+                    [rnd.choice(PC_IDS)]
+                    + [rnd.choice(["", f"b{rnd.randint(0, 99)}"]) for _ in NAMES]
+                )
             operations.append(("batch", rnd.random() < 0.7, rows))
         elif roll < 0.65:
             operations.append(("update", identifier, values))
@@ -173,7 +193,9 @@ def random_operations(rnd: random.Random, count: int) -> list[tuple]:
     return operations
 
 
-def test_updates_page_calls_and_deletes_take_their_place_in_the_order(http: httpx.Client, store: Store, settings: Settings):
+def test_updates_page_calls_and_deletes_take_their_place_in_the_order(
+    http: httpx.Client, store: Store, settings: Settings
+):
     """Immediate writes interleaved with queued batches, units then applied in shuffled order,
     equal applying everything one by one in acceptance order.
 
@@ -195,9 +217,13 @@ def test_updates_page_calls_and_deletes_take_their_place_in_the_order(http: http
                     if row[0] not in model and not v2:
                         missing += 1
                         continue
-                    model.setdefault(row[0], {}).update({n: v for n, v in zip(NAMES, row[1:]) if v})
+                    model.setdefault(row[0], {}).update(
+                        {n: v for n, v in zip(NAMES, row[1:], strict=False) if v}
+                    )
                     ok += 1
-                response = submit(http, batchfile.encode("pcId", NAMES, rows), client=client.code, v2=v2)
+                response = submit(
+                    http, batchfile.encode("pcId", NAMES, rows), client=client.code, v2=v2
+                )
                 batches.append((batch_id_of(response), rows, (ok, missing)))
             elif kind == "update":
                 _, identifier, values = operation
@@ -208,14 +234,23 @@ def test_updates_page_calls_and_deletes_take_their_place_in_the_order(http: http
                     model[identifier].update(values)
             elif kind == "visit":
                 _, identifier, values = operation
-                payload = {"id": {"tntId": identifier}, "execute": {"pageLoad": {"profileParameters": values}}}
-                response = http.post("/rest/v1/delivery", params={"client": client.code, "sessionId": "s"}, json=payload)
+                payload = {
+                    "id": {"tntId": identifier},
+                    "execute": {"pageLoad": {"profileParameters": values}},
+                }
+                response = http.post(
+                    "/rest/v1/delivery",
+                    params={"client": client.code, "sessionId": "s"},
+                    json=payload,
+                )
                 assert response.status_code == 200
                 model.setdefault(identifier, {}).update(values)
                 live.add(identifier)
             else:
                 _, identifier = operation
-                response = http.delete(f"/rest/v1/profiles/{identifier}", params={"client": client.code})
+                response = http.delete(
+                    f"/rest/v1/profiles/{identifier}", params={"client": client.code}
+                )
                 assert response.status_code == (204 if identifier in live else 404)
                 model.pop(identifier, None)
                 live.discard(identifier)
@@ -223,7 +258,10 @@ def test_updates_page_calls_and_deletes_take_their_place_in_the_order(http: http
         for batch_id, rows, (ok, missing) in batches:
             fields = status(http, batch_id, client=client.code)
             assert (fields["status"], int(fields["consumedCount"])) == ("complete", len(rows))
-            assert (int(fields["successfulUpdates"]), int(fields["profilesNotFound"])) == (ok, missing), batch_id
+            assert (int(fields["successfulUpdates"]), int(fields["profilesNotFound"])) == (
+                ok,
+                missing,
+            ), batch_id
         for identifier in PC_IDS:
             found = attributes(http, identifier, third_party=False, client=client.code)
             assert found == model.get(identifier), (attempt, identifier)

@@ -13,7 +13,9 @@ PACKAGE = ROOT / "src" / "profilebase"
 
 def test_package_data_covers_every_migration_file():
     """A wheel (not only an editable install) carries every SQL migration."""
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["profilebase"]
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["profilebase"]
     shipped = {path for pattern in patterns for path in PACKAGE.glob(pattern)}
     assert set(PACKAGE.glob("storage/sql/**/*.sql")) <= shipped
     assert shipped

@@ -8,14 +8,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from conftest import PostgresServer
+from test_store_contract import accept, apply, values
+
 from profilebase.config import Settings
 from profilebase.models import SEQ_SPAN, Counts
 from profilebase.storage import Store, open_store
 from profilebase.web.app import prepare
 from profilebase.worker import Worker
-from test_store_contract import accept, apply, values
 
 psycopg = pytest.importorskip("psycopg")
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 import httpx
-
 from helpers import apply_claim, batch_id_of, status, submit
+
 from profilebase.models import BatchState, now_ms
 from profilebase.storage import Store
 from profilebase.web.bulk import effective_state
 
 
-def test_stuck_only_after_the_configured_time_without_progress(http: httpx.Client, store: Store, drain):
+def test_stuck_only_after_the_configured_time_without_progress(
+    http: httpx.Client, store: Store, drain
+):
     batch_id = batch_id_of(submit(http, b"batch=thirdPartyId,a\nx,1\n"))
     batch = store.get_batch(1, batch_id)
     assert batch is not None and batch.state is BatchState.QUEUED

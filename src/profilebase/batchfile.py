@@ -112,7 +112,9 @@ def check_id(key_kind: KeyKind, identifier: str) -> str | None:
         return "empty id: the first cell of a row must hold the profile's id"
     if key_kind is KeyKind.THIRD_PARTY_ID:
         if "+" in identifier or "/" in identifier:
-            return "thirdPartyId must not contain '+' or '/' (Target forbids them in mbox3rdPartyId)"
+            return (
+                "thirdPartyId must not contain '+' or '/' (Target forbids them in mbox3rdPartyId)"
+            )
     else:
         if len(identifier) > MAX_PC_ID_LENGTH:
             return f"pcId is {len(identifier)} characters long; at most {MAX_PC_ID_LENGTH} allowed"
@@ -133,7 +135,7 @@ def parse_row(line: bytes, header: Header) -> Row:
     problem = check_id(header.key_kind, decoded[0])
     if problem:
         raise CellError(problem)
-    values = {name: value for name, value in zip(header.names, decoded[1:]) if value}
+    values = {name: value for name, value in zip(header.names, decoded[1:], strict=False) if value}
     return Row(decoded[0], values)
 
 

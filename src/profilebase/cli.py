@@ -80,8 +80,12 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default=None, help="Listen address [env PROFILEBASE_HOST; default 127.0.0.1].")
-@click.option("--port", type=int, default=None, help="Listen port [env PROFILEBASE_PORT; default 8080].")
+@click.option(
+    "--host", default=None, help="Listen address [env PROFILEBASE_HOST; default 127.0.0.1]."
+)
+@click.option(
+    "--port", type=int, default=None, help="Listen port [env PROFILEBASE_PORT; default 8080]."
+)
 @database_option
 @click.option(
     "--workers",
@@ -532,24 +536,54 @@ def parse_delimiter(value: str | None) -> str | None:
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @remote_options
-@click.option("--id-column", default=None, help="Column holding the id [default: the column "
-              "named like --key (also mbox3rdPartyId, mboxPC, tntId), else the first].")
-@click.option("--key", type=click.Choice(["thirdPartyId", "pcId"]), default="thirdPartyId",
-              show_default=True, help="Which id the id column holds.")
+@click.option(
+    "--id-column",
+    default=None,
+    help="Column holding the id [default: the column "
+    "named like --key (also mbox3rdPartyId, mboxPC, tntId), else the first].",
+)
+@click.option(
+    "--key",
+    type=click.Choice(["thirdPartyId", "pcId"]),
+    default="thirdPartyId",
+    show_default=True,
+    help="Which id the id column holds.",
+)
 @click.option("--v1", is_flag=True, help="Use Bulk API v1: update existing profiles only.")
-@click.option("--columns", default=None, help="Comma-separated attribute columns to push, "
-              "in this order [default: every other column].")
-@click.option("--delimiter", default=None, help="comma, semicolon, tab, or one character "
-              "[default: found from the header line].")
-@click.option("--dry-run", is_flag=True, help="Check every row (on profilebase also on the "
-              "server) and apply nothing.")
+@click.option(
+    "--columns",
+    default=None,
+    help="Comma-separated attribute columns to push, in this order [default: every other column].",
+)
+@click.option(
+    "--delimiter",
+    default=None,
+    help="comma, semicolon, tab, or one character [default: found from the header line].",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check every row (on profilebase also on the server) and apply nothing.",
+)
 @click.option("--no-wait", is_flag=True, help="Return once every part is accepted.")
-@click.option("--errors-out", type=click.Path(dir_okay=False), default=None,
-              help="Write each failed row here: the input's columns plus `reason`.")
-@click.option("--idempotency-key", default=None, help="Send part N with the key KEY-N; "
-              "reuse the key to resume a push without applying any part twice.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=None,
-              help="Stop waiting after this many seconds (exit 5).")
+@click.option(
+    "--errors-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write each failed row here: the input's columns plus `reason`.",
+)
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="Send part N with the key KEY-N; "
+    "reuse the key to resume a push without applying any part twice.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop waiting after this many seconds (exit 5).",
+)
 def push(
     file: str,
     id_column: str | None,
@@ -605,8 +639,12 @@ def push(
 @main.command()
 @click.argument("batch_id")
 @remote_options
-@click.option("--watch", is_flag=True, help="Follow the batch until it finishes, with a "
-              "progress bar; exit 4 if rows failed, 5 if it is stuck.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Follow the batch until it finishes, with a "
+    "progress bar; exit 4 if rows failed, 5 if it is stuck.",
+)
 def status(
     batch_id: str,
     watch: bool,

@@ -118,9 +118,7 @@ class Settings:
     )
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from defaults, then ``PROFILEBASE_*`` variables, then ``overrides``.
 
         Overrides whose value is ``None`` are ignored, so CLI flags that were not given
@@ -192,8 +190,10 @@ class Settings:
 
 def parse_value(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
     """Parse one raw string for field ``f``; ``source`` names where it came from."""
-    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool}.get(
-        str(f.type), str
+    kind = (
+        f.type
+        if isinstance(f.type, type)
+        else {"int": int, "float": float, "bool": bool}.get(str(f.type), str)
     )
     text = raw.strip()
     try:

@@ -133,13 +133,17 @@ def decode_unit(
         )
         arguments[0] = body
         found = _queries.connection.execute(_queries.text(header, trim), arguments).fetchall()
-    rows = [DecodedRow(line, id_, seq, attrs) for line, id_, seq, attrs in found if attrs is not None]
+    rows = [
+        DecodedRow(line, id_, seq, attrs) for line, id_, seq, attrs in found if attrs is not None
+    ]
     if set_aside or len(rows) != len(found):
         rows.extend(set_aside)
         lines = body.split(b"\n")
         for line_no, _, _, attrs in found:
             if attrs is None:
-                _reference(lines[line_no - first_line], line_no, header, base, now_ms, rows, failures)
+                _reference(
+                    lines[line_no - first_line], line_no, header, base, now_ms, rows, failures
+                )
         rows.sort(key=lambda row: row.line)
     if failures:
         failures.sort(key=lambda f: f.line)

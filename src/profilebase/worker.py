@@ -94,9 +94,7 @@ class Worker:
         try:
             header = batchfile.Header(claim.key_kind, claim.names)
             now = self.clock()
-            rows, failures = decode_unit(
-                claim.body, claim.first_line, header, claim.batch_seq, now
-            )
+            rows, failures = decode_unit(claim.body, claim.first_line, header, claim.batch_seq, now)
             limits = client_limits(self.settings, claim.client_limits)
             counts = self.store.apply_unit(
                 claim,
@@ -174,7 +172,9 @@ class WorkerPool:
         self.stop = threading.Event()
         self.workers = [Worker(store, settings, clock=clock) for _ in range(count)]
         self.threads = [
-            threading.Thread(target=w.run, kwargs={"stop": self.stop}, name=f"worker-{i}", daemon=True)
+            threading.Thread(
+                target=w.run, kwargs={"stop": self.stop}, name=f"worker-{i}", daemon=True
+            )
             for i, w in enumerate(self.workers)
         ]
 

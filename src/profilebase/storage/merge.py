@@ -185,7 +185,5 @@ def apply_rows(
             state.max_seq = max(state.max_seq, row.seq)
             state.size = bound
         successful += 1
-    counts = Counts(
-        consumed=0, successful=successful, not_found=not_found, failed=len(failures)
-    )
+    counts = Counts(consumed=0, successful=successful, not_found=not_found, failed=len(failures))
     return counts, failures

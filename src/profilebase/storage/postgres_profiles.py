@@ -126,9 +126,7 @@ def pc_id_of(db: Connection, client_id: int, key: str, stored: str) -> str | Non
     return None if found is None else str(found[0])[2:]
 
 
-def new_write(
-    db: Connection, client_id: int, kind: WriteKind, ref: str | None, now_ms: int
-) -> int:
+def new_write(db: Connection, client_id: int, kind: WriteKind, ref: str | None, now_ms: int) -> int:
     """Take the next write sequence number (the client's row must be locked)."""
     found = db.execute(
         "INSERT INTO writes (client_id, kind, ref, at) VALUES (%s, %s, %s, %s) RETURNING seq",

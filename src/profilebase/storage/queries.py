@@ -518,10 +518,7 @@ class SharedQueries(ABC):
                         "INSERT INTO tombstones (client_id, pkey, deleted_seq, deleted_at, "
                         "created_seq) VALUES (?, ?, ?, ?, ?)"
                     ),
-                    [
-                        (client_id, k, deleted_seq * SEQ_SPAN, now_ms, created)
-                        for k in sorted(keys)
-                    ],
+                    [(client_id, k, deleted_seq * SEQ_SPAN, now_ms, created) for k in sorted(keys)],
                 )
         return stored is not None
 
@@ -541,7 +538,6 @@ class SharedQueries(ABC):
                     (client_id,),
                 )
         return int(count)
-
 
     # -- housekeeping ------------------------------------------------------------------
 

@@ -100,7 +100,9 @@ class SQLiteStore(ClientQueries, SharedQueries):
 
     def _open(self) -> sqlite3.Connection:
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=60
+            )
         except sqlite3.Error as exc:
             raise ConfigError(f"Cannot open SQLite database {self.path}: {exc}.") from None
         db.execute("PRAGMA page_size = 16384")  # only takes effect on a new file

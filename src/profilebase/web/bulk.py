@@ -31,7 +31,6 @@ from profilebase.web.context import (
     with_headers,
 )
 
-
 FAILED_ROWS_PAGE = 10_000
 
 
@@ -253,7 +252,9 @@ async def batch_status(request: Request) -> Response:
     )
 
 
-async def stream_with_failures(store: Store, batch_seq: int, parts: list[str]) -> AsyncIterator[str]:
+async def stream_with_failures(
+    store: Store, batch_seq: int, parts: list[str]
+) -> AsyncIterator[str]:
     """The status document with one <profile> per failed row, read page by page."""
     yield "<response>" + "".join(parts)
     after = 0

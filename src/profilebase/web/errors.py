@@ -19,7 +19,9 @@ from profilebase.web import xml
 log = logging.getLogger("profilebase.web")
 
 
-def error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    request: Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
     path = request.url.path
     if path.startswith("/m2/"):
         return xml.xml_response(
@@ -47,6 +49,4 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(
-        request, 500, "Internal server error; the server log has the details."
-    )
+    return error_response(request, 500, "Internal server error; the server log has the details.")

@@ -32,7 +32,9 @@ def document(children: Iterable[str]) -> str:
     return "<response>" + "".join(children) + "</response>"
 
 
-def xml_response(children: Iterable[str], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def xml_response(
+    children: Iterable[str], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(document(children), status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
