@@ -14,7 +14,7 @@ batch of its client is done (``V1_WAITS_FOR_EARLIER_BATCHES``).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,6 +74,18 @@ class RowWriter(Protocol):
     def tombstone_created(self, key: str, deleted_seq: int, created_seq: int) -> None:
         """Record that a row older than that delete of ``key`` created it at ``created_seq``."""
         ...
+
+    def flush(self) -> None:
+        """Write whatever is still buffered."""
+        ...
+
+
+def group_tombstones(found: Iterable[tuple[str, int, int]]) -> dict[str, list[Tombstone]]:
+    """(pkey, deleted_seq, created_seq) rows, ordered by pkey and deleted_seq, per profile key."""
+    tombstones: dict[str, list[Tombstone]] = {}
+    for pkey, deleted, created in found:
+        tombstones.setdefault(pkey, []).append(Tombstone(deleted, created))
+    return tombstones
 
 
 def merge_attrs(old: str, new: str) -> str:

@@ -42,9 +42,8 @@ from profilebase.storage.clients import ClientQueries
 from profilebase.storage.merge import (
     V1_WAITS_FOR_EARLIER_BATCHES,
     ProfileState,
-    Tombstone,
-    apply_rows,
     byte_size,
+    group_tombstones,
     merge_attrs,
 )
 from profilebase.storage.queries import Connection, SnapshotExport
@@ -372,28 +371,24 @@ class PostgresStore(ClientQueries):
             )
         }
         # Read after the locks: a delete that held one of these profiles is visible now.
-        tombstones: dict[str, list[Tombstone]] = {}
-        for pkey, deleted, created in db.execute(
-            "SELECT pkey, deleted_seq, created_seq FROM tombstones "
-            "WHERE client_id = %s AND pkey = ANY(%b) ORDER BY pkey, deleted_seq",
-            (claim.client_id, keys),
-        ):
-            tombstones.setdefault(pkey, []).append(Tombstone(deleted, created))
-        writer = _Writer(db, claim.client_id, now_ms, set(existing))
-        counts, size_failures = apply_rows(
-            rows,
-            prefix,
-            claim.version >= 2,
-            existing,
-            tombstones,
-            max_profile_bytes,
-            writer,
-            aliases,
+        tombstones = group_tombstones(
+            db.execute(
+                "SELECT pkey, deleted_seq, created_seq FROM tombstones "
+                "WHERE client_id = %s AND pkey = ANY(%b) ORDER BY pkey, deleted_seq",
+                (claim.client_id, keys),
+            )
         )
-        writer.flush()
-        consumed = len(rows) + len(failures)
-        all_failures = [*failures, *size_failures]
-        return self._finish_unit(db, claim, consumed, counts, all_failures, now_ms)
+        writer = _Writer(db, claim.client_id, now_ms, set(existing))
+        return self._apply_and_finish(
+            db,
+            claim,
+            rows,
+            failures,
+            (existing, tombstones, aliases),
+            writer,
+            max_profile_bytes,
+            now_ms,
+        )
 
     # -- profiles ----------------------------------------------------------------------
 

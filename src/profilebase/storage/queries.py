@@ -30,9 +30,17 @@ from profilebase.models import (
     now_ms,
 )
 from profilebase.storage import quota
-from profilebase.storage.base import NewBatch, UnitClaim, UnitsSummary, UpdateOutcome, Visit
+from profilebase.storage.base import (
+    DecodedRow,
+    NewBatch,
+    UnitClaim,
+    UnitsSummary,
+    UpdateOutcome,
+    Visit,
+)
 from profilebase.storage.idempotency import KEY_TTL_MS, replay
 from profilebase.storage.links import absorb_attrs, plan_link
+from profilebase.storage.merge import ProfileState, RowWriter, Tombstone, apply_rows
 from profilebase.storage.quota import MINUTE_MS
 from profilebase.storage.records import (
     batch_from_row,
@@ -200,6 +208,34 @@ class SharedQueries(ABC):
                 ),
                 (batch.client.id, batch.idempotency_key, seq, batch_id, batch.digest, now),
             )
+
+    def _apply_and_finish(
+        self,
+        db: Connection,
+        claim: UnitClaim,
+        rows: Sequence[DecodedRow],
+        failures: Sequence[FailedRow],
+        state: tuple[dict[str, ProfileState], dict[str, list[Tombstone]], dict[str, str]],
+        writer: RowWriter,
+        max_profile_bytes: int,
+        now: int,
+    ) -> Counts:
+        """Apply a unit's rows (given the stored ``existing, tombstones, aliases``), then
+        record its failures and counts: the part of applying a unit both backends share."""
+        existing, tombstones, aliases = state
+        counts, size_failures = apply_rows(
+            rows,
+            claim.key_kind.prefix,
+            claim.version >= 2,
+            existing,
+            tombstones,
+            max_profile_bytes,
+            writer,
+            aliases,
+        )
+        writer.flush()
+        consumed = len(rows) + len(failures)
+        return self._finish_unit(db, claim, consumed, counts, [*failures, *size_failures], now)
 
     def _finish_unit(
         self,

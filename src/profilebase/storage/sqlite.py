@@ -25,8 +25,8 @@ from profilebase.storage.merge import (
     V1_WAITS_FOR_EARLIER_BATCHES,
     ProfileState,
     Tombstone,
-    apply_rows,
     byte_size,
+    group_tombstones,
     merge_attrs,
 )
 from profilebase.storage.queries import Connection, SharedQueries, SnapshotExport
@@ -293,28 +293,25 @@ class SQLiteStore(ClientQueries, SharedQueries):
             if db.execute(
                 "SELECT 1 FROM tombstones WHERE client_id = ? LIMIT 1", (claim.client_id,)
             ).fetchone():
-                for pkey, deleted, created in db.execute(
-                    "SELECT pkey, deleted_seq, created_seq FROM tombstones "
-                    "WHERE client_id = ? AND pkey IN (SELECT value FROM json_each(?)) "
-                    "ORDER BY pkey, deleted_seq",
-                    (claim.client_id, keys),
-                ):
-                    tombstones.setdefault(pkey, []).append(Tombstone(deleted, created))
+                tombstones = group_tombstones(
+                    db.execute(
+                        "SELECT pkey, deleted_seq, created_seq FROM tombstones "
+                        "WHERE client_id = ? AND pkey IN (SELECT value FROM json_each(?)) "
+                        "ORDER BY pkey, deleted_seq",
+                        (claim.client_id, keys),
+                    )
+                )
             writer = _Writer(db, claim.client_id, now_ms)
-            counts, size_failures = apply_rows(
+            return self._apply_and_finish(
+                db,
+                claim,
                 rows,
-                prefix,
-                claim.version >= 2,
-                existing,
-                tombstones,
-                max_profile_bytes,
+                failures,
+                (existing, tombstones, aliases),
                 writer,
-                aliases,
+                max_profile_bytes,
+                now_ms,
             )
-            writer.flush()
-            consumed = len(rows) + len(failures)
-            all_failures = [*failures, *size_failures]
-            return self._finish_unit(db, claim, consumed, counts, all_failures, now_ms)
 
     # -- profiles ----------------------------------------------------------------------
 
