@@ -22,6 +22,8 @@ default message.
     ├── QuotaExceeded          429: a quota or rate is used up (carries retry_after)
     │   └── TooManyFailures    429: too many failed authentications from one address
     ├── StorageError           500: the database failed in a way the user cannot fix
+    │   ├── DatabaseUnavailable  503: the database cannot be reached now (carries Retry-After)
+    │   └── StorageFull          507: the database has no room to write (disk full)
     └── ClientError            the client side (SDK and `push`): talking to a server failed
         ├── InputError         the input file cannot be read or mapped to a batch
         ├── RemoteRejected     the server refused the request (4xx; carries http_status)
@@ -171,6 +173,23 @@ class StorageError(ProfilebaseError):
     """The database failed."""
 
     status = 500
+
+
+class DatabaseUnavailable(StorageError):
+    """The database is unavailable right now; nothing was changed. Try again in a few seconds."""
+
+    status = 503
+
+    def __init__(self, message: str | None = None, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class StorageFull(StorageError):
+    """The database has no room to write; nothing was changed. Free disk space and try again."""
+
+    status = 507
 
 
 class ClientError(ProfilebaseError):
