@@ -25,3 +25,23 @@ def test_code_is_linted_and_formatted():
     for command in ([ruff, "check", *paths], [ruff, "format", "--check", *paths]):
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+SERVER_PACKAGES = ["starlette", "uvicorn", "duckdb", "psycopg", "multipart", "python_multipart"]
+
+
+def test_the_sdk_imports_nothing_of_the_server():
+    """`import profilebase` and `profilebase.client` load no server module or dependency."""
+    server = [*SERVER_PACKAGES, "profilebase.web", "profilebase.storage", "profilebase.worker"]
+    server += ["profilebase.config", "profilebase.decoder"]
+    code = (
+        "import sys, profilebase, profilebase.client\n"
+        "from profilebase import Client\n"
+        f"server = {server!r}\n"
+        "print(*sorted(m for m in sys.modules if any(m == s or m.startswith(s + '.') "
+        "for s in server)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == [], result.stdout

@@ -14,11 +14,11 @@ from conftest import LiveServer, free_port
 
 from profilebase import clients, tokens
 from profilebase.cli import main
+from profilebase.client.console import ProgressBar
+from profilebase.client.push import PushProgress
 from profilebase.config import Settings, client_limits
-from profilebase.console import ProgressBar
 from profilebase.ingest import Intake, store_batch
 from profilebase.models import now_ms
-from profilebase.push import PushProgress
 from profilebase.storage import Store
 
 DOCS = Path(__file__).parent.parent / "docs" / "client.md"

@@ -14,6 +14,8 @@ from conftest import LiveServer, free_port
 from proxy import FaultyProxy
 
 from profilebase import Client, clients
+from profilebase.client.push import PushProgress
+from profilebase.client.retry import RetryPolicy
 from profilebase.config import Settings
 from profilebase.errors import (
     BatchRejected,
@@ -23,8 +25,6 @@ from profilebase.errors import (
     RemoteUnavailable,
 )
 from profilebase.models import now_ms
-from profilebase.push import PushProgress
-from profilebase.retry import RetryPolicy
 from profilebase.storage import Store
 
 Drain = Callable[[], None]

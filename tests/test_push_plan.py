@@ -10,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from profilebase import batchfile
-from profilebase.csvinput import CsvFile, detect_delimiter
+from profilebase.client.csvinput import CsvFile, detect_delimiter
+from profilebase.client.push import encode, map_columns, plan, records_of_rows, write_errors
 from profilebase.errors import BatchRejected, InputError
 from profilebase.models import Limits
-from profilebase.push import encode, map_columns, plan, records_of_rows, write_errors
 
 BIG = Limits(
     max_batch_bytes=50_000_000, max_batch_rows=500_000, rows_per_day=10**6, max_profile_bytes=10**6

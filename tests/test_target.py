@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from profilebase import Client
-from profilebase.replies import (
+from profilebase.client.replies import (
     error_message,
     parse_batch_status_xml,
     parse_profile,

@@ -512,7 +512,7 @@ def remote_options(command: Any) -> Any:
 def open_client(remote: dict[str, Any]) -> Any:
     """The SDK client the remote options describe."""
     from profilebase.client import Client
-    from profilebase.retry import RetryPolicy
+    from profilebase.client.retry import RetryPolicy
 
     try:
         return Client(
@@ -605,7 +605,7 @@ def push(
     """
     import time
 
-    from profilebase.console import ProgressBar, push_summary
+    from profilebase.client.console import ProgressBar, push_summary
 
     start = time.monotonic()
     client = open_client(remote)
@@ -651,7 +651,7 @@ def status(
     **remote: Any,
 ) -> None:
     """Show a batch's status (BATCH_ID may also be the batchStatus URL)."""
-    from profilebase.console import ProgressBar, status_summary
+    from profilebase.client.console import ProgressBar, status_summary
 
     with open_client(remote) as client:
         try:
@@ -677,7 +677,7 @@ def get(
     **remote: Any,
 ) -> None:
     """Print a profile as JSON (exit 3 if there is none)."""
-    from profilebase.console import profile_json
+    from profilebase.client.console import profile_json
 
     with open_client(remote) as client:
         try:

@@ -33,15 +33,7 @@ from typing import Any
 import httpx
 
 from profilebase import __version__
-from profilebase.errors import (
-    BatchStuck,
-    ClientError,
-    InputError,
-    RemoteRejected,
-    RemoteUnavailable,
-)
-from profilebase.models import KeyKind
-from profilebase.push import (
+from profilebase.client.push import (
     PartResult,
     Plan,
     PushProgress,
@@ -54,7 +46,7 @@ from profilebase.push import (
     table_of,
     write_errors,
 )
-from profilebase.replies import (
+from profilebase.client.replies import (
     TARGET_LIMITS,
     BatchStatus,
     DryRunReport,
@@ -73,7 +65,15 @@ from profilebase.replies import (
     parse_submitted,
     parse_update,
 )
-from profilebase.retry import RetryPolicy, is_retryable, retry_after
+from profilebase.client.retry import RetryPolicy, is_retryable, retry_after
+from profilebase.errors import (
+    BatchStuck,
+    ClientError,
+    InputError,
+    RemoteRejected,
+    RemoteUnavailable,
+)
+from profilebase.models import KeyKind
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TARGET_HOST_SUFFIX = ".tt.omtrdc.net"

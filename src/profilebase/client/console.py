@@ -25,8 +25,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from profilebase.push import PushProgress, PushResult
-from profilebase.replies import BatchStatus, RemoteProfile
+from profilebase.client.push import PushProgress, PushResult
+from profilebase.client.replies import BatchStatus, RemoteProfile
 
 
 class RateColumn(ProgressColumn):

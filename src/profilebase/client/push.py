@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from profilebase import batchfile
-from profilebase.csvinput import CsvFile, Record
+from profilebase.client.csvinput import CsvFile, Record
+from profilebase.client.replies import BatchStatus
 from profilebase.errors import InputError
 from profilebase.models import KeyKind, Limits
-from profilebase.replies import BatchStatus
 
 #: The column ``write_errors`` adds; a last column of this name is not pushed.
 REASON = "reason"
