@@ -27,6 +27,14 @@ def test_code_is_linted_and_formatted():
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_source_type_checks():
+    """mypy finds no error in src/ (its settings are in pyproject.toml)."""
+    mypy = shutil.which("mypy", path=str(Path(sys.executable).parent))
+    assert mypy, "mypy is part of the dev extra"
+    result = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 SERVER_PACKAGES = ["starlette", "uvicorn", "duckdb", "psycopg", "multipart", "python_multipart"]
 
 
