@@ -1,0 +1,209 @@
+"""Benchmark: the online routes under wrk, beside the same server's /healthz, in one run.
+
+Starts `profilebase serve` on a fresh database (SQLite by default, `--database` for
+PostgreSQL), loads `--profiles` profiles with one batch from the reference generator,
+then runs wrk (32 connections, `--seconds` per route) against `/healthz`, a fetch by
+thirdPartyId, a single profile update and a page call (`/rest/v1/delivery`), each on
+random profiles, and prints one table: requests/s, ratio to `/healthz`, p99 latency,
+errors and time-outs. With `--during-batch` it also measures single updates while the
+largest batch is applied. Figures are printed, never asserted: compare ratios of one run.
+
+usage: python benchmarks/online.py [--database URL] [--profiles 10000] [--seconds 10]
+                                   [--connections 32] [--during-batch] [--processes N]
+wrk comes from Debian's packages (`apt-get install wrk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from bulk import HERE, free_port, generate_batch, peak_rss_mb
+
+#: Lua for wrk: each request names a random profile of the loaded batch (ids crm-000000000…).
+ROUTES = {
+    "GET /healthz": 'request = function() return wrk.format("GET", "/healthz") end',
+    "fetch by thirdPartyId": """
+request = function()
+  local id = string.format("crm-%09d", math.random(0, PROFILES - 1))
+  return wrk.format("GET", "/rest/v1/profiles/thirdPartyId/" .. id .. "?client=demo")
+end""",
+    "single update": """
+counter = 0
+request = function()
+  counter = counter + 1
+  local id = string.format("crm-%09d", math.random(0, PROFILES - 1))
+  return wrk.format("GET", "/m2/demo/profile/update?mbox3rdPartyId=" .. id ..
+    "&profile.visits=" .. counter .. "&profile.source=bench")
+end""",
+    "page call": """
+counter = 0
+request = function()
+  counter = counter + 1
+  local id = string.format("crm-%09d", math.random(0, PROFILES - 1))
+  local body = '{"context":{"channel":"web"},"id":{"thirdPartyId":"' .. id .. '"},' ..
+    '"execute":{"pageLoad":{"profileParameters":{"lastPage":"p' .. counter .. '"}}}}'
+  return wrk.format("POST", "/rest/v1/delivery?client=demo&sessionId=s" .. counter,
+    {["Content-Type"] = "application/json"}, body)
+end""",
+}
+#: The goals of the online path: (least ratio to /healthz, most p99 in ms).
+GOALS = {
+    "fetch by thirdPartyId": (0.7, 15.0),
+    "single update": (0.5, 25.0),
+    "page call": (0.5, 25.0),
+    "single update during the largest batch": (None, 100.0),
+}
+
+
+@dataclass
+class WrkResult:
+    requests_per_second: float
+    p99_ms: float
+    errors: int
+    timeouts: int
+
+
+def parse_duration_ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def run_wrk(url: str, script: str, profiles: int, seconds: int, connections: int) -> WrkResult:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(f"PROFILES = {profiles}\nmath.randomseed(os.time())\n{script}\n")
+    try:
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", lua.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(lua.name)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = parse_duration_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write) (\d+)", out))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    timeouts = re.search(r"timeout (\d+)", out)
+    return WrkResult(
+        rate,
+        p99,
+        errors + (int(non_2xx.group(1)) if non_2xx else 0),
+        int(timeouts.group(1)) if timeouts else 0,
+    )
+
+
+def start_server(
+    database: str, processes: int | None, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "PROFILEBASE_DATABASE": database}
+    command = [sys.executable, "-m", "profilebase", "serve", "--port", str(port)]
+    command += ["--log-level", "warning"]
+    if processes:
+        env["PROFILEBASE_PROCESSES"] = str(processes)
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.05)
+    process.kill()
+    raise SystemExit(f"server did not start; see {log}")
+
+
+def post_batch(http: httpx.Client, batch: Path) -> str:
+    with batch.open("rb") as body:
+        response = http.post("/m2/demo/v2/profile/batchUpdate", content=body)
+    match = re.search(r"batchId=([^<&]+)", response.text)
+    if response.status_code != 200 or not match:
+        raise SystemExit(f"batch refused: {response.status_code} {response.text}")
+    return match.group(1)
+
+
+def wait_complete(http: httpx.Client, batch_id: str) -> None:
+    while True:
+        status = http.get("/m2/demo/profile/batchStatus", params={"batchId": batch_id}).text
+        if "<status>complete</status>" in status:
+            return
+        time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--database", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--profiles", type=int, default=10_000)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--processes", type=int, default=None, help="HTTP processes of serve")
+    parser.add_argument("--during-batch", action="store_true")
+    parser.add_argument("--reference", type=Path, default=HERE.parent.parent / "shared" / "bench")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk (Debian's package)")
+    workdir = Path(tempfile.mkdtemp(prefix="profilebase-online-"))
+    database = args.database or f"sqlite:///{workdir}/bench.db"
+    process, url = start_server(database, args.processes, workdir / "server.log")
+    rows: list[tuple[str, WrkResult]] = []
+    try:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            seed = generate_batch(args.reference, args.profiles, 7, workdir)
+            wait_complete(http, post_batch(http, seed))
+            for name, script in ROUTES.items():
+                result = run_wrk(url, script, args.profiles, args.seconds, args.connections)
+                rows.append((name, result))
+            if args.during_batch:
+                largest = generate_batch(args.reference, 500_000, 7, workdir)
+                batch_id = post_batch(http, largest)
+                result = run_wrk(
+                    url, ROUTES["single update"], args.profiles, args.seconds, args.connections
+                )
+                rows.append(("single update during the largest batch", result))
+                wait_complete(http, batch_id)
+        peak = peak_rss_mb(process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+    healthz = rows[0][1].requests_per_second
+    print(
+        f"database: {database.split(':')[0]}, {args.profiles:,} profiles, "
+        f"{args.connections} connections, {args.seconds} s per route"
+    )
+    print(f"{'route':<40} {'req/s':>9} {'ratio':>6} {'p99 ms':>8} {'errors':>7} {'t/o':>5}  goal")
+    for name, r in rows:
+        least, most = GOALS.get(name, (None, None))
+        goal = ", ".join(
+            part
+            for part in (f">= {least}x" if least else "", f"p99 <= {most:g} ms" if most else "")
+            if part
+        )
+        print(
+            f"{name:<40} {r.requests_per_second:>9,.0f} {r.requests_per_second / healthz:>5.2f}x "
+            f"{r.p99_ms:>8.1f} {r.errors:>7} {r.timeouts:>5}  {goal}"
+        )
+    print(f"peak server memory: {peak:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
