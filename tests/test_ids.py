@@ -36,6 +36,7 @@ REACHABLE = [
     pytest.param(PC, "x" * ids.MAX_PC_ID_LENGTH, id="pc-longest"),
     pytest.param(PC, "é" * ids.MAX_PC_ID_LENGTH, id="pc-longest-non-ascii"),
     pytest.param(TP, "crm 1", id="tp-space"),
+    pytest.param(TP, " crm-1 ", id="tp-encoded-spaces-around"),
     pytest.param(TP, "50%", id="tp-percent"),
     pytest.param(TP, "a?b=c&d", id="tp-query-characters"),
     pytest.param(TP, "a#b", id="tp-hash"),
