@@ -13,7 +13,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from profilebase import batchfile
-from profilebase.models import now_ms
+from profilebase.ids import check_id
+from profilebase.models import KeyKind, now_ms
 from profilebase.storage import Store
 from profilebase.storage.base import Visit
 
@@ -114,8 +115,8 @@ def texts(max_size: int) -> st.SearchStrategy[str]:
 
 NAMES = texts(10).filter(lambda name: not name.startswith("profile."))
 VALUES = texts(16)
-THIRD_PARTY_IDS = texts(12).filter(lambda i: "+" not in i and "/" not in i)
-PC_IDS = texts(12).filter(lambda i: i.count(".") <= 1 and len(i) <= 128)
+THIRD_PARTY_IDS = texts(12).filter(lambda i: check_id(KeyKind.THIRD_PARTY_ID, i) is None)
+PC_IDS = texts(12).filter(lambda i: check_id(KeyKind.PC_ID, i) is None)
 CLIENTS = itertools.count()
 
 

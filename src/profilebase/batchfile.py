@@ -17,11 +17,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from profilebase.errors import BatchRejected
+from profilebase.ids import MAX_PC_ID_LENGTH as MAX_PC_ID_LENGTH  # the id rule lives in ids
+from profilebase.ids import check_id
 from profilebase.models import KeyKind
 
 PREFIX = b"batch="
 BOM = b"\xef\xbb\xbf"
-MAX_PC_ID_LENGTH = 128
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _WHITESPACE = b" \t\r"
 
@@ -104,23 +105,6 @@ def parse_header(line: bytes) -> Header:
             )
         seen.add(name)
     return Header(key_kind, tuple(attributes))
-
-
-def check_id(key_kind: KeyKind, identifier: str) -> str | None:
-    """Return why ``identifier`` is not a valid id of this kind, or None if it is."""
-    if not identifier:
-        return "empty id: the first cell of a row must hold the profile's id"
-    if key_kind is KeyKind.THIRD_PARTY_ID:
-        if "+" in identifier or "/" in identifier:
-            return (
-                "thirdPartyId must not contain '+' or '/' (Target forbids them in mbox3rdPartyId)"
-            )
-    else:
-        if len(identifier) > MAX_PC_ID_LENGTH:
-            return f"pcId is {len(identifier)} characters long; at most {MAX_PC_ID_LENGTH} allowed"
-        if identifier.count(".") > 1:
-            return "pcId may contain at most one '.' (the one before the location hint)"
-    return None
 
 
 def parse_row(line: bytes, header: Header) -> Row:

@@ -32,7 +32,7 @@ import threading
 
 import duckdb
 
-from profilebase import batchfile
+from profilebase import batchfile, ids
 from profilebase.models import SEQ_SPAN, FailedRow, KeyKind
 from profilebase.storage.base import DecodedRow
 from profilebase.storage.merge import dump_attrs
@@ -63,11 +63,15 @@ def build_query(header: batchfile.Header, trim: str | None) -> str:
             f"ELSE {key} || to_json({decoded(k)}) || suffix END"
         )
     body = " || ".join(parts) if parts else "''"
-    if header.key_kind is KeyKind.THIRD_PARTY_ID:
-        bad_id = "contains(id, '+') OR contains(id, '/')"
-    else:
-        max_length = batchfile.MAX_PC_ID_LENGTH
-        bad_id = f"length(id) > {max_length} OR length(id) - length(replace(id, '.', '')) > 1"
+    # ids.check_id in SQL; it may flag more (the reference then judges the row), never less.
+    bad_id = (
+        f"trim(id) = '' OR length(id) > {ids.MAX_LENGTH[header.key_kind]} OR id IN ('.', '..') "
+        r"OR regexp_matches(id, '[\x00-\x1f\x7f-\x{9f}]') OR "
+    ) + (
+        "contains(id, '+') OR contains(id, '/')"
+        if header.key_kind is KeyKind.THIRD_PARTY_ID
+        else "length(id) - length(replace(id, '.', '')) > 1"
+    )
     blank = "line = ''" if trim is None else f"trim(line, {sql_string(trim)}) = ''"
     return f"""
     SELECT line_no, id, seq,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -182,11 +183,18 @@ async def multipart_field(
         )
     collector = _FieldCollector(field)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
-    async for chunk in request.stream():
-        parser.write(chunk)
-        for piece in collector.take():
-            yield piece
-    parser.finalize()
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            for piece in collector.take():
+                yield piece
+        parser.finalize()
+    except MultipartParseError:
+        raise BatchRejected(
+            "The multipart body is malformed (a part's headers or boundary cannot be read); "
+            "let your HTTP client build it (e.g. curl -F batch=@file.txt), or send the batch "
+            "file itself as the body."
+        ) from None
     for piece in collector.take():
         yield piece
     if not collector.found:

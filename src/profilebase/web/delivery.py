@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from profilebase import batchfile
 from profilebase.errors import BadRequest
+from profilebase.ids import check_id
 from profilebase.models import KeyKind
 from profilebase.storage.base import Visit
 from profilebase.web.context import (
@@ -40,7 +40,6 @@ MAX_PARAMETERS = 50
 MAX_NAME_LENGTH = 128
 MAX_VALUE_LENGTH = 256
 MAX_MBOXES = 50
-MAX_THIRD_PARTY_ID_LENGTH = 256
 SESSION_ID = re.compile(r"[!-~]{1,128}")
 SESSION_ID_FORBIDDEN = set(" ?{}/")
 #: Where profileParameters may appear, in the order they apply (a later value wins).
@@ -139,10 +138,8 @@ def as_list(value: Any, where: str) -> list[Any]:
 def parse_call(payload: dict[str, Any]) -> DeliveryCall:
     """The visitor's ids and every profileParameter, validated as Target documents."""
     identity = as_object(payload.get("id"), "id")
-    tnt_id = optional_id(identity, "tntId", KeyKind.PC_ID, 128)
-    third_party_id = optional_id(
-        identity, "thirdPartyId", KeyKind.THIRD_PARTY_ID, MAX_THIRD_PARTY_ID_LENGTH
-    )
+    tnt_id = optional_id(identity, "tntId", KeyKind.PC_ID)
+    third_party_id = optional_id(identity, "thirdPartyId", KeyKind.THIRD_PARTY_ID)
     values: dict[str, str] = {}
     for section, part in PARTS:
         container = payload if section is None else as_object(payload.get(section), section)
@@ -160,15 +157,14 @@ def parse_call(payload: dict[str, Any]) -> DeliveryCall:
     return DeliveryCall(tnt_id, third_party_id, values)
 
 
-def optional_id(identity: dict[str, Any], name: str, kind: KeyKind, longest: int) -> str | None:
+def optional_id(identity: dict[str, Any], name: str, kind: KeyKind) -> str | None:
+    """``id.<name>`` if given, checked by the id rule every endpoint applies."""
     value = identity.get(name)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise BadRequest(f"id.{name} must be a string.")
-    if len(value) > longest:
-        raise BadRequest(f"id.{name} is {len(value)} characters long; at most {longest}.")
-    problem = batchfile.check_id(kind, value)
+    problem = check_id(kind, value)
     if problem:
         raise BadRequest(f"Invalid id.{name}: {problem}.")
     return value

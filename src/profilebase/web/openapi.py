@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from profilebase.ids import MAX_PC_ID_LENGTH, MAX_THIRD_PARTY_ID_LENGTH
+
 TARGET = "Target-compatible"
 EXTENSION = "profilebase extensions"
 XML = "application/xml"
@@ -26,14 +28,19 @@ def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def path_param(name: str, description: str) -> Schema:
+def path_param(name: str, description: str, schema: Schema | None = None) -> Schema:
     return {
         "name": name,
         "in": "path",
         "required": True,
-        "schema": {"type": "string"},
+        "schema": schema or {"type": "string"},
         "description": description,
     }
+
+
+def id_schema(longest: int) -> Schema:
+    """An id as the id rule (docs/profiles.md#ids) bounds it; the rest of the rule is prose."""
+    return {"type": "string", "minLength": 1, "maxLength": longest}
 
 
 def query_param(name: str, description: str, schema: Schema | None = None, **extra: Any) -> Schema:
@@ -86,7 +93,13 @@ BASIC: list[Schema] = [{"basic": []}]
 #: The refusals every operation on a client's data may answer with.
 REFUSALS = (401, 403, 404, 429)
 
-CLIENT = path_param("client", "The client code (tenant).")
+#: A client code: 1 to 64 of a-z, 0-9, `_` and `-` (errors.InvalidClientCode).
+CLIENT_CODE: Schema = {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"}
+CLIENT = path_param("client", "The client code (tenant).", CLIENT_CODE)
+CLIENT_QUERY = query_param("client", "The client code.", CLIENT_CODE, required=True)
+#: delivery.SESSION_ID: printable ASCII without space, `?`, `{`, `}` or `/`.
+SESSION_ID: Schema = {"type": "string", "pattern": "^[!-.0->@-z|~]{1,128}$"}
+PROFILE_API: Schema = {"type": "string", "enum": ["profile_api"]}
 BATCH_ID = path_param("batch_id", "The batch id that batchUpdate returned.")
 
 
@@ -130,7 +143,11 @@ def batch_update(version: int) -> Schema:
             "names) and one line per profile; every cell URL-encoded UTF-8. Also accepted "
             "as the multipart field `batch`.",
             "content": {
-                "application/x-www-form-urlencoded": {"schema": {"type": "string"}},
+                "application/x-www-form-urlencoded": {
+                    "schema": {"type": "string"},
+                    "example": "batch=thirdPartyId,tier,city\ncrm-1,gold,M%C3%BCnchen\n"
+                    "crm-2,silver\n",
+                },
                 "multipart/form-data": {"schema": {"type": "object"}},
             },
         },
@@ -161,17 +178,17 @@ def profile_fetch(param: Schema) -> Schema:
     return operation(
         TARGET,
         "Fetch a profile with every attribute written to it.",
-        [param, query_param("client", "The client code.", required=True)],
+        [param, CLIENT_QUERY],
         {"200": reply("The profile.", JSON, ref("Profile")), **errors(JSON, 400, *REFUSALS)},
         security=TOKEN_IF_REQUIRED,
     )
 
 
-SCOPE = query_param("scope", "profile_api, the one scope profilebase issues.")
+SCOPE = query_param("scope", "profile_api, the one scope profilebase issues.", PROFILE_API)
 
 
 def token() -> Schema:
-    scope = query_param("authorizationScope", "profile_api (or give it as scope).")
+    scope = query_param("authorizationScope", "profile_api (or give it as scope).", PROFILE_API)
     return {
         "post": operation(
             TARGET,
@@ -200,7 +217,7 @@ def legacy_token() -> Schema:
         TARGET,
         "Target Classic's token call: a new profile API token, in snake_case, with its "
         "shorter lifetime (legacy_token_ttl_seconds).",
-        [query_param("client", "The client code.", required=True), {**SCOPE, "required": True}],
+        [CLIENT_QUERY, {**SCOPE, "required": True}],
         {
             "200": reply("The new token.", JSON, ref("LegacyToken")),
             **errors(JSON, 400, *REFUSALS),
@@ -228,7 +245,9 @@ def single_update(method: str) -> Schema:
             CLIENT,
             query_param("mboxPC", "The profile's tntId (or mbox3rdPartyId instead)."),
             query_param("mbox3rdPartyId", "Your own id of the profile (or mboxPC instead)."),
-            query_param("client", "The client code, for the literal path /m2/client/…"),
+            query_param(
+                "client", "The client code, for the literal path /m2/client/…", CLIENT_CODE
+            ),
         ],
         {
             "200": reply("Applied.", XML, ref("XmlUpdated")),
@@ -243,7 +262,7 @@ def profile_delete(param: Schema) -> Schema:
     return operation(
         EXTENSION,
         "Delete the profile this id finds, with its thirdPartyId and every linked tntId.",
-        [param, query_param("client", "The client code.", required=True)],
+        [param, CLIENT_QUERY],
         {"204": {"description": "Deleted."}, **errors(JSON, 400, *REFUSALS)},
         security=TOKEN_IF_REQUIRED,
     )
@@ -251,8 +270,18 @@ def profile_delete(param: Schema) -> Schema:
 
 def paths() -> dict[str, Schema]:
     ext = "/profilebase/v1/clients/{client}"
-    pc_id = path_param("pc_id", "Target's visitor id (tntId, mboxPC).")
-    third_party_id = path_param("third_party_id", "Your own id (mbox3rdPartyId).")
+    rule = (
+        " Percent-encode it (a `/` as %2F); see the id rule in docs/profiles.md: an id "
+        "no endpoint stores is refused with 400 and the reason."
+    )
+    pc_id = path_param(
+        "pc_id", "Target's visitor id (tntId, mboxPC)." + rule, id_schema(MAX_PC_ID_LENGTH)
+    )
+    third_party_id = path_param(
+        "third_party_id",
+        "Your own id (mbox3rdPartyId), without `+` or `/`." + rule,
+        id_schema(MAX_THIRD_PARTY_ID_LENGTH),
+    )
     return {
         "/healthz": {
             "get": operation(
@@ -278,8 +307,13 @@ def paths() -> dict[str, Schema]:
                 "calls come from browsers), even for a client whose profile APIs require a "
                 "token.",
                 [
-                    query_param("client", "The client code.", required=True),
-                    query_param("sessionId", "1-128 printable characters.", required=True),
+                    CLIENT_QUERY,
+                    query_param(
+                        "sessionId",
+                        "1-128 printable characters, no space, ?, {, } or /.",
+                        SESSION_ID,
+                        required=True,
+                    ),
                 ],
                 {
                     "200": reply("Target's envelope, no content.", JSON, ref("DeliveryResponse")),
@@ -287,7 +321,15 @@ def paths() -> dict[str, Schema]:
                 },
                 requestBody={
                     "required": True,
-                    "content": {JSON: {"schema": ref("DeliveryRequest")}},
+                    "content": {
+                        JSON: {
+                            "schema": ref("DeliveryRequest"),
+                            "example": {
+                                "id": {"thirdPartyId": "crm-1"},
+                                "execute": {"pageLoad": {"profileParameters": {"tier": "gold"}}},
+                            },
+                        }
+                    },
                 },
             )
         },
@@ -297,7 +339,7 @@ def paths() -> dict[str, Schema]:
                 "Export every profile of the client, streamed from one snapshot: JSON lines, or "
                 "a v2 batch file that posts back to the same attribute values.",
                 [
-                    query_param("client", "The client code.", required=True),
+                    CLIENT_QUERY,
                     query_param(
                         "format",
                         "jsonl (fetch-shaped objects with their ids) or batch.",
@@ -413,6 +455,11 @@ def schemas() -> dict[str, Schema]:
         "scope": {"const": "profile_api"},
         "expiresIn": integer,
     }
+    with_parameters = {
+        "type": "object",
+        "properties": {"profileParameters": ref("ProfileParameters")},
+    }
+    mboxes = {"type": "array", "maxItems": 50, "items": with_parameters}
     failure = {
         "type": "object",
         "properties": {
@@ -486,10 +533,28 @@ def schemas() -> dict[str, Schema]:
             "properties": {
                 "requestId": text,
                 "id": ref("VisitorId"),
-                "execute": {"type": "object"},
-                "prefetch": {"type": "object"},
-                "notifications": {"type": "array", "items": {"type": "object"}},
+                "execute": {
+                    "type": "object",
+                    "properties": {"pageLoad": with_parameters, "mboxes": mboxes},
+                },
+                "prefetch": {
+                    "type": "object",
+                    "properties": {
+                        "pageLoad": with_parameters,
+                        "views": {"type": "array", "items": with_parameters},
+                        "mboxes": mboxes,
+                    },
+                },
+                "notifications": {"type": "array", "items": with_parameters},
             },
+        },
+        "ProfileParameters": {
+            "type": "object",
+            "description": "Attributes to set: names without `profile.`; an empty value "
+            "changes nothing.",
+            "maxProperties": 50,
+            "propertyNames": {"minLength": 1, "maxLength": 128},
+            "additionalProperties": {"type": ["string", "number", "boolean"], "maxLength": 256},
         },
         "DeliveryResponse": {
             "type": "object",
@@ -507,8 +572,8 @@ def schemas() -> dict[str, Schema]:
         "VisitorId": {
             "type": "object",
             "properties": {
-                "tntId": {**text, "maxLength": 128},
-                "thirdPartyId": {**text, "maxLength": 256},
+                "tntId": id_schema(MAX_PC_ID_LENGTH),
+                "thirdPartyId": id_schema(MAX_THIRD_PARTY_ID_LENGTH),
                 "marketingCloudVisitorId": text,
                 "customerIds": {"type": "array", "items": {"type": "object"}},
             },

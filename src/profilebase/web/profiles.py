@@ -2,18 +2,23 @@
 
 ``/rest/v1/profiles/{pcId}`` and ``/rest/v1/profiles/thirdPartyId/{id}`` answer
 GET (fetch) and DELETE; ``/rest/v1/profiles`` streams every profile of a client.
+The id in the path is matched as sent, so a pcId holding ``/`` (sent as ``%2F``)
+is one path segment, and checked by the same rule as every other id.
 """
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from collections.abc import AsyncIterator
 
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
-from profilebase import export
+from profilebase import export, ids
 from profilebase.errors import BadRequest, NotFound
 from profilebase.models import KeyKind
 from profilebase.storage.base import Store
@@ -22,6 +27,29 @@ from profilebase.web.context import client_from_query, clock_of, limits_of, stor
 #: Profiles read per database round trip while exporting.
 EXPORT_PAGE = 500
 FORMATS = {"batch": "text/plain; charset=utf-8", "jsonl": "application/x-ndjson"}
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+class RawPathRoute(Route):
+    """A route matched against the path as the client sent it, before percent-decoding.
+
+    Servers decode ``%2F`` to ``/`` before routing, which would split an id holding a
+    ``/`` into two segments; here each ``{name}`` matches one segment as sent and keeps
+    its escapes, and ``path_id`` decodes it.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        raw = scope.get("raw_path")
+        if raw is None:  # a server that keeps no raw path: escape the decoded one again
+            path = urllib.parse.quote(scope["path"], safe="/")
+        else:
+            path = raw.split(b"?", 1)[0].decode("latin-1")
+        root = urllib.parse.quote(scope.get("root_path", ""), safe="/")
+        if root and path.startswith(root + "/"):
+            path = path[len(root) :]
+        return super().matches({**scope, "path": path, "root_path": ""})
 
 
 def not_found(client_code: str, kind: KeyKind, identifier: str) -> NotFound:
@@ -31,9 +59,32 @@ def not_found(client_code: str, kind: KeyKind, identifier: str) -> NotFound:
 
 
 def identify(request: Request) -> tuple[KeyKind, str]:
+    """The kind and the id of the path, decoded and checked by the id rule (400 if broken)."""
     if "third_party_id" in request.path_params:
-        return KeyKind.THIRD_PARTY_ID, request.path_params["third_party_id"]
-    return KeyKind.PC_ID, request.path_params["pc_id"]
+        kind, raw = KeyKind.THIRD_PARTY_ID, request.path_params["third_party_id"]
+    else:
+        kind, raw = KeyKind.PC_ID, request.path_params["pc_id"]
+    return kind, path_id(kind, raw)
+
+
+def path_id(kind: KeyKind, raw: str) -> str:
+    """Decode one path segment as sent (``%XX`` is a byte of UTF-8; ``+`` is itself)."""
+    if _BAD_PERCENT.search(raw):
+        raise BadRequest(
+            f"The {kind} in the path has an invalid percent-encoding: '%' must be followed by "
+            "two hex digits (encode a literal '%' as %25)."
+        )
+    try:
+        identifier = urllib.parse.unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(
+            f"The {kind} in the path is not valid UTF-8 once percent-decoded: percent-encode "
+            "the UTF-8 bytes of the id (ü as %C3%BC)."
+        ) from None
+    problem = ids.check_id(kind, identifier)
+    if problem:
+        raise BadRequest(f"Invalid {kind} in the path: {problem}.")
+    return identifier
 
 
 async def fetch(request: Request) -> Response:
@@ -122,8 +173,8 @@ async def export_body(
 
 routes = [
     Route("/rest/v1/profiles", export_profiles, methods=["GET"]),
-    Route("/rest/v1/profiles/thirdPartyId/{third_party_id}", fetch, methods=["GET"]),
-    Route("/rest/v1/profiles/thirdPartyId/{third_party_id}", delete, methods=["DELETE"]),
-    Route("/rest/v1/profiles/{pc_id}", fetch, methods=["GET"]),
-    Route("/rest/v1/profiles/{pc_id}", delete, methods=["DELETE"]),
+    RawPathRoute("/rest/v1/profiles/thirdPartyId/{third_party_id}", fetch, methods=["GET"]),
+    RawPathRoute("/rest/v1/profiles/thirdPartyId/{third_party_id}", delete, methods=["DELETE"]),
+    RawPathRoute("/rest/v1/profiles/{pc_id}", fetch, methods=["GET"]),
+    RawPathRoute("/rest/v1/profiles/{pc_id}", delete, methods=["DELETE"]),
 ]

@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from profilebase import batchfile
 from profilebase.errors import BadRequest, NotFound, RequestTooLarge, UnknownClient
+from profilebase.ids import check_id
 from profilebase.models import DAY_MS, Client, KeyKind, Limits
 from profilebase.storage import quota
 from profilebase.web import xml
@@ -171,7 +171,7 @@ def parse_update(pairs: list[tuple[str, str]]) -> tuple[KeyKind, str, dict[str, 
             "mbox3rdPartyId (your own id), e.g. ?mbox3rdPartyId=crm-1&profile.tier=gold."
         )
     ((kind, identifier),) = given.items()
-    problem = batchfile.check_id(kind, identifier)
+    problem = check_id(kind, identifier)
     if problem:
         raise BadRequest(f"Invalid {PARAMETER_OF[kind]}: {problem}.")
     return kind, identifier, values
