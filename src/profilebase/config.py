@@ -39,6 +39,11 @@ class Settings:
         DEFAULT_DATABASE,
         "Database URL: sqlite:///relative.db, sqlite:////absolute.db or postgresql://...",
     )
+    database_timeout: float = _setting(
+        5.0,
+        "Seconds a request waits for the database (a pooled connection, SQLite's write lock) "
+        "before it is answered 503 with Retry-After.",
+    )
     workers: int = _setting(2, "Batch worker threads inside `serve` (0: API only).")
     demo: bool = _setting(True, "Create the `demo` client (authorization off) if missing.")
     max_batch_bytes: int = _setting(
@@ -156,6 +161,7 @@ class Settings:
             "status_retention_days",
             "concurrency",
             "postgres_pool_size",
+            "database_timeout",
         ]
         for name in positive:
             if getattr(self, name) <= 0:

@@ -174,14 +174,20 @@ class StorageError(ProfilebaseError):
 
     status = 500
 
+    def __init__(self, message: str | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        #: What the database said: for the log and the operator's command line, never for
+        #: an HTTP reply (it may name files, hosts, SQL or library classes).
+        self.detail = detail
+
 
 class DatabaseUnavailable(StorageError):
     """The database is unavailable right now; nothing was changed. Try again in a few seconds."""
 
     status = 503
 
-    def __init__(self, message: str | None = None, retry_after: int = 5) -> None:
-        super().__init__(message)
+    def __init__(self, message: str | None = None, retry_after: int = 5, detail: str = "") -> None:
+        super().__init__(message, detail)
         self.retry_after = retry_after
         self.headers["Retry-After"] = str(retry_after)
 
