@@ -116,9 +116,7 @@ def serve(
     log_level: str,
 ) -> None:
     """Start the HTTP server, with batch workers inside it."""
-    import uvicorn
-
-    from profilebase.web import create_app
+    from profilebase.web import create_app, server
 
     settings = load_settings(host=host, port=port, database=database, workers=workers, demo=demo)
     configure_logging(log_level)
@@ -131,7 +129,7 @@ def serve(
         f"on {redact(settings.database)} with {settings.workers} worker(s)",
         err=True,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    server.serve(app, settings, log_level)
 
 
 @main.command()
