@@ -16,6 +16,7 @@ default message.
     │   └── ClientDisabled     403: the client is disabled
     ├── BadRequest             400: a parameter is missing or invalid
     │   ├── RequestTooLarge    413: a request, or the profile it would make, is too large
+    │   ├── UnsupportedEncoding  415: a Content-Encoding other than gzip or identity
     │   └── BatchRejected      400: the batch body is malformed
     │       └── BatchTooLarge  413: too many bytes or rows
     ├── IdempotencyConflict    409: an Idempotency-Key was already used for another body
@@ -134,6 +135,12 @@ class RequestTooLarge(BadRequest):
     """The request is too large."""
 
     status = 413
+
+
+class UnsupportedEncoding(BadRequest):
+    """The request body's Content-Encoding is not supported; send it uncompressed or as gzip."""
+
+    status = 415
 
 
 class BatchRejected(BadRequest):

@@ -59,6 +59,7 @@ def errors(media_type: str, *statuses: int) -> dict[str, Schema]:
         404: "Unknown client, batch or profile",
         409: "Idempotency-Key reused for another body",
         413: "Too large: the batch, the request, or the profile it would make",
+        415: "A Content-Encoding other than gzip or identity",
         429: "A quota or rate is used up, or this address failed authentication too often "
         "(Retry-After says when to retry)",
         500: "Internal error; the message quotes an error id that the server log carries",
@@ -126,14 +127,15 @@ def batch_update(version: int) -> Schema:
                     JSON: {"schema": ref("DryRunReport")},
                 },
             },
-            **errors(XML, 400, *REFUSALS, 409, 413, 507),
+            **errors(XML, 400, *REFUSALS, 409, 413, 415, 507),
         },
         security=TOKEN_IF_REQUIRED,
         requestBody={
             "required": True,
             "description": "batch= then the header (pcId or thirdPartyId, then attribute "
             "names) and one line per profile; every cell URL-encoded UTF-8. Also accepted "
-            "as the multipart field `batch`.",
+            "as the multipart field `batch`, and (extension) compressed with "
+            "`Content-Encoding: gzip`, the limits counting it decompressed.",
             "content": {
                 "application/x-www-form-urlencoded": {"schema": {"type": "string"}},
                 "multipart/form-data": {"schema": {"type": "object"}},
