@@ -91,3 +91,18 @@ def deliver(
     return http.post(
         "/rest/v1/delivery", params={"client": client, "sessionId": session}, json=payload
     )
+
+
+def run_sql(database_url: str, sql: str) -> list[tuple]:
+    """Run one statement on the database from outside the store, as an operator's shell
+    would, and return its rows (none for a statement that returns none)."""
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as db:
+            return db.execute(sql).fetchall()
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as db:
+        cursor = db.execute(sql.encode())
+        return cursor.fetchall() if cursor.description else []

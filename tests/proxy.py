@@ -170,3 +170,95 @@ def close_quietly(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
+
+
+class Outage:
+    """A TCP relay to a database that can be cut and restored, on one fixed loopback port.
+
+    ``cut(hang=False)`` resets every relayed connection and stops listening: the
+    database is down (connections refused). ``cut(hang=True)`` resets them too but
+    keeps accepting new connections and never answers them: the database hangs.
+    ``restore()`` relays again, on the same port.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self.hanging = False
+        self.listener: socket.socket | None = None
+        self.port = 0
+        self.thread: threading.Thread | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        with self.lock:
+            self.hanging = False
+            held, self.sockets = self.sockets, []
+        for sock in held:  # connections that hung while cut: gone, as after a restart
+            reset(sock)
+        if self.listener is None:
+            self.listener = socket.create_server(("127.0.0.1", self.port))
+            self.listener.settimeout(0.2)
+            self.port = self.listener.getsockname()[1]
+            self.thread = threading.Thread(target=self._accept, args=(self.listener,))
+            self.thread.daemon = True
+            self.thread.start()
+
+    def cut(self, hang: bool = False) -> None:
+        with self.lock:
+            self.hanging = hang
+            held, self.sockets = self.sockets, []
+            listener = None if hang else self.listener
+            if not hang:
+                self.listener = None
+        for sock in held:
+            reset(sock)
+        if listener is not None:
+            listener.close()
+            assert self.thread is not None
+            self.thread.join(TIMEOUT)
+
+    def close(self) -> None:
+        self.cut()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                downstream, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # the listener was closed
+            with self.lock:
+                self.sockets.append(downstream)
+                if self.hanging:
+                    continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), TIMEOUT)
+            except OSError:
+                reset(downstream)
+                continue
+            upstream.settimeout(None)
+            downstream.settimeout(None)
+            with self.lock:
+                self.sockets.append(upstream)
+            for source, sink in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=pipe, args=(source, sink), daemon=True).start()
+
+
+def pipe(source: socket.socket, sink: socket.socket) -> None:
+    """Copy bytes from ``source`` to ``sink`` until either side goes."""
+    while data := receive(source):
+        if not send(sink, data):
+            break
+    reset(sink)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a reset, so the peer sees the connection die at once."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    close_quietly(sock)

@@ -87,6 +87,7 @@ ROUTES = {
 #: credentials at all (test_page_calls_need_no_token below).
 NOT_IN_ROUTES = {
     "/healthz",
+    "/readyz",
     "/openapi.json",
     "/rest/v1/delivery",
     "/{client}/target/authentication/token",

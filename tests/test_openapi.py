@@ -69,7 +69,7 @@ def test_credentials_are_declared(http: httpx.Client):
     authorization needs it); the token endpoints take Basic; the rest take nothing."""
     document = http.get("/openapi.json").json()
     assert set(document["components"]["securitySchemes"]) == {"bearer", "accessToken", "basic"}
-    open_paths = {"/healthz", "/openapi.json", "/rest/v1/delivery"}
+    open_paths = {"/healthz", "/readyz", "/openapi.json", "/rest/v1/delivery"}
     for path, operations in document["paths"].items():
         for operation in operations.values():
             if path.endswith("/authentication/token"):

@@ -28,11 +28,18 @@ if TYPE_CHECKING:
     from profilebase.storage import Store
 
 
+def explain(exc: ProfilebaseError) -> str:
+    """The error's sentence, and for a database failure what the database said: the
+    operator at the command line may see what an HTTP client may not."""
+    detail = getattr(exc, "detail", "")
+    return f"{exc.message} ({detail})" if detail else exc.message
+
+
 def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings.from_env(**overrides)
     except ProfilebaseError as exc:
-        raise click.ClickException(exc.message) from None
+        raise click.ClickException(explain(exc)) from None
 
 
 @contextmanager
@@ -49,7 +56,7 @@ def opened(database: str | None) -> Iterator[tuple[Settings, Store]]:
         finally:
             store.close()
     except ProfilebaseError as exc:
-        raise click.ClickException(exc.message) from None
+        raise click.ClickException(explain(exc)) from None
 
 
 database_option = click.option(
@@ -109,22 +116,20 @@ def serve(
     log_level: str,
 ) -> None:
     """Start the HTTP server, with batch workers inside it."""
-    import uvicorn
-
-    from profilebase.web import create_app
+    from profilebase.web import create_app, server
 
     settings = load_settings(host=host, port=port, database=database, workers=workers, demo=demo)
     configure_logging(log_level)
     try:
         app = create_app(settings)
     except ProfilebaseError as exc:
-        raise click.ClickException(exc.message) from None
+        raise click.ClickException(explain(exc)) from None
     click.echo(
         f"profilebase serving http://{settings.host}:{settings.port} "
         f"on {redact(settings.database)} with {settings.workers} worker(s)",
         err=True,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    server.serve(app, settings, log_level)
 
 
 @main.command()
@@ -153,7 +158,7 @@ def worker(database: str | None, concurrency: int | None, log_level: str) -> Non
     try:
         run_processes(settings, settings.concurrency)
     except ProfilebaseError as exc:
-        raise click.ClickException(exc.message) from None
+        raise click.ClickException(explain(exc)) from None
 
 
 @main.command()
@@ -168,7 +173,7 @@ def migrate(database: str | None) -> None:
         applied = store.migrate()
         store.close()
     except ProfilebaseError as exc:
-        raise click.ClickException(exc.message) from None
+        raise click.ClickException(explain(exc)) from None
     click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
 
 

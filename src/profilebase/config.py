@@ -9,6 +9,7 @@ is an error that names the variable, never a silent default.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,24 @@ class Settings:
     database: str = _setting(
         DEFAULT_DATABASE,
         "Database URL: sqlite:///relative.db, sqlite:////absolute.db or postgresql://...",
+    )
+    database_timeout: float = _setting(
+        5.0,
+        "Seconds a request waits for the database (a pooled connection, SQLite's write lock) "
+        "before it is answered 503 with Retry-After.",
+    )
+    client_timeout: float = _setting(
+        30.0,
+        "Seconds a connection may go without sending a byte while its request is incomplete; "
+        "then it is closed (slow or abandoned uploads).",
+    )
+    max_connections: int = _setting(
+        1000, "Most HTTP connections served at once; one more is answered 503 and closed."
+    )
+    forwarded_allow_ips: str = _setting(
+        "",
+        "Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed: comma-separated "
+        "addresses or networks, `*` for any; empty trusts none.",
     )
     workers: int = _setting(2, "Batch worker threads inside `serve` (0: API only).")
     demo: bool = _setting(True, "Create the `demo` client (authorization off) if missing.")
@@ -156,6 +175,9 @@ class Settings:
             "status_retention_days",
             "concurrency",
             "postgres_pool_size",
+            "database_timeout",
+            "client_timeout",
+            "max_connections",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -181,11 +203,28 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ConfigError(f"Setting {name} must be 0 or more, got {getattr(self, name)}.")
         business_hours.parse(self.business_hours)
+        trusted_proxies(self.forwarded_allow_ips)
         if self.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ConfigError(
                 "Setting sqlite_synchronous must be one of OFF, NORMAL, FULL, EXTRA, "
                 f"got {self.sqlite_synchronous!r}."
             )
+
+
+def trusted_proxies(text: str) -> list[str]:
+    """The entries of ``forwarded_allow_ips``: addresses, networks or ``*``; checked strictly."""
+    entries = [entry.strip() for entry in text.split(",") if entry.strip()]
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"Setting forwarded_allow_ips holds {entry!r}, which is not an IP address or "
+                "network: give the load balancer's addresses, e.g. 10.0.0.5,10.0.1.0/24."
+            ) from None
+    return entries
 
 
 def parse_value(f: dataclasses.Field[Any], raw: str, source: str) -> Any:

@@ -16,6 +16,7 @@ default message.
     │   └── ClientDisabled     403: the client is disabled
     ├── BadRequest             400: a parameter is missing or invalid
     │   ├── RequestTooLarge    413: a request, or the profile it would make, is too large
+    │   ├── UnsupportedEncoding  415: a Content-Encoding other than gzip or identity
     │   └── BatchRejected      400: the batch body is malformed
     │       └── BatchTooLarge  413: too many bytes or rows
     ├── IdempotencyConflict    409: an Idempotency-Key was already used for another body
@@ -136,6 +137,12 @@ class RequestTooLarge(BadRequest):
     status = 413
 
 
+class UnsupportedEncoding(BadRequest):
+    """The request body's Content-Encoding is not supported; send it uncompressed or as gzip."""
+
+    status = 415
+
+
 class BatchRejected(BadRequest):
     """The batch is malformed."""
 
@@ -174,14 +181,20 @@ class StorageError(ProfilebaseError):
 
     status = 500
 
+    def __init__(self, message: str | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        #: What the database said: for the log and the operator's command line, never for
+        #: an HTTP reply (it may name files, hosts, SQL or library classes).
+        self.detail = detail
+
 
 class DatabaseUnavailable(StorageError):
     """The database is unavailable right now; nothing was changed. Try again in a few seconds."""
 
     status = 503
 
-    def __init__(self, message: str | None = None, retry_after: int = 5) -> None:
-        super().__init__(message)
+    def __init__(self, message: str | None = None, retry_after: int = 5, detail: str = "") -> None:
+        super().__init__(message, detail)
         self.retry_after = retry_after
         self.headers["Retry-After"] = str(retry_after)
 

@@ -34,14 +34,25 @@ def sqlite_path(url: str) -> str:
 
 
 def open_store(
-    url: str, *, sqlite_synchronous: str = "NORMAL", postgres_pool_size: int = 10
+    url: str,
+    *,
+    sqlite_synchronous: str = "NORMAL",
+    postgres_pool_size: int = 10,
+    database_timeout: float = 5.0,
 ) -> Store:
-    """Open the store a database URL names. This is the one place that knows the backends."""
+    """Open the store a database URL names. This is the one place that knows the backends.
+
+    ``database_timeout`` bounds how long an operation waits for the database (SQLite's
+    busy timeout; PostgreSQL's pool and connection timeouts) before it raises
+    ``DatabaseUnavailable``.
+    """
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
         from profilebase.storage.sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(url), synchronous=sqlite_synchronous)
+        return SQLiteStore(
+            sqlite_path(url), synchronous=sqlite_synchronous, timeout=database_timeout
+        )
     if scheme in {"postgresql", "postgres"}:
         try:
             from profilebase.storage.postgres import PostgresStore
@@ -53,7 +64,7 @@ def open_store(
                 "pip install 'profilebase[postgres]'."
             ) from None
 
-        return PostgresStore(url, pool_size=postgres_pool_size)
+        return PostgresStore(url, pool_size=postgres_pool_size, timeout=database_timeout)
     raise ConfigError(
         f"Unsupported database URL {url!r}: use sqlite:///path.db or postgresql://user@host/db."
     )
@@ -65,4 +76,5 @@ def open_settings_store(settings: Settings) -> Store:
         settings.database,
         sqlite_synchronous=settings.sqlite_synchronous,
         postgres_pool_size=settings.postgres_pool_size,
+        database_timeout=settings.database_timeout,
     )

@@ -147,6 +147,14 @@ class Store(Protocol):
         """Release connections."""
         ...
 
+    def pending_migrations(self) -> list[str]:
+        """The names of the schema migrations not applied yet (empty when up to date).
+
+        Raises ``DatabaseUnavailable`` when the database cannot be reached within the
+        store's timeout: ``GET /readyz`` answers from this.
+        """
+        ...
+
     def ensure_client(self, code: str) -> Client:
         """Return the client ``code``, creating it (authorization off) if missing."""
         ...

@@ -7,6 +7,7 @@ either both or neither.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -16,6 +17,11 @@ class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def file_name(self) -> str:
+        """``0003_identities``: how logs and ``profilebase migrate`` name it."""
+        return f"{self.version:04d}_{self.name}"
 
 
 def load(backend: str) -> list[Migration]:
@@ -28,6 +34,12 @@ def load(backend: str) -> list[Migration]:
             found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text()))
     found.sort(key=lambda m: m.version)
     return found
+
+
+def pending(backend: str, applied: Iterable[int]) -> list[Migration]:
+    """The migrations of ``backend`` whose version is not among ``applied``, in order."""
+    done = set(applied)
+    return [migration for migration in load(backend) if migration.version not in done]
 
 
 def split_statements(sql: str) -> list[str]:

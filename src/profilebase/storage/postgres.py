@@ -33,7 +33,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from profilebase.errors import ConfigError, StorageError
+from profilebase.errors import ConfigError, DatabaseUnavailable, StorageError, StorageFull
 from profilebase.models import Client, Counts, FailedRow, KeyKind, Limits, Profile
 from profilebase.storage import migrations, redact
 from profilebase.storage import postgres_profiles as profiles
@@ -114,6 +114,26 @@ WHERE p.client_id = %s AND p.pkey = n.pkey
 """
 
 
+def storage_error(exc: psycopg.Error, url: str) -> StorageError | None:
+    """The ``StorageError`` a psycopg error means, or None when it is no outage.
+
+    Lost or refused connections (no SQLSTATE, class 08), a server shutting down or
+    starting (57P01-57P03), too many connections or too little memory (class 53) and
+    lock timeouts (55P03) are ``DatabaseUnavailable``: nothing was committed, the same
+    request succeeds later. A full disk (53100) is ``StorageFull``. Serialization
+    failures and deadlocks (class 40) are left to the code that retries them.
+    """
+    state = exc.sqlstate or ""
+    detail = f"PostgreSQL at {redact(url)}: {str(exc).strip()} (SQLSTATE {state or 'none'})"
+    if state == "53100":
+        return StorageFull(detail=detail)
+    if state.startswith("40"):
+        return None
+    if not state or state[:2] in {"08", "53"} or state in {"57P01", "57P02", "57P03", "55P03"}:
+        return DatabaseUnavailable(detail=detail)
+    return None
+
+
 class _Retry(Exception):
     """A profile this transaction took for new was created by another one meanwhile."""
 
@@ -184,10 +204,11 @@ class PostgresStore(ClientQueries):
     placeholder = "%s"
     steps = profiles
 
-    def __init__(self, url: str, pool_size: int = 10, connect_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, pool_size: int = 10, timeout: float = 5.0) -> None:
         self.url = url
+        self.timeout = timeout
         try:  # one plain connection first: its error says exactly what is wrong
-            psycopg.connect(url, connect_timeout=max(1, int(connect_timeout))).close()
+            psycopg.connect(url, **self._connect_options()).close()
         except psycopg.Error as exc:
             raise ConfigError(
                 f"Cannot connect to PostgreSQL at {redact(url)}: {str(exc).strip()}"
@@ -196,34 +217,63 @@ class PostgresStore(ClientQueries):
             url,
             min_size=1,
             max_size=max(1, pool_size),
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, **self._connect_options()},
+            # A connection that broke while idle (the server restarted) is replaced before
+            # it is handed out; a failed reconnection is given up after ``timeout`` and
+            # tried again by the next request, so service resumes soon after an outage.
             check=ConnectionPool.check_connection,
+            timeout=timeout,
+            reconnect_timeout=timeout,
             name="profilebase",
             open=True,
         )
 
+    def _connect_options(self) -> dict[str, Any]:
+        """libpq options bounding how long a connection attempt or a lost peer can hang us.
+
+        ``connect_timeout`` is whole seconds (libpq waits at least 2); ``tcp_user_timeout``
+        drops a connection whose sent data goes unacknowledged that long (a network
+        partition), where libpq would otherwise wait for the kernel's many minutes.
+        """
+        return {
+            "connect_timeout": max(2, round(self.timeout)),
+            "tcp_user_timeout": max(1000, int(self.timeout * 1000)),
+        }
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection; losing the database becomes ``DatabaseUnavailable`` (503)."""
+        try:
+            with self.pool.connection(timeout=self.timeout) as db:
+                yield db
+        except PoolTimeout as exc:
+            raise DatabaseUnavailable(
+                detail=f"no connection to PostgreSQL at {redact(self.url)} within "
+                f"{self.timeout:g} s (database_timeout): {exc}; the server is down or "
+                "unreachable, or every pooled connection is busy (postgres_pool_size)"
+            ) from None
+        except psycopg.OperationalError as exc:
+            error = storage_error(exc, self.url)
+            if error is None:
+                raise
+            raise error from exc
+
     @contextmanager
     def _read(self) -> Iterator[psycopg.Connection]:
-        with self.pool.connection() as db:
+        with self._connection() as db:
             yield db
 
     @contextmanager
     def _snapshot(self) -> Iterator[psycopg.Connection]:
-        with self.pool.connection() as db, db.transaction():
+        with self._connection() as db, db.transaction():
             db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield db
 
     @contextmanager
     def _write(self) -> Iterator[psycopg.Connection]:
         """A pooled connection inside a transaction (committed unless an exception escapes)."""
-        try:
-            with self.pool.connection() as db, db.transaction():
-                yield db
-        except PoolTimeout:
-            raise StorageError(
-                f"No connection to PostgreSQL at {redact(self.url)} became free in time; "
-                "raise postgres_pool_size or PostgreSQL's max_connections."
-            ) from None
+        with self._connection() as db, db.transaction():
+            yield db
 
     def _lock_batch(self, db: Connection, batch_seq: int) -> None:
         db.execute("SELECT 1 FROM batches WHERE seq = %s FOR UPDATE", (batch_seq,))
@@ -237,6 +287,14 @@ class PostgresStore(ClientQueries):
         self.pool.close()
 
     # -- schema and clients ------------------------------------------------------------
+
+    def pending_migrations(self) -> list[str]:
+        with self._read() as db:
+            table = db.execute("SELECT to_regclass('schema_migrations')").fetchone()
+            applied: list[int] = []
+            if table is not None and table[0] is not None:
+                applied = [v for (v,) in db.execute("SELECT version FROM schema_migrations")]
+        return [m.file_name for m in migrations.pending("postgres", applied)]
 
     def migrate(self) -> list[str]:
         applied = []
@@ -257,7 +315,7 @@ class PostgresStore(ClientQueries):
                     "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                     (migration.version, migration.name),
                 )
-                applied.append(f"{migration.version:04d}_{migration.name}")
+                applied.append(migration.file_name)
         return applied
 
     # -- batches -----------------------------------------------------------------------
@@ -439,6 +497,9 @@ class PostgresStore(ClientQueries):
     def open_export(
         self, client_id: int, kind: KeyKind | None = None, expire_before_ms: int = 0
     ) -> SnapshotExport:
-        db = psycopg.connect(self.url, autocommit=True)
+        try:
+            db = psycopg.connect(self.url, autocommit=True, **self._connect_options())
+        except psycopg.OperationalError as exc:
+            raise storage_error(exc, self.url) or DatabaseUnavailable(detail=str(exc)) from exc
         begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
         return SnapshotExport(self, db, begin, client_id, kind, expire_before_ms)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from profilebase.errors import ConfigError
+from profilebase.errors import ConfigError, DatabaseUnavailable, StorageError, StorageFull
 from profilebase.models import Counts, FailedRow, KeyKind, Limits
 from profilebase.storage import migrations, sqlite_profiles
 from profilebase.storage.base import DecodedRow, NewBatch, UnitClaim
@@ -37,6 +37,46 @@ from profilebase.storage.sqlite_profiles import (
     expire_keys,
     json_list,
 )
+
+#: Retry-After of a refusal because another writer held the lock: it is usually soon free.
+BUSY_RETRY = 2
+#: SQLite result codes (primary, the low byte) that mean the file cannot be used right now.
+UNUSABLE = {
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_PERM,
+}
+
+
+def primary_code(exc: sqlite3.Error) -> int:
+    """SQLite's primary result code of an error (SQLITE_IOERR for SQLITE_IOERR_WRITE)."""
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def storage_error(exc: sqlite3.Error, path: str) -> StorageError | None:
+    """The ``StorageError`` an SQLite error means, or None when it is no outage.
+
+    Busy or locked past the busy timeout: ``DatabaseUnavailable`` (another writer held
+    the database longer than ``database_timeout``). Read-only, unopenable, or an I/O
+    error: ``DatabaseUnavailable`` too. Disk (or ``max_page_count``) full:
+    ``StorageFull``. In every case the transaction was rolled back: nothing was written.
+    """
+    code = primary_code(exc)
+    name = getattr(exc, "sqlite_errorname", "")
+    detail = f"SQLite database {path}: {exc} ({name or 'no code'})"
+    if code in {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}:
+        return DatabaseUnavailable(
+            "The database is busy: another write held it longer than the server waits "
+            "(database_timeout); nothing was changed. Try again in a few seconds.",
+            retry_after=BUSY_RETRY,
+            detail=detail,
+        )
+    if code == sqlite3.SQLITE_FULL:
+        return StorageFull(detail=detail)
+    if code in UNUSABLE:
+        return DatabaseUnavailable(detail=detail)
+    return None
 
 
 class _Writer:
@@ -84,7 +124,7 @@ class SQLiteStore(ClientQueries, SharedQueries):
     backend = "sqlite"
     steps = sqlite_profiles
 
-    def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str, synchronous: str = "NORMAL", timeout: float = 5.0) -> None:
         if path != ":memory:":
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +132,8 @@ class SQLiteStore(ClientQueries, SharedQueries):
                 raise ConfigError(f"Cannot create the directory for {path}: {exc}.") from None
         self.path = path
         self.synchronous = synchronous.upper()
+        #: Seconds a transaction waits for the write lock before giving up (busy timeout).
+        self.timeout = timeout
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
@@ -101,31 +143,55 @@ class SQLiteStore(ClientQueries, SharedQueries):
     def _open(self) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=60
+                self.path, isolation_level=None, check_same_thread=False, timeout=self.timeout
             )
         except sqlite3.Error as exc:
-            raise ConfigError(f"Cannot open SQLite database {self.path}: {exc}.") from None
-        db.execute("PRAGMA page_size = 16384")  # only takes effect on a new file
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute(f"PRAGMA synchronous = {self.synchronous}")
-        db.execute("PRAGMA busy_timeout = 60000")
+            raise DatabaseUnavailable(
+                detail=f"cannot open SQLite database {self.path}: {exc}"
+            ) from exc
+        try:
+            db.execute("PRAGMA page_size = 16384")  # only takes effect on a new file
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {self.synchronous}")
+            db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        except sqlite3.Error as exc:
+            db.close()
+            raise storage_error(exc, self.path) or DatabaseUnavailable(
+                detail=f"cannot open SQLite database {self.path}: {exc}"
+            ) from exc
         db.create_function("pb_merge", 2, merge_attrs, deterministic=True)
         return db
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """Borrow a connection from the pool (threads come and go; connections stay few)."""
+        """Borrow a connection from the pool (threads come and go; connections stay few).
+
+        An error that means the database cannot be used now becomes a ``StorageError``
+        (``storage_error``); the connection it happened on is closed rather than kept
+        if it may stay broken (opened read-only, or on a file that went away), so that
+        service resumes by itself once the file is usable again.
+        """
         with self._lock:
             db = self._idle.pop() if self._idle else None
         if db is None:
             db = self._open()
+        keep = True
         try:
             yield db
+        except sqlite3.Error as exc:
+            error = storage_error(exc, self.path)
+            if error is None:
+                raise
+            keep = primary_code(exc) not in UNUSABLE
+            raise error from exc
         finally:
             if db.in_transaction:  # never hand back a connection that holds a lock
-                db.execute("ROLLBACK")
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    keep = False
             with self._lock:
-                if self._closed:
+                if self._closed or not keep:
                     db.close()
                 else:
                     self._idle.append(db)
@@ -140,7 +206,7 @@ class SQLiteStore(ClientQueries, SharedQueries):
                 db.execute("COMMIT")
             finally:
                 if db.in_transaction:
-                    db.execute("ROLLBACK")
+                    db.execute("ROLLBACK")  # an error here is translated by _read
 
     def _all(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         with self._read() as db:
@@ -170,7 +236,18 @@ class SQLiteStore(ClientQueries, SharedQueries):
 
     # -- schema --------------------------------------------------------------------------
 
+    def pending_migrations(self) -> list[str]:
+        with self._read() as db:
+            found = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+            ).fetchone()
+            rows = db.execute("SELECT version FROM schema_migrations") if found else []
+            applied = [version for (version,) in rows]
+        return [m.file_name for m in migrations.pending("sqlite", applied)]
+
     def migrate(self) -> list[str]:
+        if not self.pending_migrations():
+            return []  # nothing to write: a read-only file still serves reads
         with self._read() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -190,7 +267,7 @@ class SQLiteStore(ClientQueries, SharedQueries):
                     "INSERT INTO schema_migrations VALUES (?, ?, datetime('now'))",
                     (migration.version, migration.name),
                 )
-                applied.append(f"{migration.version:04d}_{migration.name}")
+                applied.append(migration.file_name)
         return applied
 
     # -- batches -----------------------------------------------------------------------

@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from anyio import CapacityLimiter, to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from profilebase.config import Settings
-from profilebase.errors import ProfilebaseError
+from profilebase.errors import DatabaseUnavailable, ProfilebaseError
 from profilebase.models import now_ms
 from profilebase.storage import Store, open_settings_store
 from profilebase.web import authentication, bulk, delivery, errors, extensions, profiles, update
@@ -23,15 +25,56 @@ from profilebase.worker import WorkerPool
 DEMO_CLIENT = "demo"
 
 
+#: Threads that may run readiness checks at once: their own, so that /readyz answers
+#: even while every thread of the shared pool waits for a database that is gone.
+READINESS_THREADS = 2
+
+
 async def healthz(request: Request) -> Response:
-    """200 once the server accepts requests (the schema is migrated by then)."""
+    """Liveness: 200 while the process serves HTTP, whatever the database's state."""
     return JSONResponse({"status": "ok"})
 
 
+async def readyz(request: Request) -> Response:
+    """Readiness: 200 when the database answers and its schema is up to date, 503 otherwise.
+
+    Answers within ``database_timeout`` (plus the check itself); the reply says which
+    of the two is wrong, in our words. Not logged: load balancers ask every few seconds,
+    and the requests that fail during an outage are logged already.
+    """
+    store: Store = request.app.state.store
+    settings: Settings = request.app.state.settings
+    try:
+        pending = await to_thread.run_sync(
+            store.pending_migrations, limiter=request.app.state.readiness_limiter
+        )
+    except DatabaseUnavailable as exc:
+        return JSONResponse(
+            {"status": 503, "message": exc.message},
+            status_code=503,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+    if pending:
+        return JSONResponse(
+            {
+                "status": 503,
+                "message": f"The database schema is not up to date: {len(pending)} migration(s) "
+                f"missing ({', '.join(pending)}). Run `profilebase migrate`.",
+            },
+            status_code=503,
+            headers={"Retry-After": str(max(1, round(settings.database_timeout)))},
+        )
+    return JSONResponse({"status": "ready"})
+
+
 def prepare(store: Store, settings: Settings) -> None:
-    """Migrate the schema and create the demo client; run at start-up."""
+    """Migrate the schema and create the demo client; run at start-up.
+
+    Both only write when there is something to do, so a server whose SQLite file is
+    read-only still starts and serves reads (writes answer 503 until it is writable).
+    """
     store.migrate()
-    if settings.demo:
+    if settings.demo and store.get_client(DEMO_CLIENT) is None:
         store.ensure_client(DEMO_CLIENT)
 
 
@@ -50,6 +93,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.readiness_limiter = CapacityLimiter(READINESS_THREADS)
         await run_in_threadpool(prepare, the_store, settings)
         pool = WorkerPool(the_store, settings, count, clock)
         pool.start()
@@ -63,6 +107,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             *bulk.routes,
             *update.routes,
             *profiles.routes,
@@ -73,8 +118,9 @@ def create_app(
         exception_handlers={
             ProfilebaseError: errors.profilebase_error,
             HTTPException: errors.http_error,
-            Exception: errors.unexpected_error,
         },
+        # Outside the exception handlers: every other exception, and clients that hang up.
+        middleware=[Middleware(errors.ErrorGuard)],
         lifespan=lifespan,
     )
     app.state.settings = settings

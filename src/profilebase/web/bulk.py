@@ -23,7 +23,7 @@ from profilebase.ingest import Intake, store_batch
 from profilebase.models import Batch, BatchState, Client, Limits, from_ms
 from profilebase.storage import quota
 from profilebase.storage.base import Store
-from profilebase.web import xml
+from profilebase.web import compression, xml
 from profilebase.web.context import (
     clock_of,
     resolve_client,
@@ -73,6 +73,7 @@ async def accept(request: Request, client: Client, limits: Limits) -> Response:
         quota.check_batch(client.code, recent, None, limits, now)
     content_type = request.headers.get("content-type", "")
     multipart = content_type.lower().startswith("multipart/form-data")
+    coding = compression.content_coding(request.headers.get("content-encoding", ""))
     declared = request.headers.get("content-length", "")
     if not multipart and declared.isdigit() and int(declared) >= limits.max_batch_bytes:
         # Refuse before reading a byte of the body.
@@ -83,10 +84,15 @@ async def accept(request: Request, client: Client, limits: Limits) -> Response:
         )
     intake = Intake(limits, settings.unit_rows, prefix_optional=multipart, digest=key is not None)
     try:
-        chunks = multipart_field(request, content_type) if multipart else request.stream()
+        body: AsyncIterator[bytes] = request.stream()
+        if coding == compression.GZIP:
+            body = compression.gunzip(body, limits.max_batch_bytes)
+        chunks = multipart_field(body, content_type) if multipart else body
         async for chunk in chunks:
-            intake.feed(chunk)
-        read = intake.finish()
+            with compression.sizes_decompressed(coding):
+                intake.feed(chunk)
+        with compression.sizes_decompressed(coding):
+            read = intake.finish()
     except BaseException:
         intake.units.close()
         raise
@@ -171,9 +177,9 @@ class _FieldCollector:
 
 
 async def multipart_field(
-    request: Request, content_type: str, field: str = "batch"
+    body: AsyncIterator[bytes], content_type: str, field: str = "batch"
 ) -> AsyncIterator[bytes]:
-    """Yield the bytes of one field of a multipart body as they arrive."""
+    """Yield the bytes of one field of a multipart ``body`` as they arrive."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
@@ -184,7 +190,7 @@ async def multipart_field(
     collector = _FieldCollector(field)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     try:
-        async for chunk in request.stream():
+        async for chunk in body:
             parser.write(chunk)
             for piece in collector.take():
                 yield piece

@@ -4,6 +4,7 @@ authorized in one place so that no endpoint can forget to — its limits, and it
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
@@ -18,11 +19,14 @@ from profilebase.errors import (
     ClientDisabled,
     ProfilebaseError,
     RequestTooLarge,
+    StorageError,
     UnknownClient,
 )
 from profilebase.models import Client, Limits
 from profilebase.storage.base import Store
 from profilebase.web.attempts import FailedAttempts
+
+log = logging.getLogger("profilebase.web")
 
 
 def store_of(request: Request) -> Store:
@@ -121,14 +125,30 @@ async def with_headers(
     reply: Awaitable[Response], headers: Callable[[], Awaitable[dict[str, str]]]
 ) -> Response:
     """The response of ``reply`` with ``headers()`` added, or its ``ProfilebaseError`` with
-    them: the quota headers go on every reply to an authorized caller, refusals included."""
+    them: the quota headers go on every reply to an authorized caller, refusals included.
+
+    The headers need the database. When it fails, the reply goes without them: a batch
+    already accepted must never be answered as refused (the client would send it again),
+    and a request refused because the database is gone must not wait for it twice.
+    """
     try:
         response = await reply
-    except ProfilebaseError as exc:
-        exc.headers.update(await headers())
+    except StorageError:
         raise
-    response.headers.update(await headers())
+    except ProfilebaseError as exc:
+        exc.headers.update(await optional_headers(headers))
+        raise
+    response.headers.update(await optional_headers(headers))
     return response
+
+
+async def optional_headers(headers: Callable[[], Awaitable[dict[str, str]]]) -> dict[str, str]:
+    """``headers()``, or none if the database fails meanwhile (logged)."""
+    try:
+        return await headers()
+    except StorageError as exc:
+        log.warning("reply sent without its quota headers: %s (%s)", exc.message, exc.detail)
+        return {}
 
 
 def scalar_text(value: object) -> str | None:

@@ -66,10 +66,16 @@ def errors(media_type: str, *statuses: int) -> dict[str, Schema]:
         404: "Unknown client, batch or profile",
         409: "Idempotency-Key reused for another body",
         413: "Too large: the batch, the request, or the profile it would make",
+        415: "A Content-Encoding other than gzip or identity",
         429: "A quota or rate is used up, or this address failed authentication too often "
         "(Retry-After says when to retry)",
+        500: "Internal error; the message quotes an error id that the server log carries",
+        503: "The database is unavailable or busy; nothing was changed (Retry-After says when "
+        "to retry)",
+        507: "The database has no room to write; nothing was changed",
     }
-    return {str(s): reply(words[s], media_type, schema) for s in statuses}
+    # Every operation that reaches the database may meet a failure or an outage of it.
+    return {str(s): reply(words[s], media_type, schema) for s in (*statuses, 500, 503)}
 
 
 def operation(
@@ -134,14 +140,15 @@ def batch_update(version: int) -> Schema:
                     JSON: {"schema": ref("DryRunReport")},
                 },
             },
-            **errors(XML, 400, *REFUSALS, 409, 413),
+            **errors(XML, 400, *REFUSALS, 409, 413, 415, 507),
         },
         security=TOKEN_IF_REQUIRED,
         requestBody={
             "required": True,
             "description": "batch= then the header (pcId or thirdPartyId, then attribute "
             "names) and one line per profile; every cell URL-encoded UTF-8. Also accepted "
-            "as the multipart field `batch`.",
+            "as the multipart field `batch`, and (extension) compressed with "
+            "`Content-Encoding: gzip`, the limits counting it decompressed.",
             "content": {
                 "application/x-www-form-urlencoded": {
                     "schema": {"type": "string"},
@@ -195,7 +202,10 @@ def token() -> Schema:
             "Create the client's profile API token; the previous one is revoked (after "
             "token_grace_seconds).",
             [CLIENT, scope, SCOPE],
-            {"201": reply("The new token.", JSON, ref("Token")), **errors(JSON, 400, *REFUSALS)},
+            {
+                "201": reply("The new token.", JSON, ref("Token")),
+                **errors(JSON, 400, *REFUSALS, 507),
+            },
             security=BASIC,
         ),
         "get": operation(
@@ -251,7 +261,7 @@ def single_update(method: str) -> Schema:
         ],
         {
             "200": reply("Applied.", XML, ref("XmlUpdated")),
-            **errors(XML, 400, *REFUSALS, 413),
+            **errors(XML, 400, *REFUSALS, 413, 507),
         },
         security=TOKEN_IF_REQUIRED,
         **extra,
@@ -263,7 +273,7 @@ def profile_delete(param: Schema) -> Schema:
         EXTENSION,
         "Delete the profile this id finds, with its thirdPartyId and every linked tntId.",
         [param, CLIENT_QUERY],
-        {"204": {"description": "Deleted."}, **errors(JSON, 400, *REFUSALS)},
+        {"204": {"description": "Deleted."}, **errors(JSON, 400, *REFUSALS, 507)},
         security=TOKEN_IF_REQUIRED,
     )
 
@@ -286,9 +296,26 @@ def paths() -> dict[str, Schema]:
         "/healthz": {
             "get": operation(
                 TARGET,
-                "200 once the server accepts requests (profilebase's; Target has none).",
+                "Liveness: 200 while the server serves HTTP, whatever the database's state "
+                "(profilebase's; Target has none).",
                 [],
                 {"200": reply("Up.", JSON, {"type": "object"})},
+            )
+        },
+        "/readyz": {
+            "get": operation(
+                TARGET,
+                "Readiness: 200 when the database answers and its schema is up to date; 503 "
+                "with Retry-After otherwise (profilebase's; Target has none).",
+                [],
+                {
+                    "200": reply("Ready.", JSON, {"type": "object"}),
+                    "503": reply(
+                        "The database is unreachable, or migrations are missing.",
+                        JSON,
+                        ref("JsonError"),
+                    ),
+                },
             )
         },
         "/m2/{client}/profile/batchUpdate": {"post": batch_update(1)},
@@ -317,7 +344,7 @@ def paths() -> dict[str, Schema]:
                 ],
                 {
                     "200": reply("Target's envelope, no content.", JSON, ref("DeliveryResponse")),
-                    **errors(JSON, 400, 403, 404, 413),
+                    **errors(JSON, 400, 403, 404, 413, 507),
                 },
                 requestBody={
                     "required": True,

@@ -1,0 +1,132 @@
+"""What the log and the client see when a request fails: an aborted upload is one warning
+line; a real 500 is logged once, with its traceback, under an error id the reply quotes;
+no reply names an exception class, SQL or a library. Real `profilebase serve` processes,
+their logs captured."""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import run_sql, xml_fields
+from test_crash import ServerProcess, wait_until
+
+pytestmark = pytest.mark.slow
+
+UPDATE = "/m2/demo/v2/profile/batchUpdate"
+#: Words that name internals: none may appear in a reply.
+INTERNALS = re.compile(
+    r"sqlite|psycopg|postgres|duckdb|OperationalError|ProgrammingError|UndefinedTable|"
+    r"Traceback|SELECT|FROM |relation|no such table|Exception",
+    re.IGNORECASE,
+)
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    return tmp_path / "server.log"
+
+
+@pytest.fixture
+def server(database_url: str, log_path: Path) -> Iterator[ServerProcess]:
+    process = ServerProcess(database_url, log_path, workers="0")
+    yield process
+    process.kill()
+
+
+def warnings_and_errors(log_path: Path) -> list[str]:
+    return [
+        line
+        for line in log_path.read_text().splitlines()
+        if " WARNING " in line or " ERROR " in line or line.startswith(("WARNING", "ERROR"))
+    ]
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_a_client_that_hangs_up_mid_upload_is_one_warning_line(
+    tmp_path: Path, log_path: Path, reset: bool
+):
+    """Headers and 5,000 of 100,000 body bytes, then the client goes (FIN or RST): one
+    warning line with its address, the request and the bytes received; no traceback."""
+    server = ServerProcess(f"sqlite:///{tmp_path}/hangup.db", log_path, workers="0")
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        port = sock.getsockname()[1]
+        sock.sendall(
+            f"POST {UPDATE} HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\n".encode()
+            + b"batch=thirdPartyId,tier\n"
+            + b"crm-1,gold\n" * 452
+        )
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        wait_until(lambda: "hung up" in log_path.read_text(), timeout=30)
+        assert httpx.get(server.url + "/healthz").status_code == 200  # and it serves on
+    finally:
+        server.kill()
+    lines = warnings_and_errors(log_path)
+    assert len(lines) == 1, lines
+    match = re.search(
+        rf"client 127\.0\.0\.1:{port} hung up during POST {UPDATE} after ([\d,]+) bytes of "
+        r"the body \(Content-Length 100000\)",
+        lines[0],
+    )
+    assert match, lines[0]
+    assert int(match.group(1).replace(",", "")) <= 5000
+    assert "Traceback" not in log_path.read_text()
+
+
+def break_schema(database_url: str) -> None:
+    """Damage the schema from outside, as a careless hand might: the batches table is gone."""
+    run_sql(database_url, "ALTER TABLE batches RENAME TO batches_moved")
+
+
+def test_an_unexpected_error_is_logged_once_and_its_reply_quotes_the_id(
+    server: ServerProcess, database_url: str, log_path: Path
+):
+    """A real failure inside a handler (a table renamed away under the server): each reply is
+    a 500 in the endpoint's format saying only that there was an internal error and its
+    error id; the log has one line per request with that id and one traceback each."""
+    break_schema(database_url)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        xml_reply = http.get("/m2/demo/profile/batchStatus", params={"batchId": "demo-1-1"})
+        json_reply = http.get("/profilebase/v1/clients/demo/batches/demo-1-1")
+        batch = http.post(UPDATE, content=b"batch=thirdPartyId,tier\ncrm-1,gold\n")
+    assert xml_reply.status_code == json_reply.status_code == batch.status_code == 500
+    ids = []
+    for reply, message in [
+        (xml_reply, xml_fields(xml_reply)["message"]),
+        (json_reply, json_reply.json()["message"]),
+        (batch, xml_fields(batch)["message"]),
+    ]:
+        assert not INTERNALS.search(reply.text), reply.text
+        found = re.fullmatch(
+            r"Internal server error \(error id ([0-9a-f]{12})\); the server log has the "
+            r"details\.",
+            message,
+        )
+        assert found, message
+        ids.append(found.group(1))
+    log = log_path.read_text()
+    assert log.count("Traceback") == 3, log
+    assert "Exception in ASGI application" not in log
+    for error_id in ids:
+        lines = [line for line in log.splitlines() if error_id in line]
+        assert len(lines) == 1, lines
+        assert " ERROR " in lines[0]
+
+
+def test_not_found_and_bad_requests_still_answer_plainly(server: ServerProcess):
+    """Errors the user can fix keep their own message and carry no error id."""
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        missing = http.get("/no/such/path")
+        bad = http.post(UPDATE, content=b"thirdPartyId,tier\n")
+    assert missing.status_code == 404
+    assert "No endpoint at /no/such/path" in missing.json()["message"]
+    assert bad.status_code == 400
+    assert "error id" not in bad.text
