@@ -8,15 +8,27 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from profilebase.config import Settings
 from profilebase.errors import ProfilebaseError
+from profilebase.metrics import Metrics
 from profilebase.models import now_ms
 from profilebase.storage import Store, open_settings_store
-from profilebase.web import authentication, bulk, delivery, errors, extensions, profiles, update
+from profilebase.web import (
+    authentication,
+    bulk,
+    dashboard,
+    delivery,
+    errors,
+    extensions,
+    observe,
+    profiles,
+    update,
+)
 from profilebase.web.attempts import FailedAttempts
 from profilebase.worker import WorkerPool
 
@@ -47,11 +59,12 @@ def create_app(
     owns_store = store is None
     the_store = store or open_settings_store(settings)
     count = settings.workers if workers is None else workers
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(prepare, the_store, settings)
-        pool = WorkerPool(the_store, settings, count, clock)
+        pool = WorkerPool(the_store, settings, count, clock, metrics)
         pool.start()
         try:
             yield
@@ -69,16 +82,20 @@ def create_app(
             *delivery.routes,
             *authentication.routes,
             *extensions.routes,
+            *observe.routes,
+            *dashboard.routes,
         ],
+        middleware=[Middleware(observe.RequestObserver, metrics=metrics)],
         exception_handlers={
-            ProfilebaseError: errors.profilebase_error,
+            ProfilebaseError: observe.counting(errors.profilebase_error),
             HTTPException: errors.http_error,
-            Exception: errors.unexpected_error,
+            Exception: observe.counting(errors.unexpected_error),
         },
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.store = the_store
     app.state.clock = clock
+    app.state.metrics = metrics
     app.state.failed_attempts = FailedAttempts(settings.auth_failures_per_minute, clock)
     return app
