@@ -389,3 +389,20 @@ def test_serve_processes_sharing_a_directory_report_as_one(
             text, "profilebase_http_requests_total", method="GET", route="/healthz", status="200"
         )
         assert healthz == 5
+
+
+def test_a_metrics_port_in_use_is_one_clear_line(settings: Settings):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            command("worker", "--metrics-port", str(port)),
+            env=os.environ | {"PROFILEBASE_DATABASE": settings.database},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"Cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

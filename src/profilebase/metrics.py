@@ -43,7 +43,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from profilebase.config import Settings, client_limits
-from profilebase.errors import StorageError
+from profilebase.errors import ConfigError, StorageError
 from profilebase.models import DAY_MS, Counts, now_ms
 from profilebase.storage import Store, open_settings_store
 
@@ -331,13 +331,19 @@ def serve_worker_metrics(settings: Settings) -> None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, directory)
     scrape = Scrape(registry, DatabaseCollector(store, settings))
-    server = make_server(
-        settings.host,
-        settings.metrics_port,
-        metrics_app(scrape, settings.metrics_token),
-        _Server,
-        handler_class=_QuietHandler,
-    )
+    try:
+        server = make_server(
+            settings.host,
+            settings.metrics_port,
+            metrics_app(scrape, settings.metrics_token),
+            _Server,
+            handler_class=_QuietHandler,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot serve metrics on {settings.host}:{settings.metrics_port}: {exc.strerror}; "
+            "choose another --metrics-port."
+        ) from None
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     logging.getLogger("profilebase.metrics").info(
         "metrics on http://%s:%d/metrics", settings.host, settings.metrics_port
