@@ -92,7 +92,30 @@ NOT_IN_ROUTES = {
     "/rest/v1/delivery",
     "/{client}/target/authentication/token",
     "/admin/rest/v1/authentication/token",
+    # The dashboard's door, its logout and its own script and stylesheet
+    # (tests/test_dashboard.py), and the metrics (tests/test_metrics.py).
+    "/",
+    "/ui/login",
+    "/ui/logout",
+    "/ui/static/{name}",
+    "/metrics",
 }
+
+#: The dashboard's routes: a login session instead of a token (DASHBOARD_SESSIONS).
+DASHBOARD = {
+    "overview": Route("GET", "/ui", {}),
+    "batch list": Route("GET", "/ui/batches", {"client": "{client}"}),
+    "batch page": Route("GET", "/ui/batches/{client}/{batch}", {}),
+    "failed rows CSV": Route("GET", "/ui/batches/{client}/{batch}/failed.csv", {}),
+    "profile lookup": Route(
+        "GET", "/ui/profiles", {"client": "{client}", "kind": "pcId", "id": "pc1"}, fetches=True
+    ),
+    "upload": Route("POST", "/ui/upload", {}, BODY, writes=True),
+}
+
+#: The dashboard sessions the table tries on client `secure`'s data.
+DASHBOARD_SESSIONS = ["no login", "secure's login", "other's login", "admin"]
+ADMIN_PASSWORD = "admin password of the world"
 
 #: What each kind of credential gets from a client that requires authorization.
 EXPECTED = {
@@ -111,7 +134,12 @@ class World:
     failed-authentication slowdown is off here (it has its own tests below)."""
 
     def __init__(self, database: str) -> None:
-        self.settings = Settings(database=database, workers=0, auth_failures_per_minute=0)
+        self.settings = Settings(
+            database=database,
+            workers=0,
+            auth_failures_per_minute=0,
+            admin_password=ADMIN_PASSWORD,
+        )
         self.store = open_store(self.settings.database)
         prepare(self.store, self.settings)
         self.server = LiveServer(self.settings, self.store, workers=0).__enter__()
@@ -227,7 +255,7 @@ def test_every_route_of_the_app_is_in_the_table(settings: Settings):
             assert any(
                 entry.method == method
                 and route.path_regex.match(entry.path.format(client="c", batch="b"))
-                for entry in ROUTES.values()
+                for entry in [*ROUTES.values(), *DASHBOARD.values()]
             ), f"{method} {route.path} is missing from ROUTES"
 
 
@@ -395,6 +423,95 @@ def test_same_visitor_id_in_two_clients_stays_apart(world: World):
         )
         assert response.json()["profileAttributes"]["owner"]["value"] == code
         assert response.json()["client"] == code
+
+
+# -- the dashboard: sessions instead of tokens ----------------------------------------------
+
+
+def dashboard_session(world: World, session: str) -> httpx.Client:
+    """A browser-like client holding ``session``: logged in through the login form."""
+    http = httpx.Client(base_url=world.server.url, timeout=30)
+    fields = {
+        "no login": None,
+        "secure's login": {"client": "secure", "token": world.tokens["secure"]["right token"]},
+        "other's login": {"client": "other", "token": world.tokens["other"]["right token"]},
+        "admin": {"password": ADMIN_PASSWORD},
+    }[session]
+    page = http.get("/ui/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf
+    if fields is not None:
+        assert http.post("/ui/login", data={"csrf": csrf.group(1), **fields}).status_code == 303
+    return http
+
+
+def dashboard_request(
+    http: httpx.Client, route: Route, client: str, batch_id: str
+) -> httpx.Response:
+    if route.method == "POST":  # the upload form, with the session's CSRF token
+        page = http.get("/ui/batches")
+        found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        return http.post(
+            route.path,
+            data={"csrf": found.group(1) if found else "none", "client": client},
+            files={"batch": ("batch.txt", route.body or b"", "text/plain")},
+        )
+    return route.request(http, client, batch_id, {})
+
+
+@pytest.mark.parametrize("session", DASHBOARD_SESSIONS)
+@pytest.mark.parametrize("route_name", list(DASHBOARD))
+def test_dashboard_pages_of_a_client_that_requires_authorization(
+    world: World, route_name: str, session: str
+):
+    """`secure`'s data: its own login and the admin see it, no login is sent to the login
+    page, `other`'s login finds nothing (404, as for ids that do not exist)."""
+    route = DASHBOARD[route_name]
+    world.make_doomed("secure", route)
+    before = world.written("secure")
+    http = dashboard_session(world, session)
+    try:
+        response = dashboard_request(http, route, "secure", world.batch["secure"])
+    finally:
+        http.close()
+    if session == "no login":
+        assert response.status_code == 303
+        assert response.headers["location"].startswith("/ui/login?next=")
+        assert world.written("secure") == before
+        return
+    if session == "other's login" and route_name != "overview":
+        assert response.status_code == 404, response.text
+        assert "owner" not in response.text and world.written("secure") == before
+        return
+    if route.writes:
+        assert response.status_code == 303, response.text
+        assert world.written("secure")[0] == before[0] + 1
+        return
+    assert response.status_code == 200, response.text
+    if session == "other's login":  # the overview: other's own, nothing of secure's
+        assert world.batch["secure"] not in response.text and ">secure<" not in response.text
+        return
+    if route.fetches:
+        assert "secure" in response.text and ">owner<" in response.text
+    if "{batch}" in route.path:
+        assert world.batch["secure"] in response.text or route.path.endswith(".csv")
+
+
+@pytest.mark.parametrize("route_name", list(DASHBOARD))
+def test_a_client_login_never_sees_another_clients_dashboard(world: World, route_name: str):
+    """With its own valid login, `secure` sees `other`'s (and `open`'s) data as not found."""
+    route = DASHBOARD[route_name]
+    if route_name == "overview":
+        return
+    http = dashboard_session(world, "secure's login")
+    try:
+        for code in ["other", "open"]:
+            before = world.written(code)
+            response = dashboard_request(http, route, code, world.batch[code])
+            assert response.status_code == 404, response.text
+            assert "owner" not in response.text and world.written(code) == before
+    finally:
+        http.close()
 
 
 # -- disabled clients and the failed-authentication slowdown --------------------------------

@@ -106,19 +106,20 @@ def test_an_unexpected_error_is_logged_once_and_its_reply_quotes_the_id(
     ]:
         assert not INTERNALS.search(reply.text), reply.text
         found = re.fullmatch(
-            r"Internal server error \(error id ([0-9a-f]{12})\); the server log has the "
+            r"Internal server error \(error id ([0-9A-Za-z._-]{1,64})\); the server log has the "
             r"details\.",
             message,
         )
         assert found, message
+        # The error id is the request's id, which the reply carries in X-Request-Id too.
+        assert reply.headers["x-request-id"] == found.group(1)
         ids.append(found.group(1))
     log = log_path.read_text()
     assert log.count("Traceback") == 3, log
     assert "Exception in ASGI application" not in log
     for error_id in ids:
-        lines = [line for line in log.splitlines() if error_id in line]
-        assert len(lines) == 1, lines
-        assert " ERROR " in lines[0]
+        errors = [line for line in log.splitlines() if error_id in line and " ERROR " in line]
+        assert len(errors) == 1, errors
 
 
 def test_not_found_and_bad_requests_still_answer_plainly(server: ServerProcess):

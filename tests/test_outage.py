@@ -46,7 +46,7 @@ def assert_refused(response: httpx.Response, status: int = 503, xml: bool = True
     """A refusal in the endpoint's format, with Retry-After and an error id; its message."""
     assert response.status_code == status, response.text
     message = xml_fields(response)["message"] if xml else response.json()["message"]
-    assert re.search(r"\(error id [0-9a-f]{12}\)$", message), message
+    assert re.search(r"\(error id [0-9A-Za-z._-]{1,64}\)$", message), message
     if status == 503:
         assert int(response.headers["retry-after"]) >= 1
     for word in ("sqlite", "psycopg", "Error", "SELECT", "pool", "/tmp"):

@@ -12,7 +12,6 @@ database; ``push``, ``status``, ``get`` and ``update`` are clients over
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from profilebase.config import LOG_FORMAT, Settings
+from profilebase.config import Settings
 from profilebase.errors import BatchStuck, ProfilebaseError, RemoteUnavailable
 from profilebase.storage import redact
 
@@ -76,8 +75,18 @@ log_level_option = click.option(
 )
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines for people or for machines [env PROFILEBASE_LOG_FORMAT; default text].",
+)
+
+
+def configure_logging(level: str, form: str = "text") -> None:
+    from profilebase import logs
+
+    logs.configure(level, form)
 
 
 @click.group()
@@ -107,6 +116,7 @@ def main() -> None:
     help="Create the `demo` client if missing [env PROFILEBASE_DEMO; default on].",
 )
 @log_level_option
+@log_format_option
 def serve(
     host: str | None,
     port: int | None,
@@ -114,12 +124,15 @@ def serve(
     workers: int | None,
     demo: bool | None,
     log_level: str,
+    log_format: str | None,
 ) -> None:
-    """Start the HTTP server, with batch workers inside it."""
+    """Start the HTTP server, with batch workers inside it, and the dashboard at /ui."""
     from profilebase.web import create_app, server
 
-    settings = load_settings(host=host, port=port, database=database, workers=workers, demo=demo)
-    configure_logging(log_level)
+    settings = load_settings(
+        host=host, port=port, database=database, workers=workers, demo=demo, log_format=log_format
+    )
+    configure_logging(log_level, settings.log_format)
     try:
         app = create_app(settings)
     except ProfilebaseError as exc:
@@ -140,16 +153,35 @@ def serve(
     default=None,
     help="Worker processes to run [env PROFILEBASE_CONCURRENCY; default 1].",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve /metrics of every worker process on this port [env PROFILEBASE_METRICS_PORT; "
+    "default 0: none].",
+)
 @log_level_option
-def worker(database: str | None, concurrency: int | None, log_level: str) -> None:
+@log_format_option
+def worker(
+    database: str | None,
+    concurrency: int | None,
+    metrics_port: int | None,
+    log_level: str,
+    log_format: str | None,
+) -> None:
     """Apply accepted batches, without serving HTTP: run as many as the database takes.
 
     Stops after finishing its current unit on SIGTERM or Ctrl-C.
     """
     from profilebase.worker import run_processes
 
-    settings = load_settings(database=database, concurrency=concurrency)
-    configure_logging(log_level)
+    settings = load_settings(
+        database=database,
+        concurrency=concurrency,
+        metrics_port=metrics_port,
+        log_format=log_format,
+    )
+    configure_logging(log_level, settings.log_format)
     click.echo(
         f"profilebase worker on {redact(settings.database)} "
         f"with {settings.concurrency} process(es)",

@@ -20,8 +20,6 @@ from profilebase.errors import ConfigError
 from profilebase.models import Limits
 
 ENV_PREFIX = "PROFILEBASE_"
-#: How every profilebase process logs.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DEFAULT_DATABASE = "sqlite:///./profilebase-data/profilebase.db"
 MB = 1024 * 1024
 
@@ -135,6 +133,28 @@ class Settings:
     postgres_pool_size: int = _setting(
         10, "Most connections one process opens to PostgreSQL (unused with SQLite)."
     )
+    log_format: str = _setting("text", "Log lines as `text` for people or `json` for machines.")
+    metrics_port: int = _setting(
+        0, "Port on which `profilebase worker` serves its /metrics, on `host` (0: none)."
+    )
+    metrics_token: str = field(
+        default="",
+        repr=False,
+        metadata={"help": "If set, /metrics requires `Authorization: Bearer <metrics_token>`."},
+    )
+    admin_password: str = field(
+        default="",
+        repr=False,
+        metadata={"help": "Password of the dashboard's admin login, which sees every client."},
+    )
+    session_secret: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "help": "Key that signs dashboard logins (empty: a random one per process, "
+            "so logins end when it restarts)."
+        },
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -208,6 +228,22 @@ class Settings:
             raise ConfigError(
                 "Setting sqlite_synchronous must be one of OFF, NORMAL, FULL, EXTRA, "
                 f"got {self.sqlite_synchronous!r}."
+            )
+        validate_observability(self)
+
+
+def validate_observability(settings: Settings) -> None:
+    """Check the settings of logs, metrics and the dashboard."""
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"Setting log_format must be text or json, got {settings.log_format!r}.")
+    if not 0 <= settings.metrics_port <= 65535:
+        raise ConfigError(f"Setting metrics_port must be 0 to 65535, got {settings.metrics_port}.")
+    for name, least in [("admin_password", 12), ("session_secret", 32), ("metrics_token", 16)]:
+        value = getattr(settings, name)
+        if value and (len(value) < least or value != value.strip()):
+            raise ConfigError(
+                f"Setting {name} must be empty or at least {least} characters without leading "
+                "or trailing spaces; a long random one is best (e.g. `openssl rand -hex 24`)."
             )
 
 

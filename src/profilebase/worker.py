@@ -30,9 +30,10 @@ import traceback
 import uuid
 from collections.abc import Callable
 
-from profilebase import batchfile
-from profilebase.config import LOG_FORMAT, Settings, client_limits
+from profilebase import batchfile, logs
+from profilebase.config import Settings, client_limits
 from profilebase.decoder import decode_unit
+from profilebase.metrics import Metrics, serve_worker_metrics
 from profilebase.models import DAY_MS, Counts, Limits, from_ms, now_ms
 from profilebase.storage import open_settings_store
 from profilebase.storage.base import Store, UnitClaim
@@ -52,9 +53,11 @@ class Worker:
         settings: Settings | None = None,
         name: str = "",
         clock: Callable[[], int] = now_ms,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or Settings()
+        self.metrics = metrics or Metrics()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.clock = clock
         self.applied = Counts()
@@ -114,6 +117,7 @@ class Worker:
                 exc,
                 traceback.format_exc(),
             )
+            self.metrics.unit_failed(exc)
             try:
                 self.store.release_unit(claim, repr(exc), self.clock() + attempt_delay)
             except Exception:  # the lease expires on its own
@@ -121,6 +125,7 @@ class Worker:
             return
         if counts is not None:
             self.applied = self.applied + counts
+        self.metrics.unit_done(self.store, claim.batch_seq, counts, now)
 
     def run(self, until_idle: bool = False, stop: threading.Event | None = None) -> None:
         """Work until ``stop`` is set; with ``until_idle``, return once no unit is claimable."""
@@ -167,10 +172,16 @@ class WorkerPool:
     """N worker threads inside the server process."""
 
     def __init__(
-        self, store: Store, settings: Settings, count: int, clock: Callable[[], int] = now_ms
+        self,
+        store: Store,
+        settings: Settings,
+        count: int,
+        clock: Callable[[], int] = now_ms,
+        metrics: Metrics | None = None,
     ) -> None:
         self.stop = threading.Event()
-        self.workers = [Worker(store, settings, clock=clock) for _ in range(count)]
+        metrics = metrics or Metrics()
+        self.workers = [Worker(store, settings, clock=clock, metrics=metrics) for _ in range(count)]
         self.threads = [
             threading.Thread(
                 target=w.run, kwargs={"stop": self.stop}, name=f"worker-{i}", daemon=True
@@ -198,11 +209,11 @@ def stop_on_signals() -> threading.Event:
 
 def run_process(settings: Settings, log_level: int = logging.INFO) -> None:
     """One worker process: apply units until SIGTERM or SIGINT."""
-    logging.basicConfig(level=log_level, format=LOG_FORMAT)  # a spawned child starts bare
+    logs.configure(log_level, settings.log_format)  # a spawned child starts bare
     stop = stop_on_signals()
     store = open_settings_store(settings)
     try:
-        worker = Worker(store, settings)
+        worker = Worker(store, settings, metrics=Metrics())
         log.info("worker %s started", worker.name)
         worker.run(stop=stop)
     finally:
@@ -223,6 +234,7 @@ def run_processes(settings: Settings, count: int) -> None:
         store.migrate()
     finally:
         store.close()
+    serve_worker_metrics(settings)
     if count == 1:
         run_process(settings)
         return

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from profilebase.models import Batch, Client, Counts, FailedRow, KeyKind, Limits, Profile, Token
+from profilebase.storage.overview import OverviewReads
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,8 @@ class ProfileExport(Protocol):
         ...
 
 
-class Store(Protocol):
-    """A profilebase database."""
+class Store(OverviewReads, Protocol):
+    """A profilebase database (``OverviewReads``: the dashboard's and the metrics' reads)."""
 
     def migrate(self) -> list[str]:
         """Apply pending schema migrations in order; return the names applied."""

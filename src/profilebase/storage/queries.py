@@ -41,6 +41,7 @@ from profilebase.storage.base import (
 from profilebase.storage.idempotency import KEY_TTL_MS, replay
 from profilebase.storage.links import absorb_attrs, plan_link
 from profilebase.storage.merge import ProfileState, RowWriter, Tombstone, apply_rows
+from profilebase.storage.overview import BATCH_GROUP, BATCH_SELECT, OverviewQueries
 from profilebase.storage.quota import MINUTE_MS
 from profilebase.storage.records import (
     batch_from_row,
@@ -48,20 +49,7 @@ from profilebase.storage.records import (
     write_numbers,
 )
 
-BATCH_STATUS = """
-SELECT b.seq, b.batch_id, b.client_id, c.code, b.version, b.key_kind,
-       b.batch_size, b.units_total, b.accepted_at, b.started_at, b.finished_at,
-       (SELECT e.last_progress_at FROM batches e WHERE e.seq <= b.seq
-        ORDER BY e.last_progress_at DESC LIMIT 1), b.header,
-       coalesce(sum(u.consumed), 0), coalesce(sum(u.successful), 0),
-       coalesce(sum(u.not_found), 0), coalesce(sum(u.failed), 0),
-       count(CASE WHEN u.state = 'done' THEN 1 END),
-       (SELECT not_before FROM ingest_pacing p WHERE p.client_id = b.client_id)
-FROM batches b JOIN clients c ON c.id = b.client_id
-LEFT JOIN batch_units u ON u.batch_seq = b.seq
-WHERE b.client_id = ? AND b.batch_id = ?
-GROUP BY b.seq, c.code
-"""
+BATCH_STATUS = BATCH_SELECT + "WHERE b.client_id = ? AND b.batch_id = ?\n" + BATCH_GROUP
 
 FINISHED_BEFORE = "SELECT seq FROM batches WHERE finished_at IS NOT NULL AND accepted_at < ?"
 
@@ -76,7 +64,7 @@ class Connection(Protocol):
     def cursor(self) -> Any: ...
 
 
-class SharedQueries(ABC):
+class SharedQueries(OverviewQueries, ABC):
     """Store methods with one SQL text for every backend."""
 
     #: The parameter placeholder of the backend's driver.

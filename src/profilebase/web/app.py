@@ -16,9 +16,20 @@ from starlette.routing import Route
 
 from profilebase.config import Settings
 from profilebase.errors import DatabaseUnavailable, ProfilebaseError
+from profilebase.metrics import Metrics
 from profilebase.models import now_ms
 from profilebase.storage import Store, open_settings_store
-from profilebase.web import authentication, bulk, delivery, errors, extensions, profiles, update
+from profilebase.web import (
+    authentication,
+    bulk,
+    dashboard,
+    delivery,
+    errors,
+    extensions,
+    observe,
+    profiles,
+    update,
+)
 from profilebase.web.attempts import FailedAttempts
 from profilebase.worker import WorkerPool
 
@@ -90,12 +101,13 @@ def create_app(
     owns_store = store is None
     the_store = store or open_settings_store(settings)
     count = settings.workers if workers is None else workers
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.readiness_limiter = CapacityLimiter(READINESS_THREADS)
         await run_in_threadpool(prepare, the_store, settings)
-        pool = WorkerPool(the_store, settings, count, clock)
+        pool = WorkerPool(the_store, settings, count, clock, metrics)
         pool.start()
         try:
             yield
@@ -114,17 +126,24 @@ def create_app(
             *delivery.routes,
             *authentication.routes,
             *extensions.routes,
+            *observe.routes,
+            *dashboard.routes,
         ],
         exception_handlers={
-            ProfilebaseError: errors.profilebase_error,
+            ProfilebaseError: observe.counting(errors.profilebase_error),
             HTTPException: errors.http_error,
         },
-        # Outside the exception handlers: every other exception, and clients that hang up.
-        middleware=[Middleware(errors.ErrorGuard)],
+        # Outside the exception handlers: every other exception, and clients that hang up;
+        # the observer outside the guard, so that a 500 carries its request id too.
+        middleware=[
+            Middleware(observe.RequestObserver, metrics=metrics),
+            Middleware(errors.ErrorGuard, on_error=lambda exc: metrics.database_error(exc, "web")),
+        ],
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.store = the_store
     app.state.clock = clock
+    app.state.metrics = metrics
     app.state.failed_attempts = FailedAttempts(settings.auth_failures_per_minute, clock)
     return app

@@ -31,6 +31,7 @@ from profilebase.web.context import (
     store_of,
     with_headers,
 )
+from profilebase.web.observe import metrics_of
 
 FAILED_ROWS_PAGE = 10_000
 
@@ -104,6 +105,7 @@ async def accept(request: Request, client: Client, limits: Limits) -> Response:
     seq, batch_id = await run_in_threadpool(
         store_batch, store, client, version, read, limits, clock(), key
     )
+    metrics_of(request).batch_accepted(client.code, batch_id, read.rows)
     base = str(request.base_url).rstrip("/")
     v2 = "/v2" if version == 2 else ""
     status_url = f"{base}/m2/{client.code}{v2}/profile/batchStatus?batchId={batch_id}"

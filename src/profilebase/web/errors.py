@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -50,9 +50,11 @@ def error_response(
     return JSONResponse({"status": status, "message": message}, status_code=status, headers=headers)
 
 
-def new_error_id() -> str:
-    """A short random id that a reply quotes and the log line carries."""
-    return secrets.token_hex(6)
+def new_error_id(scope: Scope | None = None) -> str:
+    """The id a reply quotes and the log line carries: the request's id (``X-Request-Id``,
+    set by ``observe.RequestObserver``) when there is one, else a short random id."""
+    request_id = (scope or {}).get("state", {}).get("request_id")
+    return str(request_id) if request_id else secrets.token_hex(6)
 
 
 def printable(text: str, limit: int = LOG_TEXT_LIMIT) -> str:
@@ -79,7 +81,7 @@ async def profilebase_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProfilebaseError)
     if exc.status < 500:
         return error_response(request, exc.status, exc.message, exc.headers)
-    error_id = new_error_id()
+    error_id = new_error_id(request.scope)
     cause = exc.detail if isinstance(exc, StorageError) and exc.detail else repr(exc.__cause__)
     level = logging.WARNING if exc.status in {503, 507} else logging.ERROR
     log.log(
@@ -123,8 +125,12 @@ class ErrorGuard:
     Nothing is re-raised, so the server does not log the exception a second time.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self, app: ASGIApp, on_error: Callable[[BaseException], None] | None = None
+    ) -> None:
         self.app = app
+        #: Told of every unexpected exception before it is logged (the metrics count them).
+        self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,7 +164,9 @@ class ErrorGuard:
                     declared_length(scope),
                 )
         except Exception as exc:
-            error_id = new_error_id()
+            if self.on_error is not None:
+                self.on_error(exc)
+            error_id = new_error_id(scope)
             log.error(
                 "error id %s: unexpected error on %s from %s",
                 error_id,
