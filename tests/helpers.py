@@ -10,6 +10,7 @@ import httpx
 from profilebase import batchfile
 from profilebase.decoder import decode_unit
 from profilebase.models import Counts, now_ms
+from profilebase.server_secret import ServerSecret
 from profilebase.storage import Store
 from profilebase.storage.base import UnitClaim
 
@@ -91,3 +92,8 @@ def deliver(
     return http.post(
         "/rest/v1/delivery", params={"client": client, "sessionId": session}, json=payload
     )
+
+
+#: A server secret for tokens a test issues straight into the store; the server checks such
+#: tokens by their hash, whatever secret it has.
+TEST_SECRET = ServerSecret(b"test-secret-" + b"0" * 52, "tests")

@@ -159,6 +159,10 @@ class Store(Protocol):
         """Every client, in code order."""
         ...
 
+    def find_client_by_org(self, org_id: str) -> Client | None:
+        """The client whose organization id is ``org_id`` (at most one has it), or None."""
+        ...
+
     def create_client(
         self, code: str, require_auth: bool, api_key: str, secret_hash: str, now_ms: int
     ) -> Client:
@@ -173,9 +177,12 @@ class Store(Protocol):
         disabled: bool | None = None,
         limits: Mapping[str, int | float | str] | None = None,
         credentials: tuple[str, str] | None = None,
+        org_id: str | None = None,
     ) -> Client:
         """Change the fields given (``limits`` replaces the whole overrides object,
-        ``credentials`` is (api_key, secret_hash)); ``UnknownClient`` if there is none."""
+        ``credentials`` is (api_key, secret_hash), an empty ``org_id`` removes it);
+        ``UnknownClient`` if there is none, ``OrganizationTaken`` if another client has
+        ``org_id``."""
         ...
 
     def create_token(self, token: Token, others_revoked_at_ms: int) -> None:
@@ -193,6 +200,16 @@ class Store(Protocol):
 
     def revoke_tokens(self, client_id: int, now_ms: int) -> int:
         """Revoke at ``now_ms`` every token of the client still valid then; return how many."""
+        ...
+
+    def revoke_all_tokens(self, now_ms: int) -> int:
+        """Revoke at ``now_ms`` every token of every client still valid then (the server
+        secret changed); return how many."""
+        ...
+
+    def claim_secret(self, fingerprint: str, now_ms: int, replace: bool = False) -> str:
+        """Record ``fingerprint`` as the server secret's if none is recorded (or, with
+        ``replace``, in place of the recorded one); return the one recorded now."""
         ...
 
     def accept_batch(self, batch: NewBatch, now_ms: int, limits: Limits) -> tuple[int, str]:

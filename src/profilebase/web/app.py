@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from profilebase import server_secret
 from profilebase.config import Settings
 from profilebase.errors import ProfilebaseError
 from profilebase.models import now_ms
@@ -51,6 +52,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(prepare, the_store, settings)
+        app.state.secret = await run_in_threadpool(
+            server_secret.open_secret, settings, the_store, clock()
+        )
         pool = WorkerPool(the_store, settings, count, clock)
         pool.start()
         try:

@@ -26,10 +26,10 @@ from profilebase.errors import BadRequest
 from profilebase.models import KeyKind
 from profilebase.storage.base import Visit
 from profilebase.web.context import (
-    client_from_query,
     clock_of,
     limits_of,
     read_body,
+    request_client,
     scalar_text,
     store_of,
 )
@@ -72,7 +72,7 @@ async def delivery(request: Request) -> Response:
     """Create or link the visitor's profile, apply its parameters, answer Target's envelope."""
     # No token: "There is no authentication for Target Delivery APIs" (even for a client
     # whose profile APIs require one); an unknown or disabled client is still refused.
-    client = await client_from_query(request, authorize=False)
+    client = await request_client(request, authorize=False)
     check_session_id(request.query_params.get("sessionId"))
     limits = limits_of(request, client)
     body = await read_body(request, limits.max_delivery_bytes, "max_delivery_bytes")

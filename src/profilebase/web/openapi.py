@@ -87,6 +87,19 @@ BASIC: list[Schema] = [{"basic": []}]
 REFUSALS = (401, 403, 404, 429)
 
 CLIENT = path_param("client", "The client code (tenant).")
+#: How a route that takes its client from outside the path finds it (docs/clients.md).
+CLIENT_FROM_OUTSIDE: list[Schema] = [
+    query_param(
+        "client",
+        "The client code. Without it: the client the Host header's first label names, else "
+        "the client whose organization id is imsOrgId, else the server's default_client.",
+    ),
+    query_param(
+        "imsOrgId",
+        "The Adobe organization id (…@AdobeOrg) Target's SDKs send: names the client that has "
+        "it (`profilebase clients set CODE --org-id …`) when neither client= nor Host does.",
+    ),
+]
 BATCH_ID = path_param("batch_id", "The batch id that batchUpdate returned.")
 
 
@@ -161,7 +174,7 @@ def profile_fetch(param: Schema) -> Schema:
     return operation(
         TARGET,
         "Fetch a profile with every attribute written to it.",
-        [param, query_param("client", "The client code.", required=True)],
+        [param, *CLIENT_FROM_OUTSIDE],
         {"200": reply("The profile.", JSON, ref("Profile")), **errors(JSON, 400, *REFUSALS)},
         security=TOKEN_IF_REQUIRED,
     )
@@ -183,11 +196,11 @@ def token() -> Schema:
         ),
         "get": operation(
             TARGET,
-            "Show the client's active token: type, scope, seconds left and its last 4 "
-            "characters (only a hash of the token is kept).",
+            "Retrieve the client's active token: the token, its type, scope and the seconds it "
+            "has left (the server derives it again from its secret); 404 when there is none.",
             [CLIENT, scope, SCOPE],
             {
-                "200": reply("The active token.", JSON, ref("TokenInfo")),
+                "200": reply("The active token.", JSON, ref("Token")),
                 **errors(JSON, 400, *REFUSALS),
             },
             security=BASIC,
@@ -200,7 +213,7 @@ def legacy_token() -> Schema:
         TARGET,
         "Target Classic's token call: a new profile API token, in snake_case, with its "
         "shorter lifetime (legacy_token_ttl_seconds).",
-        [query_param("client", "The client code.", required=True), {**SCOPE, "required": True}],
+        [*CLIENT_FROM_OUTSIDE, {**SCOPE, "required": True}],
         {
             "200": reply("The new token.", JSON, ref("LegacyToken")),
             **errors(JSON, 400, *REFUSALS),
@@ -223,12 +236,13 @@ def single_update(method: str) -> Schema:
         TARGET,
         "Single profile update: set profile.<name>=<value> attributes of one existing profile, "
         "applied before the reply. The literal path /m2/client/profile/update takes the client "
-        "from ?client= or the Host header's first label.",
+        "from ?client=, the Host header's first label or imsOrgId, then a client named client, "
+        "then the server's default_client.",
         [
             CLIENT,
             query_param("mboxPC", "The profile's tntId (or mbox3rdPartyId instead)."),
             query_param("mbox3rdPartyId", "Your own id of the profile (or mboxPC instead)."),
-            query_param("client", "The client code, for the literal path /m2/client/…"),
+            *CLIENT_FROM_OUTSIDE,
         ],
         {
             "200": reply("Applied.", XML, ref("XmlUpdated")),
@@ -243,7 +257,7 @@ def profile_delete(param: Schema) -> Schema:
     return operation(
         EXTENSION,
         "Delete the profile this id finds, with its thirdPartyId and every linked tntId.",
-        [param, query_param("client", "The client code.", required=True)],
+        [param, *CLIENT_FROM_OUTSIDE],
         {"204": {"description": "Deleted."}, **errors(JSON, 400, *REFUSALS)},
         security=TOKEN_IF_REQUIRED,
     )
@@ -278,7 +292,7 @@ def paths() -> dict[str, Schema]:
                 "calls come from browsers), even for a client whose profile APIs require a "
                 "token.",
                 [
-                    query_param("client", "The client code.", required=True),
+                    *CLIENT_FROM_OUTSIDE,
                     query_param("sessionId", "1-128 printable characters.", required=True),
                 ],
                 {
@@ -297,7 +311,7 @@ def paths() -> dict[str, Schema]:
                 "Export every profile of the client, streamed from one snapshot: JSON lines, or "
                 "a v2 batch file that posts back to the same attribute values.",
                 [
-                    query_param("client", "The client code.", required=True),
+                    *CLIENT_FROM_OUTSIDE,
                     query_param(
                         "format",
                         "jsonl (fetch-shaped objects with their ids) or batch.",
@@ -498,7 +512,6 @@ def schemas() -> dict[str, Schema]:
                 "requestId": text,
                 "client": text,
                 "id": ref("VisitorId"),
-                "edgeHost": text,
                 "execute": {"type": "object"},
                 "prefetch": {"type": "object"},
                 "notifications": {"type": "array", "items": {"type": "object"}},
@@ -532,7 +545,6 @@ def schemas() -> dict[str, Schema]:
             },
         },
         "Token": {"type": "object", "properties": {"accessToken": text, **token}},
-        "TokenInfo": {"type": "object", "properties": {**token, "accessTokenLast4": text}},
         "LegacyToken": {
             "type": "object",
             "properties": {

@@ -17,7 +17,7 @@ from profilebase import export
 from profilebase.errors import BadRequest, NotFound
 from profilebase.models import KeyKind
 from profilebase.storage.base import Store
-from profilebase.web.context import client_from_query, clock_of, limits_of, store_of
+from profilebase.web.context import clock_of, limits_of, request_client, store_of
 
 #: Profiles read per database round trip while exporting.
 EXPORT_PAGE = 500
@@ -38,7 +38,7 @@ def identify(request: Request) -> tuple[KeyKind, str]:
 
 async def fetch(request: Request) -> Response:
     """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from."""
-    client = await client_from_query(request)
+    client = await request_client(request)
     kind, identifier = identify(request)
     before = limits_of(request, client).expire_before_ms(clock_of(request)())
     profile = await run_in_threadpool(
@@ -51,7 +51,7 @@ async def fetch(request: Request) -> Response:
 
 async def delete(request: Request) -> Response:
     """Delete the profile with every id linked to it: 204, or 404 if there is none."""
-    client = await client_from_query(request)
+    client = await request_client(request)
     kind, identifier = identify(request)
     now = clock_of(request)()
     deleted = await run_in_threadpool(
@@ -68,7 +68,7 @@ async def delete(request: Request) -> Response:
 
 async def export_profiles(request: Request) -> Response:
     """Stream every profile of the client, a page at a time, from one consistent snapshot."""
-    client = await client_from_query(request)
+    client = await request_client(request)
     form = request.query_params.get("format", "jsonl")
     if form not in FORMATS:
         raise BadRequest(f"format must be batch or jsonl, got {form!r}.")
