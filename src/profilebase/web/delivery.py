@@ -3,9 +3,15 @@
 A page call names a visitor (``id.tntId``, ``id.thirdPartyId``) and may carry
 ``profileParameters`` in each part of the request. profilebase decides no offers:
 it creates or links the visitor's profile, applies the parameters, and answers
-with Target's envelope (``status``, ``requestId``, ``client``, ``id``,
-``edgeHost``, and the ``execute``/``prefetch`` parts echoing each mbox) with no
-content. A call without a tntId gets a new one in Target's format.
+with Target's envelope (``status``, ``requestId``, ``client``, ``id``, and the
+``execute``/``prefetch`` parts echoing each mbox and view with no ``options``). A call without
+a tntId gets a new one in Target's format.
+
+Nothing in the reply names an edge: no ``edgeHost`` and no location hint in new
+tntIds. Adobe's SDKs send every later call of a visitor to
+``mboxedge<hint>.tt.omtrdc.net`` when they find a hint in either (``edgeHost``
+``127.0.0.1:8080`` reads as hint ``127``); without one they keep the server they
+were configured with, which is the right one: profilebase has no edges.
 """
 
 from __future__ import annotations
@@ -34,8 +40,6 @@ from profilebase.web.context import (
     store_of,
 )
 
-#: The location hint of tntIds made here (Target's are cluster numbers such as 28).
-LOCATION_HINT = "0"
 MAX_PARAMETERS = 50
 MAX_NAME_LENGTH = 128
 MAX_VALUE_LENGTH = 256
@@ -64,8 +68,8 @@ class DeliveryCall:
 
 
 def new_tnt_id() -> str:
-    """A new tntId in Target's format: 32 hex digits, a dot, the location hint, ``_0``."""
-    return f"{uuid.uuid4().hex}.{LOCATION_HINT}_0"
+    """A new tntId: 32 hex digits, without the optional ``.<hint>_<n>`` location suffix."""
+    return uuid.uuid4().hex
 
 
 async def delivery(request: Request) -> Response:
@@ -102,7 +106,6 @@ async def delivery(request: Request) -> Response:
         "requestId": request_id,
         "client": client.code,
         "id": identity,
-        "edgeHost": request.headers.get("host") or request.url.netloc,
         **echo(payload),
     }
     return JSONResponse(reply)
@@ -238,12 +241,15 @@ def echo(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def echo_item(item: dict[str, Any], position: int, with_index: bool) -> dict[str, Any]:
-    """An mbox (its ``index``, by default its position, and ``name``) or a view (``name``)."""
+    """An mbox (its ``index``, by default its position, and ``name``) or a view (``name``),
+    with an empty list of ``options``: no offer. Adobe's Python SDK reads ``options`` of
+    every mbox (``getAttributes``) and fails where it is missing."""
     out: dict[str, Any] = {}
     if with_index:
         out["index"] = item.get("index", position)
     if "name" in item:
         out["name"] = item["name"]
+    out["options"] = []
     return out
 
 
