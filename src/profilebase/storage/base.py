@@ -108,6 +108,8 @@ class Visit:
     third_party_id: str | None
     values: Mapping[str, str]
     request_id: str
+    #: Keys of its ECID and customerIds (``links.ecid_key``, ``links.customer_id_key``).
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -331,8 +333,9 @@ class Store(Protocol):
         max_profile_bytes: int,
         expire_before_ms: int = 0,
     ) -> str:
-        """Apply a page call now: create or link profiles (``links.plan_link``), then
-        apply its values after the link. Returns the stored key of its profile.
+        """Apply a page call now: create or link profiles (``links.plan_link``), point its
+        ECID and customerIds (``visit.aliases``) at the profile, then apply its values after
+        the link. Returns the stored key of its profile.
 
         A call that changes nothing only marks the profile active.
         """

@@ -1,6 +1,7 @@
 """The profile side of Target's Delivery API: ``POST /rest/v1/delivery?client=…&sessionId=…``.
 
-A page call names a visitor (``id.tntId``, ``id.thirdPartyId``) and may carry
+A page call names a visitor (``id.tntId``, ``id.thirdPartyId``, and as aliases its
+Experience Cloud ID ``id.marketingCloudVisitorId`` and ``id.customerIds``) and may carry
 ``profileParameters`` in each part of the request. profilebase decides no offers:
 it creates or links the visitor's profile, applies the parameters, and answers
 with Target's envelope (``status``, ``requestId``, ``client``, ``id``, and the
@@ -31,6 +32,7 @@ from profilebase import batchfile
 from profilebase.errors import BadRequest
 from profilebase.models import KeyKind
 from profilebase.storage.base import Visit
+from profilebase.storage.links import customer_id_key, ecid_key
 from profilebase.web.context import (
     clock_of,
     limits_of,
@@ -45,6 +47,11 @@ MAX_NAME_LENGTH = 128
 MAX_VALUE_LENGTH = 256
 MAX_MBOXES = 50
 MAX_THIRD_PARTY_ID_LENGTH = 256
+MAX_ECID_LENGTH = 128
+MAX_CUSTOMER_IDS = 50
+MAX_CUSTOMER_ID_LENGTH = 128
+MAX_INTEGRATION_CODE_LENGTH = 50
+AUTHENTICATED_STATES = {"unknown", "authenticated", "logged_out"}
 SESSION_ID = re.compile(r"[!-~]{1,128}")
 SESSION_ID_FORBIDDEN = set(" ?{}/")
 #: Where profileParameters may appear, in the order they apply (a later value wins).
@@ -65,6 +72,8 @@ class DeliveryCall:
     tnt_id: str | None
     third_party_id: str | None
     values: dict[str, str]
+    #: Alias keys of its ECID and customerIds.
+    aliases: tuple[str, ...] = ()
 
 
 def new_tnt_id() -> str:
@@ -94,7 +103,7 @@ async def delivery(request: Request) -> Response:
     await run_in_threadpool(
         store_of(request).visit,
         client.id,
-        Visit(tnt_id, call.third_party_id, call.values, request_id),
+        Visit(tnt_id, call.third_party_id, call.values, request_id, call.aliases),
         now,
         limits.max_profile_bytes,
         limits.expire_before_ms(now),
@@ -146,6 +155,11 @@ def parse_call(payload: dict[str, Any]) -> DeliveryCall:
     third_party_id = optional_id(
         identity, "thirdPartyId", KeyKind.THIRD_PARTY_ID, MAX_THIRD_PARTY_ID_LENGTH
     )
+    ecid = plain_text(
+        identity.get("marketingCloudVisitorId"), "id.marketingCloudVisitorId", MAX_ECID_LENGTH
+    )
+    aliases = [ecid_key(ecid)] if ecid else []
+    aliases += customer_id_keys(identity.get("customerIds"))
     values: dict[str, str] = {}
     for section, part in PARTS:
         container = payload if section is None else as_object(payload.get(section), section)
@@ -160,7 +174,7 @@ def parse_call(payload: dict[str, Any]) -> DeliveryCall:
             label = where if part == "pageLoad" else f"{where}[{index}]"
             item = as_object(item, label)
             values.update(profile_parameters(item.get("profileParameters"), label))
-    return DeliveryCall(tnt_id, third_party_id, values)
+    return DeliveryCall(tnt_id, third_party_id, values, tuple(dict.fromkeys(aliases)))
 
 
 def optional_id(identity: dict[str, Any], name: str, kind: KeyKind, longest: int) -> str | None:
@@ -175,6 +189,48 @@ def optional_id(identity: dict[str, Any], name: str, kind: KeyKind, longest: int
     if problem:
         raise BadRequest(f"Invalid id.{name}: {problem}.")
     return value
+
+
+def plain_text(value: Any, where: str, longest: int, required: bool = False) -> str | None:
+    """An id given as text: at most ``longest`` characters, no control characters."""
+    if value is None or value == "":
+        if required:
+            raise BadRequest(f"{where} is missing: give it as a non-empty string.")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{where} must be a string.")
+    if len(value) > longest:
+        raise BadRequest(f"{where} is {len(value)} characters long; at most {longest}.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise BadRequest(f"{where} contains a control character (such as NUL or CR); remove it.")
+    return value
+
+
+def customer_id_keys(raw: Any) -> list[str]:
+    """The alias keys of ``id.customerIds``: at most 50 ``{id, integrationCode,
+    authenticatedState}``, as Target's Delivery API defines them."""
+    entries = as_list(raw, "id.customerIds")
+    if len(entries) > MAX_CUSTOMER_IDS:
+        raise BadRequest(f"id.customerIds: size must be between 0 and {MAX_CUSTOMER_IDS}.")
+    keys = []
+    for index, entry in enumerate(entries):
+        where = f"id.customerIds[{index}]"
+        entry = as_object(entry, where)
+        identifier = plain_text(entry.get("id"), f"{where}.id", MAX_CUSTOMER_ID_LENGTH, True)
+        code = plain_text(
+            entry.get("integrationCode"),
+            f"{where}.integrationCode",
+            MAX_INTEGRATION_CODE_LENGTH,
+            True,
+        )
+        state = entry.get("authenticatedState")
+        if state is not None and state not in AUTHENTICATED_STATES:
+            raise BadRequest(
+                f"{where}.authenticatedState must be one of "
+                f"{', '.join(sorted(AUTHENTICATED_STATES))}."
+            )
+        keys.append(customer_id_key(str(code), str(identifier)))
+    return keys
 
 
 def profile_parameters(raw: Any, where: str) -> dict[str, str]:

@@ -256,7 +256,8 @@ def single_update(method: str) -> Schema:
 def profile_delete(param: Schema) -> Schema:
     return operation(
         EXTENSION,
-        "Delete the profile this id finds, with its thirdPartyId and every linked tntId.",
+        "Delete the profile this id finds, with its thirdPartyId and every linked tntId, "
+        "ECID and customer id.",
         [param, *CLIENT_FROM_OUTSIDE],
         {"204": {"description": "Deleted."}, **errors(JSON, 400, *REFUSALS)},
         security=TOKEN_IF_REQUIRED,
@@ -267,6 +268,10 @@ def paths() -> dict[str, Schema]:
     ext = "/profilebase/v1/clients/{client}"
     pc_id = path_param("pc_id", "Target's visitor id (tntId, mboxPC).")
     third_party_id = path_param("third_party_id", "Your own id (mbox3rdPartyId).")
+    ecid = path_param(
+        "ecid",
+        "An Experience Cloud ID (marketingCloudVisitorId) a page call linked to the profile.",
+    )
     return {
         "/healthz": {
             "get": operation(
@@ -343,6 +348,10 @@ def paths() -> dict[str, Schema]:
         "/rest/v1/profiles/thirdPartyId/{third_party_id}": {
             "get": profile_fetch(third_party_id),
             "delete": profile_delete(third_party_id),
+        },
+        "/rest/v1/profiles/marketingCloudVisitorId/{ecid}": {
+            "get": profile_fetch(ecid),
+            "delete": profile_delete(ecid),
         },
         "/{client}/target/authentication/token": token(),
         "/admin/rest/v1/authentication/token": {
@@ -492,6 +501,19 @@ def schemas() -> dict[str, Schema]:
                     "items": text,
                     "description": "Export only: the tntIds of the profile.",
                 },
+                "marketingCloudVisitorIds": {
+                    "type": "array",
+                    "items": text,
+                    "description": "Export only: the Experience Cloud IDs linked to the profile.",
+                },
+                "customerIds": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"integrationCode": text, "id": text},
+                    },
+                    "description": "Export only: the customerIds linked to the profile.",
+                },
             },
         },
         "DeliveryRequest": {
@@ -522,8 +544,27 @@ def schemas() -> dict[str, Schema]:
             "properties": {
                 "tntId": {**text, "maxLength": 128},
                 "thirdPartyId": {**text, "maxLength": 256},
-                "marketingCloudVisitorId": text,
-                "customerIds": {"type": "array", "items": {"type": "object"}},
+                "marketingCloudVisitorId": {
+                    **text,
+                    "maxLength": 128,
+                    "description": "Linked to the visitor's profile; fetch finds it by this id.",
+                },
+                "customerIds": {
+                    "type": "array",
+                    "maxItems": 50,
+                    "description": "Each {id, integrationCode} is linked to the visitor's profile.",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "integrationCode"],
+                        "properties": {
+                            "id": {**text, "maxLength": 128},
+                            "integrationCode": {**text, "maxLength": 50},
+                            "authenticatedState": {
+                                "enum": ["unknown", "authenticated", "logged_out"]
+                            },
+                        },
+                    },
+                },
             },
         },
         "Limits": {

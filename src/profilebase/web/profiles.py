@@ -1,7 +1,8 @@
 """Profiles by id: Target's fetch, plus delete and export (beyond Target).
 
-``/rest/v1/profiles/{pcId}`` and ``/rest/v1/profiles/thirdPartyId/{id}`` answer
-GET (fetch) and DELETE; ``/rest/v1/profiles`` streams every profile of a client.
+``/rest/v1/profiles/{pcId}``, ``/rest/v1/profiles/thirdPartyId/{id}`` and
+``/rest/v1/profiles/marketingCloudVisitorId/{ECID}`` answer GET (fetch) and DELETE;
+``/rest/v1/profiles`` streams every profile of a client.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from profilebase import export
 from profilebase.errors import BadRequest, NotFound
 from profilebase.models import KeyKind
 from profilebase.storage.base import Store
+from profilebase.storage.links import ecid_key
 from profilebase.web.context import clock_of, limits_of, request_client, store_of
 
 #: Profiles read per database round trip while exporting.
@@ -24,45 +26,47 @@ EXPORT_PAGE = 500
 FORMATS = {"batch": "text/plain; charset=utf-8", "jsonl": "application/x-ndjson"}
 
 
-def not_found(client_code: str, kind: KeyKind, identifier: str) -> NotFound:
-    """Target's 404 message for an unknown (or expired) profile."""
-    what = "mboxPC" if kind is KeyKind.PC_ID else "third party id"
-    return NotFound(f"No profile found for client {client_code} with {what}={identifier}")
+def not_found(client_code: str, named: str) -> NotFound:
+    """Target's 404 message for an unknown (or expired) profile; ``named`` is ``what=id``."""
+    return NotFound(f"No profile found for client {client_code} with {named}")
 
 
-def identify(request: Request) -> tuple[KeyKind, str]:
-    if "third_party_id" in request.path_params:
-        return KeyKind.THIRD_PARTY_ID, request.path_params["third_party_id"]
-    return KeyKind.PC_ID, request.path_params["pc_id"]
+def identify(request: Request) -> tuple[str, str]:
+    """The key the path names a profile by, and the id as Target's 404 names it."""
+    params = request.path_params
+    if "third_party_id" in params:
+        identifier = params["third_party_id"]
+        return KeyKind.THIRD_PARTY_ID.key(identifier), f"third party id={identifier}"
+    if "ecid" in params:
+        return ecid_key(params["ecid"]), f"marketingCloudVisitorId={params['ecid']}"
+    return KeyKind.PC_ID.key(params["pc_id"]), f"mboxPC={params['pc_id']}"
 
 
 async def fetch(request: Request) -> Response:
     """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from."""
     client = await request_client(request)
-    kind, identifier = identify(request)
+    key, named = identify(request)
     before = limits_of(request, client).expire_before_ms(clock_of(request)())
-    profile = await run_in_threadpool(
-        store_of(request).get_profile, client.id, kind.key(identifier), before
-    )
+    profile = await run_in_threadpool(store_of(request).get_profile, client.id, key, before)
     if profile is None:
-        raise not_found(client.code, kind, identifier)
+        raise not_found(client.code, named)
     return JSONResponse(export.profile_json(profile))
 
 
 async def delete(request: Request) -> Response:
     """Delete the profile with every id linked to it: 204, or 404 if there is none."""
     client = await request_client(request)
-    kind, identifier = identify(request)
+    key, named = identify(request)
     now = clock_of(request)()
     deleted = await run_in_threadpool(
         store_of(request).delete_profile,
         client.id,
-        kind.key(identifier),
+        key,
         now,
         limits_of(request, client).expire_before_ms(now),
     )
     if not deleted:
-        raise not_found(client.code, kind, identifier)
+        raise not_found(client.code, named)
     return Response(status_code=204)
 
 
@@ -124,6 +128,8 @@ routes = [
     Route("/rest/v1/profiles", export_profiles, methods=["GET"]),
     Route("/rest/v1/profiles/thirdPartyId/{third_party_id}", fetch, methods=["GET"]),
     Route("/rest/v1/profiles/thirdPartyId/{third_party_id}", delete, methods=["DELETE"]),
+    Route("/rest/v1/profiles/marketingCloudVisitorId/{ecid}", fetch, methods=["GET"]),
+    Route("/rest/v1/profiles/marketingCloudVisitorId/{ecid}", delete, methods=["DELETE"]),
     Route("/rest/v1/profiles/{pc_id}", fetch, methods=["GET"]),
     Route("/rest/v1/profiles/{pc_id}", delete, methods=["DELETE"]),
 ]
