@@ -72,6 +72,15 @@ ROUTES = {
     "delete thirdPartyId": Route(
         "DELETE", "/rest/v1/profiles/thirdPartyId/doomed", {"client": "{client}"}
     ),
+    "fetch ECID": Route(
+        "GET",
+        "/rest/v1/profiles/marketingCloudVisitorId/ecid1",
+        {"client": "{client}"},
+        fetches=True,
+    ),
+    "delete ECID": Route(
+        "DELETE", "/rest/v1/profiles/marketingCloudVisitorId/doomed", {"client": "{client}"}
+    ),
     "export": Route("GET", "/rest/v1/profiles", {"client": "{client}", "format": "jsonl"}),
     "client info": Route("GET", EXTENSION, {}),
     "JSON batch status": Route("GET", EXTENSION + "/batches/{batch}", {}),
@@ -132,6 +141,8 @@ class World:
                 "right token": right,
             }
         Worker(self.store, self.settings).run(until_idle=True)
+        for code in ["secure", "open", "other"]:
+            deliver(self.http, {"id": {"tntId": "pc1", "marketingCloudVisitorId": "ecid1"}}, code)
         for code in ["secure", "other"]:
             clients.change(self.store, code, require_auth=True)
 
@@ -148,11 +159,17 @@ class World:
         found = self.store.get_client(client)
         assert found is not None
         key = "t:doomed" if "thirdPartyId" in route.path else "p:doomed"
+        if "marketingCloudVisitorId" in route.path:
+            key = "m:doomed"
         return self.store.get_profile(found.id, key) is not None
 
     def make_doomed(self, client: str, route: Route) -> None:
         """Give the client the profile a delete route deletes, if it has not."""
         if route.method != "DELETE" or self.doomed(client, route):
+            return
+        if "marketingCloudVisitorId" in route.path:  # only a page call links an ECID
+            ids = {"tntId": "doomed-visitor", "marketingCloudVisitorId": "doomed"}
+            deliver(self.http, {"id": ids}, client)
             return
         found = self.store.get_client(client)
         assert found is not None
