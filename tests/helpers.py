@@ -10,6 +10,7 @@ import httpx
 from profilebase import batchfile
 from profilebase.decoder import decode_unit
 from profilebase.models import Counts, now_ms
+from profilebase.server_secret import ServerSecret
 from profilebase.storage import Store
 from profilebase.storage.base import UnitClaim
 
@@ -106,3 +107,8 @@ def run_sql(database_url: str, sql: str) -> list[tuple]:
     with psycopg.connect(database_url, autocommit=True) as db:
         cursor = db.execute(sql.encode())
         return cursor.fetchall() if cursor.description else []
+
+
+#: A server secret for tokens a test issues straight into the store; the server checks such
+#: tokens by their hash, whatever secret it has.
+TEST_SECRET = ServerSecret(b"test-secret-" + b"0" * 52, "tests")

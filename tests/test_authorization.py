@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from conftest import FakeClock, LiveServer, PostgresServer
-from helpers import batch_id_of, deliver, submit, xml_fields
+from helpers import TEST_SECRET, batch_id_of, deliver, submit, xml_fields
 from starlette.routing import Route as StarletteRoute
 
 from profilebase import clients, tokens
@@ -71,6 +71,15 @@ ROUTES = {
     "delete pcId": Route("DELETE", "/rest/v1/profiles/doomed", {"client": "{client}"}),
     "delete thirdPartyId": Route(
         "DELETE", "/rest/v1/profiles/thirdPartyId/doomed", {"client": "{client}"}
+    ),
+    "fetch ECID": Route(
+        "GET",
+        "/rest/v1/profiles/marketingCloudVisitorId/ecid1",
+        {"client": "{client}"},
+        fetches=True,
+    ),
+    "delete ECID": Route(
+        "DELETE", "/rest/v1/profiles/marketingCloudVisitorId/doomed", {"client": "{client}"}
     ),
     "export": Route("GET", "/rest/v1/profiles", {"client": "{client}", "format": "jsonl"}),
     "client info": Route("GET", EXTENSION, {}),
@@ -152,15 +161,17 @@ class World:
             body = f"batch=pcId,owner\npc1,{code}\n".encode()
             self.batch[code] = batch_id_of(submit(self.http, body, client=code))
             submit(self.http, f"batch=thirdPartyId,owner\ntp1,{code}\n".encode(), client=code)
-            expired = tokens.issue(self.store, client, 1, 0, now - 10_000).value
-            revoked = tokens.issue(self.store, client, 3600, 0, now - 5_000).value
-            right = tokens.issue(self.store, client, 3600, 0, now).value
+            expired = tokens.issue(self.store, client, TEST_SECRET, 1, 0, now - 10_000).value
+            revoked = tokens.issue(self.store, client, TEST_SECRET, 3600, 0, now - 5_000).value
+            right = tokens.issue(self.store, client, TEST_SECRET, 3600, 0, now).value
             self.tokens[code] = {
                 "expired token": expired,
                 "revoked token": revoked,
                 "right token": right,
             }
         Worker(self.store, self.settings).run(until_idle=True)
+        for code in ["secure", "open", "other"]:
+            deliver(self.http, {"id": {"tntId": "pc1", "marketingCloudVisitorId": "ecid1"}}, code)
         for code in ["secure", "other"]:
             clients.change(self.store, code, require_auth=True)
 
@@ -177,11 +188,17 @@ class World:
         found = self.store.get_client(client)
         assert found is not None
         key = "t:doomed" if "thirdPartyId" in route.path else "p:doomed"
+        if "marketingCloudVisitorId" in route.path:
+            key = "m:doomed"
         return self.store.get_profile(found.id, key) is not None
 
     def make_doomed(self, client: str, route: Route) -> None:
         """Give the client the profile a delete route deletes, if it has not."""
         if route.method != "DELETE" or self.doomed(client, route):
+            return
+        if "marketingCloudVisitorId" in route.path:  # only a page call links an ECID
+            ids = {"tntId": "doomed-visitor", "marketingCloudVisitorId": "doomed"}
+            deliver(self.http, {"id": ids}, client)
             return
         found = self.store.get_client(client)
         assert found is not None
@@ -532,7 +549,7 @@ def test_a_disabled_client_gets_403_everywhere(
     http: httpx.Client, store: Store, require_auth: bool
 ):
     client, credentials = clients.create(store, "gone", require_auth, now_ms())
-    token = tokens.issue(store, client, 3600, 0, now_ms()).value
+    token = tokens.issue(store, client, TEST_SECRET, 3600, 0, now_ms()).value
     batch_id = batch_id_of(
         submit(http, BODY, client="gone")
         if not require_auth
@@ -568,7 +585,10 @@ def test_page_calls_need_no_token(http: httpx.Client, store: Store):
         "execute": {"pageLoad": {"profileParameters": {"seen": "1"}}},
     }
     assert deliver(http, call, client="shop").status_code == 200
-    token = {"Authorization": "Bearer " + tokens.issue(store, client, 3600, 0, now_ms()).value}
+    token = {
+        "Authorization": "Bearer "
+        + tokens.issue(store, client, TEST_SECRET, 3600, 0, now_ms()).value
+    }
     fetched = http.get(
         f"/rest/v1/profiles/{'a' * 32}.0_0", params={"client": "shop"}, headers=token
     )
@@ -583,7 +603,10 @@ def test_failed_authentications_slow_down_that_address_only(
 ):
     """More than 3 failures a minute (set here) from one address: 429 there, not elsewhere."""
     client, credentials = clients.create(store, "acme", True, now_ms())
-    good = {"Authorization": "Bearer " + tokens.issue(store, client, 3600, 0, clock()).value}
+    good = {
+        "Authorization": "Bearer "
+        + tokens.issue(store, client, TEST_SECRET, 3600, 0, clock()).value
+    }
     bad = {"Authorization": "Bearer wrong"}
 
     def call(address: str, headers: dict[str, str]) -> httpx.Response:

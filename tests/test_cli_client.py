@@ -11,6 +11,7 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 from conftest import LiveServer, free_port
+from helpers import TEST_SECRET
 
 from profilebase import clients, tokens
 from profilebase.cli import main
@@ -158,7 +159,7 @@ def test_push_with_a_token_to_a_client_that_requires_authorization(  # type: ign
 ):
     """--token (or PROFILEBASE_TOKEN) goes with every call: the push and the reads succeed."""
     client = clients.create(store, "secure", True, now_ms())[0]
-    token = tokens.issue(store, client, 3600, 0, now_ms()).value
+    token = tokens.issue(store, client, TEST_SECRET, 3600, 0, now_ms()).value
     args = ["--client", "secure"]
     if given_as == "flag":
         args += ["--token", token]
@@ -181,7 +182,7 @@ def test_push_without_the_right_token_exits_3(  # type: ignore[no-untyped-def]
     """A client that requires authorization refuses a push without its token, before a
     row is sent: one sentence, exit 3 (refused)."""
     client = clients.create(store, "secure", True, now_ms())[0]
-    tokens.issue(store, client, 3600, 0, now_ms())
+    tokens.issue(store, client, TEST_SECRET, 3600, 0, now_ms())
     args = ["--client", "secure"] + ([] if token is None else ["--token", token])
     result = run("push", csv_file(tmp_path, "id,tier\nc-1,gold\n"), *args)
     assert result.exit_code == 3, result.output

@@ -14,7 +14,7 @@ import urllib.parse
 
 import httpx
 import pytest
-from helpers import batch_id_of, submit
+from helpers import TEST_SECRET, batch_id_of, submit
 from markupsafe import escape
 
 from profilebase import clients, tokens
@@ -273,7 +273,7 @@ def acme(store: Store) -> str:
 def token_for(store: Store, code: str) -> str:
     client = store.get_client(code)
     assert client is not None
-    return tokens.issue(store, client, 3600, 0, now_ms()).value
+    return tokens.issue(store, client, TEST_SECRET, 3600, 0, now_ms()).value
 
 
 def test_a_client_that_requires_authorization_locks_every_page(

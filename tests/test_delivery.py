@@ -11,16 +11,16 @@ from helpers import attributes, batch_id_of, deliver, status, submit, update
 
 from profilebase import batchfile
 
-TNT_ID = re.compile(r"[0-9a-f]{32}\.0_0")
+TNT_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def test_a_call_without_id_gets_a_new_tnt_id_that_fetch_finds(http: httpx.Client, live_server):
+def test_a_call_without_id_gets_a_new_tnt_id_that_fetch_finds(http: httpx.Client):
     response = deliver(http, {"context": {"channel": "web"}})
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == 200 and body["client"] == "demo"
     assert uuid.UUID(body["requestId"])
-    assert body["edgeHost"] == f"127.0.0.1:{live_server.port}"
+    assert "edgeHost" not in body  # Adobe's SDKs would read a location hint in it
     tnt_id = body["id"]["tntId"]
     assert TNT_ID.fullmatch(tnt_id)
     profile = http.get(f"/rest/v1/profiles/{tnt_id}", params={"client": "demo"}).json()
@@ -41,11 +41,14 @@ def test_the_envelope_echoes_each_part_without_content(http: httpx.Client):
     assert body["id"] == {"tntId": "t1.0_0", "marketingCloudVisitorId": "ecid-1"}
     assert body["execute"] == {
         "pageLoad": {},
-        "mboxes": [{"index": 3, "name": "hero"}, {"index": 1, "name": "footer"}],
+        "mboxes": [
+            {"index": 3, "name": "hero", "options": []},
+            {"index": 1, "name": "footer", "options": []},
+        ],
     }
     assert body["prefetch"] == {
-        "views": [{"name": "home"}],
-        "mboxes": [{"index": 0, "name": "promo"}],
+        "views": [{"name": "home", "options": []}],
+        "mboxes": [{"index": 0, "name": "promo", "options": []}],
     }
     assert body["notifications"] == [{"id": "n1"}]
 
@@ -263,7 +266,6 @@ def test_validation_errors_are_400_json(http: httpx.Client, payload, fragment: s
         ({"client": "demo", "sessionId": "a b"}, 400, "sessionId must be"),
         ({"client": "demo", "sessionId": "a/b"}, 400, "sessionId must be"),
         ({"client": "demo", "sessionId": "s" * 129}, 400, "sessionId must be"),
-        ({"sessionId": "s"}, 400, "client query parameter is missing"),
         ({"client": "nobody", "sessionId": "s"}, 404, "Unknown client 'nobody'"),
     ],
 )

@@ -99,8 +99,11 @@ def test_deleting_a_profile_only_a_queued_batch_would_create(http: httpx.Client,
 
 
 def test_delete_needs_a_known_client(http: httpx.Client):
+    """client=nobody is 404; no client at all is the default client's (docs/clients.md)."""
     assert http.delete("/rest/v1/profiles/1", params={"client": "nobody"}).status_code == 404
-    assert http.delete("/rest/v1/profiles/1").status_code == 400
+    unnamed = http.delete("/rest/v1/profiles/1")
+    assert unnamed.status_code == 404
+    assert unnamed.json()["message"] == "No profile found for client demo with mboxPC=1"
 
 
 def test_provenance_names_the_batch_line_or_the_update(http: httpx.Client, store: Store, drain):

@@ -32,6 +32,7 @@ EXTENSIONS_ON_TARGET_PATHS = {
     ("/rest/v1/profiles", "get"),
     ("/rest/v1/profiles/{pc_id}", "delete"),
     ("/rest/v1/profiles/thirdPartyId/{third_party_id}", "delete"),
+    ("/rest/v1/profiles/marketingCloudVisitorId/{ecid}", "delete"),
 }
 
 

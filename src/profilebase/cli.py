@@ -331,6 +331,7 @@ def clients_show(code: str, as_json: bool, database: str | None) -> None:
     click.echo(f"authorization: {'required' if client.require_auth else 'off'}")
     click.echo(f"state:         {'disabled' if client.disabled else 'enabled'}")
     click.echo(f"API key:       {client.api_key or '- (none: clients new-secret ' + code + ')'}")
+    click.echo(f"organization:  {client.org_id or '-'}")
     if token is None:
         click.echo("token:         none active")
     else:
@@ -348,6 +349,7 @@ def client_summary(client: Any) -> dict[str, Any]:
         "requireAuth": client.require_auth,
         "disabled": client.disabled,
         "apiKey": client.api_key,
+        "orgId": client.org_id,
         "limitOverrides": client.limits,
     }
 
@@ -366,11 +368,22 @@ def client_summary(client: Any) -> dict[str, Any]:
     metavar="NAME=VALUE",
     help="Override a limit for this client (repeatable); an empty VALUE restores the default.",
 )
+@click.option(
+    "--org-id",
+    default=None,
+    metavar="ID@AdobeOrg",
+    help="The client's Adobe organization id: a request naming no client but carrying this "
+    "imsOrgId is for this client. An empty value removes it.",
+)
 @database_option
 def clients_set(
-    code: str, require_auth: bool | None, limits: tuple[str, ...], database: str | None
+    code: str,
+    require_auth: bool | None,
+    limits: tuple[str, ...],
+    org_id: str | None,
+    database: str | None,
 ) -> None:
-    """Change client CODE's authorization requirement and limits."""
+    """Change client CODE's authorization requirement, limits and organization id."""
     from profilebase import clients as library
 
     pairs = {}
@@ -380,10 +393,13 @@ def clients_set(
             raise click.BadParameter(f"{item!r} is not NAME=VALUE.", param_hint="--limit")
         pairs[name.strip()] = value
     with opened(database) as (_, store):
-        client = library.change(store, code, require_auth=require_auth, limits=pairs)
+        client = library.change(store, code, require_auth=require_auth, limits=pairs, org_id=org_id)
     overrides = " ".join(f"{k}={v}" for k, v in sorted(client.limits.items())) or "none"
     auth = "required" if client.require_auth else "off"
-    click.echo(f"Client {client.code}: authorization {auth}; limit overrides: {overrides}.")
+    click.echo(
+        f"Client {client.code}: authorization {auth}; limit overrides: {overrides}; "
+        f"organization id: {client.org_id or 'none'}."
+    )
 
 
 @clients.command("disable")
@@ -422,6 +438,7 @@ def tokens() -> None:
 def tokens_create(code: str, as_json: bool, database: str | None) -> None:
     """Create a profile API token for CODE, as the token endpoint does, and print it once."""
     from profilebase import clients as library
+    from profilebase import server_secret
     from profilebase import tokens as library_tokens
     from profilebase.config import client_limits
     from profilebase.models import iso_ms, now_ms
@@ -429,7 +446,9 @@ def tokens_create(code: str, as_json: bool, database: str | None) -> None:
     with opened(database) as (settings, store):
         client = library.get(store, code)
         ttl = client_limits(settings, client.limits).token_ttl_seconds
-        issued = library_tokens.issue(store, client, ttl, settings.token_grace_seconds, now_ms())
+        secret = server_secret.open_secret(settings, store, now_ms())
+        grace = settings.token_grace_seconds
+        issued = library_tokens.issue(store, client, secret, ttl, grace, now_ms())
     if as_json:
         body = {
             "accessToken": issued.value,
@@ -440,7 +459,9 @@ def tokens_create(code: str, as_json: bool, database: str | None) -> None:
         click.echo(json.dumps(body))
         return
     click.echo(f"Token: {issued.value}")
-    click.echo(f"Expires {iso_ms(issued.token.expires_at)}; shown this once, only a hash is kept.")
+    click.echo(
+        f"Expires {iso_ms(issued.token.expires_at)}; GET on the token endpoint shows it again."
+    )
 
 
 @tokens.command("revoke")
@@ -455,6 +476,31 @@ def tokens_revoke(code: str, database: str | None) -> None:
     with opened(database) as (_, store):
         count = library_tokens.revoke(store, library.get(store, code), now_ms())
     click.echo(f"Revoked {count} token(s) of client {code}.")
+
+
+@main.group()
+def secret() -> None:
+    """Manage the server secret that profile API tokens are derived from."""
+
+
+@secret.command("rotate")
+@database_option
+def secret_rotate(database: str | None) -> None:
+    """Replace the server secret and revoke every token made with the old one.
+
+    Writes a new random secret to the secret file, or takes the value now in
+    PROFILEBASE_SECRET. Restart every server process with the new secret afterwards.
+    """
+    from profilebase import server_secret
+    from profilebase.models import now_ms
+
+    with opened(database) as (settings, store):
+        new, revoked = server_secret.rotate(settings, store, now_ms())
+    click.echo(f"New server secret in {new.source}; revoked {revoked} token(s).")
+    click.echo(
+        "Restart every server process of this database with the new secret; clients get "
+        "new tokens from the token endpoint."
+    )
 
 
 # -- the client commands: push, status, get, update ------------------------------------

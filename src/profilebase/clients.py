@@ -16,11 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from profilebase.config import parse_limit
-from profilebase.errors import InvalidClientCode, UnknownClient
+from profilebase.errors import BadRequest, InvalidClientCode, UnknownClient
 from profilebase.models import Client
 from profilebase.storage.base import Store
 
 CODE = re.compile(r"[a-z0-9_-]{1,64}")
+#: An Adobe organization id (IMS org), as Target's Administration > Implementation shows it.
+ORG_ID = re.compile(r"[A-Za-z0-9]{1,64}@AdobeOrg")
 
 #: scrypt cost: 16 MiB of memory and some tens of milliseconds per check. The
 #: parameters are stored with each hash, so raising them later keeps old hashes valid.
@@ -40,6 +42,17 @@ def validate_code(code: str) -> str:
     if not CODE.fullmatch(code):
         raise InvalidClientCode(code)
     return code
+
+
+def validate_org_id(org_id: str) -> str:
+    """Return ``org_id`` if it is an Adobe organization id, or empty (no organization)."""
+    if org_id and not ORG_ID.fullmatch(org_id):
+        raise BadRequest(
+            f"Invalid organization id {org_id!r}: Adobe organization ids are letters and digits "
+            "followed by @AdobeOrg, e.g. 65453EA95E702E8C0A495E27@AdobeOrg (Target shows yours "
+            "under Administration > Implementation); an empty value removes it."
+        )
+    return org_id
 
 
 def hash_secret(secret: str) -> str:
@@ -121,8 +134,10 @@ def change(
     require_auth: bool | None = None,
     disabled: bool | None = None,
     limits: Mapping[str, str] | None = None,
+    org_id: str | None = None,
 ) -> Client:
-    """Change a client; ``limits`` maps names to text values, an empty one removes the override."""
+    """Change a client; ``limits`` maps names to text values, an empty one removes the override;
+    an empty ``org_id`` removes the client's organization id."""
     overrides: dict[str, int | float | str] | None = None
     if limits:
         overrides = dict(get(store, code).limits)
@@ -132,7 +147,13 @@ def change(
                 overrides.pop(name, None)
             else:
                 overrides[name] = value
-    return store.update_client(code, require_auth=require_auth, disabled=disabled, limits=overrides)
+    return store.update_client(
+        code,
+        require_auth=require_auth,
+        disabled=disabled,
+        limits=overrides,
+        org_id=None if org_id is None else validate_org_id(org_id.strip()),
+    )
 
 
 def _b64(data: bytes) -> str:

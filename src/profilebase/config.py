@@ -58,6 +58,24 @@ class Settings:
     )
     workers: int = _setting(2, "Batch worker threads inside `serve` (0: API only).")
     demo: bool = _setting(True, "Create the `demo` client (authorization off) if missing.")
+    default_client: str = _setting(
+        "demo",
+        "Client of a request that names none (no client=, Host label or imsOrgId of a client); "
+        "empty: such a request is refused.",
+    )
+    secret_file: str = _setting(
+        "",
+        "File of the server secret that tokens derive from, created on first start; empty: "
+        "profilebase.secret beside the SQLite database (./profilebase-data/ for PostgreSQL).",
+    )
+    secret: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "help": "The server secret itself (32 or more characters), used instead of "
+            "secret_file; every process of one database needs the same one."
+        },
+    )
     max_batch_bytes: int = _setting(
         50 * MB, "A batch body must be smaller than this many bytes (Target: < 50 MB)."
     )

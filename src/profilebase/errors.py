@@ -9,6 +9,7 @@ default message.
     ├── ConfigError            bad setting or database URL
     ├── InvalidClientCode      400: a client code outside 1-64 of a-z 0-9 _ -
     ├── ClientExists           409: `clients create` of a code that is taken
+    ├── OrganizationTaken      409: `clients set --org-id` of an id another client has
     ├── UnknownClient          404: no such client code
     ├── NotFound               404: no such batch, profile or token
     ├── Unauthenticated        401: no credentials where they are required
@@ -90,6 +91,19 @@ class ClientExists(ProfilebaseError):
     def __init__(self, code: str) -> None:
         super().__init__(
             f"Client {code!r} exists already; `profilebase clients show {code}` shows it."
+        )
+
+
+class OrganizationTaken(ProfilebaseError):
+    """The organization id belongs to another client."""
+
+    status = 409
+
+    def __init__(self, org_id: str, owner: str) -> None:
+        super().__init__(
+            f"Organization id {org_id!r} belongs to client {owner!r} already: a request that "
+            "carries it must find one client. Remove it there first with "
+            f"`profilebase clients set {owner} --org-id ''`."
         )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from profilebase import batchfile
 from profilebase.models import Attribute, KeyKind, Profile, iso_ms
+from profilebase.storage.links import CUSTOMER_ID_PREFIX, ECID_PREFIX, customer_id_of
 
 
 def attribute_json(attribute: Attribute) -> dict[str, Any]:
@@ -31,7 +32,8 @@ def attribute_json(attribute: Attribute) -> dict[str, Any]:
 
 
 def profile_json(profile: Profile, with_ids: bool = False) -> dict[str, Any]:
-    """Target's fetch shape; ``with_ids`` adds the profile's ``thirdPartyId`` and ``tntIds``."""
+    """Target's fetch shape; ``with_ids`` adds the profile's ``thirdPartyId``, ``tntIds``,
+    ``marketingCloudVisitorIds`` and ``customerIds`` (``{integrationCode, id}``)."""
     out: dict[str, Any] = {
         "client": profile.client_code,
         "visitorId": profile.visitor_id,
@@ -48,6 +50,12 @@ def profile_json(profile: Profile, with_ids: bool = False) -> dict[str, Any]:
         tnt_ids = profile.ids_of(KeyKind.PC_ID)
         if tnt_ids:
             out["tntIds"] = tnt_ids
+        ecids = [key[2:] for key in profile.ids if key.startswith(ECID_PREFIX)]
+        if ecids:
+            out["marketingCloudVisitorIds"] = ecids
+        customers = [customer_id_of(k) for k in profile.ids if k.startswith(CUSTOMER_ID_PREFIX)]
+        if customers:
+            out["customerIds"] = customers
     return out
 
 

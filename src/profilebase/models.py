@@ -77,7 +77,8 @@ class Client:
 
     ``api_key`` and ``secret_hash`` are the Basic credentials of the token endpoints;
     a client made by ``ensure_client`` (the ``demo`` client) has none until
-    ``profilebase clients new-secret`` gives it some.
+    ``profilebase clients new-secret`` gives it some. ``org_id`` is its Adobe organization
+    id, by which a request that names no client may find it (``imsOrgId``).
     """
 
     id: int
@@ -87,6 +88,7 @@ class Client:
     limits: dict[str, int | float | str] = field(default_factory=dict)
     api_key: str | None = None
     secret_hash: str | None = field(default=None, repr=False)
+    org_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class Token:
-    """A stored authorization token; only the SHA-256 of its value is kept."""
+    """A stored authorization token: the SHA-256 of its value, and the nonce from which the
+    server secret derives the value (None for a token made before tokens could be shown)."""
 
     client_id: int
     token_hash: str
@@ -141,6 +144,7 @@ class Token:
     created_at: datetime
     expires_at: datetime
     revoked_at: datetime | None
+    nonce: str | None = None
 
 
 @dataclass(frozen=True)

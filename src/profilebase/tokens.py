@@ -1,10 +1,13 @@
-"""Authorization tokens of the profile API: issue, check, revoke.
+"""Authorization tokens of the profile API: issue, show, check, revoke.
 
-A token is 256 random bits, shown once; the store keeps its SHA-256 and its
-last four characters. Checking a token hashes what was presented, looks the
-hash up and compares it in constant time. A fast hash is right here (unlike the
-client secret's scrypt): the token has full entropy, so there is nothing to
-brute-force, and it is checked on every request.
+A token's value is derived from the server secret and a random nonce
+(``server_secret.py``); the store keeps the nonce, the value's SHA-256 and its
+last four characters, so the server can show the active token again and the
+database alone reveals none. Checking a token hashes what was presented, looks
+the hash up and compares it in constant time. A fast hash is right here (unlike
+the client secret's scrypt): the token has full entropy, so there is nothing to
+brute-force, and it is checked on every request. Tokens made before tokens could
+be shown (no nonce) are checked the same way and keep working until they expire.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from profilebase.errors import AccessDenied, Unauthenticated
+from profilebase.errors import AccessDenied, ConfigError, Unauthenticated
 from profilebase.models import Client, Token, from_ms, iso_ms
+from profilebase.server_secret import ServerSecret
 from profilebase.storage.base import Store
 
 #: The one scope profilebase issues; Target's other one, debug_tools, has no use here.
@@ -34,11 +39,25 @@ def token_hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Presented:
+    """A token a request carries, and where (for the message if it is refused)."""
+
+    where: str
+    value: str
+
+
 def issue(
-    store: Store, client: Client, ttl_seconds: int, grace_seconds: int, now_ms: int
+    store: Store,
+    client: Client,
+    secret: ServerSecret,
+    ttl_seconds: int,
+    grace_seconds: int,
+    now_ms: int,
 ) -> IssuedToken:
     """Create a token for ``client``; its older tokens are revoked after ``grace_seconds``."""
-    value = secrets.token_urlsafe(32)
+    nonce = secrets.token_hex(16)
+    value = secret.derive(nonce)
     token = Token(
         client_id=client.id,
         token_hash=token_hash(value),
@@ -47,17 +66,37 @@ def issue(
         created_at=from_ms(now_ms),
         expires_at=from_ms(now_ms + ttl_seconds * 1000),
         revoked_at=None,
+        nonce=nonce,
     )
     store.create_token(token, now_ms + grace_seconds * 1000)
     return IssuedToken(value, token)
 
 
-def authorize(store: Store, client: Client, presented: str | None, now_ms: int) -> None:
-    """Refuse the call unless ``presented`` is a valid token of ``client``.
+def reveal(secret: ServerSecret, token: Token) -> str | None:
+    """The value of a stored token, or None for one made before tokens could be shown.
 
-    A client that does not require authorization ignores any token. Otherwise a
-    missing token is ``Unauthenticated`` (401) and a wrong, another client's, revoked
-    or expired one is ``AccessDenied`` (403), each with a message saying which.
+    The value is checked against the stored hash, so a server with another secret never
+    shows a value that is not the token.
+    """
+    if token.nonce is None:
+        return None
+    value = secret.derive(token.nonce)
+    if not hmac.compare_digest(token_hash(value), token.token_hash):
+        raise ConfigError(
+            "This server's secret is not the one the token was made with, so it cannot show "
+            "it: give every server process of the database the same secret "
+            "(docs/clients.md, The server secret)."
+        )
+    return value
+
+
+def authorize(store: Store, client: Client, presented: Sequence[Presented], now_ms: int) -> None:
+    """Refuse the call unless one of the ``presented`` tokens is a valid token of ``client``.
+
+    A client that does not require authorization ignores any token. Otherwise no token
+    is ``Unauthenticated`` (401); when none of them is valid the call is ``AccessDenied``
+    (403), with a message saying of each token where it came from and what is wrong with
+    it: not a token, another client's, revoked or expired.
     """
     if not client.require_auth:
         return
@@ -70,29 +109,38 @@ def authorize(store: Store, client: Client, presented: str | None, now_ms: int) 
             f"Client {client.code!r} requires an authorization token: send the header "
             f"`Authorization: Bearer <token>` (or `access_token: <token>`); {how}."
         )
-    digest = token_hash(presented)
+    problems = []
+    for credential in presented:
+        problem = token_problem(store, client, credential.value, now_ms)
+        if problem is None:
+            return
+        problems.append(f"the authorization token in {credential.where} {problem}")
+    if len(problems) == 1:
+        message = problems[0][0].upper() + problems[0][1:]
+    else:
+        message = f"No token the call carries is valid for client {client.code!r}: " + "; ".join(
+            problems
+        )
+    raise AccessDenied(f"{message}; {how}.")
+
+
+def token_problem(store: Store, client: Client, value: str, now_ms: int) -> str | None:
+    """What is wrong with ``value`` as a token of ``client`` now, or None if it is valid."""
+    digest = token_hash(value)
     token = store.find_token(digest)
     if token is None or not hmac.compare_digest(token.token_hash, digest):
-        raise AccessDenied(
-            f"The authorization token is not valid for client {client.code!r}; {how}."
-        )
+        return f"is not valid for client {client.code!r}"
     if token.client_id != client.id:
-        raise AccessDenied(
-            f"The authorization token belongs to another client; it is not valid for client "
-            f"{client.code!r}."
-        )
+        return f"belongs to another client; it is not valid for client {client.code!r}"
     now = from_ms(now_ms)
     if token.revoked_at is not None and token.revoked_at <= now:
-        raise AccessDenied(
-            f"The authorization token of client {client.code!r} was revoked at "
-            f"{iso_ms(token.revoked_at)} (a newer token replaced it, or an operator revoked "
-            f"it); {how}."
+        return (
+            f"was revoked at {iso_ms(token.revoked_at)} (a newer token replaced it, or an "
+            "operator revoked it)"
         )
     if token.expires_at <= now:
-        raise AccessDenied(
-            f"The authorization token of client {client.code!r} expired at "
-            f"{iso_ms(token.expires_at)}; {how}."
-        )
+        return f"expired at {iso_ms(token.expires_at)}"
+    return None
 
 
 def revoke(store: Store, client: Client, now_ms: int) -> int:

@@ -109,6 +109,8 @@ class Visit:
     third_party_id: str | None
     values: Mapping[str, str]
     request_id: str
+    #: Keys of its ECID and customerIds (``links.ecid_key``, ``links.customer_id_key``).
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,10 @@ class Store(OverviewReads, Protocol):
         """Every client, in code order."""
         ...
 
+    def find_client_by_org(self, org_id: str) -> Client | None:
+        """The client whose organization id is ``org_id`` (at most one has it), or None."""
+        ...
+
     def create_client(
         self, code: str, require_auth: bool, api_key: str, secret_hash: str, now_ms: int
     ) -> Client:
@@ -182,9 +188,12 @@ class Store(OverviewReads, Protocol):
         disabled: bool | None = None,
         limits: Mapping[str, int | float | str] | None = None,
         credentials: tuple[str, str] | None = None,
+        org_id: str | None = None,
     ) -> Client:
         """Change the fields given (``limits`` replaces the whole overrides object,
-        ``credentials`` is (api_key, secret_hash)); ``UnknownClient`` if there is none."""
+        ``credentials`` is (api_key, secret_hash), an empty ``org_id`` removes it);
+        ``UnknownClient`` if there is none, ``OrganizationTaken`` if another client has
+        ``org_id``."""
         ...
 
     def create_token(self, token: Token, others_revoked_at_ms: int) -> None:
@@ -202,6 +211,16 @@ class Store(OverviewReads, Protocol):
 
     def revoke_tokens(self, client_id: int, now_ms: int) -> int:
         """Revoke at ``now_ms`` every token of the client still valid then; return how many."""
+        ...
+
+    def revoke_all_tokens(self, now_ms: int) -> int:
+        """Revoke at ``now_ms`` every token of every client still valid then (the server
+        secret changed); return how many."""
+        ...
+
+    def claim_secret(self, fingerprint: str, now_ms: int, replace: bool = False) -> str:
+        """Record ``fingerprint`` as the server secret's if none is recorded (or, with
+        ``replace``, in place of the recorded one); return the one recorded now."""
         ...
 
     def accept_batch(self, batch: NewBatch, now_ms: int, limits: Limits) -> tuple[int, str]:
@@ -323,8 +342,9 @@ class Store(OverviewReads, Protocol):
         max_profile_bytes: int,
         expire_before_ms: int = 0,
     ) -> str:
-        """Apply a page call now: create or link profiles (``links.plan_link``), then
-        apply its values after the link. Returns the stored key of its profile.
+        """Apply a page call now: create or link profiles (``links.plan_link``), point its
+        ECID and customerIds (``visit.aliases``) at the profile, then apply its values after
+        the link. Returns the stored key of its profile.
 
         A call that changes nothing only marks the profile active.
         """

@@ -16,15 +16,44 @@ A page call carrying tntId T and thirdPartyId X:
 5. T belongs to another thirdPartyId's profile (someone else signed in on this
    device): T moves to X's profile (created empty if missing). No attribute
    moves: two known people are never merged.
+
+A page call may also carry an Experience Cloud ID (``id.marketingCloudVisitorId``,
+key ``'m:' + ECID``) and ``id.customerIds`` (key ``'c:' + integrationCode + ':' + id``,
+the code percent-encoded). They are aliases too: after the plan above, each points at
+the call's profile (moving from another profile if it pointed elsewhere, as a tntId
+does in rule 5; nothing merges). And when T is new and there is no thirdPartyId, a
+profile one of them already finds is the call's profile: T becomes an alias of it, so a
+visitor who lost the Target cookie but kept the ECID finds the same profile again.
 """
 
 from __future__ import annotations
 
 import json
+import urllib.parse
 from dataclasses import dataclass
 
 from profilebase.models import KeyKind
 from profilebase.storage.merge import dump_attrs
+
+#: Key prefix of an Experience Cloud ID (marketingCloudVisitorId) alias.
+ECID_PREFIX = "m:"
+#: Key prefix of a customerIds alias.
+CUSTOMER_ID_PREFIX = "c:"
+
+
+def ecid_key(ecid: str) -> str:
+    return ECID_PREFIX + ecid
+
+
+def customer_id_key(integration_code: str, identifier: str) -> str:
+    """The alias key of a customerIds entry; the code is percent-encoded, so ``:`` divides."""
+    return f"{CUSTOMER_ID_PREFIX}{urllib.parse.quote(integration_code, safe='')}:{identifier}"
+
+
+def customer_id_of(key: str) -> dict[str, str]:
+    """``{"integrationCode", "id"}`` of a ``customer_id_key``."""
+    code, _, identifier = key[len(CUSTOMER_ID_PREFIX) :].partition(":")
+    return {"integrationCode": urllib.parse.unquote(code), "id": identifier}
 
 
 @dataclass(frozen=True)
@@ -48,11 +77,18 @@ class LinkPlan:
 
 
 def plan_link(
-    tnt_key: str, tnt_profile: str | None, third_key: str | None, third_exists: bool
+    tnt_key: str,
+    tnt_profile: str | None,
+    third_key: str | None,
+    third_exists: bool,
+    known: str | None = None,
 ) -> LinkPlan:
-    """Plan a page call: ``tnt_profile`` is the stored key T resolves to (None if unknown)."""
+    """Plan a page call: ``tnt_profile`` is the stored key T resolves to (None if unknown);
+    ``known`` the stored key of a live profile the call's ECID or customerIds find."""
     if third_key is None:
         if tnt_profile is None:
+            if known is not None:
+                return LinkPlan(target=known, alias=tnt_key)
             return LinkPlan(target=tnt_key, create=True)
         return LinkPlan(target=tnt_profile)
     if tnt_profile == third_key:

@@ -120,7 +120,7 @@ def pc_id_of(db: Connection, client_id: int, key: str, stored: str) -> str | Non
             return candidate[2:]
     found = db.execute(
         "SELECT alias FROM identities WHERE client_id = %s AND pkey = %s "
-        "ORDER BY linked_seq DESC LIMIT 1",
+        "AND alias >= 'p:' AND alias < 'p;' ORDER BY linked_seq DESC LIMIT 1",
         (client_id, stored),
     ).fetchone()
     return None if found is None else str(found[0])[2:]

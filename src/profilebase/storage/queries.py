@@ -426,14 +426,21 @@ class SharedQueries(OverviewQueries, ABC):
         if visit.third_party_id is not None:
             third_key = KeyKind.THIRD_PARTY_ID.key(visit.third_party_id)
         with self._write() as db:
-            self._lock_for_write(db, client_id, [tnt_key] + ([third_key] if third_key else []))
+            keys = [tnt_key, *([third_key] if third_key else []), *visit.aliases]
+            self._lock_for_write(db, client_id, keys)
             tnt_profile = steps.live_key(db, client_id, tnt_key, expire_before_ms)
             third_exists = third_key is not None and (
                 steps.live_key(db, client_id, third_key, expire_before_ms) == third_key
             )
-            plan = plan_link(tnt_key, tnt_profile, third_key, third_exists)
+            known = None
+            if tnt_profile is None and third_key is None:
+                found = (steps.live_key(db, client_id, a, expire_before_ms) for a in visit.aliases)
+                known = next((key for key in found if key is not None), None)
+            plan = plan_link(tnt_key, tnt_profile, third_key, third_exists, known)
             target = plan.target
-            if not plan.changes and not visit.values:
+            # The call's ECID and customerIds that do not find its profile yet.
+            moved = [a for a in visit.aliases if steps.resolve(db, client_id, a) != target]
+            if not plan.changes and not moved and not visit.values:
                 steps.touch(db, client_id, target, now_ms)
                 return target
             base = steps.new_write(db, client_id, WriteKind.DELIVERY, visit.request_id, now_ms)
@@ -451,16 +458,25 @@ class SharedQueries(OverviewQueries, ABC):
                     self._sql("UPDATE profiles SET pkey = ? WHERE client_id = ? AND pkey = ?"),
                     (target, client_id, plan.rename),
                 )
+                db.execute(
+                    self._sql("UPDATE identities SET pkey = ? WHERE client_id = ? AND pkey = ?"),
+                    (target, client_id, plan.rename),
+                )
             if plan.absorb:
                 self._absorb(db, client_id, target, plan.absorb, link_seq)
-            if plan.alias:
+            # The renamed or absorbed key stays an id of the profile (it differs from the
+            # alias when T was itself an alias of an anonymous profile, through an ECID).
+            gone = plan.rename or plan.absorb
+            aliases = [plan.alias] if plan.alias else []
+            aliases += [gone] if gone and gone != plan.alias else []
+            for alias in [*aliases, *moved]:
                 db.execute(
                     self._sql(
                         "INSERT INTO identities (client_id, alias, pkey, linked_seq) "
                         "VALUES (?, ?, ?, ?) ON CONFLICT (client_id, alias) DO UPDATE SET "
                         "pkey = excluded.pkey, linked_seq = excluded.linked_seq"
                     ),
-                    (client_id, plan.alias, target, link_seq),
+                    (client_id, alias, target, link_seq),
                 )
             if visit.values:
                 steps.apply_values(

@@ -72,7 +72,7 @@ def build_profile(
 
 
 #: The columns ``client_from_row`` reads, in order.
-CLIENT_COLUMNS = "id, code, require_auth, disabled, limits, api_key, secret_hash"
+CLIENT_COLUMNS = "id, code, require_auth, disabled, limits, api_key, secret_hash, org_id"
 
 
 def client_from_row(row: Sequence[Any] | None) -> Client | None:
@@ -88,6 +88,7 @@ def client_from_row(row: Sequence[Any] | None) -> Client | None:
         limits=dict(json.loads(limits) if isinstance(limits, str | bytes) else limits),
         api_key=None if row[5] is None else str(row[5]),
         secret_hash=None if row[6] is None else str(row[6]),
+        org_id=None if row[7] is None else str(row[7]),
     )
 
 

@@ -91,7 +91,7 @@ def pc_id_of(db: sqlite3.Connection, client_id: int, key: str, stored: str) -> s
             return candidate[2:]
     found = db.execute(
         "SELECT alias FROM identities WHERE client_id = ? AND pkey = ? "
-        "ORDER BY linked_seq DESC LIMIT 1",
+        "AND alias >= 'p:' AND alias < 'p;' ORDER BY linked_seq DESC LIMIT 1",
         (client_id, stored),
     ).fetchone()
     return None if found is None else str(found[0])[2:]

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from profilebase import server_secret
 from profilebase.config import Settings
 from profilebase.errors import DatabaseUnavailable, ProfilebaseError
 from profilebase.metrics import Metrics
@@ -107,6 +108,9 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.readiness_limiter = CapacityLimiter(READINESS_THREADS)
         await run_in_threadpool(prepare, the_store, settings)
+        app.state.secret = await run_in_threadpool(
+            server_secret.open_secret, settings, the_store, clock()
+        )
         pool = WorkerPool(the_store, settings, count, clock, metrics)
         pool.start()
         try:

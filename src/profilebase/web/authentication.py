@@ -2,10 +2,11 @@
 
 - ``POST /{client}/target/authentication/token?authorizationScope=profile_api`` (or
   ``scope=``) creates a token: 201 ``{accessToken, tokenType, scope, expiresIn}``.
-- ``GET`` on the same path shows the active token: only its hash is kept, so the reply
-  carries its last four characters instead of the value.
+- ``GET`` on the same path returns the active token in the same shape, with the seconds
+  it has left (the server derives it again from the server secret; 404 if none).
 - ``GET|POST /admin/rest/v1/authentication/token?client=…&scope=profile_api`` is Target
-  Classic's form: 200 ``{access_token, scope, expires_in, token_type}``.
+  Classic's form: 200 ``{access_token, scope, expires_in, token_type}``; the client is
+  resolved as every route that takes it from outside the path does.
 
 All of them authenticate with HTTP Basic ``api_key:secret``.
 """
@@ -26,9 +27,12 @@ from profilebase.errors import BadRequest, NotFound, Unauthenticated
 from profilebase.models import Client
 from profilebase.web.context import (
     address_of,
+    client_named_by,
     clock_of,
+    enabled,
     failed_attempts_of,
     find_client,
+    secret_of,
     settings_of,
     store_of,
 )
@@ -49,9 +53,8 @@ def basic_credentials(request: Request) -> tuple[str, str] | None:
     return (key, secret) if colon else None
 
 
-async def authenticated_client(request: Request, code: str) -> Client:
-    """The client ``code`` once the request's Basic credentials are its own (else 401)."""
-    client = await find_client(request, code)
+async def authenticated_client(request: Request, client: Client) -> Client:
+    """``client`` once the request's Basic credentials are its own (else 401)."""
     attempts = failed_attempts_of(request)
     address = address_of(request)
     attempts.check(address)
@@ -82,29 +85,17 @@ def require_scope(request: Request, *names: str) -> None:
 
 
 async def token(request: Request) -> Response:
-    """POST creates a token (201); GET shows the active one (200) or 404."""
+    """POST creates a token (201); GET returns the active one (200) or 404."""
     require_scope(request, "authorizationScope", "scope")
-    client = await authenticated_client(request, request.path_params["client"])
+    found = await find_client(request, request.path_params["client"])
+    client = await authenticated_client(request, found)
     store, now = store_of(request), clock_of(request)()
     if request.method == "GET":
-        active = await run_in_threadpool(store.active_token, client.id, tokens.PROFILE_API, now)
-        if active is None:
-            raise NotFound(
-                f"Client {client.code!r} has no active profile_api token; create one with POST "
-                "on this URL."
-            )
-        seconds_left = int(active.expires_at.timestamp() - now / 1000)
-        body = {
-            "tokenType": "bearer",
-            "scope": active.scope,
-            "expiresIn": seconds_left,
-            "accessTokenLast4": active.last4,
-        }
-        return JSONResponse(body, headers=NO_STORE)
+        return await active_token(request, client, now)
     settings = settings_of(request)
     ttl = client_limits(settings, client.limits).token_ttl_seconds
     issued = await run_in_threadpool(
-        tokens.issue, store, client, ttl, settings.token_grace_seconds, now
+        tokens.issue, store, client, secret_of(request), ttl, settings.token_grace_seconds, now
     )
     body = {
         "accessToken": issued.value,
@@ -115,19 +106,42 @@ async def token(request: Request) -> Response:
     return JSONResponse(body, status_code=201, headers=NO_STORE)
 
 
+async def active_token(request: Request, client: Client, now: int) -> Response:
+    """The client's active token, derived again from the server secret, with its seconds
+    left; 404 when it has none, or only one made before tokens could be shown."""
+    active = await run_in_threadpool(
+        store_of(request).active_token, client.id, tokens.PROFILE_API, now
+    )
+    create = "create one with POST on this URL (with the same credentials)"
+    if active is None:
+        raise NotFound(f"Client {client.code!r} has no active profile_api token; {create}.")
+    value = tokens.reveal(secret_of(request), active)
+    if value is None:
+        raise NotFound(
+            f"The active token of client {client.code!r} (…{active.last4}) was made before "
+            f"this server could show tokens again, so only its hash is kept; {create}."
+        )
+    body = {
+        "accessToken": value,
+        "tokenType": "bearer",
+        "scope": active.scope,
+        "expiresIn": int(active.expires_at.timestamp() - now / 1000),
+    }
+    return JSONResponse(body, headers=NO_STORE)
+
+
 async def legacy_token(request: Request) -> Response:
     """Target Classic's token call: a new token, in snake_case, with its shorter lifetime."""
-    code = request.query_params.get("client", "").strip()
-    if not code:
-        raise BadRequest("The client query parameter is missing: add ?client=<client code>.")
     require_scope(request, "scope")
-    client = await authenticated_client(request, code)
+    found = enabled(await run_in_threadpool(client_named_by, request))
+    client = await authenticated_client(request, found)
     settings = settings_of(request)
     ttl = settings.legacy_token_ttl_seconds
     issued = await run_in_threadpool(
         tokens.issue,
         store_of(request),
         client,
+        secret_of(request),
         ttl,
         settings.token_grace_seconds,
         clock_of(request)(),

@@ -1,5 +1,6 @@
-"""What every handler needs: settings, store, clock, the request's client — resolved and
-authorized in one place so that no endpoint can forget to — its limits, and its body."""
+"""What every handler needs: settings, store, clock, the server secret, the request's
+client — resolved and authorized in one place so that no endpoint can forget to — its
+limits, and its body."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from profilebase import tokens
+from profilebase.clients import CODE
 from profilebase.config import Settings, client_limits
 from profilebase.errors import (
     AccessDenied,
@@ -23,6 +25,7 @@ from profilebase.errors import (
     UnknownClient,
 )
 from profilebase.models import Client, Limits
+from profilebase.server_secret import ServerSecret
 from profilebase.storage.base import Store
 from profilebase.web.attempts import FailedAttempts
 
@@ -50,6 +53,12 @@ def clock_of(request: Request) -> Callable[[], int]:
     return clock
 
 
+def secret_of(request: Request) -> ServerSecret:
+    """The server secret tokens derive from, confirmed against the database at start-up."""
+    secret: ServerSecret = request.app.state.secret
+    return secret
+
+
 def failed_attempts_of(request: Request) -> FailedAttempts:
     attempts: FailedAttempts = request.app.state.failed_attempts
     return attempts
@@ -60,13 +69,18 @@ def address_of(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def presented_token(request: Request) -> str | None:
-    """The token of ``Authorization: Bearer <t>`` or, as older Target docs spell it,
-    of the header ``access_token: <t>``."""
+def presented_tokens(request: Request) -> list[tokens.Presented]:
+    """Every token the request carries: ``Authorization: Bearer <t>`` and, as older Target
+    docs spell it, the header ``access_token: <t>``. A library that authenticates to Adobe
+    I/O sends both, its own Bearer token and the profile API token, so each one counts."""
+    found = []
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.headers.get("access_token", "").strip() or None
+        found.append(tokens.Presented("the Authorization header", value.strip()))
+    legacy = request.headers.get("access_token", "").strip()
+    if legacy and all(legacy != other.value for other in found):
+        found.append(tokens.Presented("the access_token header", legacy))
+    return found
 
 
 async def find_client(request: Request, code: str) -> Client:
@@ -75,6 +89,10 @@ async def find_client(request: Request, code: str) -> Client:
     client = await run_in_threadpool(store_of(request).get_client, code)
     if client is None:
         raise UnknownClient(code)
+    return enabled(client)
+
+
+def enabled(client: Client) -> Client:
     if client.disabled:
         raise ClientDisabled(client.code)
     return client
@@ -84,13 +102,21 @@ async def resolve_client(request: Request, code: str | None = None) -> Client:
     """The client named in the path (or ``code``), once it may make this profile API call.
 
     1. Unknown client: 404; disabled client: 403.
-    2. If the client requires authorization: an address with too many recent failures
-       gets 429; then the token must be the client's, valid now (401 if missing, 403
-       if not). A refused token counts as a failure of the address.
+    2. ``authorized``: the client's token, if it requires one.
     """
     client = await find_client(
         request, code if code is not None else request.path_params.get("client", "")
     )
+    return await authorized(request, client)
+
+
+async def authorized(request: Request, client: Client) -> Client:
+    """``client`` once the request may make a profile API call for it.
+
+    If the client requires authorization: an address with too many recent failures gets
+    429; then one of the tokens the request carries must be the client's, valid now (401
+    if there is none, 403 if none is). A refused request counts as a failure of the address.
+    """
     if not client.require_auth:
         return client
     attempts = failed_attempts_of(request)
@@ -100,7 +126,7 @@ async def resolve_client(request: Request, code: str | None = None) -> Client:
             tokens.authorize,
             store_of(request),
             client,
-            presented_token(request),
+            presented_tokens(request),
             clock_of(request)(),
         )
     except AccessDenied:
@@ -109,16 +135,65 @@ async def resolve_client(request: Request, code: str | None = None) -> Client:
     return client
 
 
-async def client_from_query(request: Request, authorize: bool = True) -> Client:
-    """The client named by the ``client`` query parameter, as Target's ``/rest/`` APIs take it,
-    authorized as ``resolve_client`` does; with ``authorize`` False only found (the Delivery
-    API, which Target takes without credentials: page calls come from browsers)."""
-    code = request.query_params.get("client", "").strip()
-    if not code:
-        raise BadRequest("The client query parameter is missing: add ?client=<your client code>.")
-    if not authorize:
-        return await find_client(request, code)
-    return await resolve_client(request, code)
+async def request_client(
+    request: Request, authorize: bool = True, literal: str | None = None
+) -> Client:
+    """The client of a route that takes it from outside the path (docs/clients.md, Which
+    client a request is for), authorized as ``resolve_client`` does; with ``authorize``
+    False only found (the Delivery API, which Target takes without credentials: page
+    calls come from browsers). ``literal`` is the placeholder a path may carry instead of
+    a client code (``/m2/client/…``): a client really named so comes before the default.
+    """
+    client = await run_in_threadpool(client_named_by, request, literal)
+    enabled(client)
+    return await authorized(request, client) if authorize else client
+
+
+def client_named_by(request: Request, literal: str | None = None) -> Client:
+    """Which client a request is for, the first of:
+
+    1. the ``client`` query parameter (404 if there is no such client);
+    2. the first label of the Host header, when it is a client's code
+       (``acme.tt.omtrdc.net``: how Target's own clients name it);
+    3. the client whose organization id is the ``imsOrgId`` query parameter;
+    4. a client named ``literal``;
+    5. the server's ``default_client``, while that client exists.
+    """
+    store = store_of(request)
+    named = request.query_params.get("client", "").strip()
+    if named:
+        found = store.get_client(named)
+        if found is None:
+            raise UnknownClient(named)
+        return found
+    label = host_label(request)
+    found = store.get_client(label) if label else None
+    if found is None:
+        org_id = request.query_params.get("imsOrgId", "").strip()
+        found = store.find_client_by_org(org_id) if org_id else None
+    if found is None and literal:
+        found = store.get_client(literal)
+    default = settings_of(request).default_client.strip()
+    if found is None and default:
+        found = store.get_client(default)
+    if found is None:
+        missing = f" (the server's default_client {default!r} does not exist)" if default else ""
+        raise BadRequest(
+            "The client query parameter is missing and nothing else names a client"
+            f"{missing}: add ?client=<your client code>, or give the client the organization "
+            "id the request carries as imsOrgId (`profilebase clients set CODE --org-id "
+            "…@AdobeOrg`)."
+        )
+    return found
+
+
+def host_label(request: Request) -> str | None:
+    """The first label of the Host header, lower-cased, if it could be a client code."""
+    host = request.headers.get("host", "")
+    if host.startswith("["):  # an IPv6 address names no client
+        return None
+    label = host.split(":")[0].split(".")[0].lower()
+    return label if CODE.fullmatch(label) else None
 
 
 async def with_headers(

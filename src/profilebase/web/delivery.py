@@ -1,11 +1,18 @@
 """The profile side of Target's Delivery API: ``POST /rest/v1/delivery?client=…&sessionId=…``.
 
-A page call names a visitor (``id.tntId``, ``id.thirdPartyId``) and may carry
+A page call names a visitor (``id.tntId``, ``id.thirdPartyId``, and as aliases its
+Experience Cloud ID ``id.marketingCloudVisitorId`` and ``id.customerIds``) and may carry
 ``profileParameters`` in each part of the request. profilebase decides no offers:
 it creates or links the visitor's profile, applies the parameters, and answers
-with Target's envelope (``status``, ``requestId``, ``client``, ``id``,
-``edgeHost``, and the ``execute``/``prefetch`` parts echoing each mbox) with no
-content. A call without a tntId gets a new one in Target's format.
+with Target's envelope (``status``, ``requestId``, ``client``, ``id``, and the
+``execute``/``prefetch`` parts echoing each mbox and view with no ``options``). A call without
+a tntId gets a new one in Target's format.
+
+Nothing in the reply names an edge: no ``edgeHost`` and no location hint in new
+tntIds. Adobe's SDKs send every later call of a visitor to
+``mboxedge<hint>.tt.omtrdc.net`` when they find a hint in either (``edgeHost``
+``127.0.0.1:8080`` reads as hint ``127``); without one they keep the server they
+were configured with, which is the right one: profilebase has no edges.
 """
 
 from __future__ import annotations
@@ -25,21 +32,25 @@ from profilebase.errors import BadRequest
 from profilebase.ids import check_id
 from profilebase.models import KeyKind
 from profilebase.storage.base import Visit
+from profilebase.storage.links import customer_id_key, ecid_key
 from profilebase.web.context import (
-    client_from_query,
     clock_of,
     limits_of,
     read_body,
+    request_client,
     scalar_text,
     store_of,
 )
 
-#: The location hint of tntIds made here (Target's are cluster numbers such as 28).
-LOCATION_HINT = "0"
 MAX_PARAMETERS = 50
 MAX_NAME_LENGTH = 128
 MAX_VALUE_LENGTH = 256
 MAX_MBOXES = 50
+MAX_ECID_LENGTH = 128
+MAX_CUSTOMER_IDS = 50
+MAX_CUSTOMER_ID_LENGTH = 128
+MAX_INTEGRATION_CODE_LENGTH = 50
+AUTHENTICATED_STATES = {"unknown", "authenticated", "logged_out"}
 SESSION_ID = re.compile(r"[!-~]{1,128}")
 SESSION_ID_FORBIDDEN = set(" ?{}/")
 #: Where profileParameters may appear, in the order they apply (a later value wins).
@@ -60,18 +71,20 @@ class DeliveryCall:
     tnt_id: str | None
     third_party_id: str | None
     values: dict[str, str]
+    #: Alias keys of its ECID and customerIds.
+    aliases: tuple[str, ...] = ()
 
 
 def new_tnt_id() -> str:
-    """A new tntId in Target's format: 32 hex digits, a dot, the location hint, ``_0``."""
-    return f"{uuid.uuid4().hex}.{LOCATION_HINT}_0"
+    """A new tntId: 32 hex digits, without the optional ``.<hint>_<n>`` location suffix."""
+    return uuid.uuid4().hex
 
 
 async def delivery(request: Request) -> Response:
     """Create or link the visitor's profile, apply its parameters, answer Target's envelope."""
     # No token: "There is no authentication for Target Delivery APIs" (even for a client
     # whose profile APIs require one); an unknown or disabled client is still refused.
-    client = await client_from_query(request, authorize=False)
+    client = await request_client(request, authorize=False)
     check_session_id(request.query_params.get("sessionId"))
     limits = limits_of(request, client)
     body = await read_body(request, limits.max_delivery_bytes, "max_delivery_bytes")
@@ -89,7 +102,7 @@ async def delivery(request: Request) -> Response:
     await run_in_threadpool(
         store_of(request).visit,
         client.id,
-        Visit(tnt_id, call.third_party_id, call.values, request_id),
+        Visit(tnt_id, call.third_party_id, call.values, request_id, call.aliases),
         now,
         limits.max_profile_bytes,
         limits.expire_before_ms(now),
@@ -101,7 +114,6 @@ async def delivery(request: Request) -> Response:
         "requestId": request_id,
         "client": client.code,
         "id": identity,
-        "edgeHost": request.headers.get("host") or request.url.netloc,
         **echo(payload),
     }
     return JSONResponse(reply)
@@ -140,6 +152,11 @@ def parse_call(payload: dict[str, Any]) -> DeliveryCall:
     identity = as_object(payload.get("id"), "id")
     tnt_id = optional_id(identity, "tntId", KeyKind.PC_ID)
     third_party_id = optional_id(identity, "thirdPartyId", KeyKind.THIRD_PARTY_ID)
+    ecid = plain_text(
+        identity.get("marketingCloudVisitorId"), "id.marketingCloudVisitorId", MAX_ECID_LENGTH
+    )
+    aliases = [ecid_key(ecid)] if ecid else []
+    aliases += customer_id_keys(identity.get("customerIds"))
     values: dict[str, str] = {}
     for section, part in PARTS:
         container = payload if section is None else as_object(payload.get(section), section)
@@ -154,7 +171,7 @@ def parse_call(payload: dict[str, Any]) -> DeliveryCall:
             label = where if part == "pageLoad" else f"{where}[{index}]"
             item = as_object(item, label)
             values.update(profile_parameters(item.get("profileParameters"), label))
-    return DeliveryCall(tnt_id, third_party_id, values)
+    return DeliveryCall(tnt_id, third_party_id, values, tuple(dict.fromkeys(aliases)))
 
 
 def optional_id(identity: dict[str, Any], name: str, kind: KeyKind) -> str | None:
@@ -168,6 +185,48 @@ def optional_id(identity: dict[str, Any], name: str, kind: KeyKind) -> str | Non
     if problem:
         raise BadRequest(f"Invalid id.{name}: {problem}.")
     return value
+
+
+def plain_text(value: Any, where: str, longest: int, required: bool = False) -> str | None:
+    """An id given as text: at most ``longest`` characters, no control characters."""
+    if value is None or value == "":
+        if required:
+            raise BadRequest(f"{where} is missing: give it as a non-empty string.")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{where} must be a string.")
+    if len(value) > longest:
+        raise BadRequest(f"{where} is {len(value)} characters long; at most {longest}.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise BadRequest(f"{where} contains a control character (such as NUL or CR); remove it.")
+    return value
+
+
+def customer_id_keys(raw: Any) -> list[str]:
+    """The alias keys of ``id.customerIds``: at most 50 ``{id, integrationCode,
+    authenticatedState}``, as Target's Delivery API defines them."""
+    entries = as_list(raw, "id.customerIds")
+    if len(entries) > MAX_CUSTOMER_IDS:
+        raise BadRequest(f"id.customerIds: size must be between 0 and {MAX_CUSTOMER_IDS}.")
+    keys = []
+    for index, entry in enumerate(entries):
+        where = f"id.customerIds[{index}]"
+        entry = as_object(entry, where)
+        identifier = plain_text(entry.get("id"), f"{where}.id", MAX_CUSTOMER_ID_LENGTH, True)
+        code = plain_text(
+            entry.get("integrationCode"),
+            f"{where}.integrationCode",
+            MAX_INTEGRATION_CODE_LENGTH,
+            True,
+        )
+        state = entry.get("authenticatedState")
+        if state is not None and state not in AUTHENTICATED_STATES:
+            raise BadRequest(
+                f"{where}.authenticatedState must be one of "
+                f"{', '.join(sorted(AUTHENTICATED_STATES))}."
+            )
+        keys.append(customer_id_key(str(code), str(identifier)))
+    return keys
 
 
 def profile_parameters(raw: Any, where: str) -> dict[str, str]:
@@ -234,12 +293,15 @@ def echo(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def echo_item(item: dict[str, Any], position: int, with_index: bool) -> dict[str, Any]:
-    """An mbox (its ``index``, by default its position, and ``name``) or a view (``name``)."""
+    """An mbox (its ``index``, by default its position, and ``name``) or a view (``name``),
+    with an empty list of ``options``: no offer. Adobe's Python SDK reads ``options`` of
+    every mbox (``getAttributes``) and fails where it is missing."""
     out: dict[str, Any] = {}
     if with_index:
         out["index"] = item.get("index", position)
     if "name" in item:
         out["name"] = item["name"]
+    out["options"] = []
     return out
 
 

@@ -102,7 +102,20 @@ REFUSALS = (401, 403, 404, 429)
 #: A client code: 1 to 64 of a-z, 0-9, `_` and `-` (errors.InvalidClientCode).
 CLIENT_CODE: Schema = {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"}
 CLIENT = path_param("client", "The client code (tenant).", CLIENT_CODE)
-CLIENT_QUERY = query_param("client", "The client code.", CLIENT_CODE, required=True)
+#: How a route that takes its client from outside the path finds it (docs/clients.md).
+CLIENT_FROM_OUTSIDE: list[Schema] = [
+    query_param(
+        "client",
+        "The client code. Without it: the client the Host header's first label names, else "
+        "the client whose organization id is imsOrgId, else the server's default_client.",
+        CLIENT_CODE,
+    ),
+    query_param(
+        "imsOrgId",
+        "The Adobe organization id (…@AdobeOrg) Target's SDKs send: names the client that has "
+        "it (`profilebase clients set CODE --org-id …`) when neither client= nor Host does.",
+    ),
+]
 #: delivery.SESSION_ID: printable ASCII without space, `?`, `{`, `}` or `/`.
 SESSION_ID: Schema = {"type": "string", "pattern": "^[!-.0->@-z|~]{1,128}$"}
 PROFILE_API: Schema = {"type": "string", "enum": ["profile_api"]}
@@ -185,7 +198,7 @@ def profile_fetch(param: Schema) -> Schema:
     return operation(
         TARGET,
         "Fetch a profile with every attribute written to it.",
-        [param, CLIENT_QUERY],
+        [param, *CLIENT_FROM_OUTSIDE],
         {"200": reply("The profile.", JSON, ref("Profile")), **errors(JSON, 400, *REFUSALS)},
         security=TOKEN_IF_REQUIRED,
     )
@@ -210,11 +223,11 @@ def token() -> Schema:
         ),
         "get": operation(
             TARGET,
-            "Show the client's active token: type, scope, seconds left and its last 4 "
-            "characters (only a hash of the token is kept).",
+            "Retrieve the client's active token: the token, its type, scope and the seconds it "
+            "has left (the server derives it again from its secret); 404 when there is none.",
             [CLIENT, scope, SCOPE],
             {
-                "200": reply("The active token.", JSON, ref("TokenInfo")),
+                "200": reply("The active token.", JSON, ref("Token")),
                 **errors(JSON, 400, *REFUSALS),
             },
             security=BASIC,
@@ -227,7 +240,7 @@ def legacy_token() -> Schema:
         TARGET,
         "Target Classic's token call: a new profile API token, in snake_case, with its "
         "shorter lifetime (legacy_token_ttl_seconds).",
-        [CLIENT_QUERY, {**SCOPE, "required": True}],
+        [*CLIENT_FROM_OUTSIDE, {**SCOPE, "required": True}],
         {
             "200": reply("The new token.", JSON, ref("LegacyToken")),
             **errors(JSON, 400, *REFUSALS),
@@ -250,14 +263,13 @@ def single_update(method: str) -> Schema:
         TARGET,
         "Single profile update: set profile.<name>=<value> attributes of one existing profile, "
         "applied before the reply. The literal path /m2/client/profile/update takes the client "
-        "from ?client= or the Host header's first label.",
+        "from ?client=, the Host header's first label or imsOrgId, then a client named client, "
+        "then the server's default_client.",
         [
             CLIENT,
             query_param("mboxPC", "The profile's tntId (or mbox3rdPartyId instead)."),
             query_param("mbox3rdPartyId", "Your own id of the profile (or mboxPC instead)."),
-            query_param(
-                "client", "The client code, for the literal path /m2/client/…", CLIENT_CODE
-            ),
+            *CLIENT_FROM_OUTSIDE,
         ],
         {
             "200": reply("Applied.", XML, ref("XmlUpdated")),
@@ -271,8 +283,9 @@ def single_update(method: str) -> Schema:
 def profile_delete(param: Schema) -> Schema:
     return operation(
         EXTENSION,
-        "Delete the profile this id finds, with its thirdPartyId and every linked tntId.",
-        [param, CLIENT_QUERY],
+        "Delete the profile this id finds, with its thirdPartyId and every linked tntId, "
+        "ECID and customer id.",
+        [param, *CLIENT_FROM_OUTSIDE],
         {"204": {"description": "Deleted."}, **errors(JSON, 400, *REFUSALS, 507)},
         security=TOKEN_IF_REQUIRED,
     )
@@ -291,6 +304,10 @@ def paths() -> dict[str, Schema]:
         "third_party_id",
         "Your own id (mbox3rdPartyId), without `+` or `/`." + rule,
         id_schema(MAX_THIRD_PARTY_ID_LENGTH),
+    )
+    ecid = path_param(
+        "ecid",
+        "An Experience Cloud ID (marketingCloudVisitorId) a page call linked to the profile.",
     )
     return {
         "/healthz": {
@@ -334,7 +351,7 @@ def paths() -> dict[str, Schema]:
                 "calls come from browsers), even for a client whose profile APIs require a "
                 "token.",
                 [
-                    CLIENT_QUERY,
+                    *CLIENT_FROM_OUTSIDE,
                     query_param(
                         "sessionId",
                         "1-128 printable characters, no space, ?, {, } or /.",
@@ -366,7 +383,7 @@ def paths() -> dict[str, Schema]:
                 "Export every profile of the client, streamed from one snapshot: JSON lines, or "
                 "a v2 batch file that posts back to the same attribute values.",
                 [
-                    CLIENT_QUERY,
+                    *CLIENT_FROM_OUTSIDE,
                     query_param(
                         "format",
                         "jsonl (fetch-shaped objects with their ids) or batch.",
@@ -398,6 +415,10 @@ def paths() -> dict[str, Schema]:
         "/rest/v1/profiles/thirdPartyId/{third_party_id}": {
             "get": profile_fetch(third_party_id),
             "delete": profile_delete(third_party_id),
+        },
+        "/rest/v1/profiles/marketingCloudVisitorId/{ecid}": {
+            "get": profile_fetch(ecid),
+            "delete": profile_delete(ecid),
         },
         "/{client}/target/authentication/token": token(),
         "/admin/rest/v1/authentication/token": {
@@ -552,6 +573,19 @@ def schemas() -> dict[str, Schema]:
                     "items": text,
                     "description": "Export only: the tntIds of the profile.",
                 },
+                "marketingCloudVisitorIds": {
+                    "type": "array",
+                    "items": text,
+                    "description": "Export only: the Experience Cloud IDs linked to the profile.",
+                },
+                "customerIds": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"integrationCode": text, "id": text},
+                    },
+                    "description": "Export only: the customerIds linked to the profile.",
+                },
             },
         },
         "DeliveryRequest": {
@@ -590,7 +624,6 @@ def schemas() -> dict[str, Schema]:
                 "requestId": text,
                 "client": text,
                 "id": ref("VisitorId"),
-                "edgeHost": text,
                 "execute": {"type": "object"},
                 "prefetch": {"type": "object"},
                 "notifications": {"type": "array", "items": {"type": "object"}},
@@ -601,8 +634,27 @@ def schemas() -> dict[str, Schema]:
             "properties": {
                 "tntId": id_schema(MAX_PC_ID_LENGTH),
                 "thirdPartyId": id_schema(MAX_THIRD_PARTY_ID_LENGTH),
-                "marketingCloudVisitorId": text,
-                "customerIds": {"type": "array", "items": {"type": "object"}},
+                "marketingCloudVisitorId": {
+                    **text,
+                    "maxLength": 128,
+                    "description": "Linked to the visitor's profile; fetch finds it by this id.",
+                },
+                "customerIds": {
+                    "type": "array",
+                    "maxItems": 50,
+                    "description": "Each {id, integrationCode} is linked to the visitor's profile.",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "integrationCode"],
+                        "properties": {
+                            "id": {**text, "maxLength": 128},
+                            "integrationCode": {**text, "maxLength": 50},
+                            "authenticatedState": {
+                                "enum": ["unknown", "authenticated", "logged_out"]
+                            },
+                        },
+                    },
+                },
             },
         },
         "Limits": {
@@ -624,7 +676,6 @@ def schemas() -> dict[str, Schema]:
             },
         },
         "Token": {"type": "object", "properties": {"accessToken": text, **token}},
-        "TokenInfo": {"type": "object", "properties": {**token, "accessTokenLast4": text}},
         "LegacyToken": {
             "type": "object",
             "properties": {

@@ -1,9 +1,10 @@
 """Profiles by id: Target's fetch, plus delete and export (beyond Target).
 
-``/rest/v1/profiles/{pcId}`` and ``/rest/v1/profiles/thirdPartyId/{id}`` answer
-GET (fetch) and DELETE; ``/rest/v1/profiles`` streams every profile of a client.
-The id in the path is matched as sent, so a pcId holding ``/`` (sent as ``%2F``)
-is one path segment, and checked by the same rule as every other id.
+``/rest/v1/profiles/{pcId}``, ``/rest/v1/profiles/thirdPartyId/{id}`` and
+``/rest/v1/profiles/marketingCloudVisitorId/{ECID}`` answer GET (fetch) and DELETE;
+``/rest/v1/profiles`` streams every profile of a client. The id in the path is matched
+as sent, so a pcId holding ``/`` (sent as ``%2F``) is one path segment, and checked by
+the same rule as every other id.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from profilebase import export, ids
 from profilebase.errors import BadRequest, NotFound
 from profilebase.models import KeyKind
 from profilebase.storage.base import Store
-from profilebase.web.context import client_from_query, clock_of, limits_of, store_of
+from profilebase.storage.links import ecid_key
+from profilebase.web.context import clock_of, limits_of, request_client, store_of
 
 #: Profiles read per database round trip while exporting.
 EXPORT_PAGE = 500
@@ -52,35 +54,44 @@ class RawPathRoute(Route):
         return super().matches({**scope, "path": path, "root_path": ""})
 
 
-def not_found(client_code: str, kind: KeyKind, identifier: str) -> NotFound:
-    """Target's 404 message for an unknown (or expired) profile."""
-    what = "mboxPC" if kind is KeyKind.PC_ID else "third party id"
-    return NotFound(f"No profile found for client {client_code} with {what}={identifier}")
+def not_found(client_code: str, named: str) -> NotFound:
+    """Target's 404 message for an unknown (or expired) profile; ``named`` is ``what=id``."""
+    return NotFound(f"No profile found for client {client_code} with {named}")
 
 
-def identify(request: Request) -> tuple[KeyKind, str]:
-    """The kind and the id of the path, decoded and checked by the id rule (400 if broken)."""
-    if "third_party_id" in request.path_params:
-        kind, raw = KeyKind.THIRD_PARTY_ID, request.path_params["third_party_id"]
-    else:
-        kind, raw = KeyKind.PC_ID, request.path_params["pc_id"]
-    return kind, path_id(kind, raw)
+def identify(request: Request) -> tuple[str, str]:
+    """The key the path names a profile by, and the id as Target's 404 names it; the id
+    decoded and checked by the id rule (400 if broken)."""
+    params = request.path_params
+    if "third_party_id" in params:
+        identifier = path_id(KeyKind.THIRD_PARTY_ID, params["third_party_id"])
+        return KeyKind.THIRD_PARTY_ID.key(identifier), f"third party id={identifier}"
+    if "ecid" in params:
+        ecid = decode_segment("marketingCloudVisitorId", params["ecid"])
+        return ecid_key(ecid), f"marketingCloudVisitorId={ecid}"
+    identifier = path_id(KeyKind.PC_ID, params["pc_id"])
+    return KeyKind.PC_ID.key(identifier), f"mboxPC={identifier}"
 
 
-def path_id(kind: KeyKind, raw: str) -> str:
+def decode_segment(name: str, raw: str) -> str:
     """Decode one path segment as sent (``%XX`` is a byte of UTF-8; ``+`` is itself)."""
     if _BAD_PERCENT.search(raw):
         raise BadRequest(
-            f"The {kind} in the path has an invalid percent-encoding: '%' must be followed by "
+            f"The {name} in the path has an invalid percent-encoding: '%' must be followed by "
             "two hex digits (encode a literal '%' as %25)."
         )
     try:
-        identifier = urllib.parse.unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
+        return urllib.parse.unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest(
-            f"The {kind} in the path is not valid UTF-8 once percent-decoded: percent-encode "
+            f"The {name} in the path is not valid UTF-8 once percent-decoded: percent-encode "
             "the UTF-8 bytes of the id (ü as %C3%BC)."
         ) from None
+
+
+def path_id(kind: KeyKind, raw: str) -> str:
+    """A pcId or thirdPartyId from the path, decoded and checked by the id rule."""
+    identifier = decode_segment(str(kind), raw)
     problem = ids.check_id(kind, identifier)
     if problem:
         raise BadRequest(f"Invalid {kind} in the path: {problem}.")
@@ -89,37 +100,35 @@ def path_id(kind: KeyKind, raw: str) -> str:
 
 async def fetch(request: Request) -> Response:
     """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from."""
-    client = await client_from_query(request)
-    kind, identifier = identify(request)
+    client = await request_client(request)
+    key, named = identify(request)
     before = limits_of(request, client).expire_before_ms(clock_of(request)())
-    profile = await run_in_threadpool(
-        store_of(request).get_profile, client.id, kind.key(identifier), before
-    )
+    profile = await run_in_threadpool(store_of(request).get_profile, client.id, key, before)
     if profile is None:
-        raise not_found(client.code, kind, identifier)
+        raise not_found(client.code, named)
     return JSONResponse(export.profile_json(profile))
 
 
 async def delete(request: Request) -> Response:
     """Delete the profile with every id linked to it: 204, or 404 if there is none."""
-    client = await client_from_query(request)
-    kind, identifier = identify(request)
+    client = await request_client(request)
+    key, named = identify(request)
     now = clock_of(request)()
     deleted = await run_in_threadpool(
         store_of(request).delete_profile,
         client.id,
-        kind.key(identifier),
+        key,
         now,
         limits_of(request, client).expire_before_ms(now),
     )
     if not deleted:
-        raise not_found(client.code, kind, identifier)
+        raise not_found(client.code, named)
     return Response(status_code=204)
 
 
 async def export_profiles(request: Request) -> Response:
     """Stream every profile of the client, a page at a time, from one consistent snapshot."""
-    client = await client_from_query(request)
+    client = await request_client(request)
     form = request.query_params.get("format", "jsonl")
     if form not in FORMATS:
         raise BadRequest(f"format must be batch or jsonl, got {form!r}.")
@@ -175,6 +184,8 @@ routes = [
     Route("/rest/v1/profiles", export_profiles, methods=["GET"]),
     RawPathRoute("/rest/v1/profiles/thirdPartyId/{third_party_id}", fetch, methods=["GET"]),
     RawPathRoute("/rest/v1/profiles/thirdPartyId/{third_party_id}", delete, methods=["DELETE"]),
+    RawPathRoute("/rest/v1/profiles/marketingCloudVisitorId/{ecid}", fetch, methods=["GET"]),
+    RawPathRoute("/rest/v1/profiles/marketingCloudVisitorId/{ecid}", delete, methods=["DELETE"]),
     RawPathRoute("/rest/v1/profiles/{pc_id}", fetch, methods=["GET"]),
     RawPathRoute("/rest/v1/profiles/{pc_id}", delete, methods=["DELETE"]),
 ]

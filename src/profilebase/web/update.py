@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from profilebase.errors import BadRequest, NotFound, RequestTooLarge, UnknownClient
+from profilebase.errors import BadRequest, NotFound, RequestTooLarge
 from profilebase.ids import check_id
 from profilebase.models import DAY_MS, Client, KeyKind, Limits
 from profilebase.storage import quota
@@ -25,6 +25,7 @@ from profilebase.web.context import (
     clock_of,
     limits_of,
     read_body,
+    request_client,
     resolve_client,
     scalar_text,
     store_of,
@@ -80,20 +81,12 @@ async def apply(request: Request, client: Client, limits: Limits) -> Response:
 
 
 async def update_client(request: Request) -> Client:
-    """The client of the path; for the literal ``/m2/client/…``, the ``client`` parameter, else
-    the first label of the Host header, else a client really named ``client``."""
+    """The client of the path; for the literal ``/m2/client/…``, the client a request names
+    from outside the path (``request_client``), a client really named ``client`` before
+    the server's default."""
     if request.path_params["client"] != LITERAL_CLIENT:
         return await resolve_client(request)
-    named = request.query_params.get("client", "").strip()
-    if named:
-        return await resolve_client(request, named)
-    label = request.headers.get("host", "").split(":")[0].split(".")[0]
-    if label:
-        try:
-            return await resolve_client(request, label)
-        except UnknownClient:
-            pass
-    return await resolve_client(request, LITERAL_CLIENT)
+    return await request_client(request, literal=LITERAL_CLIENT)
 
 
 async def read_parameters(request: Request, limits: Limits) -> list[tuple[str, str]]:
