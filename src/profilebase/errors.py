@@ -19,6 +19,7 @@ default message.
     │   └── BatchRejected      400: the batch body is malformed
     │       └── BatchTooLarge  413: too many bytes or rows
     ├── IdempotencyConflict    409: an Idempotency-Key was already used for another body
+    ├── BatchFinished          409: a batch to cancel has already finished
     ├── QuotaExceeded          429: a quota or rate is used up (carries retry_after)
     │   └── TooManyFailures    429: too many failed authentications from one address
     ├── StorageError           500: the database failed in a way the user cannot fix
@@ -165,6 +166,12 @@ class TooManyFailures(QuotaExceeded):
 
 class IdempotencyConflict(ProfilebaseError):
     """This Idempotency-Key was already used for a different batch body."""
+
+    status = 409
+
+
+class BatchFinished(ProfilebaseError):
+    """The batch has already finished: there is nothing left to cancel."""
 
     status = 409
 

@@ -38,6 +38,7 @@ from profilebase.models import Client, Counts, FailedRow, KeyKind, Limits, Profi
 from profilebase.storage import migrations, redact
 from profilebase.storage import postgres_profiles as profiles
 from profilebase.storage.base import DecodedRow, NewBatch, UnitClaim, UpdateOutcome, Visit
+from profilebase.storage.batch_control import BatchControl
 from profilebase.storage.clients import ClientQueries
 from profilebase.storage.merge import (
     V1_WAITS_FOR_EARLIER_BATCHES,
@@ -177,7 +178,7 @@ class _Writer:
             )
 
 
-class PostgresStore(ClientQueries):
+class PostgresStore(BatchControl, ClientQueries):
     """A ``Store`` on a PostgreSQL database shared by any number of processes."""
 
     backend = "postgres"

@@ -20,6 +20,7 @@ from profilebase.errors import ConfigError
 from profilebase.models import Counts, FailedRow, KeyKind, Limits
 from profilebase.storage import migrations, sqlite_profiles
 from profilebase.storage.base import DecodedRow, NewBatch, UnitClaim
+from profilebase.storage.batch_control import BatchControl
 from profilebase.storage.clients import ClientQueries
 from profilebase.storage.merge import (
     V1_WAITS_FOR_EARLIER_BATCHES,
@@ -78,7 +79,7 @@ class _Writer:
         return byte_size(row.attrs if found is None else merge_attrs(found[0], row.attrs))
 
 
-class SQLiteStore(ClientQueries, SharedQueries):
+class SQLiteStore(BatchControl, ClientQueries, SharedQueries):
     """A ``Store`` on one SQLite database file."""
 
     backend = "sqlite"
