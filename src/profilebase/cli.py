@@ -1039,3 +1039,112 @@ def batches_cancel(
             "(reason `cancelled`); rows applied before stay applied."
         )
     status_summary(status)
+
+
+# -- whole databases: copy and backup ------------------------------------------------------
+
+
+@main.command("copy")
+@click.option("--from", "source", required=True, help="Database URL to copy from.")
+@click.option("--to", "target", required=True, help="Database URL to copy into.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Delete every row of the target first (its data is lost); without it the target "
+    "must be empty, or hold an interrupted copy from the same source.",
+)
+@click.option(
+    "--replace-nul",
+    is_flag=True,
+    help="Store U+FFFD where a value holds U+0000, which PostgreSQL cannot store "
+    "[default: stop and name the row].",
+)
+@click.option(
+    "--page-rows",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Rows written per transaction (a page ends sooner once it holds about 8 MB).",
+)
+def copy_command(
+    source: str, target: str, overwrite: bool, replace_nul: bool, page_rows: int
+) -> None:
+    """Copy everything a server holds to another database, SQLite or PostgreSQL: clients,
+    credentials, tokens, profiles, links, batch statuses and queued batches.
+
+    The source may keep serving reads. Run the same command again after an interruption:
+    it goes on where it stopped. The target's row counts are checked at the end.
+    """
+    import time
+
+    from profilebase.client.console import ProgressBar
+    from profilebase.storage import open_store
+    from profilebase.transfer import Copy
+
+    if source == target:
+        raise click.UsageError("--from and --to name the same database.")
+    start = time.monotonic()
+    try:
+        settings = Settings.from_env()
+        stores = []
+        for url in (source, target):
+            stores.append(open_store(url, sqlite_synchronous=settings.sqlite_synchronous))
+        try:
+            for store in stores:
+                store.migrate()
+            with ProgressBar("copying") as bar:
+                report = Copy(
+                    stores[0],
+                    stores[1],
+                    redact(source),
+                    overwrite=overwrite,
+                    page_rows=page_rows,
+                    replace_nul=replace_nul,
+                    on_progress=lambda table, done, total: bar.rows(
+                        f"copying {table}" if table else "copying", done, total
+                    ),
+                ).run()
+        finally:
+            for store in stores:
+                store.close()
+    except ProfilebaseError as exc:
+        raise Refused(exc.message) from None
+    except KeyboardInterrupt:
+        raise Unavailable(
+            "Interrupted. Run the same command again: the copy goes on where it stopped."
+        ) from None
+    seconds = time.monotonic() - start
+    resumed = " (resumed)" if report.resumed else ""
+    click.echo(
+        f"Copied {report.total:,} rows in {len(report.rows)} tables{resumed} in {seconds:.1f} s; "
+        "every table's row count matches the source."
+    )
+    for name, rows in sorted(report.rows.items()):
+        click.echo(f"  {name}: {rows:,}")
+    if report.replaced_nul:
+        click.echo(f"{report.replaced_nul:,} value(s) had U+0000 replaced by U+FFFD.")
+
+
+@main.command("backup")
+@database_option
+@click.argument("path", type=click.Path(dir_okay=False))
+def backup_command(database: str | None, path: str) -> None:
+    """Write a consistent copy of a live SQLite database to the new file PATH (SQLite's online
+    backup API), while the server goes on; for PostgreSQL it says which pg_dump to run."""
+    import os
+
+    from profilebase.storage.tables import TableAccess
+
+    with opened(database) as (settings, store):
+        if not isinstance(store, TableAccess):
+            raise Refused("This database's backend has no backup.")
+        try:
+            store.backup(path)
+        except ProfilebaseError as exc:
+            raise Refused(exc.message) from None
+    size = os.path.getsize(path)
+    click.echo(
+        f"Backed up {redact(settings.database)} to {path} ({size:,} bytes). Restore: stop the "
+        "server, put the file in the database's place (deleting its -wal and -shm files), "
+        "start the server."
+    )

@@ -75,6 +75,10 @@ class ProgressBar:
             completed=event.rows_applied,
         )
 
+    def rows(self, description: str, completed: int, total: int) -> None:
+        """Any other work counted in rows (``profilebase copy``)."""
+        self.progress.update(self.task, description=description, total=total, completed=completed)
+
     def status(self, status: BatchStatus) -> None:
         self.progress.update(
             self.task,

@@ -38,6 +38,7 @@ from profilebase.storage.sqlite_profiles import (
     expire_keys,
     json_list,
 )
+from profilebase.storage.sqlite_tables import SQLiteTables
 
 
 class _Writer:
@@ -79,7 +80,7 @@ class _Writer:
         return byte_size(row.attrs if found is None else merge_attrs(found[0], row.attrs))
 
 
-class SQLiteStore(BatchControl, ClientQueries, SharedQueries):
+class SQLiteStore(SQLiteTables, BatchControl, ClientQueries, SharedQueries):
     """A ``Store`` on one SQLite database file."""
 
     backend = "sqlite"
