@@ -1148,3 +1148,86 @@ def backup_command(database: str | None, path: str) -> None:
         "server, put the file in the database's place (deleting its -wal and -shm files), "
         "start the server."
     )
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@remote_options
+@direct_option
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="Send part N with the key KEY-N; run again with the same key to finish an "
+    "interrupted import without importing any part twice.",
+)
+@click.option("--no-wait", is_flag=True, help="Return once every part is accepted.")
+def import_command(
+    file: str, idempotency_key: str | None, no_wait: bool, database: str | None, **remote: Any
+) -> None:
+    """Import profiles from JSON lines (what `export` writes): every id and link, values and
+    modified times, into a server (--url) or a database (--database).
+
+    Exit codes: 0 every line imported; 3 refused; 4 some lines failed; 5 server failure.
+    """
+    import time
+
+    from profilebase.client.console import ProgressBar
+    from profilebase.client.imports import ImportResult
+
+    start = time.monotonic()
+    database = direct_database(database)
+    result: ImportResult
+    with ProgressBar("importing") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.rows("importing", done, total)
+
+        if database is not None:
+            from profilebase import direct
+
+            with direct_store(database) as (settings, store):
+                try:
+                    result = direct.import_file(
+                        store,
+                        settings,
+                        remote["client_code"],
+                        file,
+                        idempotency_key,
+                        not no_wait,
+                        progress,
+                    )
+                except ProfilebaseError as exc:
+                    raise failure(exc) from None
+        else:
+            with open_client(remote) as client:
+                try:
+                    result = client.import_profiles(
+                        file,
+                        wait=not no_wait,
+                        idempotency_key=idempotency_key,
+                        on_progress=progress,
+                    )
+                except ProfilebaseError as exc:
+                    raise failure(exc) from None
+    seconds = time.monotonic() - start
+    batches = ", ".join(result.batch_ids) or "none"
+    click.echo(f"sent {result.rows:,} profiles in {len(result.batch_ids)} import(s): {batches}")
+    if no_wait:
+        return
+    rate = result.rows / seconds if seconds > 0 else 0
+    click.echo(
+        f"imported {result.applied:,} · failed {result.failed:,} · took {seconds:.1f} s "
+        f"({rate:,.0f} profiles/s)"
+    )
+    for item in result.failures[:20]:
+        click.echo(f"line {item.line} ({item.id!r}): {item.reason}", err=True)
+    if result.failed > 20:
+        click.echo(
+            f"... {result.failed - 20:,} more: `profilebase batches show` and the failures "
+            "endpoint list them all",
+            err=True,
+        )
+    if not result.finished:
+        sys.exit(EXIT_UNAVAILABLE)
+    if result.failed:
+        sys.exit(EXIT_ROWS_FAILED)

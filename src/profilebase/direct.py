@@ -9,9 +9,13 @@ database file.
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
 from typing import IO
 
-from profilebase import clients, export
+from profilebase import clients, export, profile_import
+from profilebase.client.imports import ImportFailure, ImportResult, split
 from profilebase.client.replies import BatchStatus
 from profilebase.config import Settings, client_limits
 from profilebase.errors import NotFound
@@ -19,6 +23,7 @@ from profilebase.models import Batch, Client, KeyKind, from_ms
 from profilebase.storage import Store
 from profilebase.storage.batch_control import Cancellation, Cancelled
 from profilebase.web.extensions import extended_state, rows_per_second
+from profilebase.worker import Worker
 
 #: Profiles read per round trip while exporting, as the server does.
 EXPORT_PAGE = 500
@@ -138,3 +143,64 @@ def cancel_batch(
     batch = find_batch(store, settings, client, batch_id)
     status = status_of(store, settings, client, batch, outcome.cancellation, now_ms)
     return outcome, status
+
+
+def import_file(
+    store: Store,
+    settings: Settings,
+    code: str,
+    path: str | os.PathLike[str],
+    idempotency_key: str | None,
+    wait: bool,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ImportResult:
+    """Import a JSON-lines file as the server's import endpoint does, part by part, then
+    apply it here (as a worker: with a batch queued before it on this database, that
+    one too, in order) unless ``wait`` is False."""
+    import uuid
+
+    client = clients.get(store, code)
+    limits = client_limits(settings, client.limits)
+    prefix = idempotency_key or uuid.uuid4().hex
+    sent = []
+    for part in split(path, limits.max_batch_bytes, limits.max_batch_rows):
+        intake = profile_import.ImportIntake(limits, settings.unit_rows, digest=True)
+        intake.feed(part.data)
+        intake.finish()
+        _, batch_id = profile_import.accept(
+            store, client, intake, limits, now(), f"{prefix}-{part.number}"
+        )
+        sent.append((part, batch_id))
+    rows = sum(part.rows for part, _ in sent)
+    ids = tuple(batch_id for _, batch_id in sent)
+    if not wait:
+        return ImportResult(rows, ids, finished=False)
+    worker = Worker(store, settings)
+    while True:
+        batches = [store.get_batch(client.id, batch_id) for _, batch_id in sent]
+        if on_progress is not None:
+            on_progress(sum(b.counts.consumed for b in batches if b is not None), rows)
+        if all(b is None or b.finished_at is not None for b in batches):
+            break
+        if not worker.run_once():  # another process holds the rest: wait for it
+            time.sleep(settings.poll_interval)
+    failures = []
+    applied = 0
+    for (part, _), batch in zip(sent, batches, strict=True):
+        if batch is None:
+            continue
+        applied += batch.counts.successful
+        after = 0
+        while True:
+            page = store.failed_rows(batch.seq, after, 10_000)
+            failures += [ImportFailure(part.file_line(f.line), f.id, f.reason) for f in page]
+            if len(page) < 10_000:
+                break
+            after = page[-1].line
+    return ImportResult(rows, ids, applied, tuple(sorted(failures, key=lambda f: f.line)))
+
+
+def now() -> int:
+    from profilebase.models import now_ms
+
+    return now_ms()

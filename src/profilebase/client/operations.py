@@ -8,14 +8,18 @@ exists on Adobe Target: they are refused before anything is sent there.
 
 from __future__ import annotations
 
+import os
+import time
 import urllib.parse
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
 import httpx
 
-from profilebase.client.replies import BatchStatus, parse_batch_status_json
+from profilebase.client.imports import ImportFailure, ImportResult, Part, split
+from profilebase.client.replies import BatchStatus, ServerFailure, parse_batch_status_json
 from profilebase.client.retry import RetryPolicy
 from profilebase.errors import ClientError, RemoteRejected, RemoteUnavailable
 from profilebase.models import KeyKind
@@ -67,6 +71,15 @@ class Operations:
         raise NotImplementedError
 
     def server_info(self, refresh: bool = False) -> Any:
+        raise NotImplementedError
+
+    def batch_status(self, batch: Any) -> BatchStatus:
+        raise NotImplementedError
+
+    def failed_rows(self, batch_id: str) -> list[ServerFailure]:
+        raise NotImplementedError
+
+    def interval(self) -> float:
         raise NotImplementedError
 
     def _profilebase_only(self, what: str) -> None:
@@ -152,3 +165,83 @@ class Operations:
             int(data.get("rowsCancelled", 0)),
             bool(data.get("alreadyCancelled", False)),
         )
+
+    # -- import ------------------------------------------------------------------------
+
+    def import_profiles(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> ImportResult:
+        """Import the profiles of a JSON-lines file (what ``export`` writes), ids, links,
+        values and modified times included.
+
+        1. The file is cut into parts within the server's limits (``max_batch_bytes``,
+           ``max_batch_rows``); a line too long for any part stops it before sending.
+        2. Parts are sent in order, part N with the idempotency key ``KEY-N``: the same
+           key again sends nothing twice. Each becomes an import batch on the server.
+        3. Unless ``wait`` is False, the batches are followed to the end
+           (``on_progress(rows done, rows sent)``) and every failed line is reported
+           with its line number in the file.
+        """
+        self._profilebase_only("profile import")
+        limits = self.server_info(refresh=True).limits
+        prefix = idempotency_key or uuid.uuid4().hex
+        sent: list[tuple[Part, str]] = []
+        for part in split(path, limits.max_batch_bytes, limits.max_batch_rows):
+            response = self.request(
+                "POST",
+                self._extension("/imports"),
+                content=part.data,
+                headers={
+                    "Content-Type": "application/x-ndjson",
+                    "Idempotency-Key": f"{prefix}-{part.number}",
+                },
+            )
+            sent.append((part, str(response.json()["batchId"])))
+        rows = sum(part.rows for part, _ in sent)
+        ids = tuple(batch_id for _, batch_id in sent)
+        if not wait:
+            return ImportResult(rows, ids, finished=False)
+        statuses = self._follow([b for _, b in sent], rows, timeout, on_progress)
+        failures = []
+        for (part, batch_id), status in zip(sent, statuses, strict=True):
+            if status.failed:
+                failures += [
+                    ImportFailure(part.file_line(f.line), f.id, f.reason)
+                    for f in self.failed_rows(batch_id)
+                ]
+        return ImportResult(
+            rows,
+            ids,
+            applied=sum(s.successful or 0 for s in statuses),
+            failures=tuple(sorted(failures, key=lambda f: f.line)),
+            finished=all(s.status == "complete" for s in statuses),
+        )
+
+    def _follow(
+        self,
+        batch_ids: list[str],
+        rows: int,
+        timeout: float | None,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> list[BatchStatus]:
+        """Poll the batches until each has finished (or ``timeout`` seconds passed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        statuses: dict[str, BatchStatus] = {}
+        while True:
+            for batch_id in batch_ids:
+                if batch_id not in statuses or not statuses[batch_id].finished:
+                    statuses[batch_id] = self.batch_status(batch_id)
+            if on_progress is not None:
+                on_progress(sum(s.applied for s in statuses.values()), rows)
+            if all(s.finished for s in statuses.values()):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            self.sleep(self.interval())
+        return [statuses[batch_id] for batch_id in batch_ids]

@@ -28,6 +28,7 @@ from profilebase.models import Batch, Client, Counts, FailedRow, KeyKind, Limits
 
 if TYPE_CHECKING:
     from profilebase.storage.batch_control import BatchListing, Cancellation, Cancelled
+    from profilebase.storage.imports import ImportRow
 
 
 @dataclass(frozen=True)
@@ -288,6 +289,20 @@ class Store(Protocol):
         is stopped (its ``apply_unit`` then writes nothing). None if the client has no
         such batch; ``BatchFinished`` if it completed uncancelled; a second cancel
         changes nothing (``already``)."""
+        ...
+
+    def apply_import_unit(
+        self,
+        claim: UnitClaim,
+        rows: Sequence[ImportRow],
+        failures: Sequence[FailedRow],
+        now_ms: int,
+        max_profile_bytes: int,
+        expire_before_ms: int = 0,
+    ) -> Counts | None:
+        """Apply a decoded unit of a profile import (batch version 3) and mark it done, in
+        one transaction: profiles merged by seq with their modified times, tntIds linked
+        (``storage/imports.py``). None, changing nothing, if the lease was lost."""
         ...
 
     def batch_cancellation(self, batch_seq: int) -> Cancellation | None:

@@ -47,6 +47,7 @@ from profilebase.storage.merge import (
     group_tombstones,
     merge_attrs,
 )
+from profilebase.storage.postgres_imports import PostgresImports
 from profilebase.storage.postgres_tables import PostgresTables
 from profilebase.storage.queries import Connection, SnapshotExport
 from profilebase.storage.records import claim_from_row
@@ -179,7 +180,7 @@ class _Writer:
             )
 
 
-class PostgresStore(PostgresTables, BatchControl, ClientQueries):
+class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries):
     """A ``Store`` on a PostgreSQL database shared by any number of processes."""
 
     backend = "postgres"

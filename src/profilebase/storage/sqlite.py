@@ -32,6 +32,7 @@ from profilebase.storage.merge import (
 )
 from profilebase.storage.queries import Connection, SharedQueries, SnapshotExport
 from profilebase.storage.records import claim_from_row
+from profilebase.storage.sqlite_imports import SQLiteImports
 from profilebase.storage.sqlite_profiles import (
     UPSERT_PROFILE,
     aliases_of,
@@ -80,7 +81,7 @@ class _Writer:
         return byte_size(row.attrs if found is None else merge_attrs(found[0], row.attrs))
 
 
-class SQLiteStore(SQLiteTables, BatchControl, ClientQueries, SharedQueries):
+class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, SharedQueries):
     """A ``Store`` on one SQLite database file."""
 
     backend = "sqlite"

@@ -39,16 +39,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from profilebase import __version__, batchfile
+from profilebase import __version__, batchfile, profile_import
 from profilebase.config import client_limits
 from profilebase.dry_run import limits_json
-from profilebase.errors import BadRequest, NotFound
+from profilebase.errors import BadRequest, BatchTooLarge, NotFound
 from profilebase.models import Batch, BatchState, Client, FailedRow, Limits, from_ms, iso_ms
 from profilebase.storage.base import Store, UnitsSummary
 from profilebase.storage.batch_control import Cancellation
 from profilebase.storage.quota import DAY_MS
 from profilebase.web import openapi
-from profilebase.web.bulk import effective_state
+from profilebase.web.bulk import effective_state, idempotency_key
 from profilebase.web.context import (
     address_of,
     clock_of,
@@ -93,6 +93,7 @@ async def client_info(request: Request) -> Response:
                 "failures": f"{PREFIX}/clients/{client.code}/batches/{{batchId}}/failures",
                 "batchList": f"{PREFIX}/clients/{client.code}/batches",
                 "cancel": f"{PREFIX}/clients/{client.code}/batches/{{batchId}}/cancel",
+                "profileImport": f"{PREFIX}/clients/{client.code}/imports",
                 "dryRun": True,
                 "idempotencyKey": True,
                 "profileExport": f"/rest/v1/profiles?client={client.code}&format=jsonl",
@@ -305,6 +306,38 @@ async def cancel_batch(request: Request) -> Response:
     return JSONResponse(status)
 
 
+async def import_profiles(request: Request) -> Response:
+    """Accept JSON lines of profiles as an import (a batch of version 3): 202 with its batch
+    id; workers apply it. Within the client's batch limits and quotas; an
+    ``Idempotency-Key`` works as on ``batchUpdate``."""
+    client = await resolve_client(request)
+    settings = settings_of(request)
+    limits = client_limits(settings, client.limits)
+    key = idempotency_key(request)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) >= limits.max_batch_bytes:
+        raise BatchTooLarge(
+            f"The import is {int(declared):,} bytes; one request must be smaller than "
+            f"{limits.max_batch_bytes:,} bytes (max_batch_bytes). Send the file in parts "
+            "(profilebase import does)."
+        )
+    intake = await profile_import.read(
+        request.stream(), limits, settings.unit_rows, digest=key is not None
+    )
+    _, batch_id = await run_in_threadpool(
+        profile_import.accept, store_of(request), client, intake, limits, clock_of(request)(), key
+    )
+    base = str(request.base_url).rstrip("/")
+    return JSONResponse(
+        {
+            "batchId": batch_id,
+            "rows": intake.rows,
+            "batchStatus": f"{base}{PREFIX}/clients/{client.code}/batches/{batch_id}",
+        },
+        status_code=202,
+    )
+
+
 def requested_by(body: bytes) -> str:
     """The ``by`` of a cancel request's JSON body ("" when there is no body)."""
     if not body.strip():
@@ -442,4 +475,5 @@ routes = [
     Route(PREFIX + "/clients/{client}/batches/{batch_id}", batch_status, methods=["GET"]),
     Route(PREFIX + "/clients/{client}/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
     Route(PREFIX + "/clients/{client}/batches/{batch_id}/failures", failures, methods=["GET"]),
+    Route(PREFIX + "/clients/{client}/imports", import_profiles, methods=["POST"]),
 ]

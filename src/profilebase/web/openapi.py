@@ -458,6 +458,34 @@ def operation_paths(ext: str) -> dict[str, Schema]:
                 },
             )
         },
+        ext + "/imports": {
+            "post": operation(
+                EXTENSION,
+                "Import profiles from JSON lines (what the jsonl export writes): accepted as a "
+                "batch of its own (version 3) that workers apply; follow it with its status.",
+                [
+                    CLIENT,
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "schema": {"type": "string", "maxLength": 255},
+                        "description": "A key already accepted for this client returns the "
+                        "import first accepted under it, not applied again.",
+                    },
+                ],
+                {
+                    "202": reply("Accepted.", JSON, ref("ImportAccepted")),
+                    **errors(JSON, 400, *REFUSALS, 409, 413),
+                },
+                security=TOKEN_IF_REQUIRED,
+                requestBody={
+                    "required": True,
+                    "description": "One profile per line: visitorId, thirdPartyId, tntIds, "
+                    "modifiedAt, profileAttributes {name: {value, modifiedAt}}.",
+                    "content": {"application/x-ndjson": {"schema": ref("Profile")}},
+                },
+            )
+        },
     }
 
 
@@ -647,6 +675,10 @@ def schemas() -> dict[str, Schema]:
                 "units": {"type": "object"},
                 "links": {"type": "object"},
             },
+        },
+        "ImportAccepted": {
+            "type": "object",
+            "properties": {"batchId": text, "rows": integer, "batchStatus": text},
         },
         "BatchList": {
             "type": "object",
