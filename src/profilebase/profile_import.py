@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from profilebase import batchfile
@@ -154,6 +154,10 @@ def accept(
         intake.units.close()
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MILLISECOND = timedelta(milliseconds=1)
+
+
 class LineError(ValueError):
     """A line that is not a profile; the message says why."""
 
@@ -169,7 +173,7 @@ def to_ms(text: object, what: str) -> int:
         ) from None
     if moment.tzinfo is None:
         raise LineError(f"{what} {text[:40]!r} has no time zone: add +00:00 (UTC)")
-    return int(moment.timestamp() * 1000)
+    return (moment - EPOCH) // MILLISECOND  # exact: no float rounding
 
 
 def checked_id(kind: KeyKind, value: object, field: str) -> str:
