@@ -400,3 +400,49 @@ def test_a_line_too_long_for_any_part_is_refused_before_sending(run, store: Stor
 def test_batchfile_ids_and_import_ids_follow_one_rule():
     """The import checks ids with the batch format's own rule."""
     assert batchfile.check_id is profile_import.batchfile.check_id
+
+
+ANY_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | TEXT
+    | st.sampled_from(["2026-01-31T12:00:00.001+00:00", "2026-01-31T12:00:00", "x"]),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(TEXT | st.sampled_from(["value", "modifiedAt"]), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+DOCUMENTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "visitorId": ANY_JSON | PC_ID,
+        "thirdPartyId": ANY_JSON | THIRD_PARTY,
+        "tntIds": ANY_JSON | st.lists(PC_ID, max_size=2),
+        "modifiedAt": ANY_JSON,
+        "profileAttributes": ANY_JSON
+        | st.dictionaries(
+            TEXT | st.just("profile.x"),
+            st.fixed_dictionaries({"value": ANY_JSON}, optional={"modifiedAt": ANY_JSON}) | TEXT,
+            max_size=3,
+        ),
+    },
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(document=DOCUMENTS)
+def test_the_fast_decoder_agrees_with_the_reference(document: dict[str, Any]):
+    """Wherever the msgspec path decodes a line, it decodes it as the reference does."""
+    line = json.dumps(document).encode()
+    fast = profile_import.fast_line(line, 7, 700, 5, {})
+    try:
+        reference = profile_import.decode_line(line, 7, 700, 5)
+    except profile_import.LineError:
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast._replace(attrs=json.loads(fast.attrs)) == reference._replace(
+            attrs=json.loads(reference.attrs)
+        )

@@ -22,6 +22,7 @@ deadlock. Nothing a unit already applied is undone.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -89,7 +90,10 @@ def printable(text: str) -> str:
 
 
 def cancelled_rows(version: int, first_line: int, body: bytes) -> Iterator[FailedRow]:
-    """A failed row, reason ``cancelled``, for each non-blank line of a unit's body."""
+    """A failed row, reason ``cancelled``, for each non-blank line of a unit's body (an
+    import's is compressed)."""
+    if version == IMPORT_VERSION and body:
+        body = zlib.decompress(body)
     for offset, line in enumerate(body.split(b"\n")):
         if batchfile.is_blank(line):
             continue

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 from profilebase.models import Counts, FailedRow
 from profilebase.storage.base import UnitClaim
-from profilebase.storage.merge import byte_size, merge_attrs
+from profilebase.storage.merge import MAX_BYTES_PER_CHAR, byte_size, merge_attrs
 from profilebase.storage.queries import Connection, SharedQueries
 
 
@@ -269,8 +269,9 @@ class ImportQueries(SharedQueries):
         """True if the profile stays within ``max_profile_bytes`` with this row merged."""
         before = stored.get(target)
         pending = changes.get(target)
-        bound = (before.size if before else 0) + byte_size(row.attrs)
-        bound += byte_size(pending.attrs) if pending else 0
+        # A character takes at most 4 bytes: most rows are judged without encoding them.
+        bound = (before.size if before else 0) + MAX_BYTES_PER_CHAR * len(row.attrs)
+        bound += MAX_BYTES_PER_CHAR * len(pending.attrs) if pending else 0
         if bound <= max_profile_bytes:
             return True
         attrs = before.attrs if before else "{}"
