@@ -1123,6 +1123,11 @@ def copy_command(
         click.echo(f"  {name}: {rows:,}")
     if report.replaced_nul:
         click.echo(f"{report.replaced_nul:,} value(s) had U+0000 replaced by U+FFFD.")
+    click.echo(
+        "Tokens and client secrets travel as stored hashes and keep working. A server secret "
+        "kept in a file outside the database must be copied to the new server too "
+        "(docs/deployment.md, moving from SQLite to PostgreSQL, step 5)."
+    )
 
 
 @main.command("backup")
