@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 import msgspec
 
@@ -34,7 +34,7 @@ from profilebase import batchfile
 from profilebase.errors import BatchTooLarge
 from profilebase.ingest import SpooledUnits
 from profilebase.models import SEQ_SPAN, Client, Counts, FailedRow, KeyKind, Limits
-from profilebase.storage.base import NewBatch, Store, UnitClaim
+from profilebase.storage.base import NewBatch, Store, UnitClaim, UnitSpec
 from profilebase.storage.batch_control import IMPORT_VERSION
 from profilebase.storage.imports import ImportRow
 from profilebase.storage.merge import dump_attrs
@@ -45,9 +45,7 @@ __all__ = ["IMPORT_VERSION", "ImportIntake", "accept", "apply_claim", "decode_li
 class ImportIntake:
     """Cuts a JSON-lines body into units as it streams, within the byte and row limits.
 
-    A unit's lines are stored compressed (zlib, fastest level): JSON lines repeat their
-    field names, so they shrink several times, and the database writes, reads and clears
-    that much less (``unit_body`` opens them again).
+    Its units are stored compressed (``Compressed``).
     """
 
     def __init__(self, limits: Limits, unit_rows: int, digest: bool = False) -> None:
@@ -116,11 +114,37 @@ class ImportIntake:
 
     def _cut(self) -> None:
         if self.unit_rows_seen:
-            body = zlib.compress(b"\n".join(self.lines), 1)
-            self.units.add(self.first, self.unit_rows_seen, body)
+            self.units.add(self.first, self.unit_rows_seen, b"\n".join(self.lines))
         self.lines = []
         self.unit_rows_seen = 0
         self.first = self.line + 1
+
+
+class Compressed(Sequence[UnitSpec]):
+    """Units whose bodies are compressed as they are read (zlib, fastest level): JSON lines
+    repeat their field names, so they shrink several times, and the database writes, reads
+    and clears that much less (``unit_body`` opens them again). Compressing when the store
+    reads them keeps the work off the server's event loop and in the storing thread."""
+
+    def __init__(self, units: SpooledUnits) -> None:
+        self.units = units
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    @overload
+    def __getitem__(self, i: int) -> UnitSpec: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[UnitSpec]: ...
+    def __getitem__(self, i: int | slice) -> UnitSpec | Sequence[UnitSpec]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        unit = self.units[i]
+        return UnitSpec(unit.first_line, unit.row_count, zlib.compress(unit.body, 1))
+
+    def __iter__(self) -> Iterator[UnitSpec]:
+        for i in range(len(self)):
+            yield self[i]
 
 
 async def read(
@@ -155,7 +179,7 @@ def accept(
                 key_kind=KeyKind.THIRD_PARTY_ID,
                 names=(),
                 batch_size=intake.rows,
-                units=intake.units,
+                units=Compressed(intake.units),
                 idempotency_key=idempotency_key,
                 digest=intake.digest,
             ),
@@ -210,7 +234,7 @@ def attribute(name: object, entry: object, seq: int, default_ms: int) -> tuple[s
         )
     modified = default_ms
     if isinstance(entry, dict):
-        if "modifiedAt" in entry:
+        if entry.get("modifiedAt") is not None:
             modified = to_ms(entry["modifiedAt"], f"modifiedAt of attribute {name!r}")
         entry = entry.get("value")
     if not isinstance(entry, str):
@@ -254,7 +278,7 @@ def decode_line(line: bytes, number: int, seq: int, now_ms: int) -> ImportRow:
                 "be its visitorId"
             )
     default_ms = now_ms
-    if "modifiedAt" in document:
+    if document.get("modifiedAt") is not None:  # null is no time, as leaving it out
         default_ms = to_ms(document["modifiedAt"], "modifiedAt")
     found = document.get("profileAttributes", {})
     if not isinstance(found, dict):
