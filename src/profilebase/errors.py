@@ -21,6 +21,8 @@ default message.
     │   └── BatchRejected      400: the batch body is malformed
     │       └── BatchTooLarge  413: too many bytes or rows
     ├── IdempotencyConflict    409: an Idempotency-Key was already used for another body
+    ├── BatchFinished          409: a batch to cancel has already finished
+    ├── CopyRefused            `profilebase copy` cannot start or go on (target not empty, ...)
     ├── QuotaExceeded          429: a quota or rate is used up (carries retry_after)
     │   └── TooManyFailures    429: too many failed authentications from one address
     ├── StorageError           500: the database failed in a way the user cannot fix
@@ -186,6 +188,18 @@ class TooManyFailures(QuotaExceeded):
 
 class IdempotencyConflict(ProfilebaseError):
     """This Idempotency-Key was already used for a different batch body."""
+
+    status = 409
+
+
+class BatchFinished(ProfilebaseError):
+    """The batch has already finished: there is nothing left to cancel."""
+
+    status = 409
+
+
+class CopyRefused(ProfilebaseError):
+    """The copy cannot start or go on."""
 
     status = 409
 

@@ -30,7 +30,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 
-from profilebase import batchfile, logs
+from profilebase import batchfile, logs, profile_import
 from profilebase.config import Settings, client_limits
 from profilebase.decoder import decode_unit
 from profilebase.metrics import Metrics, serve_worker_metrics
@@ -97,16 +97,23 @@ class Worker:
         try:
             header = batchfile.Header(claim.key_kind, claim.names)
             now = self.clock()
-            rows, failures = decode_unit(claim.body, claim.first_line, header, claim.batch_seq, now)
             limits = client_limits(self.settings, claim.client_limits)
-            counts = self.store.apply_unit(
-                claim,
-                rows,
-                failures,
-                now,
-                limits.max_profile_bytes,
-                expire_before_ms=limits.expire_before_ms(now),
-            )
+            if claim.version == profile_import.IMPORT_VERSION:
+                counts = profile_import.apply_claim(
+                    self.store, claim, now, limits.max_profile_bytes, limits.expire_before_ms(now)
+                )
+            else:
+                rows, failures = decode_unit(
+                    claim.body, claim.first_line, header, claim.batch_seq, now
+                )
+                counts = self.store.apply_unit(
+                    claim,
+                    rows,
+                    failures,
+                    now,
+                    limits.max_profile_bytes,
+                    expire_before_ms=limits.expire_before_ms(now),
+                )
         except Exception as exc:  # a bug or a database outage: retry later, never drop
             attempt_delay = min(60_000, 1000 * 2 ** min(claim.attempts, 6))
             log.error(

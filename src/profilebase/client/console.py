@@ -75,6 +75,10 @@ class ProgressBar:
             completed=event.rows_applied,
         )
 
+    def rows(self, description: str, completed: int, total: int) -> None:
+        """Any other work counted in rows (``profilebase copy``)."""
+        self.progress.update(self.task, description=description, total=total, completed=completed)
+
     def status(self, status: BatchStatus) -> None:
         self.progress.update(
             self.task,
@@ -145,6 +149,8 @@ def status_summary(status: BatchStatus) -> None:
         "startedAt": status.started_at,
         "finishedAt": status.finished_at,
         "rowsPerSecond": status.rows_per_second,
+        "cancelledAt": status.cancelled_at,
+        "cancelledBy": status.cancelled_by,
     }
     for name, value in fields.items():
         if isinstance(value, datetime):
@@ -153,6 +159,41 @@ def status_summary(status: BatchStatus) -> None:
             click.echo(f"{name}: {value}")
     for identifier in status.failed_ids:
         click.echo(f"failed: {identifier}")
+
+
+def status_dict(status: BatchStatus) -> dict[str, object]:
+    """A batch status as JSON-ready fields, named as the server's JSON status names them."""
+    return {
+        "batchId": status.batch_id,
+        "status": status.status,
+        "state": None if status.state is None else str(status.state),
+        "reason": status.reason,
+        "batchSize": status.batch_size,
+        "consumedCount": status.consumed,
+        "successfulUpdates": status.successful,
+        "profilesNotFound": status.not_found,
+        "failedUpdates": status.failed,
+        "acceptedAt": timestamp(status.accepted_at),
+        "startedAt": timestamp(status.started_at),
+        "finishedAt": timestamp(status.finished_at),
+        "cancelled": None
+        if status.cancelled_at is None
+        else {"at": timestamp(status.cancelled_at), "by": status.cancelled_by},
+    }
+
+
+def batch_table(statuses: list[BatchStatus]) -> None:
+    """One line per batch: id, state, rows, applied, not found, failed, accepted."""
+    click.echo(
+        f"{'BATCH ID':<36} {'STATE':<10} {'ROWS':>9} {'APPLIED':>9} {'NOT FOUND':>9} "
+        f"{'FAILED':>9}  ACCEPTED"
+    )
+    for s in statuses:
+        state = "cancelled" if s.cancelled_at is not None else str(s.state or s.status)
+        click.echo(
+            f"{s.batch_id:<36} {state:<10} {s.batch_size or 0:>9,} {s.successful or 0:>9,} "
+            f"{s.not_found or 0:>9,} {s.failed or 0:>9,}  {timestamp(s.accepted_at) or '-'}"
+        )
 
 
 def profile_json(profile: RemoteProfile) -> str:

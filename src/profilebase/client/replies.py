@@ -133,6 +133,9 @@ class BatchStatus:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     rows_per_second: float | None = None
+    #: profilebase only: when the batch was cancelled, and who asked (else None).
+    cancelled_at: datetime | None = None
+    cancelled_by: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -195,6 +198,8 @@ def parse_batch_status_json(data: Mapping[str, Any]) -> BatchStatus:
         started_at=to_datetime(data.get("startedAt")),
         finished_at=to_datetime(data.get("finishedAt")),
         rows_per_second=data.get("rowsPerSecond"),
+        cancelled_at=to_datetime((data.get("cancelled") or {}).get("at")),
+        cancelled_by=(data.get("cancelled") or {}).get("by"),
     )
 
 

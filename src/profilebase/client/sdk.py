@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from profilebase import __version__
+from profilebase.client.operations import Operations
 from profilebase.client.push import (
     PartResult,
     Plan,
@@ -101,8 +102,11 @@ class ServerFailures:
     by_id: dict[tuple[int, str], str] = field(default_factory=dict)
 
 
-class Client:
-    """A connection to one profile server (profilebase or Target) for one client code."""
+class Client(Operations):
+    """A connection to one profile server (profilebase or Target) for one client code.
+
+    Export, import, delete and batch control come from ``Operations`` (profilebase only).
+    """
 
     def __init__(
         self,
@@ -199,18 +203,28 @@ class Client:
         self.http.headers["Authorization"] = f"Bearer {value}"
         return str(value)
 
-    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def request(
+        self, method: str, url: str, *, stream: bool = False, **kwargs: Any
+    ) -> httpx.Response:
         """Send a request, retrying network errors, 429 and 5xx; raise on a final failure.
 
         A 4xx other than 429 is ``RemoteRejected`` at once; no answer after every retry
-        is ``RemoteUnavailable``.
+        is ``RemoteUnavailable``. With ``stream``, a successful response's body is left
+        to read (``iter_bytes``) and the caller closes it.
         """
         if self._credentials is not None:
             self.authenticate()
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
             try:
-                response = self.http.request(method, url, **kwargs)
+                auth = kwargs.pop("auth", httpx.USE_CLIENT_DEFAULT)
+                response = self.http.send(
+                    self.http.build_request(method, url, **kwargs), stream=stream, auth=auth
+                )
+                kwargs["auth"] = auth
+                if stream and not response.is_success:
+                    response.read()
+                    response.close()
             except httpx.TransportError as exc:
                 if attempt == attempts:
                     raise RemoteUnavailable(

@@ -22,10 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from profilebase.models import Batch, Client, Counts, FailedRow, KeyKind, Limits, Profile, Token
 from profilebase.storage.overview import OverviewReads
+
+if TYPE_CHECKING:
+    from profilebase.storage.batch_control import BatchListing, Cancellation, Cancelled
+    from profilebase.storage.imports import ImportRow
 
 
 @dataclass(frozen=True)
@@ -304,6 +308,39 @@ class Store(OverviewReads, Protocol):
         self, batch_seq: int, after_line: int = 0, limit: int = 1000
     ) -> list[FailedRow]:
         """Failed rows of a batch in line order, starting after ``after_line``."""
+        ...
+
+    def cancel_batch(self, client_id: int, batch_id: str, by: str, now_ms: int) -> Cancelled | None:
+        """Stop a batch in one transaction: every row not yet applied fails with reason
+        ``cancelled`` and the batch completes, recording ``by`` and the time; nothing
+        applied is undone. A unit a worker is applying either commits first (applied) or
+        is stopped (its ``apply_unit`` then writes nothing). None if the client has no
+        such batch; ``BatchFinished`` if it completed uncancelled; a second cancel
+        changes nothing (``already``)."""
+        ...
+
+    def apply_import_unit(
+        self,
+        claim: UnitClaim,
+        rows: Sequence[ImportRow],
+        failures: Sequence[FailedRow],
+        now_ms: int,
+        max_profile_bytes: int,
+        expire_before_ms: int = 0,
+    ) -> Counts | None:
+        """Apply a decoded unit of a profile import (batch version 3) and mark it done, in
+        one transaction: profiles merged by seq with their modified times, tntIds linked
+        (``storage/imports.py``). None, changing nothing, if the lease was lost."""
+        ...
+
+    def batch_cancellation(self, batch_seq: int) -> Cancellation | None:
+        """Who cancelled the batch and when, or None."""
+        ...
+
+    def batch_listings(
+        self, client_id: int, limit: int = 50, unfinished: bool = False
+    ) -> list[BatchListing]:
+        """The client's batches, newest first (only those not finished, if asked)."""
         ...
 
     def get_profile(self, client_id: int, key: str, expire_before_ms: int = 0) -> Profile | None:

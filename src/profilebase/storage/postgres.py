@@ -38,6 +38,7 @@ from profilebase.models import Client, Counts, FailedRow, KeyKind, Limits, Profi
 from profilebase.storage import migrations, redact
 from profilebase.storage import postgres_profiles as profiles
 from profilebase.storage.base import DecodedRow, NewBatch, UnitClaim, UpdateOutcome, Visit
+from profilebase.storage.batch_control import BatchControl
 from profilebase.storage.clients import ClientQueries
 from profilebase.storage.merge import (
     V1_WAITS_FOR_EARLIER_BATCHES,
@@ -46,6 +47,8 @@ from profilebase.storage.merge import (
     group_tombstones,
     merge_attrs,
 )
+from profilebase.storage.postgres_imports import PostgresImports
+from profilebase.storage.postgres_tables import PostgresTables
 from profilebase.storage.queries import Connection, SnapshotExport
 from profilebase.storage.records import claim_from_row
 
@@ -197,7 +200,7 @@ class _Writer:
             )
 
 
-class PostgresStore(ClientQueries):
+class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries):
     """A ``Store`` on a PostgreSQL database shared by any number of processes."""
 
     backend = "postgres"

@@ -20,6 +20,7 @@ from profilebase.errors import ConfigError, DatabaseUnavailable, StorageError, S
 from profilebase.models import Counts, FailedRow, KeyKind, Limits
 from profilebase.storage import migrations, sqlite_profiles
 from profilebase.storage.base import DecodedRow, NewBatch, UnitClaim
+from profilebase.storage.batch_control import BatchControl
 from profilebase.storage.clients import ClientQueries
 from profilebase.storage.merge import (
     V1_WAITS_FOR_EARLIER_BATCHES,
@@ -31,12 +32,14 @@ from profilebase.storage.merge import (
 )
 from profilebase.storage.queries import Connection, SharedQueries, SnapshotExport
 from profilebase.storage.records import claim_from_row
+from profilebase.storage.sqlite_imports import SQLiteImports
 from profilebase.storage.sqlite_profiles import (
     UPSERT_PROFILE,
     aliases_of,
     expire_keys,
     json_list,
 )
+from profilebase.storage.sqlite_tables import SQLiteTables
 
 #: Retry-After of a refusal because another writer held the lock: it is usually soon free.
 BUSY_RETRY = 2
@@ -118,7 +121,7 @@ class _Writer:
         return byte_size(row.attrs if found is None else merge_attrs(found[0], row.attrs))
 
 
-class SQLiteStore(ClientQueries, SharedQueries):
+class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, SharedQueries):
     """A ``Store`` on one SQLite database file."""
 
     backend = "sqlite"

@@ -12,7 +12,13 @@ on them by accident:
   JSON, with the state, times, rate and, when stuck or throttled, the reason;
 - ``GET /profilebase/v1/clients/{client}/batches/{batchId}/failures``: the
   failed rows with line, id, reason and original cells, paged as JSON or
-  streamed as JSONL or CSV.
+  streamed as JSONL or CSV;
+- ``GET /profilebase/v1/clients/{client}/batches``: the client's batches,
+  newest first, as JSON statuses (``?unfinished=true``: only those not done);
+- ``POST /profilebase/v1/clients/{client}/batches/{batchId}/cancel``: stop a
+  batch; rows not yet applied fail with reason ``cancelled``;
+- ``POST /profilebase/v1/clients/{client}/imports``: import profiles from JSON
+  lines (``profile_import.py``), as a batch of its own.
 
 Each of them resolves its client with ``web.context.resolve_client``, as
 Target's routes do: a client that requires authorization needs its own token
@@ -33,18 +39,32 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from profilebase import __version__, batchfile
+from profilebase import __version__, batchfile, profile_import
 from profilebase.config import client_limits
 from profilebase.dry_run import limits_json
-from profilebase.errors import BadRequest, NotFound
+from profilebase.errors import BadRequest, BatchTooLarge, NotFound
 from profilebase.models import Batch, BatchState, Client, FailedRow, Limits, from_ms, iso_ms
 from profilebase.storage.base import Store, UnitsSummary
+from profilebase.storage.batch_control import Cancellation
 from profilebase.storage.quota import DAY_MS
 from profilebase.web import openapi
-from profilebase.web.bulk import effective_state
-from profilebase.web.context import clock_of, resolve_client, settings_of, store_of
+from profilebase.web.bulk import effective_state, idempotency_key
+from profilebase.web.context import (
+    address_of,
+    clock_of,
+    presented_tokens,
+    read_body,
+    resolve_client,
+    settings_of,
+    store_of,
+)
 
 PREFIX = "/profilebase/v1"
+#: Most batches one list returns.
+MAX_LISTED = 1000
+#: A cancel request's body is a small JSON object at most.
+MAX_CANCEL_BODY = 4096
+MAX_BY = 200
 PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10_000
 STREAM_PAGE = 5000
@@ -71,6 +91,9 @@ async def client_info(request: Request) -> Response:
             "extensions": {
                 "batchStatus": f"{PREFIX}/clients/{client.code}/batches/{{batchId}}",
                 "failures": f"{PREFIX}/clients/{client.code}/batches/{{batchId}}/failures",
+                "batchList": f"{PREFIX}/clients/{client.code}/batches",
+                "cancel": f"{PREFIX}/clients/{client.code}/batches/{{batchId}}/cancel",
+                "profileImport": f"{PREFIX}/clients/{client.code}/imports",
                 "dryRun": True,
                 "idempotencyKey": True,
                 "profileExport": f"/rest/v1/profiles?client={client.code}&format=jsonl",
@@ -176,7 +199,12 @@ def rows_per_second(batch: Batch, now: int) -> float | None:
 
 
 def status_json(
-    request: Request, batch: Batch, units: UnitsSummary, limits: Limits, now: int
+    request: Request,
+    batch: Batch,
+    units: UnitsSummary,
+    limits: Limits,
+    now: int,
+    cancellation: Cancellation | None = None,
 ) -> dict[str, Any]:
     standing = extended_state(batch, units, now, settings_of(request).stuck_after_seconds, limits)
     base = str(request.base_url).rstrip("/")
@@ -202,6 +230,9 @@ def status_json(
         "finishedAt": None if batch.finished_at is None else iso_ms(batch.finished_at),
         "lastProgressAt": iso_ms(batch.last_progress_at),
         "rowsPerSecond": rows_per_second(batch, now),
+        "cancelled": None
+        if cancellation is None
+        else {"at": iso_ms(cancellation.at), "by": cancellation.by},
         "units": {
             "total": batch.units_total,
             "done": units.done,
@@ -220,10 +251,118 @@ def status_json(
 async def batch_status(request: Request) -> Response:
     """JSON batch status: everything Target's XML has, plus state, times, rate and reason."""
     client, batch = await find_batch(request)
+    return JSONResponse(await full_status(request, client, batch))
+
+
+async def full_status(request: Request, client: Client, batch: Batch) -> dict[str, Any]:
+    """The JSON status of one batch, its units and cancellation read now."""
+    store = store_of(request)
     now = clock_of(request)()
-    units = await run_in_threadpool(store_of(request).units_summary, batch.seq, now)
+    units = await run_in_threadpool(store.units_summary, batch.seq, now)
+    cancellation = await run_in_threadpool(store.batch_cancellation, batch.seq)
     limits = client_limits(settings_of(request), client.limits)
-    return JSONResponse(status_json(request, batch, units, limits, now))
+    return status_json(request, batch, units, limits, now, cancellation)
+
+
+async def list_batches(request: Request) -> Response:
+    """The client's batches, newest first: ``limit`` (1-1000, default 50) and, with
+    ``unfinished=true``, only those not complete yet."""
+    client = await resolve_client(request)
+    limit = int_param(request, "limit", 50, 1, MAX_LISTED)
+    unfinished = bool_param(request, "unfinished")
+    listed = await run_in_threadpool(store_of(request).batch_listings, client.id, limit, unfinished)
+    return JSONResponse(
+        {
+            "client": client.code,
+            "batches": [await full_status(request, client, item.batch) for item in listed],
+        }
+    )
+
+
+def bool_param(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "false").strip().lower()
+    if raw not in {"true", "false"}:
+        raise BadRequest(f"The {name} parameter must be true or false, got {raw!r}.")
+    return raw == "true"
+
+
+async def cancel_batch(request: Request) -> Response:
+    """Stop a batch: rows not yet applied fail with reason ``cancelled``; nothing applied is
+    undone. The JSON body may say who asks (``{"by": "alice"}``); the server adds the
+    caller's address and, if one was sent, the token's last four characters."""
+    client, batch = await find_batch(request)
+    body = await read_body(request, MAX_CANCEL_BODY, "a cancel request's body")
+    by = caller(request, requested_by(body))
+    store = store_of(request)
+    outcome = await run_in_threadpool(
+        store.cancel_batch, client.id, batch.batch_id, by, clock_of(request)()
+    )
+    if outcome is None:  # purged in between
+        raise NotFound(f"No batch {batch.batch_id!r} for client {client.code!r}.")
+    fresh = await run_in_threadpool(store.get_batch, client.id, batch.batch_id)
+    status = await full_status(request, client, fresh or batch)
+    status["rowsCancelled"] = outcome.rows_cancelled
+    status["alreadyCancelled"] = outcome.already
+    return JSONResponse(status)
+
+
+async def import_profiles(request: Request) -> Response:
+    """Accept JSON lines of profiles as an import (a batch of version 3): 202 with its batch
+    id; workers apply it. Within the client's batch limits and quotas; an
+    ``Idempotency-Key`` works as on ``batchUpdate``."""
+    client = await resolve_client(request)
+    settings = settings_of(request)
+    limits = client_limits(settings, client.limits)
+    key = idempotency_key(request)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) >= limits.max_batch_bytes:
+        raise BatchTooLarge(
+            f"The import is {int(declared):,} bytes; one request must be smaller than "
+            f"{limits.max_batch_bytes:,} bytes (max_batch_bytes). Send the file in parts "
+            "(profilebase import does)."
+        )
+    intake = await profile_import.read(
+        request.stream(), limits, settings.unit_rows, digest=key is not None
+    )
+    _, batch_id = await run_in_threadpool(
+        profile_import.accept, store_of(request), client, intake, limits, clock_of(request)(), key
+    )
+    base = str(request.base_url).rstrip("/")
+    return JSONResponse(
+        {
+            "batchId": batch_id,
+            "rows": intake.rows,
+            "batchStatus": f"{base}{PREFIX}/clients/{client.code}/batches/{batch_id}",
+        },
+        status_code=202,
+    )
+
+
+def requested_by(body: bytes) -> str:
+    """The ``by`` of a cancel request's JSON body ("" when there is no body)."""
+    if not body.strip():
+        return ""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(
+            'The body of a cancel request must be JSON, e.g. {"by": "alice"}, or empty.'
+        ) from None
+    if not isinstance(document, dict):
+        raise BadRequest('The body of a cancel request must be a JSON object: {"by": "alice"}.')
+    by = document.get("by", "")
+    if not isinstance(by, str) or len(by) > MAX_BY or not by.isprintable():
+        raise BadRequest(
+            f'"by" must be printable text of at most {MAX_BY} characters: who asks to cancel.'
+        )
+    return by.strip()
+
+
+def caller(request: Request, by: str) -> str:
+    """Who cancelled, as recorded: what the caller said, its address and token."""
+    shown = [f", token ...{token.value[-4:]}" for token in presented_tokens(request)]
+    seen = f"API from {address_of(request)}" + "".join(shown)
+    return f"{by} ({seen})" if by else seen
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -332,6 +471,9 @@ async def openapi_document(request: Request) -> Response:
 routes = [
     Route("/openapi.json", openapi_document, methods=["GET"]),
     Route(PREFIX + "/clients/{client}", client_info, methods=["GET"]),
+    Route(PREFIX + "/clients/{client}/batches", list_batches, methods=["GET"]),
     Route(PREFIX + "/clients/{client}/batches/{batch_id}", batch_status, methods=["GET"]),
+    Route(PREFIX + "/clients/{client}/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
     Route(PREFIX + "/clients/{client}/batches/{batch_id}/failures", failures, methods=["GET"]),
+    Route(PREFIX + "/clients/{client}/imports", import_profiles, methods=["POST"]),
 ]

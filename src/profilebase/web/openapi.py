@@ -492,6 +492,90 @@ def paths() -> dict[str, Schema]:
                 security=TOKEN_IF_REQUIRED,
             )
         },
+        **operation_paths(ext),
+    }
+
+
+def operation_paths(ext: str) -> dict[str, Schema]:
+    """The operator's extensions: list and cancel batches, import profiles."""
+    return {
+        ext + "/batches": {
+            "get": operation(
+                EXTENSION,
+                "The client's batches whose status is kept, newest first, as JSON statuses.",
+                [
+                    CLIENT,
+                    query_param(
+                        "unfinished",
+                        "true: only batches not complete yet (queued, running, paced, stuck).",
+                        {"type": "boolean", "default": False},
+                    ),
+                    query_param(
+                        "limit",
+                        "At most this many (1 to 1000).",
+                        {"type": "integer", "default": 50},
+                    ),
+                ],
+                {
+                    "200": reply("The batches.", JSON, ref("BatchList")),
+                    **errors(JSON, 400, *REFUSALS),
+                },
+                security=TOKEN_IF_REQUIRED,
+            )
+        },
+        ext + "/batches/{batch_id}/cancel": {
+            "post": operation(
+                EXTENSION,
+                "Cancel a batch: rows not yet applied fail with reason `cancelled` and the batch "
+                "completes; rows already applied stay. Cancelling it again changes nothing.",
+                [CLIENT, BATCH_ID],
+                {
+                    "200": reply("The status after the cancel.", JSON, ref("BatchStatus")),
+                    **errors(JSON, 400, *REFUSALS, 409),
+                },
+                security=TOKEN_IF_REQUIRED,
+                requestBody={
+                    "required": False,
+                    "description": "Optional: who asks, recorded with the caller's address.",
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"by": {"type": "string", "maxLength": 200}},
+                            }
+                        }
+                    },
+                },
+            )
+        },
+        ext + "/imports": {
+            "post": operation(
+                EXTENSION,
+                "Import profiles from JSON lines (what the jsonl export writes): accepted as a "
+                "batch of its own (version 3) that workers apply; follow it with its status.",
+                [
+                    CLIENT,
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "schema": {"type": "string", "maxLength": 255},
+                        "description": "A key already accepted for this client returns the "
+                        "import first accepted under it, not applied again.",
+                    },
+                ],
+                {
+                    "202": reply("Accepted.", JSON, ref("ImportAccepted")),
+                    **errors(JSON, 400, *REFUSALS, 409, 413),
+                },
+                security=TOKEN_IF_REQUIRED,
+                requestBody={
+                    "required": True,
+                    "description": "One profile per line: visitorId, thirdPartyId, tntIds, "
+                    "modifiedAt, profileAttributes {name: {value, modifiedAt}}.",
+                    "content": {"application/x-ndjson": {"schema": ref("Profile")}},
+                },
+            )
+        },
     }
 
 
@@ -725,8 +809,25 @@ def schemas() -> dict[str, Schema]:
                 "finishedAt": nullable_text,
                 "lastProgressAt": text,
                 "rowsPerSecond": {"type": ["number", "null"]},
+                "cancelled": {
+                    "type": ["object", "null"],
+                    "properties": {"at": text, "by": text},
+                },
+                "rowsCancelled": integer,
+                "alreadyCancelled": {"type": "boolean"},
                 "units": {"type": "object"},
                 "links": {"type": "object"},
+            },
+        },
+        "ImportAccepted": {
+            "type": "object",
+            "properties": {"batchId": text, "rows": integer, "batchStatus": text},
+        },
+        "BatchList": {
+            "type": "object",
+            "properties": {
+                "client": text,
+                "batches": {"type": "array", "items": ref("BatchStatus")},
             },
         },
         "Failure": failure,

@@ -13,6 +13,7 @@ import re
 import urllib.parse
 from collections.abc import AsyncIterator
 
+from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -22,7 +23,7 @@ from starlette.types import Scope
 from profilebase import export, ids
 from profilebase.errors import BadRequest, NotFound
 from profilebase.models import KeyKind
-from profilebase.storage.base import Store
+from profilebase.storage.base import ProfileExport
 from profilebase.storage.links import ecid_key
 from profilebase.web.context import clock_of, limits_of, request_client, store_of
 
@@ -127,7 +128,11 @@ async def delete(request: Request) -> Response:
 
 
 async def export_profiles(request: Request) -> Response:
-    """Stream every profile of the client, a page at a time, from one consistent snapshot."""
+    """Stream every profile of the client, a page at a time, from one consistent snapshot.
+
+    A batch export reads the snapshot twice: first for the header's attribute names and
+    the count of profiles it cannot key (sent as a reply header), then for the rows.
+    """
     client = await request_client(request)
     form = request.query_params.get("format", "jsonl")
     if form not in FORMATS:
@@ -139,45 +144,37 @@ async def export_profiles(request: Request) -> Response:
         key_kind = KeyKind(key or KeyKind.PC_ID)
     except ValueError:
         raise BadRequest(f"key must be pcId or thirdPartyId, got {key!r}.") from None
-    # A pcId export also holds profiles stored under a thirdPartyId that have tntIds.
-    only = (
-        KeyKind.THIRD_PARTY_ID if form == "batch" and key_kind is KeyKind.THIRD_PARTY_ID else None
-    )
     before = limits_of(request, client).expire_before_ms(clock_of(request)())
     suffix = "txt" if form == "batch" else "jsonl"
+    headers = {"content-disposition": f'attachment; filename="{client.code}-profiles.{suffix}"'}
+    snapshot = await run_in_threadpool(store_of(request).open_export, client.id, None, before)
+    plan = None
+    try:
+        if form == "batch":
+            plan = await run_in_threadpool(export.plan_batch, snapshot.pages(EXPORT_PAGE), key_kind)
+            headers[export.UNKEYED_HEADER] = str(plan.unkeyed)
+    except BaseException:
+        await run_in_threadpool(snapshot.close)
+        raise
     return StreamingResponse(
-        export_body(store_of(request), client.id, only, before, form, key_kind),
+        export_body(snapshot, form, key_kind, plan),
         media_type=FORMATS[form],
-        headers={"content-disposition": f'attachment; filename="{client.code}-profiles.{suffix}"'},
+        headers=headers,
+        # Also closed here if the client goes away before the body starts.
+        background=BackgroundTask(snapshot.close),
     )
 
 
 async def export_body(
-    store: Store,
-    client_id: int,
-    only: KeyKind | None,
-    expire_before_ms: int,
-    form: str,
-    key_kind: KeyKind,
+    snapshot: ProfileExport, form: str, key_kind: KeyKind, plan: export.BatchPlan | None
 ) -> AsyncIterator[bytes]:
-    """The export's bytes; the snapshot opens when streaming starts and closes when it ends."""
-    snapshot = await run_in_threadpool(store.open_export, client_id, only, expire_before_ms)
-    names: list[str] = []
+    """The export's bytes; the snapshot closes when they end."""
     try:
-        if form == "batch":
-            # A batch header lists every attribute: a first pass over the snapshot finds them.
-            found: set[str] = set()
-            async for page in iterate_in_threadpool(snapshot.pages(EXPORT_PAGE)):
-                found.update(name for profile in page for name in profile.attributes)
-            names = sorted(found)
-            yield export.batch_header(key_kind, names).encode()
-        async for page in iterate_in_threadpool(snapshot.pages(EXPORT_PAGE)):
-            if form == "batch":
-                yield export.batch_lines(key_kind, names, page).encode()
-            else:
-                yield export.jsonl_lines(page).encode()
+        chunks = export.export_chunks(snapshot.pages(EXPORT_PAGE), form, key_kind, plan)
+        async for chunk in iterate_in_threadpool(chunks):
+            yield chunk.encode()
     finally:
-        snapshot.close()
+        await run_in_threadpool(snapshot.close)
 
 
 routes = [

@@ -1,0 +1,86 @@
+"""Reading a JSON-lines export for ``profilebase import``: parts the server takes, each a
+request under its limits, with the line numbers of the file kept."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from profilebase.errors import InputError
+
+
+@dataclass(frozen=True)
+class Part:
+    """Consecutive lines of the file, sent as one import."""
+
+    number: int
+    #: The file's line number of the part's first line (from 1).
+    first_line: int
+    rows: int
+    data: bytes
+
+    def file_line(self, line: int) -> int:
+        """The file's line number of the part's line ``line`` (both from 1)."""
+        return self.first_line + line - 1
+
+
+@dataclass(frozen=True)
+class ImportFailure:
+    """A line of the file that was not imported, and why."""
+
+    line: int
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did: its batches, and every line that failed."""
+
+    rows: int
+    batch_ids: tuple[str, ...]
+    applied: int = 0
+    failures: tuple[ImportFailure, ...] = field(default_factory=tuple)
+    #: False when the command did not wait (or not long enough) for every part.
+    finished: bool = True
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+
+def split(path: str | os.PathLike[str], max_bytes: int, max_rows: int) -> Iterator[Part]:
+    """The file's lines in parts of fewer than ``max_bytes`` bytes and at most ``max_rows``
+    non-blank lines. A line too long for any part is refused before anything is sent."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed below, also when a part is refused)
+    except OSError as exc:
+        raise InputError(f"Cannot read {os.fspath(path)}: {exc.strerror or exc}.") from None
+    with handle:
+        lines: list[bytes] = []
+        size = rows = 0
+        first = number = 1
+        parts = 0
+        for number, line in enumerate(handle, start=1):
+            if len(line) + 1 >= max_bytes:
+                raise InputError(
+                    f"Line {number} is {len(line):,} bytes: one import request must be smaller "
+                    f"than {max_bytes:,} bytes (max_batch_bytes). Nothing was sent."
+                )
+            blank = not line.strip()
+            if lines and (size + len(line) >= max_bytes or (not blank and rows >= max_rows)):
+                parts += 1
+                yield Part(parts, first, rows, b"".join(lines))
+                lines, size, rows, first = [], 0, 0, number
+            lines.append(line)
+            size += len(line)
+            rows += 0 if blank else 1
+        if rows:
+            yield Part(parts + 1, first, rows, b"".join(lines))
+
+
+def lines_in(path: str | os.PathLike[str]) -> int:
+    """Non-blank lines of the file (for the progress bar's total)."""
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.strip())

@@ -1,0 +1,449 @@
+"""Import: a client's JSON-lines export round-trips exactly into another client or server,
+ids and modified times included, with a batch's guarantees (order, accounting, failures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+from helpers import deliver, submit, update
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from profilebase import batchfile, clients, profile_import
+from profilebase.cli import main
+from profilebase.config import Settings
+from profilebase.ids import check_id
+from profilebase.models import KeyKind, Limits, now_ms
+from profilebase.storage import Store
+
+LIMITS = Limits(
+    max_batch_bytes=10**9, max_batch_rows=10**7, rows_per_day=10**9, max_profile_bytes=10**6
+)
+
+
+def exported(http: httpx.Client, client: str) -> list[dict[str, Any]]:
+    response = http.get("/rest/v1/profiles", params={"client": client})
+    assert response.status_code == 200, response.text
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def comparable(profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Everything but the client code and provenance (which names the source's writes); the
+    tntIds as a set (one import links them by one write, in no order among themselves)."""
+    out = []
+    for profile in profiles:
+        profile = {k: v for k, v in profile.items() if k != "client"}
+        if "tntIds" in profile:
+            profile["tntIds"] = sorted(profile["tntIds"])
+        profile["profileAttributes"] = {
+            name: {k: v for k, v in a.items() if k != "writtenBy"}
+            for name, a in profile["profileAttributes"].items()
+        }
+        out.append(profile)
+    return out
+
+
+def import_lines(
+    store: Store, data: bytes, code: str = "copy", unit_rows: int = 50, key: str | None = None
+) -> tuple[int, str]:
+    client = store.get_client(code)
+    assert client is not None
+    intake = profile_import.ImportIntake(LIMITS, unit_rows, digest=key is not None)
+    intake.feed(data)
+    intake.finish()
+    return profile_import.accept(store, client, intake, LIMITS, now_ms(), key)
+
+
+@pytest.fixture
+def mixed(http: httpx.Client, drain) -> None:
+    """Profiles from every side: batches, a page call linking two tntIds, a single update."""
+    submit(http, b"batch=thirdPartyId,tier,city\ncrm-1,gold,M%C3%BCnchen\ncrm-2,silver\n")
+    submit(http, b"batch=pcId,tier\nanon,bronze\n")
+    drain()
+    deliver(http, {"id": {"tntId": "t1", "thirdPartyId": "crm-1"}})
+    deliver(
+        http,
+        {
+            "id": {"tntId": "t2", "thirdPartyId": "crm-1"},
+            "execute": {"pageLoad": {"profileParameters": {"seen": "yes"}}},
+        },
+    )
+    update(http, mbox3rdPartyId="crm-2", profile_tier="platinum")
+
+
+def test_export_then_import_into_another_client_is_exact(
+    http: httpx.Client, store: Store, drain, mixed
+):
+    """Values, attribute and profile modified times, thirdPartyIds and linked tntIds."""
+    original = exported(http, "demo")
+    store.ensure_client("copy")
+    data = profile_import.lines_of(original)
+    response = http.post("/profilebase/v1/clients/copy/imports", content=data)
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["rows"] == 3
+    drain()
+    status = http.get(accepted["batchStatus"]).json()
+    assert status["state"] == "complete" and status["version"] == 3
+    assert (status["batchSize"], status["successfulUpdates"], status["failedUpdates"]) == (3, 3, 0)
+    assert comparable(exported(http, "copy")) == comparable(original)
+    linked = http.get("/rest/v1/profiles/t2", params={"client": "copy"}).json()
+    assert linked["profileAttributes"]["city"]["value"] == "München"
+    written = linked["profileAttributes"]["seen"]["writtenBy"]
+    assert written == {"kind": "batch", "id": accepted["batchId"], "line": 2}
+
+
+TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    min_size=1,
+    max_size=12,
+)
+THIRD_PARTY = TEXT.filter(lambda t: check_id(KeyKind.THIRD_PARTY_ID, t) is None)
+PC_ID = TEXT.filter(lambda t: check_id(KeyKind.PC_ID, t) is None)
+
+
+@hypothesis_settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    profiles=st.lists(
+        st.tuples(
+            THIRD_PARTY,
+            st.lists(PC_ID, max_size=3, unique=True),
+            st.dictionaries(
+                TEXT.filter(lambda n: not n.startswith("profile.")), TEXT, min_size=1, max_size=4
+            ),
+            st.integers(min_value=0, max_value=4_000_000_000_000),
+        ),
+        min_size=1,
+        max_size=6,
+        unique_by=lambda p: p[0],
+    ).filter(lambda ps: len({t for p in ps for t in p[1]}) == sum(len(p[1]) for p in ps))
+)
+def test_random_utf8_profiles_round_trip(store: Store, drain, profiles: list[Any]):
+    """Any characters in ids, names and values; any times: import, export, the same lines."""
+    code = f"c{abs(hash(json.dumps(profiles, default=str))) % 10**12}"
+    store.ensure_client(code)
+    documents = []
+    for third, tnt_ids, values, ms in profiles:
+        when = profile_import_time(ms)
+        documents.append(
+            {
+                "visitorId": third,
+                "modifiedAt": when,
+                "profileAttributes": {
+                    n: {"value": v, "modifiedAt": when} for n, v in sorted(values.items())
+                },
+                "thirdPartyId": third,
+                **({"tntIds": tnt_ids} if tnt_ids else {}),
+            }
+        )
+    documents.sort(key=lambda d: "t:" + d["thirdPartyId"])
+    import_lines(store, profile_import.lines_of(documents), code)
+    drain()
+    client = store.get_client(code)
+    assert client is not None
+    snapshot = store.open_export(client.id)
+    try:
+        from profilebase import export
+
+        lines = "".join(export.export_chunks(snapshot.pages(100), "jsonl"))
+    finally:
+        snapshot.close()
+    assert comparable([json.loads(line) for line in lines.split("\n")[:-1]]) == comparable(
+        documents
+    )
+
+
+def profile_import_time(ms: int) -> str:
+    from profilebase.models import from_ms, iso_ms
+
+    return iso_ms(from_ms(ms))
+
+
+def test_an_import_takes_its_place_among_writes_by_seq(http: httpx.Client, store: Store, drain):
+    """Accepted, not yet applied: a single update after it wins, a delete after it holds."""
+    submit(http, b"batch=thirdPartyId,tier\nx,bronze\ny,bronze\n")
+    drain()
+    lines = profile_import.lines_of(
+        [
+            {
+                "thirdPartyId": "x",
+                "profileAttributes": {"tier": {"value": "gold"}, "city": {"value": "Rome"}},
+            },
+            {"thirdPartyId": "y", "profileAttributes": {"tier": {"value": "gold"}}},
+        ]
+    )
+    batch_id = http.post("/profilebase/v1/clients/demo/imports", content=lines).json()["batchId"]
+    assert update(http, mbox3rdPartyId="x", profile_tier="platinum").status_code == 200
+    assert (
+        http.delete("/rest/v1/profiles/thirdPartyId/y", params={"client": "demo"}).status_code
+        == 204
+    )
+    drain()
+    x = http.get("/rest/v1/profiles/thirdPartyId/x", params={"client": "demo"}).json()[
+        "profileAttributes"
+    ]
+    assert (x["tier"]["value"], x["city"]["value"]) == ("platinum", "Rome")
+    assert (
+        http.get("/rest/v1/profiles/thirdPartyId/y", params={"client": "demo"}).status_code == 404
+    )
+    status = http.get(f"/profilebase/v1/clients/demo/batches/{batch_id}").json()
+    assert (status["consumedCount"], status["successfulUpdates"], status["failedUpdates"]) == (
+        2,
+        2,
+        0,
+    )
+
+
+BAD_LINES = [
+    (b"not json", "the line is not JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'{"profileAttributes": {}}', "neither thirdPartyId nor visitorId"),
+    (b'{"thirdPartyId": "a/b"}', "must not contain '+' or '/'"),
+    (b'{"thirdPartyId": ""}', "thirdPartyId is empty"),
+    (b'{"visitorId": "a.b.c"}', "at most one '.'"),
+    (b'{"visitorId": "v", "tntIds": ["w"]}', "its tntIds can only be its visitorId"),
+    (b'{"thirdPartyId": "a", "tntIds": "t"}', "tntIds must be a list"),
+    (b'{"thirdPartyId": "a", "profileAttributes": {"n": {"value": 5}}}', "must be text"),
+    (
+        b'{"thirdPartyId": "a", "profileAttributes": {"profile.n": "v"}}',
+        "without the `profile.` prefix",
+    ),
+    (
+        b'{"thirdPartyId": "a", "profileAttributes": {"n": {"value": "v", "modifiedAt": "yesterday"}}}',
+        "not an ISO-8601 time",
+    ),
+    (b'{"thirdPartyId": "a", "modifiedAt": "2026-01-01T00:00:00"}', "has no time zone"),
+    (b'{"thirdPartyId": "caf\xe9"}', "not UTF-8"),
+]
+
+
+def test_every_bad_line_fails_with_its_reason_and_the_rest_apply(http: httpx.Client, drain):
+    good = b'{"thirdPartyId": "ok", "profileAttributes": {"n": "1"}}\r\n'
+    data = good + b"\n".join(line for line, _ in BAD_LINES) + b"\n\n" + good.replace(b"ok", b"ok2")
+    batch_id = http.post("/profilebase/v1/clients/demo/imports", content=data).json()["batchId"]
+    drain()
+    status = http.get(f"/profilebase/v1/clients/demo/batches/{batch_id}").json()
+    assert (status["batchSize"], status["successfulUpdates"], status["failedUpdates"]) == (
+        15,
+        2,
+        13,
+    )
+    failures = http.get(f"/profilebase/v1/clients/demo/batches/{batch_id}/failures").json()[
+        "failures"
+    ]
+    assert [f["line"] for f in failures] == list(range(2, 15))
+    for failure, (_, reason) in zip(failures, BAD_LINES, strict=True):
+        assert reason in failure["reason"], failure
+    assert (
+        http.get("/rest/v1/profiles/thirdPartyId/ok2", params={"client": "demo"}).status_code == 200
+    )
+
+
+def test_nul_fails_on_postgresql_only(store: Store, drain, settings: Settings):
+    store.ensure_client("copy")
+    seq, batch_id = import_lines(
+        store, b'{"thirdPartyId": "n", "profileAttributes": {"v": "a\\u0000b"}}\n'
+    )
+    drain()
+    batch = store.get_batch(store.get_client("copy").id, batch_id)  # type: ignore[union-attr]
+    assert batch is not None
+    if settings.database.startswith("postgres"):
+        assert batch.counts.failed == 1
+        assert "U+0000" in store.failed_rows(seq)[0].reason
+    else:
+        assert batch.counts.successful == 1
+
+
+def test_a_tnt_id_with_an_anonymous_profile_joins_the_imported_one(
+    http: httpx.Client, store: Store, drain
+):
+    """As a page call joining the two: the anonymous values stay unless the import's win."""
+    submit(http, b"batch=pcId,seen,tier\nt9,yes,bronze\n")
+    drain()
+    lines = profile_import.lines_of(
+        [{"thirdPartyId": "crm-9", "tntIds": ["t9"], "profileAttributes": {"tier": "gold"}}]
+    )
+    http.post("/profilebase/v1/clients/demo/imports", content=lines)
+    drain()
+    profile = http.get("/rest/v1/profiles/t9", params={"client": "demo"}).json()
+    values = {n: a["value"] for n, a in profile["profileAttributes"].items()}
+    assert values == {"seen": "yes", "tier": "gold"}
+    ids = [
+        json.loads(line)
+        for line in http.get("/rest/v1/profiles", params={"client": "demo"}).text.splitlines()
+    ]
+    assert [(p["visitorId"], p.get("tntIds")) for p in ids] == [("crm-9", ["t9"])]
+
+
+def test_a_profile_too_large_fails_and_the_idempotency_key_sends_nothing_twice(
+    http: httpx.Client, drain
+):
+    huge = "x" * 3_000_000
+    lines = profile_import.lines_of(
+        [
+            {"thirdPartyId": "big", "profileAttributes": {"n": huge}},
+            {"thirdPartyId": "small", "profileAttributes": {"n": "1"}},
+        ]
+    )
+    first = http.post(
+        "/profilebase/v1/clients/demo/imports", content=lines, headers={"Idempotency-Key": "k1"}
+    ).json()
+    again = http.post(
+        "/profilebase/v1/clients/demo/imports", content=lines, headers={"Idempotency-Key": "k1"}
+    ).json()
+    assert first["batchId"] == again["batchId"]
+    drain()
+    status = http.get(first["batchStatus"]).json()
+    assert (status["successfulUpdates"], status["failedUpdates"]) == (1, 1)
+    reason = http.get(f"/profilebase/v1/clients/demo/batches/{first['batchId']}/failures").json()[
+        "failures"
+    ][0]["reason"]
+    assert "max_profile_bytes" in reason
+    listed = http.get("/profilebase/v1/clients/demo/batches").json()["batches"]
+    assert len(listed) == 1
+
+
+def test_an_import_can_be_cancelled_like_a_batch(http: httpx.Client, store: Store):
+    lines = profile_import.lines_of(
+        [{"thirdPartyId": f"p{i}", "profileAttributes": {"n": str(i)}} for i in range(120)]
+    )
+    batch_id = http.post("/profilebase/v1/clients/demo/imports", content=lines).json()["batchId"]
+    claim = store.claim_unit("w", now_ms(), 60_000)
+    assert claim is not None
+    assert profile_import.apply_claim(store, claim, now_ms(), 10**6) is not None
+    status = http.post(f"/profilebase/v1/clients/demo/batches/{batch_id}/cancel").json()
+    assert (status["rowsCancelled"], status["successfulUpdates"], status["failedUpdates"]) == (
+        70,
+        50,
+        70,
+    )
+    failure = http.get(
+        f"/profilebase/v1/clients/demo/batches/{batch_id}/failures", params={"limit": 1}
+    ).json()["failures"][0]
+    assert (failure["line"], failure["id"], failure["reason"]) == (51, "p50", "cancelled")
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run(working_server, monkeypatch: pytest.MonkeyPatch, settings: Settings, request):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PROFILEBASE_URL", working_server.url)
+    monkeypatch.setenv("PROFILEBASE_CLIENT", "demo")
+    where = ["--database", settings.database] if getattr(request, "param", "") == "database" else []
+
+    def invoke(*args: str) -> Result:
+        return CliRunner().invoke(
+            main, [*args, *where, *([] if where else ["--poll-interval", "0.01"])]
+        )
+
+    return invoke
+
+
+@pytest.mark.parametrize("run", ["url", "database"], indirect=True)
+def test_import_command_in_parts_reports_failed_lines_of_the_file(
+    run, store: Store, tmp_path: Path
+):  # type: ignore[no-untyped-def]
+    """A client limited to 40 rows per batch: the file goes in parts, in order, and a
+    failed line is reported by its line in the file; the same key imports nothing twice."""
+    store.update_client("demo", limits={"max_batch_rows": 40})
+    documents = [
+        {"thirdPartyId": f"p{i:03d}", "profileAttributes": {"n": str(i)}} for i in range(100)
+    ]
+    documents[72] = {"thirdPartyId": "bad/id"}
+    documents.append(
+        {"thirdPartyId": "p000", "profileAttributes": {"n": "last"}}
+    )  # later part wins
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(profile_import.lines_of(documents))
+    result = run("import", str(source), "--idempotency-key", "imp")
+    assert result.exit_code == 4, result.output
+    assert "sent 101 profiles in 3 import(s)" in result.stdout
+    assert "imported 100 · failed 1" in result.stdout
+    assert "line 73 ('bad/id'): thirdPartyId must not contain" in result.stderr
+    exported_now = run("export")
+    values = {
+        json.loads(line)["visitorId"]: json.loads(line)["profileAttributes"]["n"]["value"]
+        for line in exported_now.stdout.splitlines()
+    }
+    assert len(values) == 99 and values["p000"] == "last"
+    again = run("import", str(source), "--idempotency-key", "imp")
+    assert again.exit_code == 4 and "sent 101 profiles in 3 import(s)" in again.stdout
+    demo = clients.get(store, "demo")
+    assert len(store.batch_listings(demo.id)) == 3
+
+
+def test_a_line_too_long_for_any_part_is_refused_before_sending(run, store: Store, tmp_path: Path):  # type: ignore[no-untyped-def]
+    store.update_client("demo", limits={"max_batch_bytes": 1000})
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(
+        profile_import.lines_of(
+            [{"thirdPartyId": "a"}, {"thirdPartyId": "b", "profileAttributes": {"n": "x" * 2000}}]
+        )
+    )
+    result = run("import", str(source))
+    assert (
+        result.exit_code == 3
+        and "Line 2 is" in result.output
+        and "Nothing was sent" in result.output
+    )
+    assert store.batch_listings(clients.get(store, "demo").id) == []
+
+
+def test_batchfile_ids_and_import_ids_follow_one_rule():
+    """The import checks ids with the batch format's own rule."""
+    assert batchfile.check_id is profile_import.batchfile.check_id
+
+
+ANY_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | TEXT
+    | st.sampled_from(["2026-01-31T12:00:00.001+00:00", "2026-01-31T12:00:00", "x"]),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(TEXT | st.sampled_from(["value", "modifiedAt"]), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+DOCUMENTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "visitorId": ANY_JSON | PC_ID,
+        "thirdPartyId": ANY_JSON | THIRD_PARTY,
+        "tntIds": ANY_JSON | st.lists(PC_ID, max_size=2),
+        "modifiedAt": ANY_JSON,
+        "profileAttributes": ANY_JSON
+        | st.dictionaries(
+            TEXT | st.just("profile.x"),
+            st.fixed_dictionaries({"value": ANY_JSON}, optional={"modifiedAt": ANY_JSON}) | TEXT,
+            max_size=3,
+        ),
+    },
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(document=DOCUMENTS)
+def test_the_fast_decoder_agrees_with_the_reference(document: dict[str, Any]):
+    """Wherever the msgspec path decodes a line, it decodes it as the reference does."""
+    line = json.dumps(document).encode()
+    fast = profile_import.fast_line(line, 7, 700, 5, {})
+    try:
+        reference = profile_import.decode_line(line, 7, 700, 5)
+    except profile_import.LineError:
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast._replace(attrs=json.loads(fast.attrs)) == reference._replace(
+            attrs=json.loads(reference.attrs)
+        )
