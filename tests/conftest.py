@@ -28,12 +28,12 @@ import pytest
 import uvicorn
 
 from profilebase.client import Client
-from profilebase.config import Settings
 from profilebase.models import now_ms
-from profilebase.storage import Store, open_store
-from profilebase.web import create_app
-from profilebase.web.app import prepare
-from profilebase.worker import Worker
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store, open_store
+from profilebase.server.web import create_app
+from profilebase.server.web.app import prepare
+from profilebase.server.worker import Worker
 
 POSTGRES_URL = os.environ.get("PROFILEBASE_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
 REQUIRE_POSTGRES = os.environ.get("PROFILEBASE_REQUIRE_POSTGRES", "") not in {"", "0"}
@@ -65,7 +65,7 @@ class PostgresServer:
         if self.ready or self.error:
             return self.ready
         try:
-            from profilebase.storage.postgres import PostgresStore
+            from profilebase.server.storage.postgres import PostgresStore
 
             self.admin(f'CREATE DATABASE "{self.template}"')
         except ImportError as exc:

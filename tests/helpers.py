@@ -8,11 +8,11 @@ import xml.etree.ElementTree as ET
 import httpx
 
 from profilebase import batchfile
-from profilebase.decoder import decode_unit
 from profilebase.models import Counts, now_ms
-from profilebase.server_secret import ServerSecret
-from profilebase.storage import Store
-from profilebase.storage.base import UnitClaim
+from profilebase.server.decoder import decode_unit
+from profilebase.server.secret import ServerSecret
+from profilebase.server.storage import Store
+from profilebase.server.storage.base import UnitClaim
 
 
 def xml_fields(response: httpx.Response) -> dict[str, str]:

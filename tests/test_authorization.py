@@ -13,14 +13,14 @@ from conftest import FakeClock, LiveServer, PostgresServer
 from helpers import TEST_SECRET, batch_id_of, deliver, submit, xml_fields
 from starlette.routing import Route as StarletteRoute
 
-from profilebase import clients, tokens
-from profilebase.config import Settings, client_limits
-from profilebase.ingest import Intake, store_batch
 from profilebase.models import now_ms
-from profilebase.storage import Store, open_store
-from profilebase.web import create_app
-from profilebase.web.app import prepare
-from profilebase.worker import Worker
+from profilebase.server import clients, tokens
+from profilebase.server.ingest import Intake, store_batch
+from profilebase.server.settings import Settings, client_limits
+from profilebase.server.storage import Store, open_store
+from profilebase.server.web import create_app
+from profilebase.server.web.app import prepare
+from profilebase.server.worker import Worker
 
 BODY = b"batch=pcId,a\npc1,new\n"
 

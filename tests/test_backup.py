@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from conftest import LiveServer
 
 from profilebase.cli import main
-from profilebase.config import Settings
-from profilebase.ingest import Intake, store_batch
 from profilebase.models import BatchState, Limits, now_ms
-from profilebase.storage import open_store
-from profilebase.web.app import prepare
-from profilebase.worker import Worker
+from profilebase.server.ingest import Intake, store_batch
+from profilebase.server.settings import Settings
+from profilebase.server.storage import open_store
+from profilebase.server.web.app import prepare
+from profilebase.server.worker import Worker
 
 ROWS = 8000
 LIMITS = Limits(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from profilebase import Client
-from profilebase.config import Settings
+from profilebase.server.settings import Settings
 
 ROWS = 1_200_000
 

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from conftest import LiveServer
 
-from profilebase.config import Settings
-from profilebase.storage import Store, open_store
-from profilebase.web.app import prepare
-from profilebase.worker import Worker
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store, open_store
+from profilebase.server.web.app import prepare
+from profilebase.server.worker import Worker
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Headless, no sandbox (CI runs as root), and none of the background traffic a closed

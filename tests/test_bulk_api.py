@@ -9,7 +9,7 @@ import httpx
 import pytest
 from helpers import attributes, batch_id_of, failed_ids, status, submit, xml_fields
 
-from profilebase.storage import Store
+from profilebase.server.storage import Store
 
 SEED = b"batch=pcId,param1,param2,param3,param4\n123,value1\n124,value1,,,value4\n125,,value2\n126,value1,value2,value3,value4\n"
 
@@ -214,7 +214,7 @@ def test_failed_rows_are_listed_across_pages(
     http: httpx.Client, drain, monkeypatch: pytest.MonkeyPatch
 ):
     """The failed rows of a status reply are read page by page, all of them, in line order."""
-    monkeypatch.setattr("profilebase.web.bulk.FAILED_ROWS_PAGE", 3)
+    monkeypatch.setattr("profilebase.server.web.bulk.FAILED_ROWS_PAGE", 3)
     body = b"batch=thirdPartyId,a\n" + b"".join(b"bad%d%%2F,x\nok%d,y\n" % (i, i) for i in range(8))
     batch_id = batch_id_of(submit(http, body))
     drain()

@@ -13,12 +13,12 @@ from helpers import apply_claim, batch_id_of, submit
 
 from profilebase import batchfile
 from profilebase.cli import main
-from profilebase.config import Settings
 from profilebase.errors import BatchFinished
-from profilebase.ingest import Intake, store_batch
 from profilebase.models import BatchState, Limits, now_ms
-from profilebase.storage import Store
-from profilebase.worker import Worker
+from profilebase.server.ingest import Intake, store_batch
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store
+from profilebase.server.worker import Worker
 
 LEASE = 60_000
 ROWS = 250  # five units of 50 rows (the test settings' unit_rows)

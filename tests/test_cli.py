@@ -17,7 +17,7 @@ from test_store_contract import accept
 from profilebase.cli import main
 from profilebase.errors import ConfigError
 from profilebase.models import BatchState
-from profilebase.storage import Store, open_store
+from profilebase.server.storage import Store, open_store
 
 
 def test_serve_uses_the_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -67,7 +67,7 @@ def test_migrate_is_idempotent(empty_database: str):
 def test_postgres_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch):
     """Without the driver, a postgresql:// URL says which extra to install."""
     monkeypatch.setitem(sys.modules, "psycopg", None)
-    monkeypatch.delitem(sys.modules, "profilebase.storage.postgres", raising=False)
+    monkeypatch.delitem(sys.modules, "profilebase.server.storage.postgres", raising=False)
     with pytest.raises(ConfigError, match=r"pip install 'profilebase\[postgres\]'"):
         open_store("postgresql://root@127.0.0.1:5432/test")
 

@@ -13,14 +13,14 @@ from click.testing import CliRunner, Result
 from conftest import LiveServer, free_port
 from helpers import TEST_SECRET
 
-from profilebase import clients, tokens
 from profilebase.cli import main
 from profilebase.client.console import ProgressBar
 from profilebase.client.push import PushProgress
-from profilebase.config import Settings, client_limits
-from profilebase.ingest import Intake, store_batch
 from profilebase.models import now_ms
-from profilebase.storage import Store
+from profilebase.server import clients, tokens
+from profilebase.server.ingest import Intake, store_batch
+from profilebase.server.settings import Settings, client_limits
+from profilebase.server.storage import Store
 
 DOCS = Path(__file__).parent.parent / "docs" / "client.md"
 

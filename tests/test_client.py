@@ -13,10 +13,9 @@ import pytest
 from conftest import LiveServer, free_port
 from proxy import FaultyProxy
 
-from profilebase import Client, clients
+from profilebase import Client
 from profilebase.client.push import PushProgress
 from profilebase.client.retry import RetryPolicy
-from profilebase.config import Settings
 from profilebase.errors import (
     BatchRejected,
     ClientError,
@@ -25,7 +24,9 @@ from profilebase.errors import (
     RemoteUnavailable,
 )
 from profilebase.models import now_ms
-from profilebase.storage import Store
+from profilebase.server import clients
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store
 
 Drain = Callable[[], None]
 
@@ -431,8 +432,8 @@ def test_the_client_never_imports_storage_or_web():
     """The SDK is an HTTP client: importing it loads nothing of the server."""
     code = (
         "import sys, profilebase; profilebase.Client('http://x', 'demo').close(); "
-        "print(sorted(m for m in sys.modules if m.startswith(('profilebase.storage', "
-        "'profilebase.web', 'profilebase.worker', 'profilebase.ingest'))))"
+        "print(sorted(m for m in sys.modules if m.startswith(('profilebase.server.storage', "
+        "'profilebase.server.web', 'profilebase.server.worker', 'profilebase.server.ingest'))))"
     )
     output = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 from helpers import TEST_SECRET, deliver, submit, xml_fields
 
-from profilebase import clients, tokens
 from profilebase.cli import main
-from profilebase.config import Settings
 from profilebase.models import now_ms
-from profilebase.storage import Store
+from profilebase.server import clients, tokens
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store
 
 ACME_ORG = "65453EA95E702E8C0A495E27@AdobeOrg"
 BETA_ORG = "0000000000000000000000BB@AdobeOrg"

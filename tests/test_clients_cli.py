@@ -11,8 +11,8 @@ from click.testing import CliRunner, Result
 from conftest import LiveServer
 
 from profilebase.cli import main
-from profilebase.config import Settings
-from profilebase.storage import Store
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store
 
 
 def run(settings: Settings, *args: str) -> Result:
@@ -151,7 +151,7 @@ def test_commands_on_a_fresh_database_migrate_it(tmp_path: Path):
 def test_no_demo(database_url: str):
     """With demo off the server starts without the `demo` client (serve --no-demo)."""
     settings = Settings(database=database_url, workers=0, demo=False)
-    from profilebase.storage import open_store
+    from profilebase.server.storage import open_store
 
     nodemo = open_store(settings.database)
     try:

@@ -22,17 +22,18 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from profilebase import batchfile, clients, tokens
+from profilebase import batchfile
 from profilebase.cli import main
-from profilebase.config import Settings
 from profilebase.errors import CopyRefused
 from profilebase.ids import check_id
-from profilebase.ingest import Intake, store_batch
 from profilebase.models import KeyKind, Limits, now_ms
-from profilebase.storage import Store, open_store, sqlite_path
-from profilebase.transfer import Copy
-from profilebase.web.app import prepare
-from profilebase.worker import Worker
+from profilebase.server import clients, tokens
+from profilebase.server.ingest import Intake, store_batch
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store, open_store, sqlite_path
+from profilebase.server.transfer import Copy
+from profilebase.server.web.app import prepare
+from profilebase.server.worker import Worker
 
 # -- what is in a database, read without profilebase's own introspection ------------------
 
@@ -364,7 +365,7 @@ def test_another_sources_interrupted_copy_is_not_resumed(
         next(t for t in target.tables() if t.name == "clients"),  # type: ignore[attr-defined]
         ["id", "code", "created_at"],
         [[7, "seven", 0]],
-        __import__("profilebase.storage.tables", fromlist=["Progress"]).Progress(
+        __import__("profilebase.server.storage.tables", fromlist=["Progress"]).Progress(
             "clients", "sqlite:///elsewhere.db", (7,), 1, False
         ),
     )

@@ -17,7 +17,7 @@ from conftest import free_port
 from helpers import batch_id_of, status, submit
 
 from profilebase import batchfile
-from profilebase.storage import sqlite_path
+from profilebase.server.storage import sqlite_path
 
 ROWS = 60_000
 NAMES = ["a", "b", "c"]

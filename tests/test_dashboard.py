@@ -17,12 +17,12 @@ import pytest
 from helpers import TEST_SECRET, batch_id_of, submit
 from markupsafe import escape
 
-from profilebase import clients, tokens
 from profilebase.client.push import map_columns
-from profilebase.config import Settings
 from profilebase.models import now_ms
-from profilebase.storage import Store
-from profilebase.web.dashboard import find_viewer
+from profilebase.server import clients, tokens
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store
+from profilebase.server.web.dashboard import find_viewer
 
 ADMIN = "correct horse battery staple"
 #: A thirdPartyId, attribute names and values as a hostile CSV could hold them.
@@ -386,7 +386,7 @@ def test_failed_logins_slow_down_the_address(http: httpx.Client, acme: str):
 
 
 def test_changing_the_admin_password_ends_admin_sessions(store: Store, settings: Settings):
-    from profilebase.web.sessions import Sessions
+    from profilebase.server.web.sessions import Sessions
 
     sessions = Sessions("k" * 32)
     session = {"csrf": "t", "admin": sessions.admin_fingerprint(ADMIN)}

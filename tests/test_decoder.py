@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from profilebase import batchfile
-from profilebase.decoder import decode_unit
 from profilebase.models import SEQ_SPAN, KeyKind
+from profilebase.server.decoder import decode_unit
 
 NOW = 1_700_000_000_000
 

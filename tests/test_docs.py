@@ -8,7 +8,7 @@ import click
 import pytest
 
 from profilebase.cli import main
-from profilebase.config import ENV_PREFIX, Settings, setting_fields
+from profilebase.server.settings import ENV_PREFIX, Settings, setting_fields
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

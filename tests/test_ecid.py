@@ -50,8 +50,8 @@ def test_fetch_by_ecid_finds_the_profile_a_page_call_linked_it_to(http: httpx.Cl
 @pytest.mark.parametrize("client", ["demo", "other"])
 def test_an_unknown_ecid_is_404_with_targets_message(http: httpx.Client, store, client: str):
     """Another client's ECID is unknown here, exactly as one that never existed."""
-    from profilebase import clients
     from profilebase.models import now_ms
+    from profilebase.server import clients
 
     clients.create(store, "other", False, now_ms())
     visit(http, {"tntId": "t1", "marketingCloudVisitorId": ECID})

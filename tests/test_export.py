@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from profilebase import batchfile
 from profilebase.ids import check_id
 from profilebase.models import KeyKind, now_ms
-from profilebase.storage import Store
-from profilebase.storage.base import Visit
+from profilebase.server.storage import Store
+from profilebase.server.storage.base import Visit
 
 
 def export(http: httpx.Client, client: str = "demo", **params: str) -> httpx.Response:
@@ -215,7 +215,7 @@ def test_an_export_reads_one_snapshot_page_by_page(store: Store):
 
 def test_a_page_of_large_profiles_ends_early(store: Store, monkeypatch: pytest.MonkeyPatch):
     """Pages are bounded by size as well as by count, so large profiles never pile up."""
-    from profilebase.storage import queries
+    from profilebase.server.storage import queries
 
     monkeypatch.setattr(queries, "EXPORT_PAGE_CHARS", 250)
     client = store.ensure_client("large")

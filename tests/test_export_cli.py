@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from helpers import deliver, submit
 
 from profilebase.cli import main
-from profilebase.config import Settings
+from profilebase.server.settings import Settings
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import httpx
 import pytest
 from helpers import attributes, batch_id_of, status, submit, xml_fields
 
-from profilebase import clients
-from profilebase.config import Settings, client_limits
-from profilebase.ingest import Intake, store_batch
 from profilebase.models import now_ms
-from profilebase.storage import Store
+from profilebase.server import clients
+from profilebase.server.ingest import Intake, store_batch
+from profilebase.server.settings import Settings, client_limits
+from profilebase.server.storage import Store
 
 EXT = "/profilebase/v1/clients/demo"
 MESSY = b"batch=thirdPartyId,a,b\nok1,x\nbad%2B1,x\nok2,%zz\nok3,1,2,3\nok4,caf%C3%A9,%2C\n"

@@ -11,8 +11,8 @@ import pytest
 from helpers import batch_id_of, deliver, status, submit, update
 
 from profilebase import batchfile, ids
-from profilebase.decoder import decode_unit
 from profilebase.models import KeyKind
+from profilebase.server.decoder import decode_unit
 
 PC = KeyKind.PC_ID
 TP = KeyKind.THIRD_PARTY_ID

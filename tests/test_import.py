@@ -15,12 +15,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from profilebase import batchfile, clients, profile_import
+from profilebase import batchfile
 from profilebase.cli import main
-from profilebase.config import Settings
 from profilebase.ids import check_id
 from profilebase.models import KeyKind, Limits, now_ms
-from profilebase.storage import Store
+from profilebase.server import clients, profile_import
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store
 
 LIMITS = Limits(
     max_batch_bytes=10**9, max_batch_rows=10**7, rows_per_day=10**9, max_profile_bytes=10**6
@@ -151,7 +152,7 @@ def test_random_utf8_profiles_round_trip(store: Store, drain, profiles: list[Any
     assert client is not None
     snapshot = store.open_export(client.id)
     try:
-        from profilebase import export
+        from profilebase.server import export
 
         lines = "".join(export.export_chunks(snapshot.pages(100), "jsonl"))
     finally:

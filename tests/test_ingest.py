@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from profilebase import ingest
-from profilebase.config import Settings, client_limits
 from profilebase.errors import BatchRejected, BatchTooLarge
-from profilebase.ingest import Intake
+from profilebase.server import ingest
+from profilebase.server.ingest import Intake
+from profilebase.server.settings import Settings, client_limits
 
 LIMITS = client_limits(
     Settings(

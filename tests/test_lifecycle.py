@@ -9,12 +9,12 @@ import pytest
 from conftest import FakeClock
 from helpers import attributes, batch_id_of, deliver, status, submit, update
 
-from profilebase import clients
-from profilebase.config import Settings, client_limits
 from profilebase.models import DAY_MS, now_ms
-from profilebase.storage import Store
-from profilebase.storage.base import Visit
-from profilebase.worker import Worker
+from profilebase.server import clients
+from profilebase.server.settings import Settings, client_limits
+from profilebase.server.storage import Store
+from profilebase.server.storage.base import Visit
+from profilebase.server.worker import Worker
 
 
 def delete(

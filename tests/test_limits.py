@@ -6,8 +6,8 @@ import httpx
 import pytest
 from helpers import attributes, batch_id_of, status, submit, xml_fields
 
-from profilebase.config import Settings
-from profilebase.storage import Store
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port
 from test_metrics import BODY, wait_for_port
 
-from profilebase import logs
+from profilebase.server import logs
 
 
 class Server:
@@ -146,7 +146,7 @@ def test_worker_processes_log_json_from_the_environment(database_url: str, tmp_p
     lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
     started = [json.loads(line) for line in lines if "started" in line]
     assert len(started) == 2
-    assert all(r["logger"] == "profilebase.worker" and r["level"] == "INFO" for r in started)
+    assert all(r["logger"] == "profilebase.server.worker" and r["level"] == "INFO" for r in started)
 
 
 def test_a_bad_log_format_is_refused_with_a_clear_message(tmp_path: Path):

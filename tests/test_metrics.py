@@ -22,12 +22,12 @@ from conftest import FakeClock, LiveServer, free_port
 from helpers import batch_id_of, status, submit
 from prometheus_client.parser import text_string_to_metric_families
 
-from profilebase import clients
-from profilebase.config import Settings, client_limits
-from profilebase.ingest import Intake, store_batch
 from profilebase.models import now_ms
-from profilebase.storage import Store
-from profilebase.worker import Worker
+from profilebase.server import clients
+from profilebase.server.ingest import Intake, store_batch
+from profilebase.server.settings import Settings, client_limits
+from profilebase.server.storage import Store
+from profilebase.server.worker import Worker
 
 #: Three good rows, two that fail (a bad cell count, an empty id).
 BODY = b"batch=thirdPartyId,tier\nm-1,gold\nm-2,silver\nm-3,a,b\n,x\nm-4,bronze\n"

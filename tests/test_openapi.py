@@ -7,7 +7,7 @@ import re
 import httpx
 from starlette.routing import Route
 
-from profilebase.web import create_app, openapi
+from profilebase.server.web import create_app, openapi
 
 
 def test_every_route_is_described_and_nothing_else(settings):  # type: ignore[no-untyped-def]

@@ -10,11 +10,11 @@ import pytest
 from helpers import apply_claim, attributes, batch_id_of, status, submit
 
 from profilebase import batchfile
-from profilebase.config import Settings
-from profilebase.decoder import decode_unit
 from profilebase.models import now_ms
-from profilebase.storage import Store
-from profilebase.worker import Worker
+from profilebase.server.decoder import decode_unit
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store
+from profilebase.server.worker import Worker
 
 NAMES = ["a", "b", "c", "d"]
 

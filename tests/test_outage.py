@@ -23,11 +23,11 @@ from helpers import batch_id_of, run_sql, xml_fields
 from proxy import Outage
 from test_crash import ServerProcess, wait_until
 
-from profilebase.config import Settings
-from profilebase.storage import open_store
-from profilebase.storage.sqlite import SQLiteStore
-from profilebase.web.app import prepare
-from profilebase.worker import Worker
+from profilebase.server.settings import Settings
+from profilebase.server.storage import open_store
+from profilebase.server.storage.sqlite import SQLiteStore
+from profilebase.server.web.app import prepare
+from profilebase.server.worker import Worker
 
 pytestmark = pytest.mark.slow
 

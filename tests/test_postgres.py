@@ -11,11 +11,11 @@ import pytest
 from conftest import PostgresServer
 from test_store_contract import accept, apply, values
 
-from profilebase.config import Settings
 from profilebase.models import SEQ_SPAN, Counts
-from profilebase.storage import Store, open_store
-from profilebase.web.app import prepare
-from profilebase.worker import Worker
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store, open_store
+from profilebase.server.web.app import prepare
+from profilebase.server.worker import Worker
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -53,7 +53,7 @@ def test_a_profile_created_meanwhile_sends_the_unit_round_again(
     pg_store: Store, database: str, caplog: pytest.LogCaptureFixture
 ):
     """A unit that took a profile for new while another transaction created it merges into it."""
-    caplog.set_level(logging.INFO, logger="profilebase.storage")
+    caplog.set_level(logging.INFO, logger="profilebase.server.storage")
     seq, batch_id = accept(pg_store, b"batch=thirdPartyId,a\nx,1\n")
     claim = pg_store.claim_unit("w1", 0, 10**15)
     assert claim is not None

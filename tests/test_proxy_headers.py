@@ -10,12 +10,12 @@ import httpx
 import pytest
 from test_crash import ServerProcess
 
-from profilebase import clients
-from profilebase.config import Settings
 from profilebase.errors import ConfigError
 from profilebase.models import now_ms
-from profilebase.storage import open_store
-from profilebase.web.app import prepare
+from profilebase.server import clients
+from profilebase.server.settings import Settings
+from profilebase.server.storage import open_store
+from profilebase.server.web.app import prepare
 
 pytestmark = pytest.mark.slow
 

@@ -9,13 +9,14 @@ import pytest
 from conftest import FakeClock
 from helpers import attributes, batch_id_of, status, submit, update, xml_fields
 
-from profilebase import business_hours, clients
-from profilebase.config import Settings, client_limits
+from profilebase import business_hours
 from profilebase.errors import ConfigError
 from profilebase.models import BatchState, now_ms
-from profilebase.storage import Store
-from profilebase.web.bulk import effective_state
-from profilebase.worker import Worker
+from profilebase.server import clients
+from profilebase.server.settings import Settings, client_limits
+from profilebase.server.storage import Store
+from profilebase.server.web.bulk import effective_state
+from profilebase.server.worker import Worker
 
 #: Wednesday 2025-01-15 10:00 UTC, and the Saturday after.
 WEDNESDAY_10 = int(datetime(2025, 1, 15, 10, 0, tzinfo=UTC).timestamp() * 1000)

@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from profilebase import clients
 from profilebase.models import now_ms
-from profilebase.storage import Store
+from profilebase.server import clients
+from profilebase.server.storage import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_SDK = "@adobe/target-nodejs-sdk"

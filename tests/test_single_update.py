@@ -6,9 +6,9 @@ import httpx
 import pytest
 from helpers import attributes, batch_id_of, deliver, submit, update, xml_fields
 
-from profilebase import clients
-from profilebase.config import Settings
-from profilebase.storage import Store
+from profilebase.server import clients
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import httpx
 from helpers import apply_claim, batch_id_of, status, submit
 
 from profilebase.models import BatchState, now_ms
-from profilebase.storage import Store
-from profilebase.web.bulk import effective_state
+from profilebase.server.storage import Store
+from profilebase.server.web.bulk import effective_state
 
 
 def test_stuck_only_after_the_configured_time_without_progress(

@@ -7,14 +7,14 @@ import sqlite3
 import pytest
 
 from profilebase import batchfile
-from profilebase.config import Settings
-from profilebase.decoder import decode_unit
 from profilebase.errors import QuotaExceeded
-from profilebase.ingest import Intake, store_batch
 from profilebase.models import SEQ_SPAN, BatchState, Counts, Limits, now_ms
-from profilebase.storage import Store, sqlite_path
-from profilebase.storage.base import UnitClaim
-from profilebase.worker import Worker
+from profilebase.server.decoder import decode_unit
+from profilebase.server.ingest import Intake, store_batch
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store, sqlite_path
+from profilebase.server.storage.base import UnitClaim
+from profilebase.server.worker import Worker
 
 LEASE = 10_000
 

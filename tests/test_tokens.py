@@ -13,12 +13,13 @@ from click.testing import CliRunner
 from conftest import FakeClock
 from helpers import TEST_SECRET
 
-from profilebase import clients, server_secret, tokens
 from profilebase.cli import main
-from profilebase.config import Settings
 from profilebase.errors import ConfigError
 from profilebase.models import now_ms
-from profilebase.storage import Store, sqlite_path
+from profilebase.server import clients, tokens
+from profilebase.server import secret as server_secret
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store, sqlite_path
 
 TOKEN = "/acme/target/authentication/token"
 LEGACY = "/admin/rest/v1/authentication/token"

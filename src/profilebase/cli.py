@@ -19,12 +19,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from profilebase.config import Settings
 from profilebase.errors import BatchStuck, ProfilebaseError, RemoteUnavailable
-from profilebase.storage import redact
+from profilebase.server.settings import Settings
+from profilebase.server.storage import redact
 
 if TYPE_CHECKING:
-    from profilebase.storage import Store
+    from profilebase.server.storage import Store
 
 
 def explain(exc: ProfilebaseError) -> str:
@@ -44,7 +44,7 @@ def load_settings(**overrides: Any) -> Settings:
 @contextmanager
 def opened(database: str | None) -> Iterator[tuple[Settings, Store]]:
     """Settings and the migrated store for a command; errors become one clear line."""
-    from profilebase.storage import open_store
+    from profilebase.server.storage import open_store
 
     settings = load_settings(database=database)
     try:
@@ -84,7 +84,7 @@ log_format_option = click.option(
 
 
 def configure_logging(level: str, form: str = "text") -> None:
-    from profilebase import logs
+    from profilebase.server import logs
 
     logs.configure(level, form)
 
@@ -127,7 +127,7 @@ def serve(
     log_format: str | None,
 ) -> None:
     """Start the HTTP server, with batch workers inside it, and the dashboard at /ui."""
-    from profilebase.web import create_app, server
+    from profilebase.server.web import create_app, server
 
     settings = load_settings(
         host=host, port=port, database=database, workers=workers, demo=demo, log_format=log_format
@@ -173,7 +173,7 @@ def worker(
 
     Stops after finishing its current unit on SIGTERM or Ctrl-C.
     """
-    from profilebase.worker import run_processes
+    from profilebase.server.worker import run_processes
 
     settings = load_settings(
         database=database,
@@ -197,7 +197,7 @@ def worker(
 @database_option
 def migrate(database: str | None) -> None:
     """Apply pending schema migrations (serve and worker also do this at start-up)."""
-    from profilebase.storage import open_settings_store
+    from profilebase.server.storage import open_settings_store
 
     settings = load_settings(database=database)
     try:
@@ -232,8 +232,8 @@ def clients() -> None:
 @database_option
 def clients_create(code: str, require_auth: bool, as_json: bool, database: str | None) -> None:
     """Create client CODE and print its API key and secret (shown this once only)."""
-    from profilebase import clients as library
     from profilebase.models import now_ms
+    from profilebase.server import clients as library
 
     with opened(database) as (_, store):
         client, credentials = library.create(store, code, require_auth, now_ms())
@@ -257,7 +257,7 @@ def clients_create(code: str, require_auth: bool, as_json: bool, database: str |
 @database_option
 def clients_new_secret(code: str, as_json: bool, database: str | None) -> None:
     """Give client CODE a new API key and secret; the old ones stop working at once."""
-    from profilebase import clients as library
+    from profilebase.server import clients as library
 
     with opened(database) as (_, store):
         client, credentials = library.new_secret(store, code)
@@ -298,11 +298,11 @@ def clients_list(as_json: bool, database: str | None) -> None:
 @database_option
 def clients_show(code: str, as_json: bool, database: str | None) -> None:
     """Show client CODE: authorization, its limits in force, usage and active token."""
-    from profilebase import clients as library
-    from profilebase.config import client_limits
     from profilebase.models import iso_ms, now_ms
-    from profilebase.storage.quota import DAY_MS
-    from profilebase.tokens import PROFILE_API
+    from profilebase.server import clients as library
+    from profilebase.server.quota import DAY_MS
+    from profilebase.server.settings import client_limits
+    from profilebase.server.tokens import PROFILE_API
 
     now = now_ms()
     with opened(database) as (settings, store):
@@ -384,7 +384,7 @@ def clients_set(
     database: str | None,
 ) -> None:
     """Change client CODE's authorization requirement, limits and organization id."""
-    from profilebase import clients as library
+    from profilebase.server import clients as library
 
     pairs = {}
     for item in limits:
@@ -419,7 +419,7 @@ def clients_enable(code: str, database: str | None) -> None:
 
 
 def set_disabled(code: str, database: str | None, disabled: bool) -> None:
-    from profilebase import clients as library
+    from profilebase.server import clients as library
 
     with opened(database) as (_, store):
         library.change(store, code, disabled=disabled)
@@ -437,11 +437,11 @@ def tokens() -> None:
 @database_option
 def tokens_create(code: str, as_json: bool, database: str | None) -> None:
     """Create a profile API token for CODE, as the token endpoint does, and print it once."""
-    from profilebase import clients as library
-    from profilebase import server_secret
-    from profilebase import tokens as library_tokens
-    from profilebase.config import client_limits
     from profilebase.models import iso_ms, now_ms
+    from profilebase.server import clients as library
+    from profilebase.server import secret as server_secret
+    from profilebase.server import tokens as library_tokens
+    from profilebase.server.settings import client_limits
 
     with opened(database) as (settings, store):
         client = library.get(store, code)
@@ -469,9 +469,9 @@ def tokens_create(code: str, as_json: bool, database: str | None) -> None:
 @database_option
 def tokens_revoke(code: str, database: str | None) -> None:
     """Revoke every token of client CODE at once."""
-    from profilebase import clients as library
-    from profilebase import tokens as library_tokens
     from profilebase.models import now_ms
+    from profilebase.server import clients as library
+    from profilebase.server import tokens as library_tokens
 
     with opened(database) as (_, store):
         count = library_tokens.revoke(store, library.get(store, code), now_ms())
@@ -491,8 +491,8 @@ def secret_rotate(database: str | None) -> None:
     Writes a new random secret to the secret file, or takes the value now in
     PROFILEBASE_SECRET. Restart every server process with the new secret afterwards.
     """
-    from profilebase import server_secret
     from profilebase.models import now_ms
+    from profilebase.server import secret as server_secret
 
     with opened(database) as (settings, store):
         new, revoked = server_secret.rotate(settings, store, now_ms())
@@ -833,7 +833,7 @@ def direct_store(database: str) -> Iterator[tuple[Settings, Store]]:
     """Settings and the migrated store of a direct run; a failure is one sentence, exit 3
     (a bad URL, an unknown client) or 5 (the database is unreachable or failed)."""
     from profilebase.errors import StorageError
-    from profilebase.storage import open_store
+    from profilebase.server.storage import open_store
 
     try:
         settings = Settings.from_env(database=database)
@@ -922,7 +922,7 @@ def export_command(
         out.close()
         os.replace(target, str(output))
     if unkeyed:
-        from profilebase.export import unkeyed_warning
+        from profilebase.server.export import unkeyed_warning
 
         click.echo("warning: " + unkeyed_warning(unkeyed, key_kind), err=True)
 
@@ -932,8 +932,8 @@ def export_to(
 ) -> int:
     """Write the export to ``out``; return the profiles a batch file has no row for."""
     if database is not None:
-        from profilebase import direct
         from profilebase.models import now_ms
+        from profilebase.server import direct
 
         with direct_store(database) as (settings, store):
             try:
@@ -970,7 +970,7 @@ def delete_command(
     code = remote["client_code"]
     database = direct_database(database)
     if database is not None:
-        from profilebase import direct
+        from profilebase.server import direct
 
         with direct_store(database) as (settings, store):
             try:
@@ -1017,8 +1017,8 @@ def batches_list(
 
     database = direct_database(database)
     if database is not None:
-        from profilebase import direct
         from profilebase.models import now_ms
+        from profilebase.server import direct
 
         with direct_store(database) as (settings, store):
             try:
@@ -1050,8 +1050,8 @@ def batches_show(batch_id: str, as_json: bool, database: str | None, **remote: A
 
     database = direct_database(database)
     if database is not None:
-        from profilebase import direct
         from profilebase.models import now_ms
+        from profilebase.server import direct
 
         with direct_store(database) as (settings, store):
             try:
@@ -1088,8 +1088,8 @@ def batches_cancel(
     who = by if by is not None else operator()
     database = direct_database(database)
     if database is not None:
-        from profilebase import direct
         from profilebase.models import now_ms
+        from profilebase.server import direct
 
         with direct_store(database) as (settings, store):
             try:
@@ -1161,8 +1161,8 @@ def copy_command(
     import time
 
     from profilebase.client.console import ProgressBar
-    from profilebase.storage import open_store
-    from profilebase.transfer import Copy
+    from profilebase.server.storage import open_store
+    from profilebase.server.transfer import Copy
 
     if source == target:
         raise click.UsageError("--from and --to name the same database.")
@@ -1221,7 +1221,7 @@ def backup_command(database: str | None, path: str) -> None:
     backup API), while the server goes on; for PostgreSQL it says which pg_dump to run."""
     import os
 
-    from profilebase.storage.tables import TableAccess
+    from profilebase.server.storage.tables import TableAccess
 
     with opened(database) as (settings, store):
         if not isinstance(store, TableAccess):
@@ -1271,7 +1271,7 @@ def import_command(
             bar.rows("importing", done, total)
 
         if database is not None:
-            from profilebase import direct
+            from profilebase.server import direct
 
             with direct_store(database) as (settings, store):
                 try:

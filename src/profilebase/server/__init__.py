@@ -1,0 +1,1 @@
+"""The server: settings, intake, workers, storage and the HTTP API."""

@@ -1,0 +1,226 @@
+"""Accepting a batch: read the body as it streams, validate, cut it into work units, store.
+
+The body is never held whole in memory: complete lines are cut into units of
+``unit_rows`` lines and spooled to a temporary file (in memory up to a few MB).
+Limits are enforced while reading, so an oversized body is refused without
+reading the rest. Nothing reaches the database until the whole body has been
+read and checked; then one transaction stores the batch and all its units.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import overload
+
+from profilebase import batchfile
+from profilebase.errors import BatchRejected, BatchTooLarge
+from profilebase.models import SEQ_SPAN, Client, Limits
+from profilebase.server.storage.base import NewBatch, Store, UnitSpec
+
+SPOOL_IN_MEMORY = 8 * 1024 * 1024
+
+
+class SpooledUnits(Sequence[UnitSpec]):
+    """Units whose bodies sit in a spool file; each is read back only when used."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+        self.spans: list[tuple[int, int, int, int]] = []  # first_line, rows, offset, length
+        self.size = 0
+
+    def add(self, first_line: int, rows: int, body: bytes) -> None:
+        self.file.write(body)
+        self.spans.append((first_line, rows, self.size, len(body)))
+        self.size += len(body)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    @overload
+    def __getitem__(self, i: int) -> UnitSpec: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[UnitSpec]: ...
+    def __getitem__(self, i: int | slice) -> UnitSpec | Sequence[UnitSpec]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        first_line, rows, offset, length = self.spans[i]
+        self.file.seek(offset)
+        return UnitSpec(first_line, rows, self.file.read(length))
+
+    def __iter__(self) -> Iterator[UnitSpec]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@dataclass(frozen=True)
+class ReadBatch:
+    header: batchfile.Header
+    rows: int
+    units: SpooledUnits
+    #: SHA-256 of the whole body (hex) when the intake was asked to hash it, else "".
+    digest: str = ""
+
+
+class Intake:
+    """Consumes a batch body chunk by chunk and enforces the byte and row limits."""
+
+    def __init__(
+        self, limits: Limits, unit_rows: int, prefix_optional: bool = False, digest: bool = False
+    ) -> None:
+        self.limits = limits
+        self.hash = hashlib.sha256() if digest else None
+        self.unit_rows = unit_rows
+        self.prefix_optional = prefix_optional
+        self.total = 0
+        self.rows = 0
+        self.head = b""
+        self.header: batchfile.Header | None = None
+        self.partial = b""
+        self.line = 1  # number of the last line read; the header is line 1
+        self.unit_lines: list[bytes] = []
+        self.unit_rows_seen = 0
+        self.unit_first = 2
+        self.units = SpooledUnits()
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next piece of the body; raise ``BatchRejected``/``BatchTooLarge`` early."""
+        if not chunk:
+            return
+        self.total += len(chunk)
+        if self.hash is not None:
+            self.hash.update(chunk)
+        if self.total >= self.limits.max_batch_bytes:
+            raise BatchTooLarge(
+                f"The batch body is {self.total:,} bytes or more; it must be smaller than "
+                f"{self.limits.max_batch_bytes:,} bytes (max_batch_bytes). Split the file "
+                "into several batches."
+            )
+        if self.header is None:
+            self.head += chunk
+            end = self.head.find(b"\n")
+            if end < 0:
+                self._check_prefix(final=False)
+                return
+            rest = self.head[end + 1 :]
+            self._read_header(self.head[:end])
+            self.head = b""
+            chunk = rest
+        data = self.partial + chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self.partial = data
+            return
+        self.partial = data[cut + 1 :]
+        self._take_lines(data[:cut].split(b"\n"))
+
+    def finish(self) -> ReadBatch:
+        """The body has ended: read the last line, cut the last unit, return the batch."""
+        if self.header is None:
+            self._read_header(self.head)
+            self.head = b""
+        if self.partial:
+            self._take_lines([self.partial])
+            self.partial = b""
+        self._cut_unit()
+        assert self.header is not None
+        digest = "" if self.hash is None else self.hash.hexdigest()
+        return ReadBatch(self.header, self.rows, self.units, digest)
+
+    def _check_prefix(self, final: bool) -> None:
+        """Refuse a body that does not start with ``batch=`` as soon as that is certain."""
+        if self.prefix_optional:
+            return
+        head = self.head
+        if not final and (
+            batchfile.PREFIX.startswith(head) or (batchfile.BOM + batchfile.PREFIX).startswith(head)
+        ):
+            return  # too short to tell yet (the BOM or the prefix may arrive split)
+        if head.startswith(batchfile.BOM):
+            head = head[len(batchfile.BOM) :]
+        if not head.startswith(batchfile.PREFIX):
+            batchfile.split_prefix(head)  # raises with the explanation
+
+    def _read_header(self, line: bytes) -> None:
+        self._check_prefix(final=True)
+        if line.startswith(batchfile.BOM):
+            line = line[len(batchfile.BOM) :]
+        if line.startswith(batchfile.PREFIX):
+            line = line[len(batchfile.PREFIX) :]
+        if batchfile.is_blank(line):
+            raise BatchRejected(
+                "The batch has no header: after `batch=` the first line must name the id "
+                "column (pcId or thirdPartyId) and the attributes, e.g. "
+                "`batch=thirdPartyId,attr1,attr2`."
+            )
+        self.header = batchfile.parse_header(line)
+
+    def _take_lines(self, lines: list[bytes]) -> None:
+        position = 0
+        while position < len(lines):
+            room = self.unit_rows - len(self.unit_lines)
+            part = lines[position : position + room]
+            position += len(part)
+            rows = sum(1 for line in part if not batchfile.is_blank(line))
+            self.rows += rows
+            self.unit_rows_seen += rows
+            self.unit_lines.extend(part)
+            self.line += len(part)
+            if self.line >= SEQ_SPAN:
+                raise BatchTooLarge(
+                    f"The batch has {SEQ_SPAN:,} lines or more (blank lines included); "
+                    "split it into smaller batches."
+                )
+            if self.rows > self.limits.max_batch_rows:
+                raise BatchTooLarge(
+                    f"The batch has more than {self.limits.max_batch_rows:,} data rows "
+                    "(max_batch_rows). Split the file into batches of at most "
+                    f"{self.limits.max_batch_rows:,} rows."
+                )
+            if len(self.unit_lines) >= self.unit_rows:
+                self._cut_unit()
+
+    def _cut_unit(self) -> None:
+        if self.unit_rows_seen:
+            self.units.add(self.unit_first, self.unit_rows_seen, b"\n".join(self.unit_lines))
+        self.unit_lines = []
+        self.unit_rows_seen = 0
+        self.unit_first = self.line + 1
+
+
+def store_batch(
+    store: Store,
+    client: Client,
+    version: int,
+    read: ReadBatch,
+    limits: Limits,
+    now_ms: int,
+    idempotency_key: str | None = None,
+) -> tuple[int, str]:
+    """Store a read batch for processing; return (seq, batch id). Writes nothing on refusal.
+
+    With an ``idempotency_key`` already used by this client, nothing is stored and the
+    batch first accepted under it is returned.
+    """
+    try:
+        return store.accept_batch(
+            NewBatch(
+                client=client,
+                version=version,
+                key_kind=read.header.key_kind,
+                names=read.header.names,
+                batch_size=read.rows,
+                units=read.units,
+                idempotency_key=idempotency_key,
+                digest=read.digest,
+            ),
+            now_ms,
+            limits,
+        )
+    finally:
+        read.units.close()

@@ -1,0 +1,434 @@
+"""Importing profiles from JSON lines, as ``profilebase export`` writes them.
+
+Each line is one profile::
+
+    {"visitorId": "crm-1", "thirdPartyId": "crm-1", "tntIds": ["t1"], "modifiedAt": "…",
+     "profileAttributes": {"tier": {"value": "gold", "modifiedAt": "…"}}}
+
+An import goes through the batch machinery, so it has a batch's guarantees:
+
+1. The body is read, cut into units of ``unit_rows`` lines and stored in one
+   transaction under one write seq (``Store.accept_batch``, batch version 3), within
+   the client's batch limits and quotas; an ``Idempotency-Key`` works as for a batch.
+2. Workers apply units in any order, each in one transaction
+   (``Store.apply_import_unit``): a row's seq is the import's seq plus its line, so
+   per attribute a later write wins whatever the order, as with batch rows.
+3. Every line ends applied or failed with its reason, and the status, failed rows,
+   cancel and listing work as for any batch.
+
+Lines that are not a profile fail with the reason; an empty value is no change, as
+in a batch. Attribute and profile modified times are kept as exported.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import zlib
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, overload
+
+import msgspec
+
+from profilebase import batchfile
+from profilebase.errors import BatchTooLarge
+from profilebase.models import SEQ_SPAN, Client, Counts, FailedRow, KeyKind, Limits
+from profilebase.server.ingest import SpooledUnits
+from profilebase.server.storage.base import NewBatch, Store, UnitClaim, UnitSpec
+from profilebase.server.storage.batch_control import IMPORT_VERSION
+from profilebase.server.storage.imports import ImportRow
+from profilebase.server.storage.merge import dump_attrs
+
+__all__ = ["IMPORT_VERSION", "ImportIntake", "accept", "apply_claim", "decode_line", "decode_unit"]
+
+
+class ImportIntake:
+    """Cuts a JSON-lines body into units as it streams, within the byte and row limits.
+
+    Its units are stored compressed (``Compressed``).
+    """
+
+    def __init__(self, limits: Limits, unit_rows: int, digest: bool = False) -> None:
+        import hashlib
+
+        self.limits = limits
+        self.unit_rows = unit_rows
+        self.hash = hashlib.sha256() if digest else None
+        self.total = 0
+        self.rows = 0
+        self.line = 0  # the last line read; the first line is line 1
+        self.partial = b""
+        self.lines: list[bytes] = []
+        self.first = 1
+        self.unit_rows_seen = 0
+        self.units = SpooledUnits()
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        if self.hash is not None:
+            self.hash.update(chunk)
+        if self.total >= self.limits.max_batch_bytes:
+            raise BatchTooLarge(
+                f"The import is {self.total:,} bytes or more; one request must be smaller than "
+                f"{self.limits.max_batch_bytes:,} bytes (max_batch_bytes). Send the file in "
+                "parts (profilebase import does)."
+            )
+        data = self.partial + chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self.partial = data
+            return
+        self.partial = data[cut + 1 :]
+        self._take(data[:cut].split(b"\n"))
+
+    def finish(self) -> SpooledUnits:
+        if self.partial:
+            self._take([self.partial])
+            self.partial = b""
+        self._cut()
+        return self.units
+
+    @property
+    def digest(self) -> str:
+        return "" if self.hash is None else self.hash.hexdigest()
+
+    def _take(self, lines: list[bytes]) -> None:
+        position = 0
+        while position < len(lines):
+            part = lines[position : position + self.unit_rows - len(self.lines)]
+            position += len(part)
+            rows = sum(1 for line in part if not batchfile.is_blank(line))
+            self.rows += rows
+            self.unit_rows_seen += rows
+            self.line += len(part)
+            self.lines += part
+            if self.line >= SEQ_SPAN:
+                raise BatchTooLarge(f"The import has {SEQ_SPAN:,} lines or more; split it.")
+            if self.rows > self.limits.max_batch_rows:
+                raise BatchTooLarge(
+                    f"The import has more than {self.limits.max_batch_rows:,} profiles "
+                    "(max_batch_rows); send it in parts (profilebase import does)."
+                )
+            if len(self.lines) >= self.unit_rows:
+                self._cut()
+
+    def _cut(self) -> None:
+        if self.unit_rows_seen:
+            self.units.add(self.first, self.unit_rows_seen, b"\n".join(self.lines))
+        self.lines = []
+        self.unit_rows_seen = 0
+        self.first = self.line + 1
+
+
+class Compressed(Sequence[UnitSpec]):
+    """Units whose bodies are compressed as they are read (zlib, fastest level): JSON lines
+    repeat their field names, so they shrink several times, and the database writes, reads
+    and clears that much less (``unit_body`` opens them again). Compressing when the store
+    reads them keeps the work off the server's event loop and in the storing thread."""
+
+    def __init__(self, units: SpooledUnits) -> None:
+        self.units = units
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    @overload
+    def __getitem__(self, i: int) -> UnitSpec: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[UnitSpec]: ...
+    def __getitem__(self, i: int | slice) -> UnitSpec | Sequence[UnitSpec]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        unit = self.units[i]
+        return UnitSpec(unit.first_line, unit.row_count, zlib.compress(unit.body, 1))
+
+    def __iter__(self) -> Iterator[UnitSpec]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+async def read(
+    chunks: AsyncIterator[bytes], limits: Limits, unit_rows: int, digest: bool
+) -> ImportIntake:
+    """Feed a streamed body to an intake."""
+    intake = ImportIntake(limits, unit_rows, digest)
+    try:
+        async for chunk in chunks:
+            intake.feed(chunk)
+        intake.finish()
+    except BaseException:
+        intake.units.close()
+        raise
+    return intake
+
+
+def accept(
+    store: Store,
+    client: Client,
+    intake: ImportIntake,
+    limits: Limits,
+    now_ms: int,
+    idempotency_key: str | None = None,
+) -> tuple[int, str]:
+    """Store the import's units under one seq (a batch of version 3); (seq, batch id)."""
+    try:
+        return store.accept_batch(
+            NewBatch(
+                client=client,
+                version=IMPORT_VERSION,
+                key_kind=KeyKind.THIRD_PARTY_ID,
+                names=(),
+                batch_size=intake.rows,
+                units=Compressed(intake.units),
+                idempotency_key=idempotency_key,
+                digest=intake.digest,
+            ),
+            now_ms,
+            limits,
+        )
+    finally:
+        intake.units.close()
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MILLISECOND = timedelta(milliseconds=1)
+
+
+class LineError(ValueError):
+    """A line that is not a profile; the message says why."""
+
+
+def to_ms(text: object, what: str) -> int:
+    if not isinstance(text, str):
+        raise LineError(f"{what} must be an ISO-8601 time such as 2026-01-31T12:00:00.000+00:00")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise LineError(
+            f"{what} {text[:40]!r} is not an ISO-8601 time such as 2026-01-31T12:00:00.000+00:00"
+        ) from None
+    if moment.tzinfo is None:
+        raise LineError(f"{what} {text[:40]!r} has no time zone: add +00:00 (UTC)")
+    return (moment - EPOCH) // MILLISECOND  # exact: no float rounding
+
+
+def checked_id(kind: KeyKind, value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise LineError(f"{field} must be text")
+    if not value:
+        raise LineError(f"{field} is empty")
+    problem = batchfile.check_id(kind, value)
+    if problem:
+        raise LineError(problem)
+    return value
+
+
+def attribute(name: object, entry: object, seq: int, default_ms: int) -> tuple[str, Any] | None:
+    """One attribute as stored, ``[value, seq, ms]``; None for an empty value (no change)."""
+    if not isinstance(name, str) or not name:
+        raise LineError("an attribute name is empty")
+    if name.startswith("profile."):
+        raise LineError(
+            f"attribute {name!r}: write names without the `profile.` prefix "
+            f"(here: {name.removeprefix('profile.')!r})"
+        )
+    modified = default_ms
+    if isinstance(entry, dict):
+        if entry.get("modifiedAt") is not None:
+            modified = to_ms(entry["modifiedAt"], f"modifiedAt of attribute {name!r}")
+        entry = entry.get("value")
+    if not isinstance(entry, str):
+        raise LineError(f"the value of attribute {name!r} must be text")
+    if not entry:
+        return None
+    return name, [entry, seq, modified]
+
+
+def decode_line(line: bytes, number: int, seq: int, now_ms: int) -> ImportRow:
+    """One line as a profile to import; ``LineError`` says what is wrong with it."""
+    try:
+        document = json.loads(line)
+    except UnicodeDecodeError:
+        raise LineError("the line is not UTF-8") from None
+    except ValueError as exc:
+        raise LineError(f"the line is not JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise LineError("the line is not a JSON object (one profile per line)")
+    third = document.get("thirdPartyId")
+    visitor = document.get("visitorId")
+    tnt_ids = document.get("tntIds", [])
+    if not isinstance(tnt_ids, list):
+        raise LineError("tntIds must be a list of tntIds")
+    aliases: list[str] = []
+    if third is not None:
+        key = KeyKind.THIRD_PARTY_ID.key(checked_id(KeyKind.THIRD_PARTY_ID, third, "thirdPartyId"))
+        if visitor is not None and visitor != third:
+            tnt_ids = [visitor, *tnt_ids]
+        for tnt_id in tnt_ids:
+            alias = KeyKind.PC_ID.key(checked_id(KeyKind.PC_ID, tnt_id, "tntIds"))
+            if alias not in aliases:
+                aliases.append(alias)
+    else:
+        if visitor is None:
+            raise LineError("the profile has neither thirdPartyId nor visitorId")
+        key = KeyKind.PC_ID.key(checked_id(KeyKind.PC_ID, visitor, "visitorId"))
+        if any(t != visitor for t in tnt_ids):
+            raise LineError(
+                "a profile without a thirdPartyId is a visitor's own: its tntIds can only "
+                "be its visitorId"
+            )
+    default_ms = now_ms
+    if document.get("modifiedAt") is not None:  # null is no time, as leaving it out
+        default_ms = to_ms(document["modifiedAt"], "modifiedAt")
+    found = document.get("profileAttributes", {})
+    if not isinstance(found, dict):
+        raise LineError("profileAttributes must be an object: name -> {value, modifiedAt}")
+    attrs = dict(
+        item
+        for item in (attribute(n, e, seq, default_ms) for n, e in found.items())
+        if item is not None
+    )
+    modified = max([default_ms, *(entry[2] for entry in attrs.values())])
+    return ImportRow(number, key, tuple(aliases), seq, dump_attrs(attrs), modified)
+
+
+class FastAttribute(msgspec.Struct):
+    value: str
+    modifiedAt: str | None = None
+
+
+class FastProfile(msgspec.Struct):
+    """The fields an import reads; others (client, writtenBy) are ignored."""
+
+    visitorId: str | None = None
+    thirdPartyId: str | None = None
+    tntIds: list[str] = []
+    modifiedAt: str | None = None
+    profileAttributes: dict[str, FastAttribute] = {}
+
+
+FAST = msgspec.json.Decoder(FastProfile)
+#: An attribute entry's time, [value, seq, ms][2].
+THIRD = operator.itemgetter(2)
+ENCODE = msgspec.json.Encoder()
+
+
+def fast_line(
+    line: bytes, number: int, seq: int, now_ms: int, times: dict[str | None, int]
+) -> ImportRow | None:
+    """``decode_line`` for the common, valid line, typed by msgspec; None for any line it
+    cannot vouch for, which ``decode_line`` then judges and explains. ``times`` remembers
+    the times seen in the unit (an export repeats few)."""
+    try:
+        document = FAST.decode(line)
+    except msgspec.DecodeError:
+        return None
+    found = document.profileAttributes
+    # One search over all names (a name holding a line break may send a good line to the
+    # reference path, never a bad one past it).
+    if "" in found or "\nprofile." in "\n" + "\n".join(found):
+        return None
+    default_ms = times[None] = now_ms
+    if document.modifiedAt is not None:
+        if not known(times, [document.modifiedAt]):
+            return None
+        default_ms = times[None] = times[document.modifiedAt]
+    try:
+        attrs = {n: [a.value, seq, times[a.modifiedAt]] for n, a in found.items() if a.value}
+    except KeyError:
+        if not known(times, [a.modifiedAt for a in found.values()]):
+            return None
+        attrs = {n: [a.value, seq, times[a.modifiedAt]] for n, a in found.items() if a.value}
+    latest: int = max(default_ms, max(map(THIRD, attrs.values()), default=default_ms))
+    third, visitor = document.thirdPartyId, document.visitorId
+    aliases: list[str] = []
+    if third is not None:
+        if not third or batchfile.check_id(KeyKind.THIRD_PARTY_ID, third):
+            return None
+        tnt_ids = document.tntIds
+        if visitor is not None and visitor != third:
+            tnt_ids = [visitor, *tnt_ids]
+        for tnt_id in tnt_ids:
+            if not tnt_id or batchfile.check_id(KeyKind.PC_ID, tnt_id):
+                return None
+            if "p:" + tnt_id not in aliases:
+                aliases.append("p:" + tnt_id)
+        key = "t:" + third
+    else:
+        if not visitor or batchfile.check_id(KeyKind.PC_ID, visitor):
+            return None
+        if any(t != visitor for t in document.tntIds):
+            return None
+        key = "p:" + visitor
+    return ImportRow(number, key, tuple(aliases), seq, ENCODE.encode(attrs).decode(), latest)
+
+
+def known(times: dict[str | None, int], texts: list[str | None]) -> bool:
+    """Add the milliseconds of each time to ``times``; False if one is not a valid time."""
+    for text in texts:
+        if text not in times:
+            try:
+                times[text] = to_ms(text, "")
+            except LineError:
+                return False
+    return True
+
+
+def decode_unit(
+    body: bytes, first_line: int, batch_seq: int, now_ms: int
+) -> tuple[list[ImportRow], list[FailedRow]]:
+    """A stored unit's lines as rows to apply, and the lines that fail with their reasons."""
+    rows: list[ImportRow] = []
+    failures: list[FailedRow] = []
+    times: dict[str | None, int] = {}
+    for offset, line in enumerate(body.split(b"\n")):
+        if batchfile.is_blank(line):
+            continue
+        number = first_line + offset
+        seq = batch_seq * SEQ_SPAN + number
+        fast = fast_line(line, number, seq, now_ms, times)
+        if fast is not None:
+            rows.append(fast)
+            continue
+        try:
+            rows.append(decode_line(line, number, seq, now_ms))
+        except LineError as exc:
+            failures.append(FailedRow(number, line_id(line), str(exc), raw_text(line)))
+    return rows, failures
+
+
+def unit_body(stored: bytes) -> bytes:
+    """A stored unit's lines (they are kept compressed)."""
+    return zlib.decompress(stored)
+
+
+def line_id(line: bytes) -> str:
+    from profilebase.server.storage.batch_control import row_id
+
+    return row_id(IMPORT_VERSION, line)
+
+
+def raw_text(line: bytes) -> str:
+    text = line.rstrip(b"\r").decode("utf-8", errors="replace")
+    return text if len(text) <= 2000 else text[:2000] + "…"
+
+
+def apply_claim(
+    store: Store,
+    claim: UnitClaim,
+    now_ms: int,
+    max_profile_bytes: int,
+    expire_before_ms: int = 0,
+) -> Counts | None:
+    """Decode and apply one claimed unit of an import, as a worker does."""
+    body = unit_body(claim.body)
+    rows, failures = decode_unit(body, claim.first_line, claim.batch_seq, now_ms)
+    return store.apply_import_unit(
+        claim, rows, failures, now_ms, max_profile_bytes, expire_before_ms
+    )
+
+
+def lines_of(profiles: Iterable[dict[str, Any]]) -> bytes:
+    """JSON lines of profile documents (for tests and tools)."""
+    return b"".join(json.dumps(p, ensure_ascii=False).encode() + b"\n" for p in profiles)

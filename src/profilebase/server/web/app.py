@@ -1,0 +1,153 @@
+"""The application factory: ``create_app(settings, store)``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from anyio import CapacityLimiter, to_thread
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from profilebase.errors import DatabaseUnavailable, ProfilebaseError
+from profilebase.models import now_ms
+from profilebase.server import secret as server_secret
+from profilebase.server.metrics import Metrics
+from profilebase.server.settings import Settings
+from profilebase.server.storage import Store, open_settings_store
+from profilebase.server.web import (
+    authentication,
+    bulk,
+    dashboard,
+    delivery,
+    errors,
+    extensions,
+    observe,
+    profiles,
+    update,
+)
+from profilebase.server.web.attempts import FailedAttempts
+from profilebase.server.worker import WorkerPool
+
+DEMO_CLIENT = "demo"
+
+
+#: Threads that may run readiness checks at once: their own, so that /readyz answers
+#: even while every thread of the shared pool waits for a database that is gone.
+READINESS_THREADS = 2
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: 200 while the process serves HTTP, whatever the database's state."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: 200 when the database answers and its schema is up to date, 503 otherwise.
+
+    Answers within ``database_timeout`` (plus the check itself); the reply says which
+    of the two is wrong, in our words. Not logged: load balancers ask every few seconds,
+    and the requests that fail during an outage are logged already.
+    """
+    store: Store = request.app.state.store
+    settings: Settings = request.app.state.settings
+    try:
+        pending = await to_thread.run_sync(
+            store.pending_migrations, limiter=request.app.state.readiness_limiter
+        )
+    except DatabaseUnavailable as exc:
+        return JSONResponse(
+            {"status": 503, "message": exc.message},
+            status_code=503,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+    if pending:
+        return JSONResponse(
+            {
+                "status": 503,
+                "message": f"The database schema is not up to date: {len(pending)} migration(s) "
+                f"missing ({', '.join(pending)}). Run `profilebase migrate`.",
+            },
+            status_code=503,
+            headers={"Retry-After": str(max(1, round(settings.database_timeout)))},
+        )
+    return JSONResponse({"status": "ready"})
+
+
+def prepare(store: Store, settings: Settings) -> None:
+    """Migrate the schema and create the demo client; run at start-up.
+
+    Both only write when there is something to do, so a server whose SQLite file is
+    read-only still starts and serves reads (writes answer 503 until it is writable).
+    """
+    store.migrate()
+    if settings.demo and store.get_client(DEMO_CLIENT) is None:
+        store.ensure_client(DEMO_CLIENT)
+
+
+def create_app(
+    settings: Settings | None = None,
+    store: Store | None = None,
+    workers: int | None = None,
+    clock: Callable[[], int] = now_ms,
+) -> Starlette:
+    """Build the ASGI app. ``workers`` batch threads run inside it (default: settings.workers);
+    ``clock`` gives milliseconds since the epoch to the app and its workers."""
+    settings = settings or Settings.from_env()
+    owns_store = store is None
+    the_store = store or open_settings_store(settings)
+    count = settings.workers if workers is None else workers
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.readiness_limiter = CapacityLimiter(READINESS_THREADS)
+        await run_in_threadpool(prepare, the_store, settings)
+        app.state.secret = await run_in_threadpool(
+            server_secret.open_secret, settings, the_store, clock()
+        )
+        pool = WorkerPool(the_store, settings, count, clock, metrics)
+        pool.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(pool.close)
+            if owns_store:
+                the_store.close()
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            *bulk.routes,
+            *update.routes,
+            *profiles.routes,
+            *delivery.routes,
+            *authentication.routes,
+            *extensions.routes,
+            *observe.routes,
+            *dashboard.routes,
+        ],
+        exception_handlers={
+            ProfilebaseError: observe.counting(errors.profilebase_error),
+            HTTPException: errors.http_error,
+        },
+        # Outside the exception handlers: every other exception, and clients that hang up;
+        # the observer outside the guard, so that a 500 carries its request id too.
+        middleware=[
+            Middleware(observe.RequestObserver, metrics=metrics),
+            Middleware(errors.ErrorGuard, on_error=lambda exc: metrics.database_error(exc, "web")),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = the_store
+    app.state.clock = clock
+    app.state.metrics = metrics
+    app.state.failed_attempts = FailedAttempts(settings.auth_failures_per_minute, clock)
+    return app

@@ -1,0 +1,161 @@
+"""Target's token endpoints: create or show the profile API token of a client.
+
+- ``POST /{client}/target/authentication/token?authorizationScope=profile_api`` (or
+  ``scope=``) creates a token: 201 ``{accessToken, tokenType, scope, expiresIn}``.
+- ``GET`` on the same path returns the active token in the same shape, with the seconds
+  it has left (the server derives it again from the server secret; 404 if none).
+- ``GET|POST /admin/rest/v1/authentication/token?client=…&scope=profile_api`` is Target
+  Classic's form: 200 ``{access_token, scope, expires_in, token_type}``; the client is
+  resolved as every route that takes it from outside the path does.
+
+All of them authenticate with HTTP Basic ``api_key:secret``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from profilebase.errors import BadRequest, NotFound, Unauthenticated
+from profilebase.models import Client
+from profilebase.server import clients, tokens
+from profilebase.server.settings import client_limits
+from profilebase.server.web.context import (
+    address_of,
+    client_named_by,
+    clock_of,
+    enabled,
+    failed_attempts_of,
+    find_client,
+    secret_of,
+    settings_of,
+    store_of,
+)
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def basic_credentials(request: Request) -> tuple[str, str] | None:
+    """(api_key, secret) of an ``Authorization: Basic`` header, or None."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    key, colon, secret = decoded.partition(":")
+    return (key, secret) if colon else None
+
+
+async def authenticated_client(request: Request, client: Client) -> Client:
+    """``client`` once the request's Basic credentials are its own (else 401)."""
+    attempts = failed_attempts_of(request)
+    address = address_of(request)
+    attempts.check(address)
+    given = basic_credentials(request)
+    if given is None:
+        raise Unauthenticated(
+            f"Authenticate with HTTP Basic: the API key and secret of client {client.code!r} "
+            "as `Authorization: Basic base64(key:secret)` (curl -u KEY:SECRET). An operator "
+            f"gets them with `profilebase clients new-secret {client.code}`.",
+            scheme="Basic",
+        )
+    if not await run_in_threadpool(clients.check_credentials, client, *given):
+        attempts.record(address)
+        raise Unauthenticated(
+            f"Wrong API key or secret for client {client.code!r}.", scheme="Basic"
+        )
+    return client
+
+
+def require_scope(request: Request, *names: str) -> None:
+    """Check the scope parameter (the first of ``names`` given) is profile_api."""
+    scope = next((request.query_params[n] for n in names if n in request.query_params), "")
+    if scope != tokens.PROFILE_API:
+        raise BadRequest(
+            f"Set the query parameter {names[0]}=profile_api: profilebase issues tokens of "
+            f"the profile_api scope only (got {scope!r})."
+        )
+
+
+async def token(request: Request) -> Response:
+    """POST creates a token (201); GET returns the active one (200) or 404."""
+    require_scope(request, "authorizationScope", "scope")
+    found = await find_client(request, request.path_params["client"])
+    client = await authenticated_client(request, found)
+    store, now = store_of(request), clock_of(request)()
+    if request.method == "GET":
+        return await active_token(request, client, now)
+    settings = settings_of(request)
+    ttl = client_limits(settings, client.limits).token_ttl_seconds
+    issued = await run_in_threadpool(
+        tokens.issue, store, client, secret_of(request), ttl, settings.token_grace_seconds, now
+    )
+    body = {
+        "accessToken": issued.value,
+        "tokenType": "bearer",
+        "scope": tokens.PROFILE_API,
+        "expiresIn": ttl,
+    }
+    return JSONResponse(body, status_code=201, headers=NO_STORE)
+
+
+async def active_token(request: Request, client: Client, now: int) -> Response:
+    """The client's active token, derived again from the server secret, with its seconds
+    left; 404 when it has none, or only one made before tokens could be shown."""
+    active = await run_in_threadpool(
+        store_of(request).active_token, client.id, tokens.PROFILE_API, now
+    )
+    create = "create one with POST on this URL (with the same credentials)"
+    if active is None:
+        raise NotFound(f"Client {client.code!r} has no active profile_api token; {create}.")
+    value = tokens.reveal(secret_of(request), active)
+    if value is None:
+        raise NotFound(
+            f"The active token of client {client.code!r} (…{active.last4}) was made before "
+            f"this server could show tokens again, so only its hash is kept; {create}."
+        )
+    body = {
+        "accessToken": value,
+        "tokenType": "bearer",
+        "scope": active.scope,
+        "expiresIn": int(active.expires_at.timestamp() - now / 1000),
+    }
+    return JSONResponse(body, headers=NO_STORE)
+
+
+async def legacy_token(request: Request) -> Response:
+    """Target Classic's token call: a new token, in snake_case, with its shorter lifetime."""
+    require_scope(request, "scope")
+    found = enabled(await run_in_threadpool(client_named_by, request))
+    client = await authenticated_client(request, found)
+    settings = settings_of(request)
+    ttl = settings.legacy_token_ttl_seconds
+    issued = await run_in_threadpool(
+        tokens.issue,
+        store_of(request),
+        client,
+        secret_of(request),
+        ttl,
+        settings.token_grace_seconds,
+        clock_of(request)(),
+    )
+    body = {
+        "access_token": issued.value,
+        "scope": tokens.PROFILE_API,
+        "expires_in": ttl,
+        "token_type": "bearer",
+    }
+    return JSONResponse(body, headers=NO_STORE)
+
+
+routes = [
+    Route("/{client}/target/authentication/token", token, methods=["GET", "POST"]),
+    Route("/admin/rest/v1/authentication/token", legacy_token, methods=["GET", "POST"]),
+]

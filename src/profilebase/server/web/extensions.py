@@ -1,0 +1,480 @@
+"""profilebase's own endpoints, beyond Target's API, under ``/profilebase/v1``.
+
+Target's paths stay exactly Target's; everything profilebase adds lives in this
+namespace (plus ``/openapi.json``, and the ``dryRun`` flag and
+``Idempotency-Key`` header of ``batchUpdate``, handled in ``bulk.py``), so a
+client can tell the two apart and a pipeline written for Target never depends
+on them by accident:
+
+- ``GET /profilebase/v1/clients/{client}``: the client's limits and quota, and
+  which extensions this server has (clients use it to detect profilebase);
+- ``GET /profilebase/v1/clients/{client}/batches/{batchId}``: batch status as
+  JSON, with the state, times, rate and, when stuck or throttled, the reason;
+- ``GET /profilebase/v1/clients/{client}/batches/{batchId}/failures``: the
+  failed rows with line, id, reason and original cells, paged as JSON or
+  streamed as JSONL or CSV;
+- ``GET /profilebase/v1/clients/{client}/batches``: the client's batches,
+  newest first, as JSON statuses (``?unfinished=true``: only those not done);
+- ``POST /profilebase/v1/clients/{client}/batches/{batchId}/cancel``: stop a
+  batch; rows not yet applied fail with reason ``cancelled``;
+- ``POST /profilebase/v1/clients/{client}/imports``: import profiles from JSON
+  lines (``profile_import.py``), as a batch of its own.
+
+Each of them resolves its client with ``web.context.resolve_client``, as
+Target's routes do: a client that requires authorization needs its own token
+here too, and another client's batch ids are "not found".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from profilebase import __version__, batchfile
+from profilebase.errors import BadRequest, BatchTooLarge, NotFound
+from profilebase.models import Batch, BatchState, Client, FailedRow, Limits, from_ms, iso_ms
+from profilebase.server import profile_import
+from profilebase.server.dry_run import limits_json
+from profilebase.server.quota import DAY_MS
+from profilebase.server.settings import client_limits
+from profilebase.server.storage.base import Store, UnitsSummary
+from profilebase.server.storage.batch_control import Cancellation
+from profilebase.server.web import openapi
+from profilebase.server.web.bulk import effective_state, idempotency_key
+from profilebase.server.web.context import (
+    address_of,
+    clock_of,
+    presented_tokens,
+    read_body,
+    resolve_client,
+    settings_of,
+    store_of,
+)
+
+PREFIX = "/profilebase/v1"
+#: Most batches one list returns.
+MAX_LISTED = 1000
+#: A cancel request's body is a small JSON object at most.
+MAX_CANCEL_BODY = 4096
+MAX_BY = 200
+PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10_000
+STREAM_PAGE = 5000
+
+
+async def client_info(request: Request) -> Response:
+    """The client's limits and quota use, and the extensions this server offers."""
+    client = await resolve_client(request)
+    limits = client_limits(settings_of(request), client.limits)
+    used = await run_in_threadpool(
+        store_of(request).rows_accepted_since, client.id, clock_of(request)() - DAY_MS + 1
+    )
+    return JSONResponse(
+        {
+            "server": "profilebase",
+            "version": __version__,
+            "client": client.code,
+            "limits": limits_json(limits),
+            "quota": {
+                "rowsPerDay": limits.rows_per_day,
+                "usedLast24h": used,
+                "remaining": max(0, limits.rows_per_day - used),
+            },
+            "extensions": {
+                "batchStatus": f"{PREFIX}/clients/{client.code}/batches/{{batchId}}",
+                "failures": f"{PREFIX}/clients/{client.code}/batches/{{batchId}}/failures",
+                "batchList": f"{PREFIX}/clients/{client.code}/batches",
+                "cancel": f"{PREFIX}/clients/{client.code}/batches/{{batchId}}/cancel",
+                "profileImport": f"{PREFIX}/clients/{client.code}/imports",
+                "dryRun": True,
+                "idempotencyKey": True,
+                "profileExport": f"/rest/v1/profiles?client={client.code}&format=jsonl",
+                "profileDelete": True,
+                "writtenBy": True,
+            },
+        }
+    )
+
+
+async def find_batch(request: Request) -> tuple[Client, Batch]:
+    client = await resolve_client(request)
+    batch_id = request.path_params["batch_id"]
+    batch = await run_in_threadpool(store_of(request).get_batch, client.id, batch_id)
+    if batch is None:
+        raise NotFound(
+            f"No batch {batch_id!r} for client {client.code!r}: check the batch id, or the "
+            "status has expired (statuses are kept "
+            f"{settings_of(request).status_retention_days:g} days)."
+        )
+    return client, batch
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A batch's state in the extension's five words, the reason where one helps, and,
+    for a throttled batch, when it may go on (ms)."""
+
+    state: BatchState
+    reason: str | None = None
+    until: int | None = None
+
+
+def extended_state(
+    batch: Batch, units: UnitsSummary, now: int, stuck_after_seconds: float, limits: Limits
+) -> Standing:
+    """Where the batch stands, judged with its client's ``limits``.
+
+    1. Complete is complete.
+    2. Throttled by pacing: the client's ``ingest_rows_per_second`` applies now and
+       its next unit waits until ``throttled_until`` (``bulk.effective_state``, which
+       also keeps such a batch from counting as stuck).
+    3. Stuck follows the rule of Target's batchStatus (no progress for
+       ``stuck_after_seconds``); the reason is the last error, or that no worker ran.
+    4. Throttled by a retry: nothing runs and a unit waits for its retry after a failure.
+    5. Queued (with the work ahead of it) or processing.
+    """
+    if batch.state is BatchState.COMPLETE:
+        return Standing(BatchState.COMPLETE)
+    state = effective_state(batch, now, stuck_after_seconds, limits)
+    if state is BatchState.THROTTLED and batch.throttled_until is not None:
+        until = int(batch.throttled_until.timestamp() * 1000)
+        return Standing(
+            BatchState.THROTTLED,
+            f"client {batch.client_code!r} is paced to {limits.ingest_rate(from_ms(now)):,} "
+            f"rows per second (ingest_rows_per_second) during {limits.business_hours!r} "
+            f"(business_hours); its next unit may start at {iso_ms_of(until)}",
+            until,
+        )
+    if state is BatchState.STUCK:
+        if units.last_error:
+            return Standing(
+                BatchState.STUCK,
+                f"no progress for over {stuck_after_seconds:g} s; "
+                f"the last attempt failed: {units.last_error}",
+            )
+        return Standing(
+            BatchState.STUCK,
+            f"no progress for over {stuck_after_seconds:g} s and no error recorded: is a "
+            "worker running (profilebase serve --workers 1 or more)?",
+        )
+    if units.retrying and not units.running:
+        retry_at = "" if units.retry_at_ms is None else f" at {iso_ms_of(units.retry_at_ms)}"
+        return Standing(
+            BatchState.THROTTLED,
+            f"{units.retrying} unit(s) wait to be retried{retry_at} after a failed attempt: "
+            f"{units.last_error or 'unknown error'}",
+            units.retry_at_ms,
+        )
+    if batch.state is BatchState.QUEUED:
+        if units.units_ahead:
+            return Standing(
+                BatchState.QUEUED,
+                f"{units.units_ahead} unit(s) of earlier batches are ahead of this one",
+            )
+        return Standing(BatchState.QUEUED)
+    return Standing(BatchState.PROCESSING)
+
+
+def iso_ms_of(ms: int) -> str:
+    return iso_ms(from_ms(ms))
+
+
+def rows_per_second(batch: Batch, now: int) -> float | None:
+    """Rows consumed per second since the first unit was claimed (to the finish, if any)."""
+    if batch.started_at is None or not batch.counts.consumed:
+        return None
+    end = batch.finished_at.timestamp() if batch.finished_at else now / 1000
+    elapsed = end - batch.started_at.timestamp()
+    if elapsed <= 0:
+        return None
+    return round(batch.counts.consumed / elapsed, 1)
+
+
+def status_json(
+    request: Request,
+    batch: Batch,
+    units: UnitsSummary,
+    limits: Limits,
+    now: int,
+    cancellation: Cancellation | None = None,
+) -> dict[str, Any]:
+    standing = extended_state(batch, units, now, settings_of(request).stuck_after_seconds, limits)
+    base = str(request.base_url).rstrip("/")
+    v2 = "/v2" if batch.version >= 2 else ""
+    counts = batch.counts
+    return {
+        "batchId": batch.batch_id,
+        "client": batch.client_code,
+        "version": batch.version,
+        "key": str(batch.key_kind),
+        "attributes": list(batch.names),
+        "status": standing.state.target_status,
+        "state": str(standing.state),
+        "reason": standing.reason,
+        "throttledUntil": None if standing.until is None else iso_ms_of(standing.until),
+        "batchSize": batch.batch_size,
+        "consumedCount": counts.consumed,
+        "successfulUpdates": counts.successful,
+        "profilesNotFound": counts.not_found,
+        "failedUpdates": counts.failed,
+        "acceptedAt": iso_ms(batch.accepted_at),
+        "startedAt": None if batch.started_at is None else iso_ms(batch.started_at),
+        "finishedAt": None if batch.finished_at is None else iso_ms(batch.finished_at),
+        "lastProgressAt": iso_ms(batch.last_progress_at),
+        "rowsPerSecond": rows_per_second(batch, now),
+        "cancelled": None
+        if cancellation is None
+        else {"at": iso_ms(cancellation.at), "by": cancellation.by},
+        "units": {
+            "total": batch.units_total,
+            "done": units.done,
+            "running": units.running,
+            "pending": units.pending,
+        },
+        "links": {
+            "failures": f"{base}{PREFIX}/clients/{batch.client_code}/batches/"
+            f"{batch.batch_id}/failures",
+            "batchStatus": f"{base}/m2/{batch.client_code}{v2}/profile/batchStatus"
+            f"?batchId={batch.batch_id}",
+        },
+    }
+
+
+async def batch_status(request: Request) -> Response:
+    """JSON batch status: everything Target's XML has, plus state, times, rate and reason."""
+    client, batch = await find_batch(request)
+    return JSONResponse(await full_status(request, client, batch))
+
+
+async def full_status(request: Request, client: Client, batch: Batch) -> dict[str, Any]:
+    """The JSON status of one batch, its units and cancellation read now."""
+    store = store_of(request)
+    now = clock_of(request)()
+    units = await run_in_threadpool(store.units_summary, batch.seq, now)
+    cancellation = await run_in_threadpool(store.batch_cancellation, batch.seq)
+    limits = client_limits(settings_of(request), client.limits)
+    return status_json(request, batch, units, limits, now, cancellation)
+
+
+async def list_batches(request: Request) -> Response:
+    """The client's batches, newest first: ``limit`` (1-1000, default 50) and, with
+    ``unfinished=true``, only those not complete yet."""
+    client = await resolve_client(request)
+    limit = int_param(request, "limit", 50, 1, MAX_LISTED)
+    unfinished = bool_param(request, "unfinished")
+    listed = await run_in_threadpool(store_of(request).batch_listings, client.id, limit, unfinished)
+    return JSONResponse(
+        {
+            "client": client.code,
+            "batches": [await full_status(request, client, item.batch) for item in listed],
+        }
+    )
+
+
+def bool_param(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "false").strip().lower()
+    if raw not in {"true", "false"}:
+        raise BadRequest(f"The {name} parameter must be true or false, got {raw!r}.")
+    return raw == "true"
+
+
+async def cancel_batch(request: Request) -> Response:
+    """Stop a batch: rows not yet applied fail with reason ``cancelled``; nothing applied is
+    undone. The JSON body may say who asks (``{"by": "alice"}``); the server adds the
+    caller's address and, if one was sent, the token's last four characters."""
+    client, batch = await find_batch(request)
+    body = await read_body(request, MAX_CANCEL_BODY, "a cancel request's body")
+    by = caller(request, requested_by(body))
+    store = store_of(request)
+    outcome = await run_in_threadpool(
+        store.cancel_batch, client.id, batch.batch_id, by, clock_of(request)()
+    )
+    if outcome is None:  # purged in between
+        raise NotFound(f"No batch {batch.batch_id!r} for client {client.code!r}.")
+    fresh = await run_in_threadpool(store.get_batch, client.id, batch.batch_id)
+    status = await full_status(request, client, fresh or batch)
+    status["rowsCancelled"] = outcome.rows_cancelled
+    status["alreadyCancelled"] = outcome.already
+    return JSONResponse(status)
+
+
+async def import_profiles(request: Request) -> Response:
+    """Accept JSON lines of profiles as an import (a batch of version 3): 202 with its batch
+    id; workers apply it. Within the client's batch limits and quotas; an
+    ``Idempotency-Key`` works as on ``batchUpdate``."""
+    client = await resolve_client(request)
+    settings = settings_of(request)
+    limits = client_limits(settings, client.limits)
+    key = idempotency_key(request)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) >= limits.max_batch_bytes:
+        raise BatchTooLarge(
+            f"The import is {int(declared):,} bytes; one request must be smaller than "
+            f"{limits.max_batch_bytes:,} bytes (max_batch_bytes). Send the file in parts "
+            "(profilebase import does)."
+        )
+    intake = await profile_import.read(
+        request.stream(), limits, settings.unit_rows, digest=key is not None
+    )
+    _, batch_id = await run_in_threadpool(
+        profile_import.accept, store_of(request), client, intake, limits, clock_of(request)(), key
+    )
+    base = str(request.base_url).rstrip("/")
+    return JSONResponse(
+        {
+            "batchId": batch_id,
+            "rows": intake.rows,
+            "batchStatus": f"{base}{PREFIX}/clients/{client.code}/batches/{batch_id}",
+        },
+        status_code=202,
+    )
+
+
+def requested_by(body: bytes) -> str:
+    """The ``by`` of a cancel request's JSON body ("" when there is no body)."""
+    if not body.strip():
+        return ""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(
+            'The body of a cancel request must be JSON, e.g. {"by": "alice"}, or empty.'
+        ) from None
+    if not isinstance(document, dict):
+        raise BadRequest('The body of a cancel request must be a JSON object: {"by": "alice"}.')
+    by = document.get("by", "")
+    if not isinstance(by, str) or len(by) > MAX_BY or not by.isprintable():
+        raise BadRequest(
+            f'"by" must be printable text of at most {MAX_BY} characters: who asks to cancel.'
+        )
+    return by.strip()
+
+
+def caller(request: Request, by: str) -> str:
+    """Who cancelled, as recorded: what the caller said, its address and token."""
+    shown = [f", token ...{token.value[-4:]}" for token in presented_tokens(request)]
+    seen = f"API from {address_of(request)}" + "".join(shown)
+    return f"{by} ({seen})" if by else seen
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"The {name} parameter must be a whole number, got {raw!r}.") from None
+    if not low <= value <= high:
+        raise BadRequest(f"The {name} parameter must be between {low} and {high}, got {value}.")
+    return value
+
+
+def columns_of(batch: Batch) -> list[str]:
+    return [str(batch.key_kind), *batch.names]
+
+
+def cells_of(row: FailedRow) -> list[str]:
+    """The row's original cells, each decoded if it can be (as it was sent otherwise)."""
+    if not row.raw:
+        return []
+    cells = []
+    for raw in row.raw.split(","):
+        try:
+            cells.append(batchfile.decode_cell(raw.encode("utf-8")))
+        except batchfile.CellError:
+            cells.append(raw)
+    return cells
+
+
+def failure_json(row: FailedRow, columns: list[str]) -> dict[str, Any]:
+    cells = cells_of(row)
+    return {
+        "line": row.line,
+        "id": row.id,
+        "reason": row.reason,
+        "cells": dict(zip(columns, cells, strict=False)),
+        "extraCells": cells[len(columns) :],
+        "raw": row.raw,
+    }
+
+
+def all_failures(store: Store, batch_seq: int, after: int) -> Iterator[FailedRow]:
+    """Every failed row after line ``after``, read page by page."""
+    while True:
+        page = store.failed_rows(batch_seq, after, STREAM_PAGE)
+        yield from page
+        if len(page) < STREAM_PAGE:
+            return
+        after = page[-1].line
+
+
+def jsonl_lines(rows: Iterator[FailedRow], columns: list[str]) -> Iterator[str]:
+    for row in rows:
+        yield json.dumps(failure_json(row, columns), ensure_ascii=False) + "\n"
+
+
+def csv_lines(rows: Iterator[FailedRow], columns: list[str]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(["line", "id", "reason", *columns])
+    for row in rows:
+        writer.writerow([row.line, row.id, row.reason, *cells_of(row)])
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
+
+
+async def failures(request: Request) -> Response:
+    """Failed rows: a JSON page (``after``, ``limit``), or all of them as JSONL or CSV."""
+    _, batch = await find_batch(request)
+    store = store_of(request)
+    after = int_param(request, "after", 0, 0, 10**12)
+    form = request.query_params.get("format", "json")
+    columns = columns_of(batch)
+    if form == "jsonl":
+        rows = all_failures(store, batch.seq, after)
+        return StreamingResponse(jsonl_lines(rows, columns), media_type="application/x-ndjson")
+    if form == "csv":
+        rows = all_failures(store, batch.seq, after)
+        return StreamingResponse(csv_lines(rows, columns), media_type="text/csv; charset=utf-8")
+    if form != "json":
+        raise BadRequest(f"The format parameter must be json, jsonl or csv, got {form!r}.")
+    limit = int_param(request, "limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    page = await run_in_threadpool(store.failed_rows, batch.seq, after, limit)
+    next_after = page[-1].line if len(page) == limit else None
+    return JSONResponse(
+        {
+            "batchId": batch.batch_id,
+            "columns": columns,
+            "failedUpdates": batch.counts.failed,
+            "failures": [failure_json(row, columns) for row in page],
+            "nextAfter": next_after,
+        }
+    )
+
+
+async def openapi_document(request: Request) -> Response:
+    """The OpenAPI description of every endpoint, Target's and profilebase's own."""
+    return JSONResponse(openapi.document(__version__))
+
+
+routes = [
+    Route("/openapi.json", openapi_document, methods=["GET"]),
+    Route(PREFIX + "/clients/{client}", client_info, methods=["GET"]),
+    Route(PREFIX + "/clients/{client}/batches", list_batches, methods=["GET"]),
+    Route(PREFIX + "/clients/{client}/batches/{batch_id}", batch_status, methods=["GET"]),
+    Route(PREFIX + "/clients/{client}/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
+    Route(PREFIX + "/clients/{client}/batches/{batch_id}/failures", failures, methods=["GET"]),
+    Route(PREFIX + "/clients/{client}/imports", import_profiles, methods=["POST"]),
+]

@@ -1,0 +1,189 @@
+"""Profiles by id: Target's fetch, plus delete and export (beyond Target).
+
+``/rest/v1/profiles/{pcId}``, ``/rest/v1/profiles/thirdPartyId/{id}`` and
+``/rest/v1/profiles/marketingCloudVisitorId/{ECID}`` answer GET (fetch) and DELETE;
+``/rest/v1/profiles`` streams every profile of a client. The id in the path is matched
+as sent, so a pcId holding ``/`` (sent as ``%2F``) is one path segment, and checked by
+the same rule as every other id.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import AsyncIterator
+
+from starlette.background import BackgroundTask
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Match, Route
+from starlette.types import Scope
+
+from profilebase import ids
+from profilebase.errors import BadRequest, NotFound
+from profilebase.models import KeyKind
+from profilebase.server import export
+from profilebase.server.storage.base import ProfileExport
+from profilebase.server.storage.links import ecid_key
+from profilebase.server.web.context import clock_of, limits_of, request_client, store_of
+
+#: Profiles read per database round trip while exporting.
+EXPORT_PAGE = 500
+FORMATS = {"batch": "text/plain; charset=utf-8", "jsonl": "application/x-ndjson"}
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+class RawPathRoute(Route):
+    """A route matched against the path as the client sent it, before percent-decoding.
+
+    Servers decode ``%2F`` to ``/`` before routing, which would split an id holding a
+    ``/`` into two segments; here each ``{name}`` matches one segment as sent and keeps
+    its escapes, and ``path_id`` decodes it.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        raw = scope.get("raw_path")
+        if raw is None:  # a server that keeps no raw path: escape the decoded one again
+            path = urllib.parse.quote(scope["path"], safe="/")
+        else:
+            path = raw.split(b"?", 1)[0].decode("latin-1")
+        root = urllib.parse.quote(scope.get("root_path", ""), safe="/")
+        if root and path.startswith(root + "/"):
+            path = path[len(root) :]
+        return super().matches({**scope, "path": path, "root_path": ""})
+
+
+def not_found(client_code: str, named: str) -> NotFound:
+    """Target's 404 message for an unknown (or expired) profile; ``named`` is ``what=id``."""
+    return NotFound(f"No profile found for client {client_code} with {named}")
+
+
+def identify(request: Request) -> tuple[str, str]:
+    """The key the path names a profile by, and the id as Target's 404 names it; the id
+    decoded and checked by the id rule (400 if broken)."""
+    params = request.path_params
+    if "third_party_id" in params:
+        identifier = path_id(KeyKind.THIRD_PARTY_ID, params["third_party_id"])
+        return KeyKind.THIRD_PARTY_ID.key(identifier), f"third party id={identifier}"
+    if "ecid" in params:
+        ecid = decode_segment("marketingCloudVisitorId", params["ecid"])
+        return ecid_key(ecid), f"marketingCloudVisitorId={ecid}"
+    identifier = path_id(KeyKind.PC_ID, params["pc_id"])
+    return KeyKind.PC_ID.key(identifier), f"mboxPC={identifier}"
+
+
+def decode_segment(name: str, raw: str) -> str:
+    """Decode one path segment as sent (``%XX`` is a byte of UTF-8; ``+`` is itself)."""
+    if _BAD_PERCENT.search(raw):
+        raise BadRequest(
+            f"The {name} in the path has an invalid percent-encoding: '%' must be followed by "
+            "two hex digits (encode a literal '%' as %25)."
+        )
+    try:
+        return urllib.parse.unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(
+            f"The {name} in the path is not valid UTF-8 once percent-decoded: percent-encode "
+            "the UTF-8 bytes of the id (ü as %C3%BC)."
+        ) from None
+
+
+def path_id(kind: KeyKind, raw: str) -> str:
+    """A pcId or thirdPartyId from the path, decoded and checked by the id rule."""
+    identifier = decode_segment(str(kind), raw)
+    problem = ids.check_id(kind, identifier)
+    if problem:
+        raise BadRequest(f"Invalid {kind} in the path: {problem}.")
+    return identifier
+
+
+async def fetch(request: Request) -> Response:
+    """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from."""
+    client = await request_client(request)
+    key, named = identify(request)
+    before = limits_of(request, client).expire_before_ms(clock_of(request)())
+    profile = await run_in_threadpool(store_of(request).get_profile, client.id, key, before)
+    if profile is None:
+        raise not_found(client.code, named)
+    return JSONResponse(export.profile_json(profile))
+
+
+async def delete(request: Request) -> Response:
+    """Delete the profile with every id linked to it: 204, or 404 if there is none."""
+    client = await request_client(request)
+    key, named = identify(request)
+    now = clock_of(request)()
+    deleted = await run_in_threadpool(
+        store_of(request).delete_profile,
+        client.id,
+        key,
+        now,
+        limits_of(request, client).expire_before_ms(now),
+    )
+    if not deleted:
+        raise not_found(client.code, named)
+    return Response(status_code=204)
+
+
+async def export_profiles(request: Request) -> Response:
+    """Stream every profile of the client, a page at a time, from one consistent snapshot.
+
+    A batch export reads the snapshot twice: first for the header's attribute names and
+    the count of profiles it cannot key (sent as a reply header), then for the rows.
+    """
+    client = await request_client(request)
+    form = request.query_params.get("format", "jsonl")
+    if form not in FORMATS:
+        raise BadRequest(f"format must be batch or jsonl, got {form!r}.")
+    key = request.query_params.get("key")
+    if key is not None and form != "batch":
+        raise BadRequest("key applies to format=batch only.")
+    try:
+        key_kind = KeyKind(key or KeyKind.PC_ID)
+    except ValueError:
+        raise BadRequest(f"key must be pcId or thirdPartyId, got {key!r}.") from None
+    before = limits_of(request, client).expire_before_ms(clock_of(request)())
+    suffix = "txt" if form == "batch" else "jsonl"
+    headers = {"content-disposition": f'attachment; filename="{client.code}-profiles.{suffix}"'}
+    snapshot = await run_in_threadpool(store_of(request).open_export, client.id, None, before)
+    plan = None
+    try:
+        if form == "batch":
+            plan = await run_in_threadpool(export.plan_batch, snapshot.pages(EXPORT_PAGE), key_kind)
+            headers[export.UNKEYED_HEADER] = str(plan.unkeyed)
+    except BaseException:
+        await run_in_threadpool(snapshot.close)
+        raise
+    return StreamingResponse(
+        export_body(snapshot, form, key_kind, plan),
+        media_type=FORMATS[form],
+        headers=headers,
+        # Also closed here if the client goes away before the body starts.
+        background=BackgroundTask(snapshot.close),
+    )
+
+
+async def export_body(
+    snapshot: ProfileExport, form: str, key_kind: KeyKind, plan: export.BatchPlan | None
+) -> AsyncIterator[bytes]:
+    """The export's bytes; the snapshot closes when they end."""
+    try:
+        chunks = export.export_chunks(snapshot.pages(EXPORT_PAGE), form, key_kind, plan)
+        async for chunk in iterate_in_threadpool(chunks):
+            yield chunk.encode()
+    finally:
+        await run_in_threadpool(snapshot.close)
+
+
+routes = [
+    Route("/rest/v1/profiles", export_profiles, methods=["GET"]),
+    RawPathRoute("/rest/v1/profiles/thirdPartyId/{third_party_id}", fetch, methods=["GET"]),
+    RawPathRoute("/rest/v1/profiles/thirdPartyId/{third_party_id}", delete, methods=["DELETE"]),
+    RawPathRoute("/rest/v1/profiles/marketingCloudVisitorId/{ecid}", fetch, methods=["GET"]),
+    RawPathRoute("/rest/v1/profiles/marketingCloudVisitorId/{ecid}", delete, methods=["DELETE"]),
+    RawPathRoute("/rest/v1/profiles/{pc_id}", fetch, methods=["GET"]),
+    RawPathRoute("/rest/v1/profiles/{pc_id}", delete, methods=["DELETE"]),
+]

@@ -1,0 +1,340 @@
+"""The HTTP server: uvicorn with httptools, plus the limits uvicorn lacks for hostile clients.
+
+uvicorn closes idle keep-alive connections, but nothing bounds how long a request
+may take to arrive: a client that sends its headers or body a byte at a time, or
+announces a longer Content-Length than it sends, holds its connection, its file
+descriptor and its upload's memory for ever. ``GuardedProtocol`` is uvicorn's
+httptools protocol with:
+
+- ``client_timeout``: a request's line and headers must arrive within it, and its
+  body may not go that long without a byte nor fall under ``MIN_BODY_RATE``;
+  otherwise the connection is closed, with a 408 if any of the request had arrived
+  (rules in ``GuardedProtocol``). The handler reading the body sees the client gone
+  and frees what it held;
+- ``max_connections``: one more connection is answered 503 at once and closed;
+- ``MAX_HEAD_BYTES``: a request line and headers longer than this are answered 431.
+
+``serve(app, settings)`` runs it; ``profilebase serve`` calls that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import sys
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from profilebase.server.settings import Settings, trusted_proxies
+from profilebase.server.web.errors import TIMED_OUT, printable, request_line
+
+log = logging.getLogger("profilebase.server.web")
+
+#: Most bytes of a request line plus headers (nginx allows 32 KB, Node 16 KB).
+MAX_HEAD_BYTES = 64 * 1024
+#: Slowest average a request body may arrive at, in bytes per second, over each
+#: ``client_timeout`` (Apache's mod_reqtimeout uses the same floor).
+MIN_BODY_RATE = 500
+#: Seconds between two log lines about connections refused at ``max_connections``.
+REFUSAL_LOG_SECONDS = 60.0
+#: File descriptors kept beyond ``max_connections`` for the databases, logs and spools.
+SPARE_FILES = 256
+
+
+class Config(uvicorn.Config):
+    """uvicorn's configuration, always with ``GuardedProtocol`` and its two limits."""
+
+    def __init__(self, app: Any, *, client_timeout: float, max_connections: int, **kwargs: Any):
+        self.client_timeout = client_timeout
+        self.max_connections = max_connections
+        super().__init__(app, http=GuardedProtocol, **kwargs)
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """One HTTP connection, closed when its client is too slow or one too many.
+
+    While a request is owed (from the connection's start, or from a request's first
+    byte, to its last byte) one timer per connection watches three things, each
+    bounded by ``client_timeout`` (T):
+
+    1. the request line and headers arrive within T of their first byte (of the
+       connection's start, for the first request): headers are small, and a client
+       that sends them a byte at a time is an attack (slowloris);
+    2. the body never goes T without a byte (an abandoned upload, a Content-Length
+       longer than what is sent);
+    3. in every T of the body at least ``MIN_BODY_RATE`` bytes per second arrive, so a
+       body dribbled a byte every T - 1 seconds does not hold the connection for ever.
+
+    Time during which the server itself does not read (flow control while a handler
+    is busy) does not count against the client. The timer is re-armed for the time
+    left rather than reset on every chunk, so a fast upload costs no timer churn.
+    """
+
+    #: When the last line about refused connections was logged, and how many since.
+    refusals_logged_at = float("-inf")
+    refusals = 0
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.client_timeout = config.client_timeout
+        self.max_connections = config.max_connections
+        self.incomplete = True  # a request is owed
+        self.in_head = True  # ... and its line and headers are not complete
+        self.head_bytes = 0
+        self.head_started = 0.0
+        self.body_bytes = 0
+        self.last_byte = 0.0
+        self.window_started = 0.0
+        self.window_bytes = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- connection events ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.client is None:  # reset before we looked: the address accept() gave is kept
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple) and len(peer) >= 2:
+                self.client = (str(peer[0]), int(peer[1]))
+        if len(self.connections) > self.max_connections:
+            self.refuse()
+            return
+        self.head_started = self.last_byte = self.loop.time()
+        self.arm(self.client_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return  # refused or timed out: nothing more is read
+        if self.incomplete:
+            self.last_byte = self.loop.time()
+        if self.in_head:  # counted before parsing: after it, all of it was head if still in it
+            self.head_bytes += len(data)
+        super().data_received(data)
+        if self.in_head and self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+            log.warning(
+                "client %s sent more than %s bytes of request line and headers; answered 431",
+                self.client_text(),
+                f"{MAX_HEAD_BYTES:,}",
+            )
+            self.reply_and_close(
+                431,
+                f"The request line and headers are longer than {MAX_HEAD_BYTES:,} bytes; "
+                "send long data in the body.",
+            )
+
+    # -- parser events (httptools) -------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self.incomplete:  # a later request on a kept-alive connection
+            self.incomplete = True
+            self.head_started = self.last_byte = self.loop.time()
+            self.arm(self.client_timeout)
+        self.body_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.window_started = self.loop.time()
+        self.window_bytes = 0
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        self.window_bytes += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.incomplete = False
+        self.in_head = True  # the next request's head, if one comes
+        self.head_bytes = 0
+        self.disarm()
+        super().on_message_complete()
+
+    # -- the client timeout --------------------------------------------------------------
+
+    def arm(self, delay: float) -> None:
+        self.disarm()
+        self.timer = self.loop.call_later(max(delay, 0.01), self.check_timeout)
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def check_timeout(self) -> None:
+        """Apply the three rules of the class docstring; close, or look again later."""
+        self.timer = None
+        if self.transport.is_closing() or not self.incomplete:
+            return
+        now = self.loop.time()
+        limit = self.client_timeout
+        if self.flow.read_paused:  # we are not reading: the wait is ours, not the client's
+            self.head_started = self.last_byte = self.window_started = now
+            self.window_bytes = 0
+            self.arm(limit)
+            return
+        if self.in_head:
+            elapsed = now - self.head_started
+            if elapsed >= limit:
+                self.time_out(f"no complete request line and headers within {limit:g} s")
+            else:
+                self.arm(limit - elapsed)
+            return
+        silent = now - self.last_byte
+        if silent >= limit:
+            self.time_out(f"no byte for {limit:g} s")
+            return
+        window = now - self.window_started
+        if window >= limit:
+            if self.window_bytes < MIN_BODY_RATE * window:
+                rate = self.window_bytes / window
+                self.time_out(f"{rate:,.0f} bytes/s over {window:.1f} s, under {MIN_BODY_RATE}")
+                return
+            self.window_started, self.window_bytes = now, 0
+            window = 0.0
+        self.arm(min(limit - silent, limit - window))
+
+    def time_out(self, reason: str) -> None:
+        """Close a connection whose client is too slow.
+
+        1. Tell the request's handler, if one runs, that the client is gone: it frees
+           what it holds and, seeing the mark, logs nothing more.
+        2. Log one line (at debug level for a connection that never sent a byte: an
+           idle pre-opened connection is no attack).
+        3. Answer 408 if any of the request arrived and no reply has started; close.
+        """
+        cycle = None if self.in_head else self.cycle
+        if cycle is not None and not cycle.response_complete:
+            marks = cycle.scope.setdefault("extensions", {})
+            marks[TIMED_OUT] = {"client_timeout": self.client_timeout}
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if self.in_head and not self.head_bytes:
+            log.debug("closed %s: no request within %g s", self.client_text(), self.client_timeout)
+            self.transport.close()
+            return
+        if cycle is None:
+            what = f"{self.head_bytes:,} bytes of its request line and headers"
+        else:
+            headers = dict(cycle.scope["headers"])
+            expected = headers.get(b"content-length", b"?").decode("latin-1")
+            what = (
+                f"{self.body_bytes:,} of {printable(expected, 20)} bytes of the body of "
+                f"{request_line(cycle.scope)}"
+            )
+        log.warning(
+            "closed %s (client_timeout): %s; it had sent %s", self.client_text(), reason, what
+        )
+        if cycle is not None and cycle.response_started:
+            self.transport.close()
+            return
+        self.reply_and_close(
+            408,
+            f"The request did not arrive in time ({reason}). Send the whole request at once, "
+            "with a Content-Length that matches the body.",
+        )
+
+    # -- refusing ------------------------------------------------------------------------
+
+    def refuse(self) -> None:
+        """Answer 503 at once to a connection past ``max_connections``; log it sparingly."""
+        cls = type(self)
+        cls.refusals += 1
+        now = self.loop.time()
+        if now - cls.refusals_logged_at >= REFUSAL_LOG_SECONDS:
+            log.warning(
+                "refused %d connection(s) in the last %g s: %d open, max_connections is %d",
+                cls.refusals,
+                REFUSAL_LOG_SECONDS,
+                len(self.connections) - 1,
+                self.max_connections,
+            )
+            cls.refusals_logged_at = now
+            cls.refusals = 0
+        self.reply_and_close(
+            503,
+            "The server has too many open connections (max_connections); retry in a moment.",
+            retry_after=1,
+        )
+
+    def reply_and_close(self, status: int, message: str, retry_after: int | None = None) -> None:
+        """Write a plain-text reply straight to the socket, then close it."""
+        body = (message + "\n").encode("utf-8")
+        head = [
+            STATUS_LINE[status],
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n",
+        ]
+        if retry_after is not None:
+            head.append(b"retry-after: %d\r\n" % retry_after)
+        self.transport.write(b"".join([*head, b"\r\n", body]))
+        self.transport.close()
+
+    def client_text(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+
+
+def config(app: Any, settings: Settings, log_level: str = "info") -> Config:
+    """The server's configuration from the settings.
+
+    ``X-Forwarded-For``/``-Proto`` are believed only from ``forwarded_allow_ips``
+    (uvicorn's own default trusts loopback, which would let any local process choose the
+    address its failed authentications are counted under).
+    """
+    proxies = trusted_proxies(settings.forwarded_allow_ips)
+    return Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,  # profilebase logs each request itself (web/observe.py)
+        log_config=None,  # uvicorn's lines go through profilebase's format too
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies,
+        client_timeout=settings.client_timeout,
+        max_connections=settings.max_connections,
+    )
+
+
+def raise_file_limit(connections: int) -> None:
+    """Lift this process's open-file limit (soft, up to the hard one) to fit ``connections``.
+
+    Without room, accepting fails before ``max_connections`` can refuse politely.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < wanted:
+            log.warning(
+                "open files are limited to %d (ulimit -n): fewer than max_connections (%d) "
+                "plus %d; lower max_connections or raise the limit",
+                target,
+                connections,
+                SPARE_FILES,
+            )
+
+
+def serve(app: Any, settings: Settings, log_level: str = "info") -> None:
+    """Serve ``app`` until SIGINT or SIGTERM; exit with status 3 if it cannot start."""
+    raise_file_limit(settings.max_connections)
+    server = uvicorn.Server(config(app, settings, log_level))
+    server.run()
+    if not server.started:
+        sys.exit(3)

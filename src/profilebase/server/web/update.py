@@ -1,0 +1,173 @@
+"""Target's single profile update: ``GET|POST /m2/{client}/profile/update``.
+
+Parameters come from the query string and, for POST, from a form-encoded body
+(or, leniently, a JSON object). ``mboxPC`` or ``mbox3rdPartyId`` names the
+profile; every ``profile.``-prefixed parameter is an attribute (prefix stripped).
+The update applies before the reply, so a fetch right after it sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from profilebase.errors import BadRequest, NotFound, RequestTooLarge
+from profilebase.ids import check_id
+from profilebase.models import DAY_MS, Client, KeyKind, Limits
+from profilebase.server import quota
+from profilebase.server.web import xml
+from profilebase.server.web.context import (
+    clock_of,
+    limits_of,
+    read_body,
+    request_client,
+    resolve_client,
+    scalar_text,
+    store_of,
+    with_headers,
+)
+
+ATTRIBUTE_PREFIX = "profile."
+#: The path Target's documentation prints: ``/m2/client/profile/update``.
+LITERAL_CLIENT = "client"
+ID_PARAMETERS = {"mboxPC": KeyKind.PC_ID, "mbox3rdPartyId": KeyKind.THIRD_PARTY_ID}
+PARAMETER_OF = {kind: name for name, kind in ID_PARAMETERS.items()}
+
+
+async def update(request: Request) -> Response:
+    """Apply one profile update; every reply to an authorized caller carries the headers
+    of the client's daily update quota."""
+    client = await update_client(request)
+    limits = limits_of(request, client)
+    return await with_headers(
+        apply(request, client, limits), lambda: quota_headers(request, client, limits)
+    )
+
+
+async def quota_headers(request: Request, client: Client, limits: Limits) -> dict[str, str]:
+    """``X-RateLimit-*`` for the client's rolling daily update quota (updates_per_day)."""
+    now = clock_of(request)()
+    recent = await run_in_threadpool(store_of(request).recent_updates, client.id, now - DAY_MS)
+    return quota.rate_limit_headers(recent, limits.updates_per_day, now)
+
+
+async def apply(request: Request, client: Client, limits: Limits) -> Response:
+    """Apply one profile update now; 404 (creating nothing) if no profile has the id."""
+    kind, identifier, values = parse_update(await read_parameters(request, limits))
+    now = clock_of(request)()
+    outcome = await run_in_threadpool(
+        store_of(request).update_profile,
+        client,
+        kind.key(identifier),
+        values,
+        now,
+        limits.updates_per_day,
+        limits.max_profile_bytes,
+        limits.expire_before_ms(now),
+    )
+    if outcome is None:
+        raise NotFound(
+            f"No profile found for client {client.code} with {PARAMETER_OF[kind]}={identifier}: "
+            "the single profile update API updates existing profiles only and created nothing. "
+            "A profile in a batch that is still queued does not exist yet; create profiles with "
+            "a v2 batch or a page call first."
+        )
+    return xml.xml_response(xml.updated(outcome.pc_id))
+
+
+async def update_client(request: Request) -> Client:
+    """The client of the path; for the literal ``/m2/client/…``, the client a request names
+    from outside the path (``request_client``), a client really named ``client`` before
+    the server's default."""
+    if request.path_params["client"] != LITERAL_CLIENT:
+        return await resolve_client(request)
+    return await request_client(request, literal=LITERAL_CLIENT)
+
+
+async def read_parameters(request: Request, limits: Limits) -> list[tuple[str, str]]:
+    """The query string's parameters, then (POST) the body's; limits as Target's (8 KB / 60 KB)."""
+    query = request.scope.get("query_string", b"")
+    if request.method == "GET":
+        path = request.scope.get("raw_path") or request.url.path.encode()
+        line = len(request.method) + 1 + len(path) + (1 + len(query) if query else 0) + 9
+        if line > limits.max_update_url_bytes:
+            raise RequestTooLarge(
+                f"The request line is {line:,} bytes; a GET update may have at most "
+                f"{limits.max_update_url_bytes:,} (max_update_url_bytes). Send the parameters "
+                "in a POST body instead."
+            )
+        return form_pairs(query, "query string")
+    body = await read_body(
+        request, limits.max_update_body_bytes, "max_update_body_bytes", already=len(query)
+    )
+    pairs = form_pairs(query, "query string")
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("application/json") or body.lstrip().startswith(b"{"):
+        return pairs + json_pairs(body)
+    return pairs + form_pairs(body, "body")
+
+
+def form_pairs(raw: bytes, where: str) -> list[tuple[str, str]]:
+    try:
+        return urllib.parse.parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest(
+            f"The {where} is not valid UTF-8 once percent-decoded: encode names and values as "
+            "UTF-8 before URL-encoding them."
+        ) from None
+
+
+def json_pairs(body: bytes) -> list[tuple[str, str]]:
+    """A JSON object of parameters; numbers and booleans become text, null is no change."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The JSON body cannot be parsed; send a JSON object.") from None
+    if not isinstance(document, dict):
+        raise BadRequest("The JSON body must be an object of parameter names and values.")
+    pairs = []
+    for name, value in document.items():
+        text = "" if value is None else scalar_text(value)
+        if text is None:
+            raise BadRequest(f"The value of {name!r} must be text, a number or a boolean.")
+        pairs.append((name, text))
+    return pairs
+
+
+def parse_update(pairs: list[tuple[str, str]]) -> tuple[KeyKind, str, dict[str, str]]:
+    """The id and the attributes to set; names are case-sensitive, empty values are skipped."""
+    ids: dict[KeyKind, str] = {}
+    values: dict[str, str] = {}
+    for name, value in pairs:
+        if name in ID_PARAMETERS:
+            ids[ID_PARAMETERS[name]] = value
+        elif name.startswith(ATTRIBUTE_PREFIX):
+            attribute = name[len(ATTRIBUTE_PREFIX) :]
+            if not attribute or attribute.startswith(ATTRIBUTE_PREFIX):
+                raise BadRequest(
+                    f"The parameter {name!r} does not name an attribute: write "
+                    "profile.<name>, with one `profile.` prefix."
+                )
+            if value:
+                values[attribute] = value
+            else:
+                values.pop(attribute, None)
+    given = {kind: identifier for kind, identifier in ids.items() if identifier}
+    if len(given) != 1:
+        raise BadRequest(
+            "Name the profile with exactly one of mboxPC (Target visitor id) and "
+            "mbox3rdPartyId (your own id), e.g. ?mbox3rdPartyId=crm-1&profile.tier=gold."
+        )
+    ((kind, identifier),) = given.items()
+    problem = check_id(kind, identifier)
+    if problem:
+        raise BadRequest(f"Invalid {PARAMETER_OF[kind]}: {problem}.")
+    return kind, identifier, values
+
+
+routes = [Route("/m2/{client}/profile/update", update, methods=["GET", "POST"])]

@@ -1,0 +1,274 @@
+"""Workers: claim a unit with a lease, decode it, apply it, repeat.
+
+A worker holds a lease on one unit at a time. Applying a unit and marking it
+done is one transaction, so a worker killed at any moment leaves the unit
+either untouched (its lease expires and another worker takes it) or done.
+A unit that raises is given back and retried with a growing delay; its batch
+reports ``stuck`` if nothing progresses for ``stuck_after_seconds``.
+
+A unit's per-client limits (``max_profile_bytes``, profile expiry) come with
+its claim. Pacing needs them before the claim: each worker keeps a copy of the
+clients' limits, re-read every few seconds, and hands the clients whose
+``ingest_rows_per_second`` applies now (during their ``business_hours``) to
+``Store.claim_unit``, so that the store paces their units
+(docs/design.md#quotas-and-throttled-ingestion).
+
+Workers run as threads inside ``serve`` (``WorkerPool``) or as processes of
+their own, on any machine that reaches the database (``run_processes``, the
+``profilebase worker`` command).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+
+from profilebase import batchfile
+from profilebase.models import DAY_MS, Counts, Limits, from_ms, now_ms
+from profilebase.server import logs, profile_import
+from profilebase.server.decoder import decode_unit
+from profilebase.server.metrics import Metrics, serve_worker_metrics
+from profilebase.server.settings import Settings, client_limits
+from profilebase.server.storage import open_settings_store
+from profilebase.server.storage.base import Store, UnitClaim
+
+log = logging.getLogger("profilebase.server.worker")
+PURGE_EVERY_MS = 3_600_000
+#: How often a worker re-reads the clients' limits; changes apply within this time.
+CLIENTS_REFRESH_MS = 2_000
+
+
+class Worker:
+    """Applies units from ``store`` until told to stop (or, for tests, until idle)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings | None = None,
+        name: str = "",
+        clock: Callable[[], int] = now_ms,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings or Settings()
+        self.metrics = metrics or Metrics()
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.clock = clock
+        self.applied = Counts()
+        self._last_purge = 0
+        self._limits: dict[int, Limits] = {}
+        self._limits_read_at: int | None = None
+
+    def run_once(self) -> bool:
+        """Claim and apply one unit; return False if there was nothing to do."""
+        now = self.clock()
+        claim = self.store.claim_unit(
+            self.name, now, int(self.settings.lease_seconds * 1000), self.paced(now)
+        )
+        if claim is None:
+            return False
+        self.process(claim)
+        return True
+
+    def all_limits(self) -> dict[int, Limits]:
+        """Every client's limits by client id, from a copy at most ``CLIENTS_REFRESH_MS`` old."""
+        now = self.clock()
+        if self._limits_read_at is None or now - self._limits_read_at >= CLIENTS_REFRESH_MS:
+            self._limits = {
+                client.id: client_limits(self.settings, client.limits)
+                for client in self.store.list_clients()
+            }
+            self._limits_read_at = now
+        return self._limits
+
+    def paced(self, now: int) -> dict[int, int]:
+        """Clients whose ingestion is limited right now, with their rows per second."""
+        moment = from_ms(now)
+        rates = {cid: limits.ingest_rate(moment) for cid, limits in self.all_limits().items()}
+        return {cid: rate for cid, rate in rates.items() if rate}
+
+    def process(self, claim: UnitClaim) -> None:
+        try:
+            header = batchfile.Header(claim.key_kind, claim.names)
+            now = self.clock()
+            limits = client_limits(self.settings, claim.client_limits)
+            if claim.version == profile_import.IMPORT_VERSION:
+                counts = profile_import.apply_claim(
+                    self.store, claim, now, limits.max_profile_bytes, limits.expire_before_ms(now)
+                )
+            else:
+                rows, failures = decode_unit(
+                    claim.body, claim.first_line, header, claim.batch_seq, now
+                )
+                counts = self.store.apply_unit(
+                    claim,
+                    rows,
+                    failures,
+                    now,
+                    limits.max_profile_bytes,
+                    expire_before_ms=limits.expire_before_ms(now),
+                )
+        except Exception as exc:  # a bug or a database outage: retry later, never drop
+            attempt_delay = min(60_000, 1000 * 2 ** min(claim.attempts, 6))
+            log.error(
+                "unit %s/%s failed, retrying in %d ms: %s\n%s",
+                claim.batch_seq,
+                claim.unit_no,
+                attempt_delay,
+                exc,
+                traceback.format_exc(),
+            )
+            self.metrics.unit_failed(exc)
+            try:
+                self.store.release_unit(claim, repr(exc), self.clock() + attempt_delay)
+            except Exception:  # the lease expires on its own
+                log.exception("could not release unit %s/%s", claim.batch_seq, claim.unit_no)
+            return
+        if counts is not None:
+            self.applied = self.applied + counts
+        self.metrics.unit_done(self.store, claim.batch_seq, counts, now)
+
+    def run(self, until_idle: bool = False, stop: threading.Event | None = None) -> None:
+        """Work until ``stop`` is set; with ``until_idle``, return once no unit is claimable."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:
+                log.exception("worker %s could not claim work", self.name)
+                busy = False
+            if not busy:
+                if until_idle:
+                    return
+                self.housekeeping()
+                stop.wait(self.settings.poll_interval)
+
+    def housekeeping(self) -> None:
+        """Purge statuses past their retention and expired profiles, at most once an hour."""
+        now = self.clock()
+        if now - self._last_purge < PURGE_EVERY_MS:
+            return
+        self._last_purge = now
+        retention_ms = int(self.settings.status_retention_days * DAY_MS)
+        try:
+            self.store.purge(now - retention_ms)
+        except Exception:
+            log.exception("purging old batch statuses failed")
+        try:
+            self.expire_profiles(now)
+        except Exception:
+            log.exception("deleting expired profiles failed")
+
+    def expire_profiles(self, now: int) -> int:
+        """Delete the profiles of every client with expiry on that were inactive too long."""
+        deleted = 0
+        for client in self.store.list_clients():
+            before = client_limits(self.settings, client.limits).expire_before_ms(now)
+            if before:
+                deleted += self.store.expire_profiles(client.id, before)
+        return deleted
+
+
+class WorkerPool:
+    """N worker threads inside the server process."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        count: int,
+        clock: Callable[[], int] = now_ms,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.stop = threading.Event()
+        metrics = metrics or Metrics()
+        self.workers = [Worker(store, settings, clock=clock, metrics=metrics) for _ in range(count)]
+        self.threads = [
+            threading.Thread(
+                target=w.run, kwargs={"stop": self.stop}, name=f"worker-{i}", daemon=True
+            )
+            for i, w in enumerate(self.workers)
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT set, so a worker finishes its unit and exits."""
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    return stop
+
+
+def run_process(settings: Settings, log_level: int = logging.INFO) -> None:
+    """One worker process: apply units until SIGTERM or SIGINT."""
+    logs.configure(log_level, settings.log_format)  # a spawned child starts bare
+    stop = stop_on_signals()
+    store = open_settings_store(settings)
+    try:
+        worker = Worker(store, settings, metrics=Metrics())
+        log.info("worker %s started", worker.name)
+        worker.run(stop=stop)
+    finally:
+        store.close()
+
+
+def run_processes(settings: Settings, count: int) -> None:
+    """Run ``count`` worker processes until SIGTERM or SIGINT; restart any that dies.
+
+    1. Migrate the schema once, before any worker starts.
+    2. With one process, work in this one; otherwise start ``count`` children
+       (spawned, so that none inherits a database connection) and replace any
+       child that exits while we are not stopping.
+    3. On a signal, ask every child to stop and wait for it to finish its unit.
+    """
+    store = open_settings_store(settings)
+    try:
+        store.migrate()
+    finally:
+        store.close()
+    serve_worker_metrics(settings)
+    if count == 1:
+        run_process(settings)
+        return
+    stop = stop_on_signals()
+    context = multiprocessing.get_context("spawn")
+
+    def start() -> multiprocessing.process.BaseProcess:
+        child = context.Process(
+            target=run_process,
+            args=(settings, logging.getLogger().getEffectiveLevel()),
+            name="profilebase-worker",
+        )
+        child.start()
+        return child
+
+    children = [start() for _ in range(count)]
+    while not stop.wait(1.0):
+        for i, child in enumerate(children):
+            if not child.is_alive() and not stop.is_set():
+                log.error(
+                    "worker process %s exited with %s; starting another", child.pid, child.exitcode
+                )
+                children[i] = start()
+    for child in children:
+        child.terminate()  # SIGTERM: finish the current unit, then exit
+    for child in children:
+        child.join(settings.lease_seconds + 10)
+        if child.is_alive():
+            child.kill()

@@ -1,5 +1,0 @@
-"""The HTTP side: Target-compatible routes and the application factory."""
-
-from profilebase.web.app import create_app
-
-__all__ = ["create_app"]
