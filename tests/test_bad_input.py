@@ -362,6 +362,33 @@ def test_markup_from_single_updates_and_page_calls_is_kept_verbatim(http: httpx.
     assert exported(http) == {"t1": {name: value, "<b>": "]]>&lt;"}}
 
 
+ODD_REQUESTS = [
+    ("GET", "/nope", 404, "No endpoint at /nope"),
+    ("GET", "/m2/demo/nope", 404, "No endpoint at /m2/demo/nope"),
+    ("GET", "/m2/demo/v2/profile/batchUpdate", 405, "Method GET is not allowed"),
+    ("GET", "/m2/demo/profile/batchStatus", 400, "batchId query parameter is missing"),
+    ("GET", "/m2/demo/profile/batchStatus?batchId=%3Cb%3E%26", 404, "No batch '<b>&'"),
+    ("GET", "/m2/%3Cb%3E/profile/batchStatus?batchId=x", 404, "Unknown client '<b>'"),
+    ("GET", "/rest/v1/profiles/%3Cb%3E?client=demo", 404, "with mboxPC=<b>"),
+    ("GET", "/rest/v1/profiles/x?client=%27%3B--", 404, 'Unknown client "\';--"'),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "code", "fragment"), ODD_REQUESTS)
+def test_unknown_paths_methods_and_ids_are_answered_in_the_endpoints_format(
+    http: httpx.Client, store: Store, method: str, path: str, code: int, fragment: str
+):
+    """XML under /m2/, JSON elsewhere, always well-formed, echoing input as text only."""
+    response = http.request(method, path)
+    assert response.status_code == code
+    if path.startswith("/m2/"):
+        message = xml_fields(response)["message"]
+    else:
+        message = response.json()["message"]
+    assert fragment in message
+    nothing_written(http, store)
+
+
 # -- the HTTP layer: Content-Length, abandoned uploads, many tiny batches ----------------------
 
 
