@@ -239,6 +239,7 @@ class Load:
         self.replies: list[tuple[float, int, str]] = []  # (when, status, path)
         self.dropped: list[tuple[float, str, str]] = []  # (when, error, path)
         self.problems: list[str] = []
+        self.shapes: set[str] = set()  # the problems seen, numbers left out
         self.counts = dict.fromkeys(
             ["batches", "refused", "updates", "visits", "fetches", "polls"], 0
         )
@@ -268,8 +269,10 @@ class Load:
         return response
 
     def note(self, problem: str) -> None:
-        """Keep a problem found, once however often it is seen."""
-        if problem not in self.problems:
+        """Keep a problem found, once however often it is seen (numbers aside)."""
+        shape = re.sub(r"\d+", "#", problem)
+        if shape not in self.shapes:
+            self.shapes.add(shape)
             self.problems.append(problem)
 
     def run(self, target: Callable[..., None], *args: object) -> None:
