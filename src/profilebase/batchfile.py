@@ -24,6 +24,8 @@ BOM = b"\xef\xbb\xbf"
 MAX_PC_ID_LENGTH = 128
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _WHITESPACE = b" \t\r"
+#: A line ends with LF, CRLF or a lone CR (old Mac and some Excel exports).
+LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class CellError(ValueError):
@@ -158,7 +160,7 @@ def split_prefix(head: bytes) -> bytes:
 def parse(body: bytes) -> tuple[Header, list[tuple[int, Row | CellError]]]:
     """Parse a whole body: the header and, per non-blank line, its line number and outcome."""
     text = split_prefix(body)
-    lines = text.split(b"\n")
+    lines = LINE_END.split(text)
     header = parse_header(lines[0])
     outcomes: list[tuple[int, Row | CellError]] = []
     for number, line in enumerate(lines[1:], start=2):
