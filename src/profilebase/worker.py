@@ -94,8 +94,15 @@ class Worker:
         try:
             header = batchfile.Header(claim.key_kind, claim.names)
             now = self.clock()
-            rows, failures = decode_unit(claim.body, claim.first_line, header, claim.batch_seq, now)
             limits = client_limits(self.settings, claim.client_limits)
+            rows, failures = decode_unit(
+                claim.body,
+                claim.first_line,
+                header,
+                claim.batch_seq,
+                now,
+                max_row_bytes=limits.max_profile_bytes,
+            )
             counts = self.store.apply_unit(
                 claim,
                 rows,
