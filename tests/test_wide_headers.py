@@ -7,7 +7,7 @@ import pytest
 from helpers import attributes, batch_id_of, status, submit
 from test_decoder import fast, reference
 
-from profilebase import batchfile
+from profilebase import batchfile, decoder
 from profilebase.models import KeyKind
 
 WIDTHS = [1_000, 10_000, 100_000]
@@ -75,3 +75,28 @@ def test_wide_headers_are_applied(http: httpx.Client, drain, width: int):
     assert attributes(http, "bare") == {}
     if full_fits:
         assert len(attributes(http, "full") or {}) == width
+
+
+def test_a_unit_too_large_for_one_slice_is_applied_in_parts(
+    http: httpx.Client, drain, monkeypatch: pytest.MonkeyPatch
+):
+    """A unit cut into several slices is applied part by part, with exact counts, each row
+    once; the failures of every part are kept."""
+    monkeypatch.setattr(decoder, "SLICE_CELLS", 5)
+    monkeypatch.setattr(decoder, "SLICE_BYTES", 64)
+    monkeypatch.setattr(decoder, "LONG_LINE", 40)
+    lines = [f"p{i},{i},{'x' * (i % 7)}" for i in range(45)]
+    lines[7] = "p7,%ZZ"
+    lines[30] = "p30," + "y" * 50 + ",z"  # a long line: a slice of its own
+    lines[31] = "p31,1,2,3"  # one cell too many
+    body = ("batch=thirdPartyId,n,x\n" + "\n".join(lines) + "\n").encode()
+    batch_id = batch_id_of(submit(http, body))
+    drain()
+    fields = status(http, batch_id)
+    assert fields["status"] == "complete"
+    assert fields["batchSize"] == fields["consumedCount"] == "45"
+    assert (fields["successfulUpdates"], fields["failedUpdates"]) == ("43", "2")
+    assert attributes(http, "p30") == {"n": "y" * 50, "x": "z"}
+    assert attributes(http, "p44") == {"n": "44", "x": "xx"}
+    failures = http.get(f"/profilebase/v1/clients/demo/batches/{batch_id}/failures").json()
+    assert [row["line"] for row in failures["failures"]] == [9, 33]

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from profilebase.decoder import Slice, UnitDecoder, raw_text, slices
+from profilebase.decoder import Slice, UnitDecoder, raw_text
 from profilebase.errors import QuotaExceeded
 from profilebase.ingest import ReadBatch
 from profilebase.models import Client, FailedRow, KeyKind, Limits
+from profilebase.narrowing import decoded_parts
 from profilebase.storage import quota
 from profilebase.storage.base import DecodedRow, Store
 from profilebase.storage.merge import byte_size
@@ -89,8 +90,7 @@ def check(
     decoder = UnitDecoder(read.header, 0, now_ms, limits.max_profile_bytes)
     try:
         for unit in read.units:
-            for piece in slices(unit.body, unit.first_line):
-                part = decoder.decode(piece)
+            for piece, part in decoded_parts(unit.body, unit.first_line, decoder):
                 bad = [*part.failures, *too_large(part.rows, piece, limits.max_profile_bytes)]
                 failed += len(bad)
                 room = max_failures - len(failures)

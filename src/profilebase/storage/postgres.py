@@ -33,7 +33,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from profilebase.errors import ConfigError, StorageError
+from profilebase.errors import BatchRejected, ConfigError, StorageError
 from profilebase.models import Client, Counts, FailedRow, KeyKind, Limits, Profile
 from profilebase.storage import migrations, redact
 from profilebase.storage import postgres_profiles as profiles
@@ -46,7 +46,7 @@ from profilebase.storage.merge import (
     group_tombstones,
     merge_attrs,
 )
-from profilebase.storage.queries import Connection, SnapshotExport
+from profilebase.storage.queries import Connection, SnapshotExport, not_applied
 from profilebase.storage.records import claim_from_row
 
 log = logging.getLogger("profilebase.storage")
@@ -112,6 +112,21 @@ FROM (SELECT c.value ->> 0 AS pkey, c.value -> 1 AS attrs, (c.value ->> 2)::bigi
              (c.value ->> 3)::bigint AS max_seq FROM {CHANGES}) AS n
 WHERE p.client_id = %s AND p.pkey = n.pkey
 """
+
+
+#: SQLSTATE classes and codes of errors that may pass, with what the batch status says.
+TRANSIENT_CLASSES = {
+    "08": "the database was unavailable",  # connection exception
+    "40": "the database was busy",  # serialization failure, deadlock
+    "53": "the database was short of resources",  # disk full, out of memory, connections
+    "57": "the database was unavailable",  # shutting down, cannot connect now, cancelled
+    "58": "the database was unavailable",  # system (I/O) error
+}
+TRANSIENT_STATES = {
+    "53100": "the database had no room to write",
+    "55P03": "the database was busy",  # lock_not_available (lock_timeout)
+    "57014": "a database statement timed out",  # query_canceled (statement_timeout)
+}
 
 
 class _Retry(Exception):
@@ -263,6 +278,10 @@ class PostgresStore(ClientQueries):
     # -- batches -----------------------------------------------------------------------
 
     def accept_batch(self, batch: NewBatch, now_ms: int, limits: Limits) -> tuple[int, str]:
+        if profiles.has_nul(*batch.names):
+            raise BatchRejected(
+                f"The header cannot be stored: {profiles.NUL_REASON} (an attribute name holds %00)."
+            )
         with self._write() as db:
             # The client's row lock orders its writes: idempotency key, quota, seq, commit.
             db.execute("SELECT 1 FROM clients WHERE id = %s FOR UPDATE", (batch.client.id,))
@@ -317,27 +336,35 @@ class PostgresStore(ClientQueries):
         now_ms: int,
         max_profile_bytes: int,
         expire_before_ms: int = 0,
+        through_line: int | None = None,
     ) -> Counts | None:
         refused = [row for row in rows if profiles.row_has_nul(row.id, row.attrs)]
         if refused:
             rows = [row for row in rows if row not in refused]
-            failures = [
-                *failures,
-                *(FailedRow(row.line, row.id, profiles.NUL_REASON) for row in refused),
-            ]
+            failures = sorted(
+                [
+                    *failures,
+                    *(FailedRow(row.line, row.id, profiles.NUL_REASON) for row in refused),
+                ],
+                key=lambda failure: failure.line,
+            )
         for attempt in range(1, APPLY_ATTEMPTS + 1):
             try:
                 with self._write() as db:
                     return self._apply(
-                        db, claim, rows, failures, now_ms, max_profile_bytes, expire_before_ms
+                        db,
+                        claim,
+                        rows,
+                        failures,
+                        now_ms,
+                        max_profile_bytes,
+                        expire_before_ms,
+                        through_line,
                     )
             except (_Retry, pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
                 log.info("unit %s/%s lost a race (%r); again", claim.batch_seq, claim.unit_no, exc)
                 if attempt == APPLY_ATTEMPTS:
-                    raise StorageError(
-                        f"Unit {claim.batch_seq}/{claim.unit_no} lost {attempt} races for its "
-                        "profiles in a row; it will be retried."
-                    ) from None
+                    raise  # transient (transient_reason): the worker retries the unit later
         raise AssertionError("unreachable")
 
     def _apply(
@@ -349,14 +376,16 @@ class PostgresStore(ClientQueries):
         now_ms: int,
         max_profile_bytes: int,
         expire_before_ms: int,
+        through_line: int | None,
     ) -> Counts | None:
         ours = db.execute(
-            "SELECT 1 FROM batch_units WHERE batch_seq = %s AND unit_no = %s "
+            "SELECT applied_through FROM batch_units WHERE batch_seq = %s AND unit_no = %s "
             "AND state = 'running' AND lease_owner = %s FOR UPDATE",
             (claim.batch_seq, claim.unit_no, claim.owner),
         ).fetchone()
         if ours is None:
             return None
+        rows, failures = not_applied(rows, failures, ours[0])
         prefix = claim.key_kind.prefix
         keys = sorted({prefix + row.id for row in rows})
         aliases = profiles.aliases_of(db, claim.client_id, keys)
@@ -388,7 +417,32 @@ class PostgresStore(ClientQueries):
             writer,
             max_profile_bytes,
             now_ms,
+            through_line,
         )
+
+    def _recordable(self, text: str) -> str:
+        """PostgreSQL's text cannot hold U+0000: a failed row's id, reason and raw line
+        are recorded with each NUL replaced by U+FFFD, as invalid bytes already are."""
+        return text.replace("\x00", "\ufffd")
+
+    def _transient(self, error: BaseException) -> str | None:
+        """psycopg's errors that waiting cures, by SQLSTATE class: the connection lost or
+        refused, resources short, the server shutting down, a lock or serialization
+        conflict. A program limit (class 54) is a value the database refuses: not one."""
+        if isinstance(error, PoolTimeout | psycopg.InterfaceError):
+            return "the database was unavailable"
+        if isinstance(error, _Retry):
+            return "the database was busy"
+        if not isinstance(error, psycopg.Error):
+            return None
+        state = error.sqlstate or ""
+        if not state:  # raised by psycopg itself: the connection broke
+            return (
+                "the database was unavailable"
+                if isinstance(error, psycopg.OperationalError)
+                else None
+            )
+        return TRANSIENT_STATES.get(state) or TRANSIENT_CLASSES.get(state[:2])
 
     # -- profiles ----------------------------------------------------------------------
 

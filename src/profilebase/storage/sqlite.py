@@ -29,7 +29,7 @@ from profilebase.storage.merge import (
     group_tombstones,
     merge_attrs,
 )
-from profilebase.storage.queries import Connection, SharedQueries, SnapshotExport
+from profilebase.storage.queries import Connection, SharedQueries, SnapshotExport, not_applied
 from profilebase.storage.records import claim_from_row
 from profilebase.storage.sqlite_profiles import (
     UPSERT_PROFILE,
@@ -37,6 +37,18 @@ from profilebase.storage.sqlite_profiles import (
     expire_keys,
     json_list,
 )
+
+#: SQLite's primary result codes of errors that may pass, with what the status says.
+TRANSIENT_CODES = {
+    sqlite3.SQLITE_BUSY: "the database was locked by another writer",
+    sqlite3.SQLITE_LOCKED: "the database was locked by another writer",
+    sqlite3.SQLITE_NOMEM: "the database ran out of memory",
+    sqlite3.SQLITE_READONLY: "the database file could not be written",
+    sqlite3.SQLITE_IOERR: "the database file could not be read or written",
+    sqlite3.SQLITE_FULL: "the database had no room to write",
+    sqlite3.SQLITE_CANTOPEN: "the database file could not be opened",
+    sqlite3.SQLITE_PROTOCOL: "the database was locked by another writer",
+}
 
 
 class _Writer:
@@ -257,18 +269,23 @@ class SQLiteStore(ClientQueries, SharedQueries):
         now_ms: int,
         max_profile_bytes: int,
         expire_before_ms: int = 0,
+        through_line: int | None = None,
     ) -> Counts | None:
         prefix = claim.key_kind.prefix
         row_keys = sorted({prefix + row.id for row in rows})
         keys = json_list(row_keys)
         with self._write() as db:
             ours = db.execute(
-                "SELECT 1 FROM batch_units WHERE batch_seq = ? AND unit_no = ? "
+                "SELECT applied_through FROM batch_units WHERE batch_seq = ? AND unit_no = ? "
                 "AND state = 'running' AND lease_owner = ?",
                 (claim.batch_seq, claim.unit_no, claim.owner),
             ).fetchone()
             if ours is None:
                 return None
+            if ours[0] is not None:  # an earlier part applied the lines up to ours[0]
+                rows, failures = not_applied(rows, failures, ours[0])
+                row_keys = sorted({prefix + row.id for row in rows})
+                keys = json_list(row_keys)
             aliases: dict[str, str] = {}
             stored_keys = keys
             # Like tombstones below: one cheap check keeps clients without links fast.
@@ -311,7 +328,16 @@ class SQLiteStore(ClientQueries, SharedQueries):
                 writer,
                 max_profile_bytes,
                 now_ms,
+                through_line,
             )
+
+    def _transient(self, error: BaseException) -> str | None:
+        """SQLite's errors that waiting cures: a lock held too long, the file unreadable
+        or unwritable for now, the disk full, memory short."""
+        if not isinstance(error, sqlite3.Error):
+            return None
+        code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+        return TRANSIENT_CODES.get(code)
 
     # -- profiles ----------------------------------------------------------------------
 
