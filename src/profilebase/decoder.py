@@ -59,6 +59,8 @@ SLICE_BYTES = 8 * 1024 * 1024
 SLICE_CELLS = 200_000
 #: A longer line is decoded on its own by the reference rules, never by the query.
 LONG_LINE = 1024 * 1024
+#: A failed line is kept with its reason up to this many bytes.
+MAX_RAW_BYTES = 64 * 1024
 #: Raw bytes that decode to less than one byte each: ``%XX`` is three bytes for one.
 RAW_BYTES_PER_BYTE = 3
 
@@ -372,13 +374,14 @@ def _is_utf8(data: bytes) -> bool:
 
 
 def raw_text(line: bytes) -> str:
-    return line.rstrip(b"\r").decode("utf-8", errors="replace")
+    """A failed line as it is kept with its reason: its first ``MAX_RAW_BYTES``."""
+    return line[:MAX_RAW_BYTES].rstrip(b"\r").decode("utf-8", errors="replace")
 
 
 def first_cell(line: bytes) -> str:
     """The id of a failed row as well as it can be read, for the failure report."""
-    end = line.find(b",")
-    raw = line if end < 0 else line[:end]
+    end = line.find(b",", 0, MAX_RAW_BYTES)
+    raw = line[:MAX_RAW_BYTES] if end < 0 else line[:end]
     try:
         return batchfile.decode_cell(raw)
     except batchfile.CellError:

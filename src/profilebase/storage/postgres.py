@@ -77,7 +77,7 @@ SET state = 'running', lease_owner = %(owner)s, lease_expires = %(expires)s,
     attempts = u.attempts + 1
 FROM candidate n, batches b JOIN clients c ON c.id = b.client_id
 WHERE u.batch_seq = n.batch_seq AND u.unit_no = n.unit_no AND b.seq = u.batch_seq
-RETURNING u.batch_seq, u.unit_no, u.first_line, u.row_count, u.body, u.attempts,
+RETURNING u.batch_seq, u.unit_no, u.first_line, u.row_count, octet_length(u.body), u.attempts,
           b.client_id, b.version, b.key_kind, b.header, c.limits
 """
 
@@ -127,6 +127,26 @@ TRANSIENT_STATES = {
     "55P03": "the database was busy",  # lock_not_available (lock_timeout)
     "57014": "a database statement timed out",  # query_canceled (statement_timeout)
 }
+
+
+#: A unit's lines are read in pieces of this size: libpq keeps its input buffer as large
+#: as the largest message a connection ever received, for as long as the connection
+#: lives, and the pool keeps connections for a long time.
+BODY_PIECE = 4 << 20
+
+
+def read_body(db: psycopg.Connection, batch_seq: int, unit_no: int, length: int) -> bytes:
+    """A unit's lines, ``length`` bytes, fetched a piece at a time."""
+    pieces = []
+    cursor = db.cursor(binary=True)
+    for start in range(1, length + 1, BODY_PIECE):  # substring counts from 1
+        found = cursor.execute(
+            "SELECT substring(body FROM %s FOR %s) FROM batch_units "
+            "WHERE batch_seq = %s AND unit_no = %s",
+            (start, BODY_PIECE, batch_seq, unit_no),
+        ).fetchone()
+        pieces.append(bytes(found[0]))
+    return b"".join(pieces)
 
 
 class _Retry(Exception):
@@ -324,7 +344,8 @@ class PostgresStore(ClientQueries):
                 "UPDATE batches SET started_at = %s WHERE seq = %s AND started_at IS NULL",
                 (now_ms, found[0]),
             )
-            claim = claim_from_row(found, owner)
+            body = read_body(db, found[0], found[1], found[4] or 0)
+            claim = claim_from_row((*found[:4], body, *found[5:]), owner)
             self._pace(db, claim, paced, now_ms)
         return claim
 

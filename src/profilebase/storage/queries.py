@@ -317,6 +317,7 @@ class SharedQueries(ABC):
                 (now, claim.batch_seq),
             )
             return counts
+        self._unit_done(db, claim)
         # Locked before counting, so that of two last units finishing at once the
         # second sees the first one done and marks the batch finished.
         self._lock_batch(db, claim.batch_seq)
@@ -329,6 +330,10 @@ class SharedQueries(ABC):
             (now, claim.batch_seq, now, claim.batch_seq),
         )
         return counts
+
+    def _unit_done(self, db: Connection, claim: UnitClaim) -> None:
+        """What else a backend drops once a unit is done (its lines are dropped above)."""
+        return None  # nothing, unless the backend keeps the lines elsewhere (SQLite)
 
     def _recordable(self, text: str) -> str:
         """``text`` as the backend can store it in a text column (see PostgreSQL's)."""

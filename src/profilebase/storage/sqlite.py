@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from profilebase.errors import ConfigError
+from profilebase.errors import ConfigError, StorageError
 from profilebase.models import Counts, FailedRow, KeyKind, Limits
 from profilebase.storage import migrations, sqlite_profiles
 from profilebase.storage.base import DecodedRow, NewBatch, UnitClaim
@@ -49,6 +49,39 @@ TRANSIENT_CODES = {
     sqlite3.SQLITE_CANTOPEN: "the database file could not be opened",
     sqlite3.SQLITE_PROTOCOL: "the database was locked by another writer",
 }
+
+
+#: Bytes a unit's body is written in through blob I/O.
+BLOB_PIECE = 1 << 20
+
+
+def write_body(db: sqlite3.Connection, batch_seq: int, unit_no: int, body: bytes) -> None:
+    """Store a unit's lines piece by piece (sqlite3 would copy them whole to bind them)."""
+    rowid = db.execute(
+        "INSERT INTO unit_bodies (batch_seq, unit_no, body) VALUES (?, ?, zeroblob(?))",
+        (batch_seq, unit_no, len(body)),
+    ).lastrowid
+    assert rowid is not None
+    with db.blobopen("unit_bodies", "body", rowid) as blob:
+        view = memoryview(body)
+        for start in range(0, len(body), BLOB_PIECE):
+            blob.write(view[start : start + BLOB_PIECE])
+
+
+def read_body(db: sqlite3.Connection, batch_seq: int, unit_no: int) -> bytes:
+    """A unit's lines, read straight into one bytes object."""
+    found = db.execute(
+        "SELECT rowid FROM unit_bodies WHERE batch_seq = ? AND unit_no = ?", (batch_seq, unit_no)
+    ).fetchone()
+    if found is None:  # kept in the unit's row, as before migration 0005?
+        kept = db.execute(
+            "SELECT body FROM batch_units WHERE batch_seq = ? AND unit_no = ?", (batch_seq, unit_no)
+        ).fetchone()
+        if kept is None or kept[0] is None:
+            raise StorageError(f"The lines of unit {batch_seq}/{unit_no} are missing.")
+        return bytes(kept[0])
+    with db.blobopen("unit_bodies", "body", found[0], readonly=True) as blob:
+        return blob.read()
 
 
 class _Writer:
@@ -216,10 +249,11 @@ class SQLiteStore(ClientQueries, SharedQueries):
             units = 0
             for unit_no, unit in enumerate(batch.units):
                 db.execute(
-                    "INSERT INTO batch_units (batch_seq, unit_no, first_line, row_count, body) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (seq, unit_no, unit.first_line, unit.row_count, unit.body),
+                    "INSERT INTO batch_units (batch_seq, unit_no, first_line, row_count) "
+                    "VALUES (?, ?, ?, ?)",
+                    (seq, unit_no, unit.first_line, unit.row_count),
                 )
+                write_body(db, seq, unit_no, unit.body)
                 units += 1
             self._record_batch(db, seq, batch_id, batch, units, now_ms)
         return seq, batch_id
@@ -243,7 +277,7 @@ class SQLiteStore(ClientQueries, SharedQueries):
                 "   WHERE p.client_id = b.client_id AND p.not_before > ?"
                 "   AND p.client_id IN (SELECT value FROM json_each(?)))"
                 " ORDER BY u.batch_seq, u.unit_no LIMIT 1) "
-                "RETURNING batch_seq, unit_no, first_line, row_count, body, attempts",
+                "RETURNING batch_seq, unit_no, first_line, row_count, attempts",
                 (owner, now_ms + lease_ms, now_ms, now_ms, now_ms, json.dumps(list(paced))),
             ).fetchone()
             if found is None:
@@ -257,7 +291,11 @@ class SQLiteStore(ClientQueries, SharedQueries):
                 "UPDATE batches SET started_at = coalesce(started_at, ?) WHERE seq = ?",
                 (now_ms, found[0]),
             )
-            claim = claim_from_row((*found, *batch), owner)
+            seq, unit_no, first_line, row_count, attempts = found
+            body = read_body(db, seq, unit_no)
+            claim = claim_from_row(
+                (seq, unit_no, first_line, row_count, body, attempts, *batch), owner
+            )
             self._pace(db, claim, paced, now_ms)
         return claim
 
@@ -330,6 +368,12 @@ class SQLiteStore(ClientQueries, SharedQueries):
                 now_ms,
                 through_line,
             )
+
+    def _unit_done(self, db: Connection, claim: UnitClaim) -> None:
+        db.execute(
+            "DELETE FROM unit_bodies WHERE batch_seq = ? AND unit_no = ?",
+            (claim.batch_seq, claim.unit_no),
+        )
 
     def _transient(self, error: BaseException) -> str | None:
         """SQLite's errors that waiting cures: a lock held too long, the file unreadable
