@@ -182,7 +182,7 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
 def settings(database_url: str, request: pytest.FixtureRequest) -> Settings:
     """Test settings; parametrize indirectly with a dict to override some of them."""
     overrides = getattr(request, "param", {})
-    return Settings(database=database_url, workers=0, unit_rows=50, **overrides)
+    return Settings(**{"database": database_url, "workers": 0, "unit_rows": 50, **overrides})
 
 
 @pytest.fixture

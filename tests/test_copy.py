@@ -83,10 +83,17 @@ def dump(url: str) -> dict[str, list[dict[str, Any]]]:
             cursor = execute(f'SELECT * FROM "{name}"')
             columns = [d[0] for d in cursor.description]
             rows = [dict(zip(columns, map(normal, row), strict=True)) for row in cursor.fetchall()]
-            out[name] = sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=repr))
+            out[name] = rows
     finally:
         db.close()
-    return out
+    # SQLite keeps a unit's lines apart, in unit_bodies; they are batch_units.body all the same.
+    bodies = {(r["batch_seq"], r["unit_no"]): r["body"] for r in out.pop("unit_bodies", [])}
+    for unit in out.get("batch_units", []):
+        unit["body"] = unit["body"] or bodies.get((unit["batch_seq"], unit["unit_no"]))
+    return {
+        name: sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=repr))
+        for name, rows in out.items()
+    }
 
 
 # -- databases -----------------------------------------------------------------------------

@@ -25,6 +25,10 @@ PREFIX = b"batch="
 BOM = b"\xef\xbb\xbf"
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _WHITESPACE = b" \t\r"
+#: A line ends with LF, CRLF or a lone CR (old Mac and some Excel exports).
+LINE_END = re.compile(rb"\r\n|\r|\n")
+#: Cells longer than this are percent-decoded piece by piece.
+UNQUOTE_PIECE = 1 << 16
 
 
 class CellError(ValueError):
@@ -62,12 +66,35 @@ def decode_cell(raw: bytes) -> str:
             "(encode a literal '%' as %25)"
         )
     try:
-        return urllib.parse.unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+        return _unquote(raw.replace(b"+", b" ")).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CellError(
             "invalid UTF-8 after percent-decoding: encode values as UTF-8 before "
             f"percent-encoding ({exc.reason} at byte {exc.start})"
         ) from None
+
+
+def _unquote(raw: bytes) -> bytes:
+    """Percent-decode ``raw`` (every ``%`` starts a valid escape), a piece at a time.
+
+    ``unquote_to_bytes`` makes an object per escape: tens of millions for a cell of
+    tens of MB. Pieces of ``UNQUOTE_PIECE`` bytes, cut before an escape, bound that.
+    """
+    if b"%" not in raw:
+        return raw
+    if len(raw) <= UNQUOTE_PIECE:
+        return urllib.parse.unquote_to_bytes(raw)
+    pieces = []
+    start = 0
+    while start < len(raw):
+        end = min(start + UNQUOTE_PIECE, len(raw))
+        escape = raw.rfind(b"%", max(start, end - 2), end)
+        if escape >= 0 and end < len(raw):
+            # The escape starting there would end in the next piece: cut before it.
+            end = escape if escape > start else escape + 3
+        pieces.append(urllib.parse.unquote_to_bytes(raw[start:end]))
+        start = end
+    return b"".join(pieces)
 
 
 def parse_header(line: bytes) -> Header:
@@ -109,12 +136,14 @@ def parse_header(line: bytes) -> Header:
 
 def parse_row(line: bytes, header: Header) -> Row:
     """Decode one non-blank data line; raise ``CellError`` with the reason it fails."""
-    cells = line.rstrip(b"\r").split(b",")
-    if len(cells) > header.width:
+    line = line.rstrip(b"\r")
+    count = line.count(b",") + 1  # counted before splitting: a line may be 40 MB of commas
+    if count > header.width:
         raise CellError(
-            f"row has {len(cells)} cells but the header has {header.width} columns "
+            f"row has {count} cells but the header has {header.width} columns "
             "(encode commas inside values as %2C)"
         )
+    cells = line.split(b",")
     decoded = [decode_cell(cell) for cell in cells]
     problem = check_id(header.key_kind, decoded[0])
     if problem:
@@ -142,7 +171,7 @@ def split_prefix(head: bytes) -> bytes:
 def parse(body: bytes) -> tuple[Header, list[tuple[int, Row | CellError]]]:
     """Parse a whole body: the header and, per non-blank line, its line number and outcome."""
     text = split_prefix(body)
-    lines = text.split(b"\n")
+    lines = LINE_END.split(text)
     header = parse_header(lines[0])
     outcomes: list[tuple[int, Row | CellError]] = []
     for number, line in enumerate(lines[1:], start=2):

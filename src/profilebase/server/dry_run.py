@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from profilebase.errors import QuotaExceeded
 from profilebase.models import Client, FailedRow, KeyKind, Limits
 from profilebase.server import quota
-from profilebase.server.decoder import decode_unit, raw_text
+from profilebase.server.decoder import Slice, UnitDecoder, raw_text
 from profilebase.server.ingest import ReadBatch
-from profilebase.server.storage.base import Store
+from profilebase.server.narrowing import decoded_parts
+from profilebase.server.storage.base import DecodedRow, Store
 from profilebase.server.storage.merge import byte_size
 
 #: How many failed rows a dry-run report lists by default (all are counted).
@@ -85,28 +86,16 @@ def check(
     """Decode and check every row of ``read``; write nothing; close its spooled units."""
     failures: list[FailedRow] = []
     failed = 0
+    # One slice at a time, as the worker decodes: the memory a unit needs stays bounded.
+    decoder = UnitDecoder(read.header, 0, now_ms, limits.max_profile_bytes)
     try:
         for unit in read.units:
-            rows, bad = decode_unit(unit.body, unit.first_line, read.header, 0, now_ms)
-            lines: list[bytes] | None = None
-            for row in rows:
-                size = byte_size(row.attrs)
-                if size > limits.max_profile_bytes:
-                    lines = lines or unit.body.split(b"\n")
-                    bad.append(
-                        FailedRow(
-                            row.line,
-                            row.id,
-                            f"the profile would grow to at least {size} bytes, over the limit "
-                            f"of {limits.max_profile_bytes} bytes (max_profile_bytes); send "
-                            "fewer or shorter attributes",
-                            raw_text(lines[row.line - unit.first_line]),
-                        )
-                    )
-            failed += len(bad)
-            room = max_failures - len(failures)
-            if room > 0:
-                failures.extend(sorted(bad, key=lambda f: f.line)[:room])
+            for piece, part in decoded_parts(unit.body, unit.first_line, decoder):
+                bad = [*part.failures, *too_large(part.rows, piece, limits.max_profile_bytes)]
+                failed += len(bad)
+                room = max_failures - len(failures)
+                if room > 0:
+                    failures.extend(sorted(bad, key=lambda f: f.line)[:room])
     finally:
         read.units.close()
     return DryRunReport(
@@ -119,6 +108,27 @@ def check(
         quota=forecast(store, client, read.rows, limits, now_ms),
         limits=limits,
     )
+
+
+def too_large(rows: list[DecodedRow], piece: Slice, max_profile_bytes: int) -> list[FailedRow]:
+    """The rows whose attributes alone are larger than any profile may be."""
+    failures = []
+    lines: list[bytes] | None = None
+    for row in rows:
+        size = byte_size(row.attrs)
+        if size > max_profile_bytes:
+            lines = lines or piece.body.split(b"\n")
+            failures.append(
+                FailedRow(
+                    row.line,
+                    row.id,
+                    f"the profile would grow to at least {size} bytes, over the limit of "
+                    f"{max_profile_bytes} bytes (max_profile_bytes); send fewer or shorter "
+                    "attributes",
+                    raw_text(lines[row.line - piece.first_line]),
+                )
+            )
+    return failures
 
 
 def forecast(store: Store, client: Client, size: int, limits: Limits, now_ms: int) -> QuotaForecast:

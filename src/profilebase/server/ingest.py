@@ -21,6 +21,8 @@ from profilebase.models import SEQ_SPAN, Client, Limits
 from profilebase.server.storage.base import NewBatch, Store, UnitSpec
 
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
+#: The body's first bytes that tell whether it starts with ``batch=`` (after a BOM).
+PREFIX_BYTES = len(batchfile.BOM + batchfile.PREFIX)
 
 
 class SpooledUnits(Sequence[UnitSpec]):
@@ -32,6 +34,8 @@ class SpooledUnits(Sequence[UnitSpec]):
         self.size = 0
 
     def add(self, first_line: int, rows: int, body: bytes) -> None:
+        if self.size + len(body) > SPOOL_IN_MEMORY:
+            self.file.rollover()  # to disk first: a large unit is never copied in memory
         self.file.write(body)
         self.spans.append((first_line, rows, self.size, len(body)))
         self.size += len(body)
@@ -68,7 +72,13 @@ class ReadBatch:
 
 
 class Intake:
-    """Consumes a batch body chunk by chunk and enforces the byte and row limits."""
+    """Consumes a batch body chunk by chunk and enforces the byte and row limits.
+
+    Line ends are LF, CRLF or a lone CR (as ``batchfile.parse`` reads them); each
+    becomes one LF here, so the units the workers decode hold LF line ends only.
+    An unfinished line is kept as a list of pieces and joined once it ends, so a
+    line of tens of MB costs its size, not its size times the number of chunks.
+    """
 
     def __init__(
         self, limits: Limits, unit_rows: int, prefix_optional: bool = False, digest: bool = False
@@ -79,9 +89,11 @@ class Intake:
         self.prefix_optional = prefix_optional
         self.total = 0
         self.rows = 0
-        self.head = b""
+        #: The first bytes of the body, enough to judge its ``batch=`` prefix.
+        self.start = b""
         self.header: batchfile.Header | None = None
-        self.partial = b""
+        self.partial: list[bytes] = []  # the line not ended yet (the header, first)
+        self.after_cr = False  # the last byte read was a CR: an LF right after it is its pair
         self.line = 1  # number of the last line read; the header is line 1
         self.unit_lines: list[bytes] = []
         self.unit_rows_seen = 0
@@ -101,32 +113,46 @@ class Intake:
                 f"{self.limits.max_batch_bytes:,} bytes (max_batch_bytes). Split the file "
                 "into several batches."
             )
-        if self.header is None:
-            self.head += chunk
-            end = self.head.find(b"\n")
-            if end < 0:
+        chunk = self._line_ends(chunk)
+        if len(self.start) < PREFIX_BYTES:
+            self.start += chunk[: PREFIX_BYTES - len(self.start)]
+        end = chunk.find(b"\n")
+        if end < 0:
+            self.partial.append(chunk)
+            if self.header is None:
                 self._check_prefix(final=False)
-                return
-            rest = self.head[end + 1 :]
-            self._read_header(self.head[:end])
-            self.head = b""
-            chunk = rest
-        data = self.partial + chunk
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self.partial = data
             return
-        self.partial = data[cut + 1 :]
-        self._take_lines(data[:cut].split(b"\n"))
+        # The line that ends here is joined once; the rest of the chunk is split apart.
+        self.partial.append(chunk[:end])
+        line = b"".join(self.partial)
+        cut = chunk.rfind(b"\n")
+        self.partial = [chunk[cut + 1 :]]
+        lines = chunk[end + 1 : cut].split(b"\n") if cut > end else []
+        if self.header is None:
+            self._read_header(line)
+        else:
+            lines.insert(0, line)
+        if lines:
+            self._take_lines(lines)
+
+    def _line_ends(self, chunk: bytes) -> bytes:
+        """``chunk`` with each CRLF or lone CR as one LF (a CRLF may span two chunks)."""
+        if self.after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        if b"\r" not in chunk:
+            self.after_cr = False
+            return chunk
+        self.after_cr = chunk.endswith(b"\r")
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def finish(self) -> ReadBatch:
         """The body has ended: read the last line, cut the last unit, return the batch."""
+        last = b"".join(self.partial)
+        self.partial = []
         if self.header is None:
-            self._read_header(self.head)
-            self.head = b""
-        if self.partial:
-            self._take_lines([self.partial])
-            self.partial = b""
+            self._read_header(last)
+        elif last:
+            self._take_lines([last])
         self._cut_unit()
         assert self.header is not None
         digest = "" if self.hash is None else self.hash.hexdigest()
@@ -136,7 +162,7 @@ class Intake:
         """Refuse a body that does not start with ``batch=`` as soon as that is certain."""
         if self.prefix_optional:
             return
-        head = self.head
+        head = self.start
         if not final and (
             batchfile.PREFIX.startswith(head) or (batchfile.BOM + batchfile.PREFIX).startswith(head)
         ):

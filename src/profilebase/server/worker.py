@@ -1,10 +1,12 @@
 """Workers: claim a unit with a lease, decode it, apply it, repeat.
 
-A worker holds a lease on one unit at a time. Applying a unit and marking it
-done is one transaction, so a worker killed at any moment leaves the unit
-either untouched (its lease expires and another worker takes it) or done.
-A unit that raises is given back and retried with a growing delay; its batch
-reports ``stuck`` if nothing progresses for ``stuck_after_seconds``.
+A worker holds a lease on one unit at a time. A unit is applied in parts (one
+for most units), each part and the unit's progress in one transaction, so a
+worker killed at any moment leaves the unit at a part boundary: its lease
+expires and another worker goes on from there. When applying raises, the
+narrowing rule (``narrowing.py``) decides: a transient error gives the unit
+back to be retried after a growing delay, any other error is narrowed down to
+the rows that cause it, which fail alone.
 
 A unit's per-client limits (``max_profile_bytes``, profile expiry) come with
 its claim. Pacing needs them before the claim: each worker keeps a copy of the
@@ -26,15 +28,21 @@ import os
 import signal
 import socket
 import threading
-import traceback
 import uuid
 from collections.abc import Callable
 
 from profilebase import batchfile
 from profilebase.models import DAY_MS, Counts, Limits, from_ms, now_ms
 from profilebase.server import logs, profile_import
-from profilebase.server.decoder import decode_unit
+from profilebase.server.decoder import UnitDecoder
 from profilebase.server.metrics import Metrics, serve_worker_metrics
+from profilebase.server.narrowing import (
+    GiveBack,
+    UnitApplication,
+    decoded_parts,
+    new_error_id,
+    retry_delay_ms,
+)
 from profilebase.server.settings import Settings, client_limits
 from profilebase.server.storage import open_settings_store
 from profilebase.server.storage.base import Store, UnitClaim
@@ -95,45 +103,65 @@ class Worker:
         return {cid: rate for cid, rate in rates.items() if rate}
 
     def process(self, claim: UnitClaim) -> None:
+        """Decode and apply a unit part by part; give it back to be retried when the
+        narrowing rule says so (``narrowing``: transient errors wait, others fail the
+        rows that cause them)."""
+        now = self.clock()
+        limits = client_limits(self.settings, claim.client_limits)
+        if claim.version == profile_import.IMPORT_VERSION:
+            self.process_import(claim, now, limits)
+            return
+        header = batchfile.Header(claim.key_kind, claim.names)
+        decoder = UnitDecoder(header, claim.batch_seq, now, limits.max_profile_bytes)
+        application = UnitApplication(
+            self.store, claim, now, limits.max_profile_bytes, limits.expire_before_ms(now)
+        )
         try:
-            header = batchfile.Header(claim.key_kind, claim.names)
-            now = self.clock()
-            limits = client_limits(self.settings, claim.client_limits)
-            if claim.version == profile_import.IMPORT_VERSION:
-                counts = profile_import.apply_claim(
-                    self.store, claim, now, limits.max_profile_bytes, limits.expire_before_ms(now)
-                )
-            else:
-                rows, failures = decode_unit(
-                    claim.body, claim.first_line, header, claim.batch_seq, now
-                )
-                counts = self.store.apply_unit(
-                    claim,
-                    rows,
-                    failures,
-                    now,
-                    limits.max_profile_bytes,
-                    expire_before_ms=limits.expire_before_ms(now),
-                )
-        except Exception as exc:  # a bug or a database outage: retry later, never drop
-            attempt_delay = min(60_000, 1000 * 2 ** min(claim.attempts, 6))
-            log.error(
-                "unit %s/%s failed, retrying in %d ms: %s\n%s",
-                claim.batch_seq,
-                claim.unit_no,
-                attempt_delay,
-                exc,
-                traceback.format_exc(),
+            for _, part in decoded_parts(claim.body, claim.first_line, decoder):
+                if not application.apply(part):
+                    return  # the lease was lost: the unit's new owner goes on from here
+        except GiveBack as give_back:
+            self.metrics.unit_failed(give_back.__context__ or give_back)
+            self.give_back(claim, give_back.reason)
+            return
+        except Exception as exc:  # raised outside the parts, which narrow their own errors: a bug
+            error_id = new_error_id()
+            log.exception(
+                "unit %s/%s failed (error id %s)", claim.batch_seq, claim.unit_no, error_id
             )
             self.metrics.unit_failed(exc)
-            try:
-                self.store.release_unit(claim, repr(exc), self.clock() + attempt_delay)
-            except Exception:  # the lease expires on its own
-                log.exception("could not release unit %s/%s", claim.batch_seq, claim.unit_no)
+            self.give_back(claim, f"the server could not apply this unit (error id {error_id})")
+            return
+        self.applied = self.applied + application.counts
+        self.metrics.unit_done(self.store, claim.batch_seq, application.counts, now)
+
+    def process_import(self, claim: UnitClaim, now: int, limits: Limits) -> None:
+        """Apply a unit of a profile import (batch version 3) in one transaction; on an
+        error, give it back with the reason (transient or not) and the error id."""
+        try:
+            counts = profile_import.apply_claim(
+                self.store, claim, now, limits.max_profile_bytes, limits.expire_before_ms(now)
+            )
+        except Exception as exc:
+            error_id = new_error_id()
+            log.exception(
+                "import unit %s/%s failed (error id %s)", claim.batch_seq, claim.unit_no, error_id
+            )
+            self.metrics.unit_failed(exc)
+            reason = self.store.transient_reason(exc) or "the server could not apply this unit"
+            self.give_back(claim, f"{reason} (error id {error_id})")
             return
         if counts is not None:
             self.applied = self.applied + counts
         self.metrics.unit_done(self.store, claim.batch_seq, counts, now)
+
+    def give_back(self, claim: UnitClaim, reason: str) -> None:
+        """Release the unit to be retried later; the batch status shows ``reason``."""
+        retry_at = self.clock() + retry_delay_ms(claim.attempts)
+        try:
+            self.store.release_unit(claim, reason, retry_at)
+        except Exception:  # the lease expires on its own
+            log.exception("could not release unit %s/%s", claim.batch_seq, claim.unit_no)
 
     def run(self, until_idle: bool = False, stop: threading.Event | None = None) -> None:
         """Work until ``stop`` is set; with ``until_idle``, return once no unit is claimable."""

@@ -275,20 +275,39 @@ class Store(OverviewReads, Protocol):
         now_ms: int,
         max_profile_bytes: int,
         expire_before_ms: int = 0,
+        through_line: int | None = None,
     ) -> Counts | None:
-        """Apply a decoded unit and mark it done, all in one transaction.
+        """Apply decoded rows of a unit and record its failed rows, all in one transaction.
 
         v1 rows update existing profiles only (others count as not found); v2 rows
         create missing ones. A row that would make a profile larger than
         ``max_profile_bytes`` fails. Rows keyed by a linked tntId apply to its
-        profile; expired profiles the unit touches are deleted first. Returns the
-        unit's counts, or None (changing nothing) if the lease was lost to another
-        worker.
+        profile; expired profiles the unit touches are deleted first.
+
+        A unit may be applied in parts, in line order: ``through_line`` says that
+        ``rows`` and ``failures`` are those of the unit's lines up to that one, and
+        the unit stays running with its progress recorded; None means they run to
+        the unit's end, and the unit is marked done. Rows and failures at or before
+        the recorded progress are skipped (an earlier part, perhaps of a worker
+        that died since, applied them), so no row is applied or counted twice.
+        The part's counts are added to the unit's and returned, or None (changing
+        nothing) if the lease was lost to another worker.
         """
         ...
 
     def release_unit(self, claim: UnitClaim, error: str, retry_at_ms: int) -> None:
-        """Give a unit back after a failure so that it is retried at ``retry_at_ms``."""
+        """Give a unit back after a failure so that it is retried at ``retry_at_ms``.
+
+        ``error`` is shown to users in the batch status: a sentence, no internals.
+        The unit keeps the progress of the parts already applied.
+        """
+        ...
+
+    def transient_reason(self, error: BaseException) -> str | None:
+        """If trying again later can cure ``error`` — the database unreachable, busy,
+        locked or out of room — a short phrase saying so, for the batch status (e.g.
+        "the database was unavailable"); None for any other error (a value the
+        database refuses, or a bug)."""
         ...
 
     def get_batch(self, client_id: int, batch_id: str) -> Batch | None:

@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from profilebase import batchfile
 from profilebase.errors import BatchFinished
@@ -142,14 +143,23 @@ class BatchControl(SharedQueries):
             )
         return Cancelled(int(seq), rows, False, Cancellation(from_ms(now_ms), by))
 
+    def _unit_body(self, db: Connection, seq: int, unit_no: int, inline: Any) -> bytes:
+        """A unit's lines: kept in its row here; a backend that keeps them apart says so."""
+        return bytes(inline or b"")
+
+    def _forget_unit_body(self, db: Connection, seq: int, unit_no: int) -> None:
+        """Drop the lines of a unit that is done, where they are kept apart from its row."""
+
     def _stop_units(self, db: Connection, seq: int, version: int, now_ms: int) -> int:
         """Steps 1 and 2: mark the units not done as done and failed; record their rows.
 
         Returns the rows stopped. Only the units this statement changed count: one a
         worker finished meanwhile is left as applied.
         """
+        # A unit applied in part (``applied_through``, read as the update leaves it) keeps
+        # what it applied: only its lines after that are cancelled; its counts so far stand.
         bodies = {
-            int(unit_no): (int(first_line), bytes(body or b""))
+            int(unit_no): (int(first_line), self._unit_body(db, seq, int(unit_no), body))
             for unit_no, first_line, body in db.execute(
                 self._sql(
                     "SELECT unit_no, first_line, body FROM batch_units "
@@ -162,8 +172,8 @@ class BatchControl(SharedQueries):
             self._sql(
                 "UPDATE batch_units SET state = 'done', body = NULL, lease_owner = NULL, "
                 "lease_expires = NULL, last_error = NULL, consumed = row_count, "
-                "successful = 0, not_found = 0, failed = row_count, finished_at = ? "
-                "WHERE batch_seq = ? AND state <> 'done' RETURNING unit_no, row_count"
+                "failed = row_count - successful - not_found, finished_at = ? "
+                "WHERE batch_seq = ? AND state <> 'done' RETURNING unit_no, applied_through"
             ),
             (now_ms, seq),
         ).fetchall()
@@ -171,17 +181,22 @@ class BatchControl(SharedQueries):
             "INSERT INTO batch_failures (batch_seq, line, id, reason, raw) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (batch_seq, line) DO NOTHING"
         )
+        cancelled = 0
         chunk: list[tuple[int, int, str, str, str]] = []
-        for unit_no, _ in sorted(stopped):
+        for unit_no, through in sorted(stopped):
             first_line, body = bodies.get(int(unit_no), (0, b""))
+            self._forget_unit_body(db, seq, int(unit_no))
             for row in cancelled_rows(version, first_line, body):
+                if through is not None and row.line <= through:
+                    continue
+                cancelled += 1
                 chunk.append((seq, row.line, row.id, row.reason, row.raw))
                 if len(chunk) >= FAILURE_CHUNK:
                     db.cursor().executemany(insert, chunk)
                     chunk = []
         if chunk:
             db.cursor().executemany(insert, chunk)
-        return sum(int(count) for _, count in stopped)
+        return cancelled
 
     def batch_cancellation(self, batch_seq: int) -> Cancellation | None:
         """Who cancelled the batch and when, or None if nobody did."""

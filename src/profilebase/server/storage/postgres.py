@@ -33,7 +33,13 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from profilebase.errors import ConfigError, DatabaseUnavailable, StorageError, StorageFull
+from profilebase.errors import (
+    BatchRejected,
+    ConfigError,
+    DatabaseUnavailable,
+    StorageError,
+    StorageFull,
+)
 from profilebase.models import Client, Counts, FailedRow, KeyKind, Limits, Profile
 from profilebase.server.storage import migrations, redact
 from profilebase.server.storage import postgres_profiles as profiles
@@ -49,7 +55,7 @@ from profilebase.server.storage.merge import (
 )
 from profilebase.server.storage.postgres_imports import PostgresImports
 from profilebase.server.storage.postgres_tables import PostgresTables
-from profilebase.server.storage.queries import Connection, SnapshotExport
+from profilebase.server.storage.queries import Connection, SnapshotExport, not_applied
 from profilebase.server.storage.records import claim_from_row
 
 log = logging.getLogger("profilebase.server.storage")
@@ -80,7 +86,7 @@ SET state = 'running', lease_owner = %(owner)s, lease_expires = %(expires)s,
     attempts = u.attempts + 1
 FROM candidate n, batches b JOIN clients c ON c.id = b.client_id
 WHERE u.batch_seq = n.batch_seq AND u.unit_no = n.unit_no AND b.seq = u.batch_seq
-RETURNING u.batch_seq, u.unit_no, u.first_line, u.row_count, u.body, u.attempts,
+RETURNING u.batch_seq, u.unit_no, u.first_line, u.row_count, octet_length(u.body), u.attempts,
           b.client_id, b.version, b.key_kind, b.header, c.limits
 """
 
@@ -135,6 +141,43 @@ def storage_error(exc: psycopg.Error, url: str) -> StorageError | None:
     if not state or state[:2] in {"08", "53"} or state in {"57P01", "57P02", "57P03", "55P03"}:
         return DatabaseUnavailable(detail=detail)
     return None
+
+
+#: SQLSTATE classes and codes of errors that may pass, with what the batch status says.
+TRANSIENT_CLASSES = {
+    "08": "the database was unavailable",  # connection exception
+    "40": "the database was busy",  # serialization failure, deadlock
+    "53": "the database was short of resources",  # disk full, out of memory, connections
+    "57": "the database was unavailable",  # shutting down, cannot connect now, cancelled
+    "58": "the database was unavailable",  # system (I/O) error
+}
+TRANSIENT_STATES = {
+    "53100": "the database had no room to write",
+    "55P03": "the database was busy",  # lock_not_available (lock_timeout)
+    "57014": "a database statement timed out",  # query_canceled (statement_timeout)
+}
+
+
+#: A unit's lines are read in pieces of this size: libpq keeps its input buffer as large
+#: as the largest message a connection ever received, for as long as the connection
+#: lives, and the pool keeps connections for a long time.
+BODY_PIECE = 4 << 20
+
+
+def read_body(db: psycopg.Connection, batch_seq: int, unit_no: int, length: int) -> bytes:
+    """A unit's lines, ``length`` bytes, fetched a piece at a time."""
+    pieces = []
+    cursor = db.cursor(binary=True)
+    for start in range(1, length + 1, BODY_PIECE):  # substring counts from 1
+        found = cursor.execute(
+            "SELECT substring(body FROM %s FOR %s) FROM batch_units "
+            "WHERE batch_seq = %s AND unit_no = %s",
+            (start, BODY_PIECE, batch_seq, unit_no),
+        ).fetchone()
+        if found is None:
+            raise StorageError(f"The lines of unit {batch_seq}/{unit_no} are missing.")
+        pieces.append(bytes(found[0]))
+    return b"".join(pieces)
 
 
 class _Retry(Exception):
@@ -324,6 +367,10 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
     # -- batches -----------------------------------------------------------------------
 
     def accept_batch(self, batch: NewBatch, now_ms: int, limits: Limits) -> tuple[int, str]:
+        if profiles.has_nul(*batch.names):
+            raise BatchRejected(
+                f"The header cannot be stored: {profiles.NUL_REASON} (an attribute name holds %00)."
+            )
         with self._write() as db:
             # The client's row lock orders its writes: idempotency key, quota, seq, commit.
             db.execute("SELECT 1 FROM clients WHERE id = %s FOR UPDATE", (batch.client.id,))
@@ -366,7 +413,8 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
                 "UPDATE batches SET started_at = %s WHERE seq = %s AND started_at IS NULL",
                 (now_ms, found[0]),
             )
-            claim = claim_from_row(found, owner)
+            body = read_body(db, found[0], found[1], found[4] or 0)
+            claim = claim_from_row((*found[:4], body, *found[5:]), owner)
             self._pace(db, claim, paced, now_ms)
         return claim
 
@@ -378,27 +426,35 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         now_ms: int,
         max_profile_bytes: int,
         expire_before_ms: int = 0,
+        through_line: int | None = None,
     ) -> Counts | None:
         refused = [row for row in rows if profiles.row_has_nul(row.id, row.attrs)]
         if refused:
             rows = [row for row in rows if row not in refused]
-            failures = [
-                *failures,
-                *(FailedRow(row.line, row.id, profiles.NUL_REASON) for row in refused),
-            ]
+            failures = sorted(
+                [
+                    *failures,
+                    *(FailedRow(row.line, row.id, profiles.NUL_REASON) for row in refused),
+                ],
+                key=lambda failure: failure.line,
+            )
         for attempt in range(1, APPLY_ATTEMPTS + 1):
             try:
                 with self._write() as db:
                     return self._apply(
-                        db, claim, rows, failures, now_ms, max_profile_bytes, expire_before_ms
+                        db,
+                        claim,
+                        rows,
+                        failures,
+                        now_ms,
+                        max_profile_bytes,
+                        expire_before_ms,
+                        through_line,
                     )
             except (_Retry, pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
                 log.info("unit %s/%s lost a race (%r); again", claim.batch_seq, claim.unit_no, exc)
                 if attempt == APPLY_ATTEMPTS:
-                    raise StorageError(
-                        f"Unit {claim.batch_seq}/{claim.unit_no} lost {attempt} races for its "
-                        "profiles in a row; it will be retried."
-                    ) from None
+                    raise  # transient (transient_reason): the worker retries the unit later
         raise AssertionError("unreachable")
 
     def _apply(
@@ -410,14 +466,16 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         now_ms: int,
         max_profile_bytes: int,
         expire_before_ms: int,
+        through_line: int | None,
     ) -> Counts | None:
         ours = db.execute(
-            "SELECT 1 FROM batch_units WHERE batch_seq = %s AND unit_no = %s "
+            "SELECT applied_through FROM batch_units WHERE batch_seq = %s AND unit_no = %s "
             "AND state = 'running' AND lease_owner = %s FOR UPDATE",
             (claim.batch_seq, claim.unit_no, claim.owner),
         ).fetchone()
         if ours is None:
             return None
+        rows, failures = not_applied(rows, failures, ours[0])
         prefix = claim.key_kind.prefix
         keys = sorted({prefix + row.id for row in rows})
         aliases = profiles.aliases_of(db, claim.client_id, keys)
@@ -449,7 +507,32 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             writer,
             max_profile_bytes,
             now_ms,
+            through_line,
         )
+
+    def _recordable(self, text: str) -> str:
+        """PostgreSQL's text cannot hold U+0000: a failed row's id, reason and raw line
+        are recorded with each NUL replaced by U+FFFD, as invalid bytes already are."""
+        return text.replace("\x00", "\ufffd")
+
+    def _transient(self, error: BaseException) -> str | None:
+        """psycopg's errors that waiting cures, by SQLSTATE class: the connection lost or
+        refused, resources short, the server shutting down, a lock or serialization
+        conflict. A program limit (class 54) is a value the database refuses: not one."""
+        if isinstance(error, PoolTimeout | psycopg.InterfaceError):
+            return "the database was unavailable"
+        if isinstance(error, _Retry):
+            return "the database was busy"
+        if not isinstance(error, psycopg.Error):
+            return None
+        state = error.sqlstate or ""
+        if not state:  # raised by psycopg itself: the connection broke
+            return (
+                "the database was unavailable"
+                if isinstance(error, psycopg.OperationalError)
+                else None
+            )
+        return TRANSIENT_STATES.get(state) or TRANSIENT_CLASSES.get(state[:2])
 
     # -- profiles ----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from profilebase.errors import DatabaseUnavailable, StorageFull
 from profilebase.models import (
     DAY_MS,
     SEQ_SPAN,
@@ -62,6 +63,18 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
     def cursor(self) -> Any: ...
+
+
+def not_applied(
+    rows: Sequence[DecodedRow], failures: Sequence[FailedRow], applied_through: int | None
+) -> tuple[Sequence[DecodedRow], Sequence[FailedRow]]:
+    """The rows and failures after a unit's recorded progress (all of them if it has none)."""
+    if applied_through is None:
+        return rows, failures
+    return (
+        [row for row in rows if row.line > applied_through],
+        [failure for failure in failures if failure.line > applied_through],
+    )
 
 
 class SharedQueries(OverviewQueries, ABC):
@@ -207,6 +220,7 @@ class SharedQueries(OverviewQueries, ABC):
         writer: RowWriter,
         max_profile_bytes: int,
         now: int,
+        through_line: int | None = None,
     ) -> Counts:
         """Apply a unit's rows (given the stored ``existing, tombstones, aliases``), then
         record its failures and counts: the part of applying a unit both backends share."""
@@ -223,7 +237,9 @@ class SharedQueries(OverviewQueries, ABC):
         )
         writer.flush()
         consumed = len(rows) + len(failures)
-        return self._finish_unit(db, claim, consumed, counts, [*failures, *size_failures], now)
+        return self._finish_unit(
+            db, claim, consumed, counts, [*failures, *size_failures], now, through_line
+        )
 
     def _finish_unit(
         self,
@@ -233,22 +249,44 @@ class SharedQueries(OverviewQueries, ABC):
         applied: Counts,
         failures: Sequence[FailedRow],
         now: int,
+        through_line: int | None = None,
     ) -> Counts:
-        """Record a unit's failed rows and counts, mark it done, finish its batch if last."""
+        """Record a part's failed rows and add its counts to the unit's; with no
+        ``through_line`` mark the unit done and finish its batch if it was the last."""
         if failures:
+            recordable = self._recordable
             db.cursor().executemany(
                 self._sql(
                     "INSERT INTO batch_failures (batch_seq, line, id, reason, raw) "
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (batch_seq, line) DO UPDATE "
                     "SET id = excluded.id, reason = excluded.reason, raw = excluded.raw"
                 ),
-                [(claim.batch_seq, f.line, f.id, f.reason, f.raw) for f in failures],
+                [
+                    (
+                        claim.batch_seq,
+                        f.line,
+                        recordable(f.id),
+                        recordable(f.reason),
+                        recordable(f.raw),
+                    )
+                    for f in failures
+                ],
             )
         counts = Counts(consumed, applied.successful, applied.not_found, len(failures))
+        done = through_line is None
+        # Progress never moves back (an empty part may name an earlier line).
+        finish = (
+            ("state = 'done', body = NULL, finished_at = ?", (now,))
+            if through_line is None
+            else (
+                "applied_through = CASE WHEN applied_through > ? THEN applied_through ELSE ? END",
+                (through_line, through_line),
+            )
+        )
         db.execute(
             self._sql(
-                "UPDATE batch_units SET state = 'done', body = NULL, consumed = ?, "
-                "successful = ?, not_found = ?, failed = ?, finished_at = ?, last_error = NULL "
+                "UPDATE batch_units SET consumed = consumed + ?, successful = successful + ?, "
+                f"not_found = not_found + ?, failed = failed + ?, last_error = NULL, {finish[0]} "
                 "WHERE batch_seq = ? AND unit_no = ?"
             ),
             (
@@ -256,11 +294,18 @@ class SharedQueries(OverviewQueries, ABC):
                 counts.successful,
                 counts.not_found,
                 counts.failed,
-                now,
+                *finish[1],
                 claim.batch_seq,
                 claim.unit_no,
-            ),  # fmt: skip
+            ),
         )
+        if not done:
+            db.execute(
+                self._sql("UPDATE batches SET last_progress_at = ? WHERE seq = ?"),
+                (now, claim.batch_seq),
+            )
+            return counts
+        self._unit_done(db, claim)
         # Locked before counting, so that of two last units finishing at once the
         # second sees the first one done and marks the batch finished.
         self._lock_batch(db, claim.batch_seq)
@@ -273,6 +318,35 @@ class SharedQueries(OverviewQueries, ABC):
             (now, claim.batch_seq, now, claim.batch_seq),
         )
         return counts
+
+    def _unit_done(self, db: Connection, claim: UnitClaim) -> None:
+        """What else a backend drops once a unit is done (its lines are dropped above)."""
+        return None  # nothing, unless the backend keeps the lines elsewhere (SQLite)
+
+    def _recordable(self, text: str) -> str:
+        """``text`` as the backend can store it in a text column (see PostgreSQL's)."""
+        return text
+
+    def transient_reason(self, error: BaseException) -> str | None:
+        seen: set[int] = set()
+        cause: BaseException | None = error
+        # The error, or what it was raised from or while handling (a backend may wrap
+        # its driver's error), decides.
+        while cause is not None and id(cause) not in seen:
+            seen.add(id(cause))
+            if isinstance(cause, DatabaseUnavailable):
+                return "the database was unavailable"
+            if isinstance(cause, StorageFull):
+                return "the database had no room to write"
+            reason = self._transient(cause)
+            if reason:
+                return reason
+            cause = cause.__cause__ or cause.__context__
+        return None
+
+    def _transient(self, error: BaseException) -> str | None:
+        """The backend's part of ``transient_reason``: its driver's transient errors."""
+        return None
 
     def _pace(
         self, db: Connection, claim: UnitClaim, paced: Mapping[int, int] | None, now: int

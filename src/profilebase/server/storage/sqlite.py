@@ -30,7 +30,12 @@ from profilebase.server.storage.merge import (
     group_tombstones,
     merge_attrs,
 )
-from profilebase.server.storage.queries import Connection, SharedQueries, SnapshotExport
+from profilebase.server.storage.queries import (
+    Connection,
+    SharedQueries,
+    SnapshotExport,
+    not_applied,
+)
 from profilebase.server.storage.records import claim_from_row
 from profilebase.server.storage.sqlite_imports import SQLiteImports
 from profilebase.server.storage.sqlite_profiles import (
@@ -82,6 +87,52 @@ def storage_error(exc: sqlite3.Error, path: str) -> StorageError | None:
     return None
 
 
+#: SQLite's primary result codes of errors that may pass, with what the status says.
+TRANSIENT_CODES = {
+    sqlite3.SQLITE_BUSY: "the database was locked by another writer",
+    sqlite3.SQLITE_LOCKED: "the database was locked by another writer",
+    sqlite3.SQLITE_NOMEM: "the database ran out of memory",
+    sqlite3.SQLITE_READONLY: "the database file could not be written",
+    sqlite3.SQLITE_IOERR: "the database file could not be read or written",
+    sqlite3.SQLITE_FULL: "the database had no room to write",
+    sqlite3.SQLITE_CANTOPEN: "the database file could not be opened",
+    sqlite3.SQLITE_PROTOCOL: "the database was locked by another writer",
+}
+
+
+#: Bytes a unit's body is written in through blob I/O.
+BLOB_PIECE = 1 << 20
+
+
+def write_body(db: sqlite3.Connection, batch_seq: int, unit_no: int, body: bytes) -> None:
+    """Store a unit's lines piece by piece (sqlite3 would copy them whole to bind them)."""
+    rowid = db.execute(
+        "INSERT INTO unit_bodies (batch_seq, unit_no, body) VALUES (?, ?, zeroblob(?))",
+        (batch_seq, unit_no, len(body)),
+    ).lastrowid
+    assert rowid is not None
+    with db.blobopen("unit_bodies", "body", rowid) as blob:
+        view = memoryview(body)
+        for start in range(0, len(body), BLOB_PIECE):
+            blob.write(view[start : start + BLOB_PIECE])
+
+
+def read_body(db: sqlite3.Connection, batch_seq: int, unit_no: int) -> bytes:
+    """A unit's lines, read straight into one bytes object."""
+    found = db.execute(
+        "SELECT rowid FROM unit_bodies WHERE batch_seq = ? AND unit_no = ?", (batch_seq, unit_no)
+    ).fetchone()
+    if found is None:  # kept in the unit's row, as before migration 0005?
+        kept = db.execute(
+            "SELECT body FROM batch_units WHERE batch_seq = ? AND unit_no = ?", (batch_seq, unit_no)
+        ).fetchone()
+        if kept is None or kept[0] is None:
+            raise StorageError(f"The lines of unit {batch_seq}/{unit_no} are missing.")
+        return bytes(kept[0])
+    with db.blobopen("unit_bodies", "body", found[0], readonly=True) as blob:
+        return blob.read()
+
+
 class _Writer:
     """Buffers profile upserts of one unit and flushes them with executemany."""
 
@@ -123,6 +174,12 @@ class _Writer:
 
 class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, SharedQueries):
     """A ``Store`` on one SQLite database file."""
+
+    def _unit_body(self, db: Any, seq: int, unit_no: int, inline: Any) -> bytes:
+        return bytes(inline) if inline else read_body(db, seq, unit_no)
+
+    def _forget_unit_body(self, db: Any, seq: int, unit_no: int) -> None:
+        db.execute("DELETE FROM unit_bodies WHERE batch_seq = ? AND unit_no = ?", (seq, unit_no))
 
     backend = "sqlite"
     steps = sqlite_profiles
@@ -284,10 +341,11 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Shar
             units = 0
             for unit_no, unit in enumerate(batch.units):
                 db.execute(
-                    "INSERT INTO batch_units (batch_seq, unit_no, first_line, row_count, body) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (seq, unit_no, unit.first_line, unit.row_count, unit.body),
+                    "INSERT INTO batch_units (batch_seq, unit_no, first_line, row_count) "
+                    "VALUES (?, ?, ?, ?)",
+                    (seq, unit_no, unit.first_line, unit.row_count),
                 )
+                write_body(db, seq, unit_no, unit.body)
                 units += 1
             self._record_batch(db, seq, batch_id, batch, units, now_ms)
         return seq, batch_id
@@ -311,7 +369,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Shar
                 "   WHERE p.client_id = b.client_id AND p.not_before > ?"
                 "   AND p.client_id IN (SELECT value FROM json_each(?)))"
                 " ORDER BY u.batch_seq, u.unit_no LIMIT 1) "
-                "RETURNING batch_seq, unit_no, first_line, row_count, body, attempts",
+                "RETURNING batch_seq, unit_no, first_line, row_count, attempts",
                 (owner, now_ms + lease_ms, now_ms, now_ms, now_ms, json.dumps(list(paced))),
             ).fetchone()
             if found is None:
@@ -325,7 +383,11 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Shar
                 "UPDATE batches SET started_at = coalesce(started_at, ?) WHERE seq = ?",
                 (now_ms, found[0]),
             )
-            claim = claim_from_row((*found, *batch), owner)
+            seq, unit_no, first_line, row_count, attempts = found
+            body = read_body(db, seq, unit_no)
+            claim = claim_from_row(
+                (seq, unit_no, first_line, row_count, body, attempts, *batch), owner
+            )
             self._pace(db, claim, paced, now_ms)
         return claim
 
@@ -337,18 +399,23 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Shar
         now_ms: int,
         max_profile_bytes: int,
         expire_before_ms: int = 0,
+        through_line: int | None = None,
     ) -> Counts | None:
         prefix = claim.key_kind.prefix
         row_keys = sorted({prefix + row.id for row in rows})
         keys = json_list(row_keys)
         with self._write() as db:
             ours = db.execute(
-                "SELECT 1 FROM batch_units WHERE batch_seq = ? AND unit_no = ? "
+                "SELECT applied_through FROM batch_units WHERE batch_seq = ? AND unit_no = ? "
                 "AND state = 'running' AND lease_owner = ?",
                 (claim.batch_seq, claim.unit_no, claim.owner),
             ).fetchone()
             if ours is None:
                 return None
+            if ours[0] is not None:  # an earlier part applied the lines up to ours[0]
+                rows, failures = not_applied(rows, failures, ours[0])
+                row_keys = sorted({prefix + row.id for row in rows})
+                keys = json_list(row_keys)
             aliases: dict[str, str] = {}
             stored_keys = keys
             # Like tombstones below: one cheap check keeps clients without links fast.
@@ -391,7 +458,22 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Shar
                 writer,
                 max_profile_bytes,
                 now_ms,
+                through_line,
             )
+
+    def _unit_done(self, db: Connection, claim: UnitClaim) -> None:
+        db.execute(
+            "DELETE FROM unit_bodies WHERE batch_seq = ? AND unit_no = ?",
+            (claim.batch_seq, claim.unit_no),
+        )
+
+    def _transient(self, error: BaseException) -> str | None:
+        """SQLite's errors that waiting cures: a lock held too long, the file unreadable
+        or unwritable for now, the disk full, memory short."""
+        if not isinstance(error, sqlite3.Error):
+            return None
+        code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+        return TRANSIENT_CODES.get(code)
 
     # -- profiles ----------------------------------------------------------------------
 

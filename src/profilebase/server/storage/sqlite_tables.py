@@ -38,6 +38,21 @@ def kind_of(declared: str) -> str:
     return "other"
 
 
+#: SQLite keeps a unit's lines in ``unit_bodies`` (migration 0005), PostgreSQL in
+#: ``batch_units.body``: a copy reads and writes them as ``batch_units.body`` on both.
+KEPT_APART = "unit_bodies"
+
+
+def selected(table: str, column: str) -> str:
+    """The expression a copy reads ``column`` of ``table`` with."""
+    if (table, column) == ("batch_units", "body"):
+        return (
+            "coalesce(body, (SELECT b.body FROM unit_bodies b WHERE b.batch_seq = "
+            "batch_units.batch_seq AND b.unit_no = batch_units.unit_no)) AS body"
+        )
+    return quoted(column)
+
+
 class SQLiteSnapshot:
     """One read transaction over the whole file."""
 
@@ -57,7 +72,8 @@ class SQLiteSnapshot:
         self, table: Table, columns: Sequence[str], after_key: tuple[Any, ...] | None
     ) -> Iterator[tuple[Any, ...]]:
         order = ", ".join(quoted(k) for k in table.key) or "rowid"
-        sql = f"SELECT {', '.join(quoted(c) for c in columns)} FROM {quoted(table.name)}"
+        listed = ", ".join(selected(table.name, c) for c in columns)
+        sql = f"SELECT {listed} FROM {quoted(table.name)}"
         if after_key is not None and table.key:
             sql += after_clause(table.key, "?")
         yield from self.db.execute(sql + f" ORDER BY {order}", after_key or ())
@@ -90,7 +106,7 @@ class SQLiteTables(SharedTables):
         found = []
         with self._read() as db:
             for name in self._table_names():
-                if name in NOT_COPIED or name.startswith("sqlite_"):
+                if name in NOT_COPIED or name == KEPT_APART or name.startswith("sqlite_"):
                     continue
                 info = db.execute(f"PRAGMA table_info({quoted(name)})").fetchall()
                 columns = tuple(Column(str(row[1]), kind_of(str(row[2]))) for row in info)
@@ -131,6 +147,12 @@ class SQLiteTables(SharedTables):
             if clear_first:
                 db.execute(f"DELETE FROM {quoted(table.name)}")
             db.cursor().executemany(insert, rows)
+            if table.name == "batch_units":  # the lines go where this backend keeps them
+                db.execute(
+                    "INSERT OR REPLACE INTO unit_bodies (batch_seq, unit_no, body) "
+                    "SELECT batch_seq, unit_no, body FROM batch_units WHERE body IS NOT NULL"
+                )
+                db.execute("UPDATE batch_units SET body = NULL WHERE body IS NOT NULL")
             self._record_progress(db, progress)
 
     def finish_copy(self, counters: dict[str, int]) -> None:

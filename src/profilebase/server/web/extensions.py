@@ -139,7 +139,8 @@ def extended_state(
        also keeps such a batch from counting as stuck).
     3. Stuck follows the rule of Target's batchStatus (no progress for
        ``stuck_after_seconds``); the reason is the last error, or that no worker ran.
-    4. Throttled by a retry: nothing runs and a unit waits for its retry after a failure.
+    4. Throttled by a retry: nothing runs and a unit waits for its retry after a failure
+       ("waiting: " and why).
     5. Queued (with the work ahead of it) or processing.
     """
     if batch.state is BatchState.COMPLETE:
@@ -167,11 +168,13 @@ def extended_state(
             "worker running (profilebase serve --workers 1 or more)?",
         )
     if units.retrying and not units.running:
-        retry_at = "" if units.retry_at_ms is None else f" at {iso_ms_of(units.retry_at_ms)}"
+        # The worker stores a sentence for users (docs/design.md#when-applying-a-unit-fails).
+        retry_at = (
+            "" if units.retry_at_ms is None else f"; next attempt at {iso_ms_of(units.retry_at_ms)}"
+        )
         return Standing(
             BatchState.THROTTLED,
-            f"{units.retrying} unit(s) wait to be retried{retry_at} after a failed attempt: "
-            f"{units.last_error or 'unknown error'}",
+            f"waiting: {units.last_error or 'an attempt failed'}{retry_at}",
             units.retry_at_ms,
         )
     if batch.state is BatchState.QUEUED:
