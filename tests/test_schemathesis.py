@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -21,6 +22,14 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     response_schema_conformance,
     status_code_conformance,
 )
+
+
+@schemathesis.serializer("application/x-ndjson")
+def json_lines(ctx: Any, value: Any) -> bytes:
+    """An import body: each generated object as one JSON line (a list, one line each)."""
+    values = value if isinstance(value, list) else [value]
+    return b"".join(json.dumps(item).encode() + b"\n" for item in values)
+
 
 #: Data that fits the document must get a reply the document declares, in shape too.
 POSITIVE_CHECKS = [
