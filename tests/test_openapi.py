@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections import defaultdict
+from typing import Any
 
 import httpx
+import pytest
+from conftest import LiveServer
+from helpers import batch_id_of, submit
 from starlette.routing import Route
 
 from profilebase.server.web import create_app, openapi
@@ -21,10 +26,21 @@ def test_every_route_is_described_and_nothing_else(settings):  # type: ignore[no
     }
     described = {
         (path, method)
-        for path, operations in openapi.document("0").get("paths", {}).items()
+        for path, operations in openapi.document(app.routes, "0").get("paths", {}).items()
         for method in operations
     }
     assert described == routes
+
+
+def test_every_api_route_declares_its_operation(settings):  # type: ignore[no-untyped-def]
+    """A route is either an ApiRoute with an operation per method, or kept out on purpose."""
+    app = create_app(settings, workers=0)
+    for route in app.routes:
+        assert isinstance(route, Route)
+        if route.include_in_schema:
+            assert isinstance(route, openapi.ApiRoute), route.path
+            methods = {m.lower() for m in route.methods or set()} - {"head"}
+            assert set(route.operations) == methods, route.path
 
 
 #: Operations Target lacks that sit beside Target's own paths (issue 3 names these paths).
@@ -81,3 +97,92 @@ def test_credentials_are_declared(http: httpx.Client):
                 expected = [{"bearer": []}, {"accessToken": []}, {}]
                 assert {"401", "403"} <= set(operation["responses"]), path
             assert operation.get("security") == expected, path
+
+
+class ReadRecorder:
+    """ASGI middleware that keeps the query parameter names the last request's handler read
+    through its route's declaration."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.read: set[str] = set()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope[openapi.READ_KEY] = self.read = set()
+        await self.app(scope, receive, send)
+
+
+def example(parameter: dict[str, Any]) -> str:
+    """A value the parameter's schema allows."""
+    schema = parameter.get("schema", {})
+    if "enum" in schema:
+        return str(schema["enum"][-1])
+    return {"boolean": "true", "integer": "1"}.get(schema.get("type"), "demo")
+
+
+#: A body each operation that needs one takes (content type, bytes).
+BODIES = {
+    "/m2/{client}/profile/batchUpdate": (
+        "application/x-www-form-urlencoded",
+        b"batch=pcId,a\nx,1\n",
+    ),
+    "/m2/{client}/v2/profile/batchUpdate": (
+        "application/x-www-form-urlencoded",
+        b"batch=pcId,a\nx,1\n",
+    ),
+    "/rest/v1/delivery": ("application/json", b'{"id": {"thirdPartyId": "crm-1"}}'),
+}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_documented_query_parameter_is_read(settings, store):  # type: ignore[no-untyped-def]
+    """For each operation and each query parameter it documents (but those documented as
+    ignored), a request carrying it reaches the handler, which reads it; a handler that read
+    a parameter its operation does not document would fail with UndeclaredParameter (a 500)."""
+    recorder: ReadRecorder | None = None
+
+    def wrap(app: Any) -> Any:
+        nonlocal recorder
+        recorder = ReadRecorder(app)
+        return recorder
+
+    with (
+        LiveServer(settings, store, 0, wrap=wrap) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        assert recorder is not None
+        batch_id = batch_id_of(submit(http, b"batch=pcId,tier\nknown-1,gold\n"))
+        known = {"client": "demo", "batch_id": batch_id, "batchId": batch_id, "pc_id": "known-1"}
+        document = http.get("/openapi.json").json()
+        unread = []
+        checked = 0
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                query = [p for p in operation["parameters"] if p["in"] == "query"]
+                required = {
+                    p["name"]: known.get(p["name"], example(p)) for p in query if p.get("required")
+                }
+                for parameter in query:
+                    if parameter.get(openapi.IGNORED):
+                        continue
+                    name = parameter["name"]
+                    values = {**known}
+                    if path == "/m2/{client}/profile/update" and name in ("client", "imsOrgId"):
+                        values["client"] = "client"  # only the literal path names it outside
+                    url = path.format_map(defaultdict(lambda: "x", values))
+                    params = {**required, name: known.get(name, example(parameter))}
+                    content_type, body = BODIES.get(path, ("application/json", b"{}"))
+                    reply = http.request(
+                        method.upper(),
+                        url,
+                        params=params,
+                        content=body if method == "post" else None,
+                        headers={"content-type": content_type} if method == "post" else {},
+                    )
+                    assert reply.status_code < 500, (path, method, name, reply.text)
+                    checked += 1
+                    if name not in recorder.read:
+                        unread.append((method, path, name, reply.status_code))
+        assert checked >= 20
+        assert unread == []

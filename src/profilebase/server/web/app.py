@@ -12,7 +12,6 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from profilebase.errors import DatabaseUnavailable, ProfilebaseError
 from profilebase.models import now_ms
@@ -32,6 +31,7 @@ from profilebase.server.web import (
     update,
 )
 from profilebase.server.web.attempts import FailedAttempts
+from profilebase.server.web.openapi import JSON, TARGET, ApiRoute, operation, ref, reply
 from profilebase.server.worker import WorkerPool
 
 DEMO_CLIENT = "demo"
@@ -79,6 +79,27 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+HEALTHZ = operation(
+    TARGET,
+    "Liveness: 200 while the server serves HTTP, whatever the database's state "
+    "(profilebase's; Target has none).",
+    [],
+    {"200": reply("Up.", JSON, {"type": "object"})},
+)
+READYZ = operation(
+    TARGET,
+    "Readiness: 200 when the database answers and its schema is up to date; 503 "
+    "with Retry-After otherwise (profilebase's; Target has none).",
+    [],
+    {
+        "200": reply("Ready.", JSON, {"type": "object"}),
+        "503": reply(
+            "The database is unreachable, or migrations are missing.", JSON, ref("JsonError")
+        ),
+    },
+)
+
+
 def prepare(store: Store, settings: Settings) -> None:
     """Migrate the schema and create the demo client; run at start-up.
 
@@ -122,8 +143,8 @@ def create_app(
 
     app = Starlette(
         routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
+            ApiRoute("/healthz", healthz, methods=["GET"], operation=HEALTHZ),
+            ApiRoute("/readyz", readyz, methods=["GET"], operation=READYZ),
             *bulk.routes,
             *update.routes,
             *profiles.routes,

@@ -19,7 +19,6 @@ import binascii
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from profilebase.errors import BadRequest, NotFound, Unauthenticated
 from profilebase.models import Client
@@ -35,6 +34,22 @@ from profilebase.server.web.context import (
     secret_of,
     settings_of,
     store_of,
+)
+from profilebase.server.web.openapi import (
+    BASIC,
+    CLIENT,
+    CLIENT_FROM_OUTSIDE,
+    JSON,
+    REFUSALS,
+    TARGET,
+    ApiRoute,
+    Schema,
+    error_replies,
+    operation,
+    query,
+    query_param,
+    ref,
+    reply,
 )
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -76,7 +91,8 @@ async def authenticated_client(request: Request, client: Client) -> Client:
 
 def require_scope(request: Request, *names: str) -> None:
     """Check the scope parameter (the first of ``names`` given) is profile_api."""
-    scope = next((request.query_params[n] for n in names if n in request.query_params), "")
+    given = (query(request, name) for name in names)
+    scope = next((value for value in given if value is not None), "")
     if scope != tokens.PROFILE_API:
         raise BadRequest(
             f"Set the query parameter {names[0]}=profile_api: profilebase issues tokens of "
@@ -155,7 +171,56 @@ async def legacy_token(request: Request) -> Response:
     return JSONResponse(body, headers=NO_STORE)
 
 
+PROFILE_API: Schema = {"type": "string", "enum": [tokens.PROFILE_API]}
+SCOPE = query_param("scope", "profile_api, the one scope profilebase issues.", PROFILE_API)
+AUTHORIZATION_SCOPE = query_param(
+    "authorizationScope", "profile_api (or give it as scope).", PROFILE_API
+)
+CREATE = operation(
+    TARGET,
+    "Create the client's profile API token; the previous one is revoked (after "
+    "token_grace_seconds).",
+    [CLIENT, AUTHORIZATION_SCOPE, SCOPE],
+    {
+        "201": reply("The new token.", JSON, ref("Token")),
+        **error_replies(JSON, 400, *REFUSALS, 507),
+    },
+    security=BASIC,
+)
+RETRIEVE = operation(
+    TARGET,
+    "Retrieve the client's active token: the token, its type, scope and the seconds it "
+    "has left (the server derives it again from its secret); 404 when there is none.",
+    [CLIENT, AUTHORIZATION_SCOPE, SCOPE],
+    {
+        "200": reply("The active token.", JSON, ref("Token")),
+        **error_replies(JSON, 400, *REFUSALS),
+    },
+    security=BASIC,
+)
+LEGACY = operation(
+    TARGET,
+    "Target Classic's token call: a new profile API token, in snake_case, with its "
+    "shorter lifetime (legacy_token_ttl_seconds).",
+    [*CLIENT_FROM_OUTSIDE, {**SCOPE, "required": True}],
+    {
+        "200": reply("The new token.", JSON, ref("LegacyToken")),
+        **error_replies(JSON, 400, *REFUSALS),
+    },
+    security=BASIC,
+)
+
 routes = [
-    Route("/{client}/target/authentication/token", token, methods=["GET", "POST"]),
-    Route("/admin/rest/v1/authentication/token", legacy_token, methods=["GET", "POST"]),
+    ApiRoute(
+        "/{client}/target/authentication/token",
+        token,
+        methods=["GET", "POST"],
+        operations={"get": RETRIEVE, "post": CREATE},
+    ),
+    ApiRoute(
+        "/admin/rest/v1/authentication/token",
+        legacy_token,
+        methods=["GET", "POST"],
+        operation=LEGACY,
+    ),
 ]

@@ -14,7 +14,6 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from profilebase.errors import BadRequest, BatchRejected, BatchTooLarge, NotFound
 from profilebase.models import Batch, BatchState, Client, Limits, from_ms
@@ -31,6 +30,23 @@ from profilebase.server.web.context import (
     with_headers,
 )
 from profilebase.server.web.observe import metrics_of
+from profilebase.server.web.openapi import (
+    CLIENT,
+    IGNORED,
+    JSON,
+    REFUSALS,
+    TARGET,
+    TOKEN_IF_REQUIRED,
+    XML,
+    ApiRoute,
+    Schema,
+    error_replies,
+    operation,
+    query,
+    query_param,
+    ref,
+    reply,
+)
 
 FAILED_ROWS_PAGE = 10_000
 
@@ -113,7 +129,7 @@ async def accept(request: Request, client: Client, limits: Limits) -> Response:
 
 def is_dry_run(request: Request) -> bool:
     """True for ``?dryRun=true`` (extension); anything else but ``false`` is refused."""
-    value = request.query_params.get("dryRun", "false").strip().lower()
+    value = query(request, "dryRun", "false").strip().lower()
     if value not in {"true", "false"}:
         raise BadRequest(f"dryRun must be true or false, got {value!r}.")
     return value == "true"
@@ -237,7 +253,7 @@ def effective_state(
 async def batch_status(request: Request) -> Response:
     """Target's batchStatus; extra parameters such as m2Node or mboxPC are ignored."""
     client = await resolve_client(request)
-    batch_id = request.query_params.get("batchId", "").strip()
+    batch_id = query(request, "batchId", "").strip()
     if not batch_id:
         raise BadRequest(
             "The batchId query parameter is missing: use the batchStatus URL that "
@@ -251,7 +267,7 @@ async def batch_status(request: Request) -> Response:
             "status has expired (statuses are kept "
             f"{settings_of(request).status_retention_days:g} days)."
         )
-    details = request.query_params.get("showDetails", "").lower() == "true"
+    details = query(request, "showDetails", "").lower() == "true"
     settings = settings_of(request)
     state = effective_state(
         batch,
@@ -282,9 +298,110 @@ async def stream_with_failures(
     yield "</response>"
 
 
+def update_operation(version: int) -> Schema:
+    """The OpenAPI operation of batchUpdate v1 or v2."""
+    creates = "creates missing profiles" if version == 2 else "updates existing profiles only"
+    return operation(
+        TARGET,
+        f"Bulk Profile Update v{version}: queue a batch= CSV body; {creates}.",
+        [
+            CLIENT,
+            query_param(
+                "dryRun",
+                "Extension: validate exactly as a real batch and answer with a JSON report, "
+                "writing nothing.",
+                {"type": "boolean", "default": False},
+                **{"x-profilebase-extension": True},
+            ),
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "schema": {"type": "string", "maxLength": 255},
+                "description": "Extension: a key already accepted for this client returns the "
+                "original batch and is not applied again (kept at least 24 hours).",
+                "x-profilebase-extension": True,
+            },
+        ],
+        {
+            "200": {
+                "description": "Queued (XML), or the dry-run report (JSON).",
+                "content": {
+                    XML: {"schema": ref("XmlSubmitted")},
+                    JSON: {"schema": ref("DryRunReport")},
+                },
+            },
+            **error_replies(XML, 400, *REFUSALS, 409, 413, 415, 507),
+        },
+        security=TOKEN_IF_REQUIRED,
+        requestBody={
+            "required": True,
+            "description": "batch= then the header (pcId or thirdPartyId, then attribute "
+            "names) and one line per profile; every cell URL-encoded UTF-8. Also accepted "
+            "as the multipart field `batch`, and (extension) compressed with "
+            "`Content-Encoding: gzip`, the limits counting it decompressed.",
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {"type": "string"},
+                    "example": "batch=thirdPartyId,tier,city\ncrm-1,gold,M%C3%BCnchen\n"
+                    "crm-2,silver\n",
+                },
+                "multipart/form-data": {"schema": {"type": "object"}},
+            },
+        },
+    )
+
+
+def status_operation() -> Schema:
+    """The OpenAPI operation of batchStatus (v1 and v2 alike)."""
+    return operation(
+        TARGET,
+        "Batch status: complete, incomplete or stuck; counts and failed ids with showDetails.",
+        [
+            CLIENT,
+            query_param("batchId", "The batch id.", required=True),
+            query_param(
+                "showDetails",
+                "true adds the counts (and, for v2, failed profiles).",
+                {"type": "boolean"},
+            ),
+            query_param(
+                "m2Node", "Accepted and ignored (Target routing hint).", None, **{IGNORED: True}
+            ),
+            query_param(
+                "mboxPC", "Accepted and ignored (Target routing hint).", None, **{IGNORED: True}
+            ),
+        ],
+        {
+            "200": reply("The status.", XML, ref("XmlBatchStatus")),
+            **error_replies(XML, 400, *REFUSALS),
+        },
+        security=TOKEN_IF_REQUIRED,
+    )
+
+
 routes = [
-    Route("/m2/{client}/profile/batchUpdate", batch_update, methods=["POST"]),
-    Route("/m2/{client}/v2/profile/batchUpdate", batch_update, methods=["POST"]),
-    Route("/m2/{client}/profile/batchStatus", batch_status, methods=["GET"]),
-    Route("/m2/{client}/v2/profile/batchStatus", batch_status, methods=["GET"]),
+    ApiRoute(
+        "/m2/{client}/profile/batchUpdate",
+        batch_update,
+        methods=["POST"],
+        operation=update_operation(1),
+    ),
+    ApiRoute(
+        "/m2/{client}/v2/profile/batchUpdate",
+        batch_update,
+        methods=["POST"],
+        operation=update_operation(2),
+    ),
+    ApiRoute(
+        "/m2/{client}/profile/batchStatus",
+        batch_status,
+        methods=["GET"],
+        operation=status_operation(),
+    ),
+    ApiRoute(
+        "/m2/{client}/v2/profile/batchStatus",
+        batch_status,
+        methods=["GET"],
+        operation=status_operation(),
+    ),
 ]

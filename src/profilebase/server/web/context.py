@@ -28,6 +28,7 @@ from profilebase.server.secret import ServerSecret
 from profilebase.server.settings import Settings, client_limits
 from profilebase.server.storage.base import Store
 from profilebase.server.web.attempts import FailedAttempts
+from profilebase.server.web.openapi import query
 
 log = logging.getLogger("profilebase.server.web")
 
@@ -160,7 +161,7 @@ def client_named_by(request: Request, literal: str | None = None) -> Client:
     5. the server's ``default_client``, while that client exists.
     """
     store = store_of(request)
-    named = request.query_params.get("client", "").strip()
+    named = query(request, "client", "").strip()
     if named:
         found = store.get_client(named)
         if found is None:
@@ -169,7 +170,7 @@ def client_named_by(request: Request, literal: str | None = None) -> Client:
     label = host_label(request)
     found = store.get_client(label) if label else None
     if found is None:
-        org_id = request.query_params.get("imsOrgId", "").strip()
+        org_id = query(request, "imsOrgId", "").strip()
         found = store.find_client_by_org(org_id) if org_id else None
     if found is None and literal:
         found = store.get_client(literal)

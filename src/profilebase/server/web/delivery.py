@@ -26,7 +26,6 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from profilebase.errors import BadRequest
 from profilebase.ids import check_id
@@ -40,6 +39,18 @@ from profilebase.server.web.context import (
     request_client,
     scalar_text,
     store_of,
+)
+from profilebase.server.web.openapi import (
+    CLIENT_FROM_OUTSIDE,
+    JSON,
+    TARGET,
+    ApiRoute,
+    error_replies,
+    operation,
+    query,
+    query_param,
+    ref,
+    reply,
 )
 
 MAX_PARAMETERS = 50
@@ -85,7 +96,7 @@ async def delivery(request: Request) -> Response:
     # No token: "There is no authentication for Target Delivery APIs" (even for a client
     # whose profile APIs require one); an unknown or disabled client is still refused.
     client = await request_client(request, authorize=False)
-    check_session_id(request.query_params.get("sessionId"))
+    check_session_id(query(request, "sessionId"))
     limits = limits_of(request, client)
     body = await read_body(request, limits.max_delivery_bytes, "max_delivery_bytes")
     try:
@@ -305,4 +316,38 @@ def echo_item(item: dict[str, Any], position: int, with_index: bool) -> dict[str
     return out
 
 
-routes = [Route("/rest/v1/delivery", delivery, methods=["POST"])]
+OPERATION = operation(
+    TARGET,
+    "Delivery API, profile side: create or link the visitor's profile and apply its "
+    "profileParameters; no offers are decided. No credentials, as Target's (page "
+    "calls come from browsers), even for a client whose profile APIs require a "
+    "token.",
+    [
+        *CLIENT_FROM_OUTSIDE,
+        query_param(
+            "sessionId",
+            "1-128 printable characters, no space, ?, {, } or /.",
+            # SESSION_ID and SESSION_ID_FORBIDDEN as one pattern.
+            {"type": "string", "pattern": "^[!-.0->@-z|~]{1,128}$"},
+            required=True,
+        ),
+    ],
+    {
+        "200": reply("Target's envelope, no content.", JSON, ref("DeliveryResponse")),
+        **error_replies(JSON, 400, 403, 404, 413, 507),
+    },
+    requestBody={
+        "required": True,
+        "content": {
+            JSON: {
+                "schema": ref("DeliveryRequest"),
+                "example": {
+                    "id": {"thirdPartyId": "crm-1"},
+                    "execute": {"pageLoad": {"profileParameters": {"tier": "gold"}}},
+                },
+            }
+        },
+    },
+)
+
+routes = [ApiRoute("/rest/v1/delivery", delivery, methods=["POST"], operation=OPERATION)]

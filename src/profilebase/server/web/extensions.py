@@ -37,7 +37,6 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from profilebase import __version__, batchfile
 from profilebase.errors import BadRequest, BatchTooLarge, NotFound
@@ -59,10 +58,27 @@ from profilebase.server.web.context import (
     settings_of,
     store_of,
 )
+from profilebase.server.web.openapi import (
+    BATCH_ID,
+    CLIENT,
+    EXTENSION,
+    JSON,
+    REFUSALS,
+    TOKEN_IF_REQUIRED,
+    ApiRoute,
+    error_replies,
+    operation,
+    query,
+    query_param,
+    ref,
+    reply,
+)
 
 PREFIX = "/profilebase/v1"
 #: Most batches one list returns.
 MAX_LISTED = 1000
+#: Batches listed when ``limit`` is not given.
+LISTED = 50
 #: A cancel request's body is a small JSON object at most.
 MAX_CANCEL_BODY = 4096
 MAX_BY = 200
@@ -272,7 +288,7 @@ async def list_batches(request: Request) -> Response:
     """The client's batches, newest first: ``limit`` (1-1000, default 50) and, with
     ``unfinished=true``, only those not complete yet."""
     client = await resolve_client(request)
-    limit = int_param(request, "limit", 50, 1, MAX_LISTED)
+    limit = int_param(request, "limit", LISTED, 1, MAX_LISTED)
     unfinished = bool_param(request, "unfinished")
     listed = await run_in_threadpool(store_of(request).batch_listings, client.id, limit, unfinished)
     return JSONResponse(
@@ -284,7 +300,7 @@ async def list_batches(request: Request) -> Response:
 
 
 def bool_param(request: Request, name: str) -> bool:
-    raw = request.query_params.get(name, "false").strip().lower()
+    raw = query(request, name, "false").strip().lower()
     if raw not in {"true", "false"}:
         raise BadRequest(f"The {name} parameter must be true or false, got {raw!r}.")
     return raw == "true"
@@ -370,7 +386,7 @@ def caller(request: Request, by: str) -> str:
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
+    raw = query(request, name)
     if raw is None:
         return default
     try:
@@ -443,7 +459,7 @@ async def failures(request: Request) -> Response:
     _, batch = await find_batch(request)
     store = store_of(request)
     after = int_param(request, "after", 0, 0, 10**12)
-    form = request.query_params.get("format", "json")
+    form = query(request, "format", "json")
     columns = columns_of(batch)
     if form == "jsonl":
         rows = all_failures(store, batch.seq, after)
@@ -469,15 +485,161 @@ async def failures(request: Request) -> Response:
 
 async def openapi_document(request: Request) -> Response:
     """The OpenAPI description of every endpoint, Target's and profilebase's own."""
-    return JSONResponse(openapi.document(__version__))
+    return JSONResponse(openapi.document(request.app.routes, __version__))
 
+
+DOCUMENT = operation(
+    EXTENSION,
+    "This document.",
+    [],
+    {"200": reply("OpenAPI 3.1.", JSON, {"type": "object"})},
+)
+CLIENT_INFO = operation(
+    EXTENSION,
+    "The client's limits, quota use and this server's extensions.",
+    [CLIENT],
+    {
+        "200": reply("Limits and quota.", JSON, ref("ClientInfo")),
+        **error_replies(JSON, *REFUSALS),
+    },
+    security=TOKEN_IF_REQUIRED,
+)
+STATUS = operation(
+    EXTENSION,
+    "Batch status as JSON: Target's fields plus state, times, rate, reason.",
+    [CLIENT, BATCH_ID],
+    {
+        "200": reply("The status.", JSON, ref("BatchStatus")),
+        **error_replies(JSON, *REFUSALS),
+    },
+    security=TOKEN_IF_REQUIRED,
+)
+FAILURES = operation(
+    EXTENSION,
+    "Failed rows: line, id, reason and original cells.",
+    [
+        CLIENT,
+        BATCH_ID,
+        query_param(
+            "format",
+            "json (paged), jsonl or csv (streamed, all rows).",
+            {"type": "string", "enum": ["json", "jsonl", "csv"], "default": "json"},
+        ),
+        query_param("after", "Only rows after this line.", {"type": "integer", "default": 0}),
+        query_param(
+            "limit",
+            f"Rows per JSON page (1 to {MAX_PAGE_SIZE}).",
+            {"type": "integer", "default": PAGE_SIZE, "minimum": 1, "maximum": MAX_PAGE_SIZE},
+        ),
+    ],
+    {
+        "200": {
+            "description": "Failed rows.",
+            "content": {
+                JSON: {"schema": ref("FailurePage")},
+                "application/x-ndjson": {"schema": ref("Failure")},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        },
+        **error_replies(JSON, 400, *REFUSALS),
+    },
+    security=TOKEN_IF_REQUIRED,
+)
+LIST = operation(
+    EXTENSION,
+    "The client's batches whose status is kept, newest first, as JSON statuses.",
+    [
+        CLIENT,
+        query_param(
+            "unfinished",
+            "true: only batches not complete yet (queued, running, paced, stuck).",
+            {"type": "boolean", "default": False},
+        ),
+        query_param(
+            "limit",
+            f"At most this many (1 to {MAX_LISTED}).",
+            {"type": "integer", "default": LISTED, "minimum": 1, "maximum": MAX_LISTED},
+        ),
+    ],
+    {
+        "200": reply("The batches.", JSON, ref("BatchList")),
+        **error_replies(JSON, 400, *REFUSALS),
+    },
+    security=TOKEN_IF_REQUIRED,
+)
+CANCEL = operation(
+    EXTENSION,
+    "Cancel a batch: rows not yet applied fail with reason `cancelled` and the batch "
+    "completes; rows already applied stay. Cancelling it again changes nothing.",
+    [CLIENT, BATCH_ID],
+    {
+        "200": reply("The status after the cancel.", JSON, ref("BatchStatus")),
+        **error_replies(JSON, 400, *REFUSALS, 409),
+    },
+    security=TOKEN_IF_REQUIRED,
+    requestBody={
+        "required": False,
+        "description": "Optional: who asks, recorded with the caller's address.",
+        "content": {
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "properties": {"by": {"type": "string", "maxLength": MAX_BY}},
+                }
+            }
+        },
+    },
+)
+IMPORT = operation(
+    EXTENSION,
+    "Import profiles from JSON lines (what the jsonl export writes): accepted as a "
+    "batch of its own (version 3) that workers apply; follow it with its status.",
+    [
+        CLIENT,
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "schema": {"type": "string", "maxLength": 255},
+            "description": "A key already accepted for this client returns the "
+            "import first accepted under it, not applied again.",
+        },
+    ],
+    {
+        "202": reply("Accepted.", JSON, ref("ImportAccepted")),
+        **error_replies(JSON, 400, *REFUSALS, 409, 413),
+    },
+    security=TOKEN_IF_REQUIRED,
+    requestBody={
+        "required": True,
+        "description": "One profile per line: visitorId, thirdPartyId, tntIds, "
+        "modifiedAt, profileAttributes {name: {value, modifiedAt}}.",
+        "content": {"application/x-ndjson": {"schema": ref("Profile")}},
+    },
+)
 
 routes = [
-    Route("/openapi.json", openapi_document, methods=["GET"]),
-    Route(PREFIX + "/clients/{client}", client_info, methods=["GET"]),
-    Route(PREFIX + "/clients/{client}/batches", list_batches, methods=["GET"]),
-    Route(PREFIX + "/clients/{client}/batches/{batch_id}", batch_status, methods=["GET"]),
-    Route(PREFIX + "/clients/{client}/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
-    Route(PREFIX + "/clients/{client}/batches/{batch_id}/failures", failures, methods=["GET"]),
-    Route(PREFIX + "/clients/{client}/imports", import_profiles, methods=["POST"]),
+    ApiRoute("/openapi.json", openapi_document, methods=["GET"], operation=DOCUMENT),
+    ApiRoute(PREFIX + "/clients/{client}", client_info, methods=["GET"], operation=CLIENT_INFO),
+    ApiRoute(PREFIX + "/clients/{client}/batches", list_batches, methods=["GET"], operation=LIST),
+    ApiRoute(
+        PREFIX + "/clients/{client}/batches/{batch_id}",
+        batch_status,
+        methods=["GET"],
+        operation=STATUS,
+    ),
+    ApiRoute(
+        PREFIX + "/clients/{client}/batches/{batch_id}/cancel",
+        cancel_batch,
+        methods=["POST"],
+        operation=CANCEL,
+    ),
+    ApiRoute(
+        PREFIX + "/clients/{client}/batches/{batch_id}/failures",
+        failures,
+        methods=["GET"],
+        operation=FAILURES,
+    ),
+    ApiRoute(
+        PREFIX + "/clients/{client}/imports", import_profiles, methods=["POST"], operation=IMPORT
+    ),
 ]

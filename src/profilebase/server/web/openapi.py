@@ -1,18 +1,29 @@
-"""The OpenAPI 3.1 document served at ``/openapi.json``.
+"""The OpenAPI 3.1 document served at ``/openapi.json``, generated from the routes.
 
-It describes every endpoint: Target's, whose shapes follow Target's
-documentation, and profilebase's own, each marked ``x-profilebase-extension:
-true`` and tagged "profilebase extensions". tests/test_openapi.py checks that
-every route of the app is described here and nothing else is.
+Each API route is an ``ApiRoute`` that declares its operation where it is defined
+(summary, parameters, body, replies, security, tag); ``document`` walks the app's
+routes and gathers them, so the document cannot drift from what is served. Routes
+that are not API (the dashboard, ``/metrics``) are plain ``Route``s with
+``include_in_schema=False`` and stay out. This module holds the builders those
+declarations use and the named schemas they share (``components/schemas``).
 
-Every operation on a client's data declares the two token spellings as
-optional security (they are needed only when the client requires
+Operations tagged ``EXTENSION`` are profilebase's own and marked
+``x-profilebase-extension: true``. Every operation on a client's data declares the two
+token spellings as optional security (they are needed only when the client requires
 authorization); the token endpoints declare HTTP Basic.
+
+Handlers read the query parameters they document with ``query(request, name)``: it
+refuses a name the route's operation does not declare, and notes each one read, so
+that tests/test_openapi.py can prove every documented parameter is read.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, overload
+
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Route
 
 from profilebase.ids import MAX_PC_ID_LENGTH, MAX_THIRD_PARTY_ID_LENGTH
 
@@ -57,7 +68,7 @@ def reply(description: str, media_type: str, schema: Schema) -> Schema:
     return {"description": description, "content": {media_type: {"schema": schema}}}
 
 
-def errors(media_type: str, *statuses: int) -> dict[str, Schema]:
+def error_replies(media_type: str, *statuses: int) -> dict[str, Schema]:
     schema = ref("XmlFailure") if media_type == XML else ref("JsonError")
     words = {
         400: "Malformed request",
@@ -116,467 +127,88 @@ CLIENT_FROM_OUTSIDE: list[Schema] = [
         "it (`profilebase clients set CODE --org-id …`) when neither client= nor Host does.",
     ),
 ]
-#: delivery.SESSION_ID: printable ASCII without space, `?`, `{`, `}` or `/`.
-SESSION_ID: Schema = {"type": "string", "pattern": "^[!-.0->@-z|~]{1,128}$"}
-PROFILE_API: Schema = {"type": "string", "enum": ["profile_api"]}
 BATCH_ID = path_param("batch_id", "The batch id that batchUpdate returned.")
 
 
-def batch_update(version: int) -> Schema:
-    creates = "creates missing profiles" if version == 2 else "updates existing profiles only"
-    return operation(
-        TARGET,
-        f"Bulk Profile Update v{version}: queue a batch= CSV body; {creates}.",
-        [
-            CLIENT,
-            query_param(
-                "dryRun",
-                "Extension: validate exactly as a real batch and answer with a JSON report, "
-                "writing nothing.",
-                {"type": "boolean", "default": False},
-                **{"x-profilebase-extension": True},
-            ),
-            {
-                "name": "Idempotency-Key",
-                "in": "header",
-                "schema": {"type": "string", "maxLength": 255},
-                "description": "Extension: a key already accepted for this client returns the "
-                "original batch and is not applied again (kept at least 24 hours).",
-                "x-profilebase-extension": True,
-            },
-        ],
-        {
-            "200": {
-                "description": "Queued (XML), or the dry-run report (JSON).",
-                "content": {
-                    XML: {"schema": ref("XmlSubmitted")},
-                    JSON: {"schema": ref("DryRunReport")},
-                },
-            },
-            **errors(XML, 400, *REFUSALS, 409, 413, 415, 507),
-        },
-        security=TOKEN_IF_REQUIRED,
-        requestBody={
-            "required": True,
-            "description": "batch= then the header (pcId or thirdPartyId, then attribute "
-            "names) and one line per profile; every cell URL-encoded UTF-8. Also accepted "
-            "as the multipart field `batch`, and (extension) compressed with "
-            "`Content-Encoding: gzip`, the limits counting it decompressed.",
-            "content": {
-                "application/x-www-form-urlencoded": {
-                    "schema": {"type": "string"},
-                    "example": "batch=thirdPartyId,tier,city\ncrm-1,gold,M%C3%BCnchen\n"
-                    "crm-2,silver\n",
-                },
-                "multipart/form-data": {"schema": {"type": "object"}},
-            },
-        },
-    )
+#: A parameter that is accepted and deliberately ignored (Target's routing hints): the
+#: test that every documented parameter is read passes it over.
+IGNORED = "x-profilebase-ignored"
+#: Where ``query`` notes the names a request's handler read (tests look at it).
+READ_KEY = "profilebase.query_read"
+#: The methods Starlette answers for GET without a handler of their own.
+SAME_AS = {"HEAD": "GET"}
 
 
-def batch_status() -> Schema:
-    return operation(
-        TARGET,
-        "Batch status: complete, incomplete or stuck; counts and failed ids with showDetails.",
-        [
-            CLIENT,
-            query_param("batchId", "The batch id.", required=True),
-            query_param(
-                "showDetails",
-                "true adds the counts (and, for v2, failed profiles).",
-                {"type": "boolean"},
-            ),
-            query_param("m2Node", "Accepted and ignored (Target routing hint)."),
-            query_param("mboxPC", "Accepted and ignored (Target routing hint)."),
-        ],
-        {"200": reply("The status.", XML, ref("XmlBatchStatus")), **errors(XML, 400, *REFUSALS)},
-        security=TOKEN_IF_REQUIRED,
-    )
+class ApiRoute(Route):
+    """A route of the API, with the OpenAPI operation of each of its methods.
 
+    ``operation`` is one operation for every method of the route; ``operations`` one per
+    lower-case method name, for routes whose methods differ (a body on POST only).
+    """
 
-def profile_fetch(param: Schema) -> Schema:
-    return operation(
-        TARGET,
-        "Fetch a profile with every attribute written to it.",
-        [param, *CLIENT_FROM_OUTSIDE],
-        {"200": reply("The profile.", JSON, ref("Profile")), **errors(JSON, 400, *REFUSALS)},
-        security=TOKEN_IF_REQUIRED,
-    )
-
-
-SCOPE = query_param("scope", "profile_api, the one scope profilebase issues.", PROFILE_API)
-
-
-def token() -> Schema:
-    scope = query_param("authorizationScope", "profile_api (or give it as scope).", PROFILE_API)
-    return {
-        "post": operation(
-            TARGET,
-            "Create the client's profile API token; the previous one is revoked (after "
-            "token_grace_seconds).",
-            [CLIENT, scope, SCOPE],
-            {
-                "201": reply("The new token.", JSON, ref("Token")),
-                **errors(JSON, 400, *REFUSALS, 507),
-            },
-            security=BASIC,
-        ),
-        "get": operation(
-            TARGET,
-            "Retrieve the client's active token: the token, its type, scope and the seconds it "
-            "has left (the server derives it again from its secret); 404 when there is none.",
-            [CLIENT, scope, SCOPE],
-            {
-                "200": reply("The active token.", JSON, ref("Token")),
-                **errors(JSON, 400, *REFUSALS),
-            },
-            security=BASIC,
-        ),
-    }
-
-
-def legacy_token() -> Schema:
-    return operation(
-        TARGET,
-        "Target Classic's token call: a new profile API token, in snake_case, with its "
-        "shorter lifetime (legacy_token_ttl_seconds).",
-        [*CLIENT_FROM_OUTSIDE, {**SCOPE, "required": True}],
-        {
-            "200": reply("The new token.", JSON, ref("LegacyToken")),
-            **errors(JSON, 400, *REFUSALS),
-        },
-        security=BASIC,
-    )
-
-
-def single_update(method: str) -> Schema:
-    extra: Schema = {}
-    if method == "post":
-        extra["requestBody"] = {
-            "description": "The same parameters, form-encoded (or, leniently, a JSON object).",
-            "content": {
-                "application/x-www-form-urlencoded": {"schema": {"type": "string"}},
-                JSON: {"schema": {"type": "object", "additionalProperties": True}},
-            },
+    def __init__(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        *,
+        methods: Sequence[str],
+        operation: Schema | None = None,
+        operations: Mapping[str, Schema] | None = None,
+    ) -> None:
+        super().__init__(path, endpoint, methods=list(methods))
+        if (operation is None) == (operations is None):
+            raise TypeError("give an ApiRoute either operation= or operations=")
+        self.operations: dict[str, Schema] = (
+            {method.lower(): operation for method in methods}
+            if operation is not None
+            else dict(operations or {})
+        )
+        if set(self.operations) != {method.lower() for method in methods}:
+            raise TypeError(f"{path}: one operation per method {sorted(methods)}")
+        self.query_names: dict[str, frozenset[str]] = {
+            method.upper(): frozenset(
+                p["name"] for p in op.get("parameters", []) if p["in"] == "query"
+            )
+            for method, op in self.operations.items()
         }
-    return operation(
-        TARGET,
-        "Single profile update: set profile.<name>=<value> attributes of one existing profile, "
-        "applied before the reply. The literal path /m2/client/profile/update takes the client "
-        "from ?client=, the Host header's first label or imsOrgId, then a client named client, "
-        "then the server's default_client.",
-        [
-            CLIENT,
-            query_param("mboxPC", "The profile's tntId (or mbox3rdPartyId instead)."),
-            query_param("mbox3rdPartyId", "Your own id of the profile (or mboxPC instead)."),
-            *CLIENT_FROM_OUTSIDE,
-        ],
-        {
-            "200": reply("Applied.", XML, ref("XmlUpdated")),
-            **errors(XML, 400, *REFUSALS, 413, 507),
-        },
-        security=TOKEN_IF_REQUIRED,
-        **extra,
-    )
 
 
-def profile_delete(param: Schema) -> Schema:
-    return operation(
-        EXTENSION,
-        "Delete the profile this id finds, with its thirdPartyId and every linked tntId, "
-        "ECID and customer id.",
-        [param, *CLIENT_FROM_OUTSIDE],
-        {"204": {"description": "Deleted."}, **errors(JSON, 400, *REFUSALS, 507)},
-        security=TOKEN_IF_REQUIRED,
-    )
+class UndeclaredParameter(RuntimeError):
+    """A handler read a query parameter its route's operation does not document."""
 
 
-def paths() -> dict[str, Schema]:
-    ext = "/profilebase/v1/clients/{client}"
-    rule = (
-        " Percent-encode it (a `/` as %2F); see the id rule in docs/profiles.md: an id "
-        "no endpoint stores is refused with 400 and the reason."
-    )
-    pc_id = path_param(
-        "pc_id", "Target's visitor id (tntId, mboxPC)." + rule, id_schema(MAX_PC_ID_LENGTH)
-    )
-    third_party_id = path_param(
-        "third_party_id",
-        "Your own id (mbox3rdPartyId), without `+` or `/`." + rule,
-        id_schema(MAX_THIRD_PARTY_ID_LENGTH),
-    )
-    ecid = path_param(
-        "ecid",
-        "An Experience Cloud ID (marketingCloudVisitorId) a page call linked to the profile.",
-    )
-    return {
-        "/healthz": {
-            "get": operation(
-                TARGET,
-                "Liveness: 200 while the server serves HTTP, whatever the database's state "
-                "(profilebase's; Target has none).",
-                [],
-                {"200": reply("Up.", JSON, {"type": "object"})},
-            )
-        },
-        "/readyz": {
-            "get": operation(
-                TARGET,
-                "Readiness: 200 when the database answers and its schema is up to date; 503 "
-                "with Retry-After otherwise (profilebase's; Target has none).",
-                [],
-                {
-                    "200": reply("Ready.", JSON, {"type": "object"}),
-                    "503": reply(
-                        "The database is unreachable, or migrations are missing.",
-                        JSON,
-                        ref("JsonError"),
-                    ),
-                },
-            )
-        },
-        "/m2/{client}/profile/batchUpdate": {"post": batch_update(1)},
-        "/m2/{client}/v2/profile/batchUpdate": {"post": batch_update(2)},
-        "/m2/{client}/profile/batchStatus": {"get": batch_status()},
-        "/m2/{client}/v2/profile/batchStatus": {"get": batch_status()},
-        "/m2/{client}/profile/update": {
-            "get": single_update("get"),
-            "post": single_update("post"),
-        },
-        "/rest/v1/delivery": {
-            "post": operation(
-                TARGET,
-                "Delivery API, profile side: create or link the visitor's profile and apply its "
-                "profileParameters; no offers are decided. No credentials, as Target's (page "
-                "calls come from browsers), even for a client whose profile APIs require a "
-                "token.",
-                [
-                    *CLIENT_FROM_OUTSIDE,
-                    query_param(
-                        "sessionId",
-                        "1-128 printable characters, no space, ?, {, } or /.",
-                        SESSION_ID,
-                        required=True,
-                    ),
-                ],
-                {
-                    "200": reply("Target's envelope, no content.", JSON, ref("DeliveryResponse")),
-                    **errors(JSON, 400, 403, 404, 413, 507),
-                },
-                requestBody={
-                    "required": True,
-                    "content": {
-                        JSON: {
-                            "schema": ref("DeliveryRequest"),
-                            "example": {
-                                "id": {"thirdPartyId": "crm-1"},
-                                "execute": {"pageLoad": {"profileParameters": {"tier": "gold"}}},
-                            },
-                        }
-                    },
-                },
-            )
-        },
-        "/rest/v1/profiles": {
-            "get": operation(
-                EXTENSION,
-                "Export every profile of the client, streamed from one snapshot: JSON lines, or "
-                "a v2 batch file that posts back to the same attribute values.",
-                [
-                    *CLIENT_FROM_OUTSIDE,
-                    query_param(
-                        "format",
-                        "jsonl (fetch-shaped objects with their ids) or batch.",
-                        {"type": "string", "enum": ["jsonl", "batch"], "default": "jsonl"},
-                    ),
-                    query_param(
-                        "key",
-                        "format=batch only: one row per tntId (pcId) or per thirdPartyId.",
-                        {"type": "string", "enum": ["pcId", "thirdPartyId"], "default": "pcId"},
-                    ),
-                ],
-                {
-                    "200": {
-                        "description": "The profiles.",
-                        "content": {
-                            "application/x-ndjson": {"schema": ref("Profile")},
-                            "text/plain": {"schema": {"type": "string"}},
-                        },
-                    },
-                    **errors(JSON, 400, *REFUSALS),
-                },
-                security=TOKEN_IF_REQUIRED,
-            )
-        },
-        "/rest/v1/profiles/{pc_id}": {
-            "get": profile_fetch(pc_id),
-            "delete": profile_delete(pc_id),
-        },
-        "/rest/v1/profiles/thirdPartyId/{third_party_id}": {
-            "get": profile_fetch(third_party_id),
-            "delete": profile_delete(third_party_id),
-        },
-        "/rest/v1/profiles/marketingCloudVisitorId/{ecid}": {
-            "get": profile_fetch(ecid),
-            "delete": profile_delete(ecid),
-        },
-        "/{client}/target/authentication/token": token(),
-        "/admin/rest/v1/authentication/token": {
-            "get": legacy_token(),
-            "post": legacy_token(),
-        },
-        "/openapi.json": {
-            "get": operation(
-                EXTENSION,
-                "This document.",
-                [],
-                {"200": reply("OpenAPI 3.1.", JSON, {"type": "object"})},
-            )
-        },
-        ext: {
-            "get": operation(
-                EXTENSION,
-                "The client's limits, quota use and this server's extensions.",
-                [CLIENT],
-                {
-                    "200": reply("Limits and quota.", JSON, ref("ClientInfo")),
-                    **errors(JSON, *REFUSALS),
-                },
-                security=TOKEN_IF_REQUIRED,
-            )
-        },
-        ext + "/batches/{batch_id}": {
-            "get": operation(
-                EXTENSION,
-                "Batch status as JSON: Target's fields plus state, times, rate, reason.",
-                [CLIENT, BATCH_ID],
-                {
-                    "200": reply("The status.", JSON, ref("BatchStatus")),
-                    **errors(JSON, *REFUSALS),
-                },
-                security=TOKEN_IF_REQUIRED,
-            )
-        },
-        ext + "/batches/{batch_id}/failures": {
-            "get": operation(
-                EXTENSION,
-                "Failed rows: line, id, reason and original cells.",
-                [
-                    CLIENT,
-                    BATCH_ID,
-                    query_param(
-                        "format",
-                        "json (paged), jsonl or csv (streamed, all rows).",
-                        {"type": "string", "enum": ["json", "jsonl", "csv"], "default": "json"},
-                    ),
-                    query_param(
-                        "after", "Only rows after this line.", {"type": "integer", "default": 0}
-                    ),
-                    query_param(
-                        "limit",
-                        "Rows per JSON page (1 to 10000).",
-                        {"type": "integer", "default": 1000},
-                    ),
-                ],
-                {
-                    "200": {
-                        "description": "Failed rows.",
-                        "content": {
-                            JSON: {"schema": ref("FailurePage")},
-                            "application/x-ndjson": {"schema": ref("Failure")},
-                            "text/csv": {"schema": {"type": "string"}},
-                        },
-                    },
-                    **errors(JSON, 400, *REFUSALS),
-                },
-                security=TOKEN_IF_REQUIRED,
-            )
-        },
-        **operation_paths(ext),
-    }
+@overload
+def query(request: Request, name: str) -> str | None: ...
+@overload
+def query(request: Request, name: str, default: str) -> str: ...
+def query(request: Request, name: str, default: str | None = None) -> str | None:
+    """The query parameter ``name`` as sent, else ``default``; ``name`` must be one the route's
+    operation declares, so that the document lists every parameter a handler reads."""
+    declared(request, name)
+    return request.query_params.get(name, default)
 
 
-def operation_paths(ext: str) -> dict[str, Schema]:
-    """The operator's extensions: list and cancel batches, import profiles."""
-    return {
-        ext + "/batches": {
-            "get": operation(
-                EXTENSION,
-                "The client's batches whose status is kept, newest first, as JSON statuses.",
-                [
-                    CLIENT,
-                    query_param(
-                        "unfinished",
-                        "true: only batches not complete yet (queued, running, paced, stuck).",
-                        {"type": "boolean", "default": False},
-                    ),
-                    query_param(
-                        "limit",
-                        "At most this many (1 to 1000).",
-                        {"type": "integer", "default": 50},
-                    ),
-                ],
-                {
-                    "200": reply("The batches.", JSON, ref("BatchList")),
-                    **errors(JSON, 400, *REFUSALS),
-                },
-                security=TOKEN_IF_REQUIRED,
-            )
-        },
-        ext + "/batches/{batch_id}/cancel": {
-            "post": operation(
-                EXTENSION,
-                "Cancel a batch: rows not yet applied fail with reason `cancelled` and the batch "
-                "completes; rows already applied stay. Cancelling it again changes nothing.",
-                [CLIENT, BATCH_ID],
-                {
-                    "200": reply("The status after the cancel.", JSON, ref("BatchStatus")),
-                    **errors(JSON, 400, *REFUSALS, 409),
-                },
-                security=TOKEN_IF_REQUIRED,
-                requestBody={
-                    "required": False,
-                    "description": "Optional: who asks, recorded with the caller's address.",
-                    "content": {
-                        JSON: {
-                            "schema": {
-                                "type": "object",
-                                "properties": {"by": {"type": "string", "maxLength": 200}},
-                            }
-                        }
-                    },
-                },
-            )
-        },
-        ext + "/imports": {
-            "post": operation(
-                EXTENSION,
-                "Import profiles from JSON lines (what the jsonl export writes): accepted as a "
-                "batch of its own (version 3) that workers apply; follow it with its status.",
-                [
-                    CLIENT,
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "schema": {"type": "string", "maxLength": 255},
-                        "description": "A key already accepted for this client returns the "
-                        "import first accepted under it, not applied again.",
-                    },
-                ],
-                {
-                    "202": reply("Accepted.", JSON, ref("ImportAccepted")),
-                    **errors(JSON, 400, *REFUSALS, 409, 413),
-                },
-                security=TOKEN_IF_REQUIRED,
-                requestBody={
-                    "required": True,
-                    "description": "One profile per line: visitorId, thirdPartyId, tntIds, "
-                    "modifiedAt, profileAttributes {name: {value, modifiedAt}}.",
-                    "content": {"application/x-ndjson": {"schema": ref("Profile")}},
-                },
-            )
-        },
-    }
+def declared(request: Request, name: str) -> None:
+    """Check the route's operation declares the query parameter ``name``; note it read.
+
+    ``query`` calls it; a handler that takes parameters from elsewhere too (the single
+    update reads the query string and the form body as one) calls it for each it reads.
+    """
+    route = request.scope.get("route")
+    method = SAME_AS.get(request.method, request.method)
+    names = route.query_names.get(method) if isinstance(route, ApiRoute) else None
+    if names is None or name not in names:
+        raise UndeclaredParameter(f"{request.url.path} reads {name!r}, which it does not declare")
+    request.scope.setdefault(READ_KEY, set()).add(name)
+
+
+def paths(routes: Sequence[BaseRoute]) -> dict[str, Schema]:
+    """The operations the API routes declare, by path and method, in the routes' order."""
+    found: dict[str, Schema] = {}
+    for route in routes:
+        if isinstance(route, ApiRoute) and route.include_in_schema:
+            found.setdefault(route.path, {}).update(route.operations)
+    return found
 
 
 def schemas() -> dict[str, Schema]:
@@ -861,8 +493,8 @@ def schemas() -> dict[str, Schema]:
     }
 
 
-def document(version: str) -> Schema:
-    """The whole document."""
+def document(routes: Sequence[BaseRoute], version: str) -> Schema:
+    """The whole document for an app's ``routes``."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -876,7 +508,7 @@ def document(version: str) -> Schema:
             {"name": TARGET, "description": "Same paths and shapes as Adobe Target."},
             {"name": EXTENSION, "description": "profilebase's own additions."},
         ],
-        "paths": paths(),
+        "paths": paths(routes),
         "components": {
             "schemas": schemas(),
             "securitySchemes": {

@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Match, Route
+from starlette.routing import Match
 from starlette.types import Scope
 
 from profilebase import ids
@@ -27,6 +27,24 @@ from profilebase.server import export
 from profilebase.server.storage.base import ProfileExport
 from profilebase.server.storage.links import ecid_key
 from profilebase.server.web.context import clock_of, limits_of, request_client, store_of
+from profilebase.server.web.openapi import (
+    CLIENT_FROM_OUTSIDE,
+    EXTENSION,
+    JSON,
+    REFUSALS,
+    TARGET,
+    TOKEN_IF_REQUIRED,
+    ApiRoute,
+    Schema,
+    error_replies,
+    id_schema,
+    operation,
+    path_param,
+    query,
+    query_param,
+    ref,
+    reply,
+)
 
 #: Profiles read per database round trip while exporting.
 EXPORT_PAGE = 500
@@ -34,7 +52,7 @@ FORMATS = {"batch": "text/plain; charset=utf-8", "jsonl": "application/x-ndjson"
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
-class RawPathRoute(Route):
+class RawPathRoute(ApiRoute):
     """A route matched against the path as the client sent it, before percent-decoding.
 
     Servers decode ``%2F`` to ``/`` before routing, which would split an id holding a
@@ -135,10 +153,10 @@ async def export_profiles(request: Request) -> Response:
     the count of profiles it cannot key (sent as a reply header), then for the rows.
     """
     client = await request_client(request)
-    form = request.query_params.get("format", "jsonl")
+    form = query(request, "format", "jsonl")
     if form not in FORMATS:
         raise BadRequest(f"format must be batch or jsonl, got {form!r}.")
-    key = request.query_params.get("key")
+    key = query(request, "key")
     if key is not None and form != "batch":
         raise BadRequest("key applies to format=batch only.")
     try:
@@ -178,12 +196,91 @@ async def export_body(
         await run_in_threadpool(snapshot.close)
 
 
+RULE = (
+    " Percent-encode it (a `/` as %2F); see the id rule in docs/profiles.md: an id "
+    "no endpoint stores is refused with 400 and the reason."
+)
+PC_ID = path_param(
+    "pc_id", "Target's visitor id (tntId, mboxPC)." + RULE, id_schema(ids.MAX_PC_ID_LENGTH)
+)
+THIRD_PARTY_ID = path_param(
+    "third_party_id",
+    "Your own id (mbox3rdPartyId), without `+` or `/`." + RULE,
+    id_schema(ids.MAX_THIRD_PARTY_ID_LENGTH),
+)
+ECID = path_param(
+    "ecid",
+    "An Experience Cloud ID (marketingCloudVisitorId) a page call linked to the profile.",
+)
+
+
+def fetch_and_delete(param: Schema) -> dict[str, Schema]:
+    """The OpenAPI operations of fetch (Target's) and delete (an extension) by one id."""
+    return {
+        "get": operation(
+            TARGET,
+            "Fetch a profile with every attribute written to it.",
+            [param, *CLIENT_FROM_OUTSIDE],
+            {
+                "200": reply("The profile.", JSON, ref("Profile")),
+                **error_replies(JSON, 400, *REFUSALS),
+            },
+            security=TOKEN_IF_REQUIRED,
+        ),
+        "delete": operation(
+            EXTENSION,
+            "Delete the profile this id finds, with its thirdPartyId and every linked tntId, "
+            "ECID and customer id.",
+            [param, *CLIENT_FROM_OUTSIDE],
+            {"204": {"description": "Deleted."}, **error_replies(JSON, 400, *REFUSALS, 507)},
+            security=TOKEN_IF_REQUIRED,
+        ),
+    }
+
+
+EXPORT = operation(
+    EXTENSION,
+    "Export every profile of the client, streamed from one snapshot: JSON lines, or "
+    "a v2 batch file that posts back to the same attribute values.",
+    [
+        *CLIENT_FROM_OUTSIDE,
+        query_param(
+            "format",
+            "jsonl (fetch-shaped objects with their ids) or batch.",
+            {"type": "string", "enum": ["jsonl", "batch"], "default": "jsonl"},
+        ),
+        query_param(
+            "key",
+            "format=batch only: one row per tntId (pcId) or per thirdPartyId.",
+            {"type": "string", "enum": ["pcId", "thirdPartyId"], "default": "pcId"},
+        ),
+    ],
+    {
+        "200": {
+            "description": "The profiles.",
+            "content": {
+                "application/x-ndjson": {"schema": ref("Profile")},
+                "text/plain": {"schema": {"type": "string"}},
+            },
+        },
+        **error_replies(JSON, 400, *REFUSALS),
+    },
+    security=TOKEN_IF_REQUIRED,
+)
+
+
+def by_id(path: str, param: Schema) -> list[ApiRoute]:
+    """Fetch and delete of the profile a path's id finds, matched on the raw path."""
+    operations = fetch_and_delete(param)
+    return [
+        RawPathRoute(path, fetch, methods=["GET"], operation=operations["get"]),
+        RawPathRoute(path, delete, methods=["DELETE"], operation=operations["delete"]),
+    ]
+
+
 routes = [
-    Route("/rest/v1/profiles", export_profiles, methods=["GET"]),
-    RawPathRoute("/rest/v1/profiles/thirdPartyId/{third_party_id}", fetch, methods=["GET"]),
-    RawPathRoute("/rest/v1/profiles/thirdPartyId/{third_party_id}", delete, methods=["DELETE"]),
-    RawPathRoute("/rest/v1/profiles/marketingCloudVisitorId/{ecid}", fetch, methods=["GET"]),
-    RawPathRoute("/rest/v1/profiles/marketingCloudVisitorId/{ecid}", delete, methods=["DELETE"]),
-    RawPathRoute("/rest/v1/profiles/{pc_id}", fetch, methods=["GET"]),
-    RawPathRoute("/rest/v1/profiles/{pc_id}", delete, methods=["DELETE"]),
+    ApiRoute("/rest/v1/profiles", export_profiles, methods=["GET"], operation=EXPORT),
+    *by_id("/rest/v1/profiles/thirdPartyId/{third_party_id}", THIRD_PARTY_ID),
+    *by_id("/rest/v1/profiles/marketingCloudVisitorId/{ecid}", ECID),
+    *by_id("/rest/v1/profiles/{pc_id}", PC_ID),
 ]

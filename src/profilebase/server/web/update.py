@@ -14,7 +14,6 @@ import urllib.parse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from profilebase.errors import BadRequest, NotFound, RequestTooLarge
 from profilebase.ids import check_id
@@ -30,6 +29,23 @@ from profilebase.server.web.context import (
     scalar_text,
     store_of,
     with_headers,
+)
+from profilebase.server.web.openapi import (
+    CLIENT,
+    CLIENT_FROM_OUTSIDE,
+    JSON,
+    REFUSALS,
+    TARGET,
+    TOKEN_IF_REQUIRED,
+    XML,
+    ApiRoute,
+    Schema,
+    declared,
+    error_replies,
+    operation,
+    query_param,
+    ref,
+    reply,
 )
 
 ATTRIBUTE_PREFIX = "profile."
@@ -58,7 +74,10 @@ async def quota_headers(request: Request, client: Client, limits: Limits) -> dic
 
 async def apply(request: Request, client: Client, limits: Limits) -> Response:
     """Apply one profile update now; 404 (creating nothing) if no profile has the id."""
-    kind, identifier, values = parse_update(await read_parameters(request, limits))
+    parameters = await read_parameters(request, limits)
+    for name in ID_PARAMETERS:
+        declared(request, name)
+    kind, identifier, values = parse_update(parameters)
     now = clock_of(request)()
     outcome = await run_in_threadpool(
         store_of(request).update_profile,
@@ -170,4 +189,43 @@ def parse_update(pairs: list[tuple[str, str]]) -> tuple[KeyKind, str, dict[str, 
     return kind, identifier, values
 
 
-routes = [Route("/m2/{client}/profile/update", update, methods=["GET", "POST"])]
+def update_operation(method: str) -> Schema:
+    """The OpenAPI operation of the single update by GET, or by POST with a body."""
+    extra: Schema = {}
+    if method == "post":
+        extra["requestBody"] = {
+            "description": "The same parameters, form-encoded (or, leniently, a JSON object).",
+            "content": {
+                "application/x-www-form-urlencoded": {"schema": {"type": "string"}},
+                JSON: {"schema": {"type": "object", "additionalProperties": True}},
+            },
+        }
+    return operation(
+        TARGET,
+        "Single profile update: set profile.<name>=<value> attributes of one existing profile, "
+        "applied before the reply. The literal path /m2/client/profile/update takes the client "
+        "from ?client=, the Host header's first label or imsOrgId, then a client named client, "
+        "then the server's default_client.",
+        [
+            CLIENT,
+            query_param("mboxPC", "The profile's tntId (or mbox3rdPartyId instead)."),
+            query_param("mbox3rdPartyId", "Your own id of the profile (or mboxPC instead)."),
+            *CLIENT_FROM_OUTSIDE,
+        ],
+        {
+            "200": reply("Applied.", XML, ref("XmlUpdated")),
+            **error_replies(XML, 400, *REFUSALS, 413, 507),
+        },
+        security=TOKEN_IF_REQUIRED,
+        **extra,
+    )
+
+
+routes = [
+    ApiRoute(
+        "/m2/{client}/profile/update",
+        update,
+        methods=["GET", "POST"],
+        operations={"get": update_operation("get"), "post": update_operation("post")},
+    )
+]
