@@ -73,7 +73,13 @@ def profilebase(
     )
 
 
-REMOTE_ONLY = [*ABSENT, "profilebase.server"]
+#: The server's code beyond its setting declarations (which the CLI's flags are made from).
+REMOTE_ONLY = [
+    *ABSENT,
+    "profilebase.server.storage",
+    "profilebase.server.web",
+    "profilebase.server.worker",
+]
 
 
 @pytest.mark.parametrize("args", [["--help"], ["push", "--help"], ["batches", "list", "--help"]])

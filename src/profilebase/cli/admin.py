@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from profilebase.cli.options import code_argument, database_option, json_option
+from profilebase.cli.flags import database_option
+from profilebase.cli.options import code_argument, json_option
 from profilebase.cli.stores import opened
 
 

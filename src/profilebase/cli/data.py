@@ -22,8 +22,8 @@ from profilebase.cli.failures import (
     failure,
     require_server,
 )
+from profilebase.cli.flags import database_option
 from profilebase.cli.options import (
-    database_option,
     direct_database,
     direct_option,
     json_option,

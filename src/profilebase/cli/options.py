@@ -9,28 +9,12 @@ import click
 from profilebase.cli.failures import failure
 from profilebase.errors import ProfilebaseError
 
-database_option = click.option(
-    "--database",
-    default=None,
-    help="Database URL [env PROFILEBASE_DATABASE; default "
-    "sqlite:///./profilebase-data/profilebase.db].",
-)
-
-
 log_level_option = click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
     help="How much the process logs.",
-)
-
-
-log_format_option = click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default=None,
-    help="Log lines for people or for machines [env PROFILEBASE_LOG_FORMAT; default text].",
 )
 
 

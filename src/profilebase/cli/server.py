@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from profilebase.cli.failures import explain
-from profilebase.cli.options import database_option, log_format_option, log_level_option
+from profilebase.cli.flags import database_option, setting_options
+from profilebase.cli.options import log_level_option
 from profilebase.cli.stores import load_settings, opened, redact
 from profilebase.errors import ProfilebaseError
 
@@ -17,40 +18,11 @@ def configure_logging(level: str, form: str = "text") -> None:
 
 
 @click.command()
-@click.option(
-    "--host", default=None, help="Listen address [env PROFILEBASE_HOST; default 127.0.0.1]."
-)
-@click.option(
-    "--port", type=int, default=None, help="Listen port [env PROFILEBASE_PORT; default 8080]."
-)
-@database_option
-@click.option(
-    "--workers",
-    type=int,
-    default=None,
-    help="Batch worker threads in this process; 0 serves the API only "
-    "[env PROFILEBASE_WORKERS; default 2].",
-)
-@click.option(
-    "--demo/--no-demo",
-    default=None,
-    help="Create the `demo` client if missing [env PROFILEBASE_DEMO; default on].",
-)
+@setting_options("serve")
 @log_level_option
-@log_format_option
-def serve(
-    host: str | None,
-    port: int | None,
-    database: str | None,
-    workers: int | None,
-    demo: bool | None,
-    log_level: str,
-    log_format: str | None,
-) -> None:
+def serve(log_level: str, **given: object) -> None:
     """Start the HTTP server, with batch workers inside it, and the dashboard at /ui."""
-    settings = load_settings(
-        host=host, port=port, database=database, workers=workers, demo=demo, log_format=log_format
-    )
+    settings = load_settings(**given)
     from profilebase.server.web import create_app, server
 
     configure_logging(log_level, settings.log_format)
@@ -67,39 +39,14 @@ def serve(
 
 
 @click.command()
-@database_option
-@click.option(
-    "--concurrency",
-    type=int,
-    default=None,
-    help="Worker processes to run [env PROFILEBASE_CONCURRENCY; default 1].",
-)
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(0, 65535),
-    default=None,
-    help="Serve /metrics of every worker process on this port [env PROFILEBASE_METRICS_PORT; "
-    "default 0: none].",
-)
+@setting_options("worker")
 @log_level_option
-@log_format_option
-def worker(
-    database: str | None,
-    concurrency: int | None,
-    metrics_port: int | None,
-    log_level: str,
-    log_format: str | None,
-) -> None:
+def worker(log_level: str, **given: object) -> None:
     """Apply accepted batches, without serving HTTP: run as many as the database takes.
 
     Stops after finishing its current unit on SIGTERM or Ctrl-C.
     """
-    settings = load_settings(
-        database=database,
-        concurrency=concurrency,
-        metrics_port=metrics_port,
-        log_format=log_format,
-    )
+    settings = load_settings(**given)
     from profilebase.server.worker import run_processes
 
     configure_logging(log_level, settings.log_format)
