@@ -5,8 +5,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from profilebase import business_hours
+from profilebase.errors import ConfigError
 
 #: Sequence numbers order every write: ``batch_seq * SEQ_SPAN + line number``.
 #: A batch body under 50 MB has fewer than 10**8 lines, so rows never collide.
@@ -91,31 +93,178 @@ class Client:
     org_id: str | None = None
 
 
+class Bound(enum.StrEnum):
+    """The smallest value a number setting takes; its text is what a refusal says."""
+
+    #: More than 0.
+    POSITIVE = "positive"
+    #: 0 or more (0 usually means off, or no limit).
+    ZERO_OR_MORE = "0 or more"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting, declared once: the settings, per-client limits, their checks, the CLI
+    flags and the documentation are all derived from these declarations."""
+
+    name: str
+    #: Its type is the setting's type: int, float, str or bool.
+    default: int | float | str | bool
+    #: One or two sentences; the CLI flag's help and the docs table say it.
+    help: str
+    bound: Bound | None = None
+    #: The values a text setting may take (compared ignoring case when ``any_case``).
+    choices: tuple[str, ...] = ()
+    any_case: bool = False
+    #: A client may override it for itself (``clients set CODE --limit NAME=VALUE``).
+    limit: bool = False
+    #: The commands that take it as a flag, ``--NAME`` (``serve``, ``worker``).
+    flags: tuple[str, ...] = ()
+    #: Kept out of repr and logs.
+    secret: bool = False
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+    def check(self, value: object) -> None:
+        """Refuse a value outside the declared bound or choices, naming the setting."""
+        if self.bound is not None and isinstance(value, int | float):
+            low = value <= 0 if self.bound is Bound.POSITIVE else value < 0
+            if low:
+                raise ConfigError(f"Setting {self.name} must be {self.bound}, got {value}.")
+        if self.choices and isinstance(value, str):
+            given = value.upper() if self.any_case else value
+            if given not in self.choices:
+                raise ConfigError(
+                    f"Setting {self.name} must be one of {', '.join(self.choices)}, got {value!r}."
+                )
+
+
+MB = 1024 * 1024
+
+#: The settings a client may override for itself; each is also a server-wide setting.
+LIMIT_SETTINGS = (
+    Setting(
+        "max_batch_bytes",
+        50 * MB,
+        "A batch body must be smaller than this many bytes (Target: < 50 MB).",
+        Bound.POSITIVE,
+        limit=True,
+    ),
+    Setting(
+        "max_batch_rows",
+        500_000,
+        "Most data rows in one batch (Target: 500,000).",
+        Bound.POSITIVE,
+        limit=True,
+    ),
+    Setting(
+        "rows_per_day",
+        1_000_000,
+        "Most batch rows a client may submit in any rolling 24 hours.",
+        Bound.POSITIVE,
+        limit=True,
+    ),
+    Setting(
+        "max_profile_bytes",
+        2000 * 1024,
+        "Largest stored size of one profile; a row that would exceed it fails.",
+        Bound.POSITIVE,
+        limit=True,
+    ),
+    Setting(
+        "max_update_url_bytes",
+        8 * 1024,
+        "Longest request line of a GET single profile update (Target: 8 KB).",
+        Bound.POSITIVE,
+        limit=True,
+    ),
+    Setting(
+        "max_update_body_bytes",
+        60 * 1024,
+        "Largest body (plus query string) of a POST single profile update (Target: 60 KB).",
+        Bound.POSITIVE,
+        limit=True,
+    ),
+    Setting(
+        "updates_per_day",
+        1_000_000,
+        "Most single profile updates a client may make in any rolling 24 hours.",
+        Bound.POSITIVE,
+        limit=True,
+    ),
+    Setting(
+        "max_delivery_bytes",
+        60 * MB,
+        "Largest body of a Delivery API call (Target: 60 MB).",
+        Bound.POSITIVE,
+        limit=True,
+    ),
+    Setting(
+        "profile_expiry_days",
+        0.0,
+        "A profile with no activity for this many days expires and is deleted (Target: 14); "
+        "0 keeps profiles for ever.",
+        Bound.ZERO_OR_MORE,
+        limit=True,
+    ),
+    Setting(
+        "bulk_requests_per_minute",
+        0,
+        "Most batches a client may submit in any 60 seconds (0: no limit; Target: 50).",
+        Bound.ZERO_OR_MORE,
+        limit=True,
+    ),
+    Setting(
+        "ingest_rows_per_second",
+        0,
+        "Rows per second the workers apply for one client during business_hours (0: no limit).",
+        Bound.ZERO_OR_MORE,
+        limit=True,
+    ),
+    Setting(
+        "business_hours",
+        "mon-fri 09:00-18:00 UTC",
+        "When ingest_rows_per_second applies: `always` or `[days] HH:MM-HH:MM [time zone]`.",
+        limit=True,
+    ),
+    Setting(
+        "token_ttl_seconds",
+        7_775_999,
+        "Lifetime of a token from the token endpoint (Target: 7775999, about 90 days).",
+        Bound.POSITIVE,
+        limit=True,
+    ),
+)
+
+LIMIT_DEFAULTS: dict[str, Any] = {s.name: s.default for s in LIMIT_SETTINGS}
+
+
 @dataclass(frozen=True)
 class Limits:
-    """The limits in force for one client (the server builds them with ``config.client_limits``;
-    each is also a server-wide setting).
-
-    The batch limits are all a client of the bulk API needs; the others default to
-    Target's documented values (or to none) so that such a client can leave them out.
+    """The limits in force for one client (the server builds them with
+    ``server.settings.client_limits``). Their names, defaults and checks are declared once,
+    in ``LIMIT_SETTINGS``; a client of the bulk API that learns only the batch limits from a
+    server leaves the others at their declared defaults (Target's documented values, or none).
     """
 
-    max_batch_bytes: int
-    max_batch_rows: int
-    rows_per_day: int
-    max_profile_bytes: int
-    max_update_url_bytes: int = 8 * 1024
-    max_update_body_bytes: int = 60 * 1024
-    updates_per_day: int = 1_000_000
-    max_delivery_bytes: int = 60 * 1024 * 1024
+    max_batch_bytes: int = LIMIT_DEFAULTS["max_batch_bytes"]
+    max_batch_rows: int = LIMIT_DEFAULTS["max_batch_rows"]
+    rows_per_day: int = LIMIT_DEFAULTS["rows_per_day"]
+    max_profile_bytes: int = LIMIT_DEFAULTS["max_profile_bytes"]
+    max_update_url_bytes: int = LIMIT_DEFAULTS["max_update_url_bytes"]
+    max_update_body_bytes: int = LIMIT_DEFAULTS["max_update_body_bytes"]
+    updates_per_day: int = LIMIT_DEFAULTS["updates_per_day"]
+    max_delivery_bytes: int = LIMIT_DEFAULTS["max_delivery_bytes"]
     #: 0 means profiles never expire.
-    profile_expiry_days: float = 0.0
-    token_ttl_seconds: int = 7_775_999
+    profile_expiry_days: float = LIMIT_DEFAULTS["profile_expiry_days"]
+    token_ttl_seconds: int = LIMIT_DEFAULTS["token_ttl_seconds"]
     #: 0 means no limit.
-    bulk_requests_per_minute: int = 0
+    bulk_requests_per_minute: int = LIMIT_DEFAULTS["bulk_requests_per_minute"]
     #: 0 means no limit.
-    ingest_rows_per_second: int = 0
-    business_hours: str = "mon-fri 09:00-18:00 UTC"
+    ingest_rows_per_second: int = LIMIT_DEFAULTS["ingest_rows_per_second"]
+    business_hours: str = LIMIT_DEFAULTS["business_hours"]
 
     def expire_before_ms(self, now_ms: int) -> int:
         """Profiles last active before this moment have expired (0 when expiry is off)."""

@@ -10,7 +10,7 @@ kind has no row in it: a profile made by a thirdPartyId batch and never linked
 to a visitor has no tntId, an anonymous visitor has no thirdPartyId. Such a
 batch export never drops them silently: ``plan_batch`` counts them, the server
 sends the count in the ``X-Profilebase-Unkeyed-Profiles`` reply header, and
-``profilebase export`` prints ``unkeyed_warning``.
+``profilebase export`` prints a warning with the count.
 """
 
 from __future__ import annotations
@@ -139,20 +139,3 @@ def export_chunks(
         return
     for page in pages:
         yield jsonl_lines(page)
-
-
-def unkeyed_warning(count: int, key_kind: KeyKind) -> str:
-    """What to tell a person whose batch export left ``count`` profiles out."""
-    if key_kind is KeyKind.PC_ID:
-        why = (
-            "have no tntId (pcId): thirdPartyId batches created them and no page call "
-            "linked a visitor to them"
-        )
-        other = "--key thirdPartyId"
-    else:
-        why = "have no thirdPartyId: they are anonymous visitors' profiles"
-        other = "--key pcId"
-    return (
-        f"{count:,} profile(s) {why}, so this batch file has no row for them. Export with "
-        f"{other} for those, or with --format jsonl for every profile with all its ids."
-    )

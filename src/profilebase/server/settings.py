@@ -1,9 +1,11 @@
 """Settings, declared once.
 
-Every setting has a name, a type, a default and a help text in ``SETTINGS``.
-It is read from the environment as ``PROFILEBASE_<NAME>`` (upper case) and the
-CLI exposes the serving ones as flags. Values are parsed strictly: a bad value
-is an error that names the variable, never a silent default.
+Every setting is one ``Setting`` in ``SETTINGS``: name, type (of its default), default,
+help, bound or choices, whether a client may override it as a limit, and which commands
+take it as a flag. ``Settings``, its validation, the per-client ``Limits``, the CLI flags
+and the docs table (checked by tests/test_docs.py) all derive from it. A setting is read
+from the environment as ``PROFILEBASE_<NAME>`` (upper case); values are parsed strictly: a
+bad value is an error that names the variable, never a silent default.
 """
 
 from __future__ import annotations
@@ -17,162 +19,247 @@ from typing import Any
 
 from profilebase import business_hours
 from profilebase.errors import ConfigError
-from profilebase.models import Limits
+from profilebase.models import LIMIT_SETTINGS, Bound, Limits, Setting
 
 ENV_PREFIX = "PROFILEBASE_"
 DEFAULT_DATABASE = "sqlite:///./profilebase-data/profilebase.db"
 MB = 1024 * 1024
+LIMIT = {s.name: s for s in LIMIT_SETTINGS}
+
+#: Every setting, in the order the docs list them; the per-client limits are declared in
+#: ``models.LIMIT_SETTINGS`` (the client uses ``Limits`` too) and take their places here.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "127.0.0.1", "Address the HTTP server listens on.", flags=("serve",)),
+    Setting("port", 8080, "Port the HTTP server listens on.", flags=("serve",)),
+    Setting(
+        "database",
+        DEFAULT_DATABASE,
+        "Database URL: sqlite:///relative.db, sqlite:////absolute.db or postgresql://...",
+        flags=("serve", "worker"),
+    ),
+    Setting(
+        "database_timeout",
+        5.0,
+        "Seconds a request waits for the database (a pooled connection, SQLite's write lock) "
+        "before it is answered 503 with Retry-After.",
+        Bound.POSITIVE,
+    ),
+    Setting(
+        "client_timeout",
+        30.0,
+        "Seconds a connection may go without sending a byte while its request is incomplete; "
+        "then it is closed (slow or abandoned uploads).",
+        Bound.POSITIVE,
+    ),
+    Setting(
+        "max_connections",
+        1000,
+        "Most HTTP connections served at once; one more is answered 503 and closed.",
+        Bound.POSITIVE,
+    ),
+    Setting(
+        "forwarded_allow_ips",
+        "",
+        "Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed: comma-separated "
+        "addresses or networks, `*` for any; empty trusts none.",
+    ),
+    Setting(
+        "workers",
+        2,
+        "Batch worker threads inside `serve` (0: API only).",
+        Bound.ZERO_OR_MORE,
+        flags=("serve",),
+    ),
+    Setting(
+        "demo",
+        True,
+        "Create the `demo` client (authorization off) if missing.",
+        flags=("serve",),
+    ),
+    Setting(
+        "default_client",
+        "demo",
+        "Client of a request that names none (no client=, Host label or imsOrgId of a client); "
+        "empty: such a request is refused.",
+    ),
+    Setting(
+        "secret_file",
+        "",
+        "File of the server secret that tokens derive from, created on first start; empty: "
+        "profilebase.secret beside the SQLite database (./profilebase-data/ for PostgreSQL).",
+    ),
+    Setting(
+        "secret",
+        "",
+        "The server secret itself (32 or more characters), used instead of secret_file; every "
+        "process of one database needs the same one.",
+        secret=True,
+    ),
+    *(LIMIT[name] for name in ("max_batch_bytes", "max_batch_rows", "rows_per_day")),
+    *(LIMIT[name] for name in ("max_profile_bytes", "max_update_url_bytes")),
+    *(LIMIT[name] for name in ("max_update_body_bytes", "updates_per_day")),
+    *(LIMIT[name] for name in ("max_delivery_bytes", "profile_expiry_days")),
+    *(LIMIT[name] for name in ("bulk_requests_per_minute", "ingest_rows_per_second")),
+    *(LIMIT[name] for name in ("business_hours", "token_ttl_seconds")),
+    Setting(
+        "legacy_token_ttl_seconds",
+        21_599,
+        "Lifetime of a token from the legacy /admin/rest/v1 endpoint (Target: 21599).",
+        Bound.POSITIVE,
+    ),
+    Setting(
+        "token_grace_seconds",
+        0,
+        "How long the previous token stays valid once a new one is created (0: revoked at once).",
+        Bound.ZERO_OR_MORE,
+    ),
+    Setting(
+        "auth_failures_per_minute",
+        20,
+        "Failed authentications one address may make per minute before it gets 429 (0: off).",
+        Bound.ZERO_OR_MORE,
+    ),
+    Setting(
+        "unit_rows",
+        25_000,
+        "Lines per work unit: a batch is cut into units that workers apply in parallel.",
+        Bound.POSITIVE,
+    ),
+    Setting(
+        "lease_seconds",
+        30.0,
+        "How long a worker owns a claimed unit before another worker may take it over.",
+        Bound.POSITIVE,
+    ),
+    Setting(
+        "stuck_after_seconds",
+        900.0,
+        "A batch with no progress for this long reports status `stuck` (and is retried).",
+        Bound.POSITIVE,
+    ),
+    Setting(
+        "status_retention_days",
+        30.0,
+        "Batch statuses (and failed-row reasons) are kept at least this many days.",
+        Bound.POSITIVE,
+    ),
+    Setting(
+        "sqlite_synchronous",
+        "NORMAL",
+        "SQLite `synchronous` pragma: NORMAL survives a process crash; FULL also a power loss.",
+        choices=("OFF", "NORMAL", "FULL", "EXTRA"),
+        any_case=True,
+    ),
+    Setting(
+        "poll_interval",
+        0.2,
+        "Seconds an idle worker waits before looking for new work again.",
+    ),
+    Setting(
+        "concurrency",
+        1,
+        "Worker processes `profilebase worker` runs (one per core is a good start).",
+        Bound.POSITIVE,
+        flags=("worker",),
+    ),
+    Setting(
+        "postgres_pool_size",
+        10,
+        "Most connections one process opens to PostgreSQL (unused with SQLite).",
+        Bound.POSITIVE,
+    ),
+    Setting(
+        "log_format",
+        "text",
+        "Log lines as `text` for people or `json` for machines.",
+        choices=("text", "json"),
+        flags=("serve", "worker"),
+    ),
+    Setting(
+        "metrics_port",
+        0,
+        "Port on which `profilebase worker` serves its /metrics, on `host` (0: none).",
+        flags=("worker",),
+    ),
+    Setting(
+        "metrics_token",
+        "",
+        "If set, /metrics requires `Authorization: Bearer <metrics_token>`.",
+        secret=True,
+    ),
+    Setting(
+        "admin_password",
+        "",
+        "Password of the dashboard's admin login, which sees every client.",
+        secret=True,
+    ),
+    Setting(
+        "session_secret",
+        "",
+        "Key that signs dashboard logins (empty: a random one per process, so logins end when "
+        "it restarts).",
+        secret=True,
+    ),
+)
+
+DECLARED = {s.name: s for s in SETTINGS}
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _default(name: str) -> Any:
+    """The dataclass field of a declared setting: its default, its help, hidden if secret."""
+    declared = DECLARED[name]
+    return field(
+        default=declared.default, repr=not declared.secret, metadata={"help": declared.help}
+    )
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Server-wide settings. Per-client limits default to the ``max_*``/``*_per_day`` values."""
+    """Server-wide settings, one attribute per declaration in ``SETTINGS`` (a test keeps the
+    two in step; the attributes give the type checker the types). Per-client limits default
+    to the same-named values."""
 
-    host: str = _setting("127.0.0.1", "Address the HTTP server listens on.")
-    port: int = _setting(8080, "Port the HTTP server listens on.")
-    database: str = _setting(
-        DEFAULT_DATABASE,
-        "Database URL: sqlite:///relative.db, sqlite:////absolute.db or postgresql://...",
-    )
-    database_timeout: float = _setting(
-        5.0,
-        "Seconds a request waits for the database (a pooled connection, SQLite's write lock) "
-        "before it is answered 503 with Retry-After.",
-    )
-    client_timeout: float = _setting(
-        30.0,
-        "Seconds a connection may go without sending a byte while its request is incomplete; "
-        "then it is closed (slow or abandoned uploads).",
-    )
-    max_connections: int = _setting(
-        1000, "Most HTTP connections served at once; one more is answered 503 and closed."
-    )
-    forwarded_allow_ips: str = _setting(
-        "",
-        "Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed: comma-separated "
-        "addresses or networks, `*` for any; empty trusts none.",
-    )
-    workers: int = _setting(2, "Batch worker threads inside `serve` (0: API only).")
-    demo: bool = _setting(True, "Create the `demo` client (authorization off) if missing.")
-    default_client: str = _setting(
-        "demo",
-        "Client of a request that names none (no client=, Host label or imsOrgId of a client); "
-        "empty: such a request is refused.",
-    )
-    secret_file: str = _setting(
-        "",
-        "File of the server secret that tokens derive from, created on first start; empty: "
-        "profilebase.secret beside the SQLite database (./profilebase-data/ for PostgreSQL).",
-    )
-    secret: str = field(
-        default="",
-        repr=False,
-        metadata={
-            "help": "The server secret itself (32 or more characters), used instead of "
-            "secret_file; every process of one database needs the same one."
-        },
-    )
-    max_batch_bytes: int = _setting(
-        50 * MB, "A batch body must be smaller than this many bytes (Target: < 50 MB)."
-    )
-    max_batch_rows: int = _setting(500_000, "Most data rows in one batch (Target: 500,000).")
-    rows_per_day: int = _setting(
-        1_000_000, "Most batch rows a client may submit in any rolling 24 hours."
-    )
-    max_profile_bytes: int = _setting(
-        2000 * 1024, "Largest stored size of one profile; a row that would exceed it fails."
-    )
-    max_update_url_bytes: int = _setting(
-        8 * 1024, "Longest request line of a GET single profile update (Target: 8 KB)."
-    )
-    max_update_body_bytes: int = _setting(
-        60 * 1024,
-        "Largest body (plus query string) of a POST single profile update (Target: 60 KB).",
-    )
-    updates_per_day: int = _setting(
-        1_000_000, "Most single profile updates a client may make in any rolling 24 hours."
-    )
-    max_delivery_bytes: int = _setting(
-        60 * MB, "Largest body of a Delivery API call (Target: 60 MB)."
-    )
-    profile_expiry_days: float = _setting(
-        0.0,
-        "A profile with no activity for this many days expires and is deleted (Target: 14); "
-        "0 keeps profiles for ever.",
-    )
-    bulk_requests_per_minute: int = _setting(
-        0, "Most batches a client may submit in any 60 seconds (0: no limit; Target: 50)."
-    )
-    ingest_rows_per_second: int = _setting(
-        0, "Rows per second the workers apply for one client during business_hours (0: no limit)."
-    )
-    business_hours: str = _setting(
-        "mon-fri 09:00-18:00 UTC",
-        "When ingest_rows_per_second applies: `always` or `[days] HH:MM-HH:MM [time zone]`.",
-    )
-    token_ttl_seconds: int = _setting(
-        7_775_999, "Lifetime of a token from the token endpoint (Target: 7775999, about 90 days)."
-    )
-    legacy_token_ttl_seconds: int = _setting(
-        21_599, "Lifetime of a token from the legacy /admin/rest/v1 endpoint (Target: 21599)."
-    )
-    token_grace_seconds: int = _setting(
-        0, "How long the previous token stays valid once a new one is created (0: revoked at once)."
-    )
-    auth_failures_per_minute: int = _setting(
-        20, "Failed authentications one address may make per minute before it gets 429 (0: off)."
-    )
-    unit_rows: int = _setting(
-        25_000, "Lines per work unit: a batch is cut into units that workers apply in parallel."
-    )
-    lease_seconds: float = _setting(
-        30.0, "How long a worker owns a claimed unit before another worker may take it over."
-    )
-    stuck_after_seconds: float = _setting(
-        900.0, "A batch with no progress for this long reports status `stuck` (and is retried)."
-    )
-    status_retention_days: float = _setting(
-        30.0, "Batch statuses (and failed-row reasons) are kept at least this many days."
-    )
-    sqlite_synchronous: str = _setting(
-        "NORMAL",
-        "SQLite `synchronous` pragma: NORMAL survives a process crash; FULL also a power loss.",
-    )
-    poll_interval: float = _setting(
-        0.2, "Seconds an idle worker waits before looking for new work again."
-    )
-    concurrency: int = _setting(
-        1, "Worker processes `profilebase worker` runs (one per core is a good start)."
-    )
-    postgres_pool_size: int = _setting(
-        10, "Most connections one process opens to PostgreSQL (unused with SQLite)."
-    )
-    log_format: str = _setting("text", "Log lines as `text` for people or `json` for machines.")
-    metrics_port: int = _setting(
-        0, "Port on which `profilebase worker` serves its /metrics, on `host` (0: none)."
-    )
-    metrics_token: str = field(
-        default="",
-        repr=False,
-        metadata={"help": "If set, /metrics requires `Authorization: Bearer <metrics_token>`."},
-    )
-    admin_password: str = field(
-        default="",
-        repr=False,
-        metadata={"help": "Password of the dashboard's admin login, which sees every client."},
-    )
-    session_secret: str = field(
-        default="",
-        repr=False,
-        metadata={
-            "help": "Key that signs dashboard logins (empty: a random one per process, "
-            "so logins end when it restarts)."
-        },
-    )
+    host: str = _default("host")
+    port: int = _default("port")
+    database: str = _default("database")
+    database_timeout: float = _default("database_timeout")
+    client_timeout: float = _default("client_timeout")
+    max_connections: int = _default("max_connections")
+    forwarded_allow_ips: str = _default("forwarded_allow_ips")
+    workers: int = _default("workers")
+    demo: bool = _default("demo")
+    default_client: str = _default("default_client")
+    secret_file: str = _default("secret_file")
+    secret: str = _default("secret")
+    max_batch_bytes: int = _default("max_batch_bytes")
+    max_batch_rows: int = _default("max_batch_rows")
+    rows_per_day: int = _default("rows_per_day")
+    max_profile_bytes: int = _default("max_profile_bytes")
+    max_update_url_bytes: int = _default("max_update_url_bytes")
+    max_update_body_bytes: int = _default("max_update_body_bytes")
+    updates_per_day: int = _default("updates_per_day")
+    max_delivery_bytes: int = _default("max_delivery_bytes")
+    profile_expiry_days: float = _default("profile_expiry_days")
+    bulk_requests_per_minute: int = _default("bulk_requests_per_minute")
+    ingest_rows_per_second: int = _default("ingest_rows_per_second")
+    business_hours: str = _default("business_hours")
+    token_ttl_seconds: int = _default("token_ttl_seconds")
+    legacy_token_ttl_seconds: int = _default("legacy_token_ttl_seconds")
+    token_grace_seconds: int = _default("token_grace_seconds")
+    auth_failures_per_minute: int = _default("auth_failures_per_minute")
+    unit_rows: int = _default("unit_rows")
+    lease_seconds: float = _default("lease_seconds")
+    stuck_after_seconds: float = _default("stuck_after_seconds")
+    status_retention_days: float = _default("status_retention_days")
+    sqlite_synchronous: str = _default("sqlite_synchronous")
+    poll_interval: float = _default("poll_interval")
+    concurrency: int = _default("concurrency")
+    postgres_pool_size: int = _default("postgres_pool_size")
+    log_format: str = _default("log_format")
+    metrics_port: int = _default("metrics_port")
+    metrics_token: str = _default("metrics_token")
+    admin_password: str = _default("admin_password")
+    session_secret: str = _default("session_secret")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -183,10 +270,10 @@ class Settings:
         """
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
+        for declared in SETTINGS:
+            raw = environ.get(env_name(declared))
             if raw is not None:
-                values[f.name] = parse_value(f, raw, ENV_PREFIX + f.name.upper())
+                values[declared.name] = parse_value(declared, raw, env_name(declared))
         for name, value in overrides.items():
             if value is not None:
                 values[name] = value
@@ -195,65 +282,27 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        """Reject values that cannot work, with a message that says which setting."""
-        positive = [
-            "max_batch_bytes",
-            "max_batch_rows",
-            "rows_per_day",
-            "max_profile_bytes",
-            "max_update_url_bytes",
-            "max_update_body_bytes",
-            "updates_per_day",
-            "max_delivery_bytes",
-            "token_ttl_seconds",
-            "legacy_token_ttl_seconds",
-            "unit_rows",
-            "lease_seconds",
-            "stuck_after_seconds",
-            "status_retention_days",
-            "concurrency",
-            "postgres_pool_size",
-            "database_timeout",
-            "client_timeout",
-            "max_connections",
-        ]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"Setting {name} must be positive, got {getattr(self, name)}.")
+        """Reject values that cannot work, with a message that says which setting: first the
+        declared bounds and choices, then the rules a declaration cannot state."""
+        for declared in SETTINGS:
+            declared.check(getattr(self, declared.name))
         if self.status_retention_days < 1:
             raise ConfigError(
                 "Setting status_retention_days must be at least 1: the daily row quota "
                 f"counts the batches of the last 24 hours, got {self.status_retention_days}."
             )
-        if self.profile_expiry_days < 0:
-            raise ConfigError(
-                "Setting profile_expiry_days must be 0 (off) or more, "
-                f"got {self.profile_expiry_days}."
-            )
-        zero_or_more = [
-            "workers",
-            "bulk_requests_per_minute",
-            "ingest_rows_per_second",
-            "token_grace_seconds",
-            "auth_failures_per_minute",
-        ]
-        for name in zero_or_more:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"Setting {name} must be 0 or more, got {getattr(self, name)}.")
         business_hours.parse(self.business_hours)
         trusted_proxies(self.forwarded_allow_ips)
-        if self.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
-            raise ConfigError(
-                "Setting sqlite_synchronous must be one of OFF, NORMAL, FULL, EXTRA, "
-                f"got {self.sqlite_synchronous!r}."
-            )
         validate_observability(self)
+
+
+def env_name(declared: Setting) -> str:
+    """The environment variable a setting is read from."""
+    return ENV_PREFIX + declared.name.upper()
 
 
 def validate_observability(settings: Settings) -> None:
     """Check the settings of logs, metrics and the dashboard."""
-    if settings.log_format not in ("text", "json"):
-        raise ConfigError(f"Setting log_format must be text or json, got {settings.log_format!r}.")
     if not 0 <= settings.metrics_port <= 65535:
         raise ConfigError(f"Setting metrics_port must be 0 to 65535, got {settings.metrics_port}.")
     for name, least in [("admin_password", 12), ("session_secret", 32), ("metrics_token", 16)]:
@@ -281,13 +330,9 @@ def trusted_proxies(text: str) -> list[str]:
     return entries
 
 
-def parse_value(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
-    """Parse one raw string for field ``f``; ``source`` names where it came from."""
-    kind = (
-        f.type
-        if isinstance(f.type, type)
-        else {"int": int, "float": float, "bool": bool}.get(str(f.type), str)
-    )
+def parse_value(declared: Setting, raw: str, source: str) -> Any:
+    """Parse one raw string for a declared setting; ``source`` names where it came from."""
+    kind = declared.kind
     text = raw.strip()
     try:
         if kind is bool:
@@ -308,13 +353,8 @@ def parse_value(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
     return raw
 
 
-def setting_fields() -> list[dataclasses.Field[Any]]:
-    """All settings, in declaration order (used by the CLI and the docs test)."""
-    return list(dataclasses.fields(Settings))
-
-
 #: The settings a client may override for itself (``clients set CODE --limit NAME=VALUE``).
-LIMIT_NAMES = tuple(f.name for f in dataclasses.fields(Limits))
+LIMIT_NAMES = tuple(s.name for s in SETTINGS if s.limit)
 
 
 def parse_limit(name: str, raw: str) -> int | float | str | None:
@@ -326,8 +366,7 @@ def parse_limit(name: str, raw: str) -> int | float | str | None:
         raise ConfigError(f"Unknown limit {name!r}; the limits are: {', '.join(LIMIT_NAMES)}.")
     if not raw.strip():
         return None
-    field_ = next(f for f in dataclasses.fields(Settings) if f.name == name)
-    value = parse_value(field_, raw, f"limit {name}")
+    value = parse_value(DECLARED[name], raw, f"limit {name}")
     dataclasses.replace(Settings(), **{name: value}).validate()
     return value
 
@@ -335,7 +374,7 @@ def parse_limit(name: str, raw: str) -> int | float | str | None:
 def client_limits(settings: Settings, overrides: Mapping[str, int | float | str]) -> Limits:
     """The limits in force for a client: server-wide defaults, then the client's overrides."""
     values = {}
-    for f in dataclasses.fields(Limits):
-        default = getattr(settings, f.name)
-        values[f.name] = type(default)(overrides.get(f.name, default))
+    for name in LIMIT_NAMES:
+        default = getattr(settings, name)
+        values[name] = type(default)(overrides.get(name, default))
     return Limits(**values)
