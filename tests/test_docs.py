@@ -92,9 +92,8 @@ def test_server_flags_come_from_the_declarations(command: str):
 # -- docs/bad-input.md: every test it names exists ----------------------------------------------
 
 BAD_INPUT = DOCS / "bad-input.md"
-#: A test named in backticks, `tests/test_x.py` or `tests/test_x.py::[Class::]test_name`,
-#: optionally followed by " (pending merge)": a test another branch is adding.
-TEST_REFERENCE = re.compile(r"`(tests/\w+\.py)((?:::\w+)*)`( \(pending merge\))?")
+#: A test named in backticks, `tests/test_x.py` or `tests/test_x.py::[Class::]test_name`.
+TEST_REFERENCE = re.compile(r"`(tests/\w+\.py)((?:::\w+)*)`")
 
 
 def bad_input_rows() -> list[str]:
@@ -107,10 +106,9 @@ def bad_input_rows() -> list[str]:
     ]
 
 
-def bad_input_references() -> list[tuple[str, str, bool]]:
-    """(file, ::names, pending) of every test named in docs/bad-input.md."""
-    found = {m.groups() for m in TEST_REFERENCE.finditer(BAD_INPUT.read_text())}
-    return sorted((path, names, bool(pending)) for path, names, pending in found)
+def bad_input_references() -> list[tuple[str, str]]:
+    """(file, ::names) of every test named in docs/bad-input.md."""
+    return sorted({m.groups() for m in TEST_REFERENCE.finditer(BAD_INPUT.read_text())})
 
 
 def defines(path: Path, names: list[str]) -> bool:
@@ -138,14 +136,12 @@ def test_every_bad_input_row_names_a_test():
 
 
 @pytest.mark.parametrize(
-    ("path", "names", "pending"),
+    ("path", "names"),
     bad_input_references(),
-    ids=[path + names for path, names, _ in bad_input_references()],
+    ids=[path + names for path, names in bad_input_references()],
 )
-def test_every_test_named_in_bad_input_exists(path: str, names: str, pending: bool):
-    """Each test the table names exists; one marked (pending merge) may not exist yet."""
+def test_every_test_named_in_bad_input_exists(path: str, names: str):
+    """Each test the table names exists."""
     module = DOCS.parent / path
     exists = module.is_file() and defines(module, names.split("::")[1:])
-    if not exists and pending:
-        pytest.skip(f"{path}{names} is pending merge")
     assert exists, f"docs/bad-input.md names {path}{names}, which does not exist"
