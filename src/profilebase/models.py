@@ -136,9 +136,9 @@ class Setting:
         if self.choices and isinstance(value, str):
             given = value.upper() if self.any_case else value
             if given not in self.choices:
-                raise ConfigError(
-                    f"Setting {self.name} must be one of {', '.join(self.choices)}, got {value!r}."
-                )
+                two = len(self.choices) == 2
+                allowed = " or ".join(self.choices) if two else "one of " + ", ".join(self.choices)
+                raise ConfigError(f"Setting {self.name} must be {allowed}, got {value!r}.")
 
 
 MB = 1024 * 1024
