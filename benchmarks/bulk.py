@@ -42,9 +42,14 @@ def peak_rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
-def start_server(database: str, workers: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    database: str, workers: int, log: Path, **settings: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`profilebase serve` on a free port, once it answers /healthz; ``settings`` are more
+    PROFILEBASE_* variables (by setting name)."""
     port = free_port()
     env = {**os.environ, "PROFILEBASE_DATABASE": database, "PROFILEBASE_WORKERS": str(workers)}
+    env.update({"PROFILEBASE_" + name.upper(): value for name, value in settings.items()})
     with log.open("wb") as out:
         process = subprocess.Popen(
             [

@@ -21,14 +21,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from bulk import HERE, free_port, generate_batch, peak_rss_mb
+from bulk import HERE, generate_batch, peak_rss_mb, start_server
 
 #: Lua for wrk: each request names a random profile of the loaded batch (ids crm-000000000…).
 ROUTES = {
@@ -104,29 +103,6 @@ def run_wrk(url: str, script: str, profiles: int, seconds: int, connections: int
     )
 
 
-def start_server(
-    database: str, processes: int | None, log: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "PROFILEBASE_DATABASE": database}
-    command = [sys.executable, "-m", "profilebase", "serve", "--port", str(port)]
-    command += ["--log-level", "warning"]
-    if processes:
-        env["PROFILEBASE_PROCESSES"] = str(processes)
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit(f"server did not start; see {log}")
-
-
 def post_batch(http: httpx.Client, batch: Path) -> str:
     with batch.open("rb") as body:
         response = http.post("/m2/demo/v2/profile/batchUpdate", content=body)
@@ -160,7 +136,8 @@ def main() -> None:
         raise SystemExit("wrk is needed: apt-get install wrk (Debian's package)")
     workdir = Path(tempfile.mkdtemp(prefix="profilebase-online-"))
     database = args.database or f"sqlite:///{workdir}/bench.db"
-    process, url = start_server(database, args.processes, workdir / "server.log")
+    extra = {"processes": str(args.processes)} if args.processes else {}
+    process, url = start_server(database, 2, workdir / "server.log", **extra)
     rows: list[tuple[str, WrkResult]] = []
     try:
         with httpx.Client(base_url=url, timeout=600) as http:
