@@ -574,7 +574,7 @@ CANCEL = operation(
     [CLIENT, BATCH_ID],
     {
         "200": reply("The status after the cancel.", JSON, ref("BatchStatus")),
-        **error_replies(JSON, 400, *REFUSALS, 409),
+        **error_replies(JSON, 400, *REFUSALS, 409, 413),
     },
     security=TOKEN_IF_REQUIRED,
     requestBody={
