@@ -1,8 +1,8 @@
 """Soak: mixed load on each backend while servers and workers are SIGKILLed and restarted.
 
-For about 80 seconds per backend, threads send batches (v1 and v2, keyed by pcId and by
+For about 50 seconds per backend, threads send batches (v1 and v2, keyed by pcId and by
 thirdPartyId, each with a header of its own, some with rows that must fail), single
-updates, page calls, fetches and status polls over loopback HTTP. Every 30 seconds a
+updates, page calls, fetches and status polls over loopback HTTP. Twice a
 process is killed with SIGKILL and started again: on SQLite the one ``profilebase serve``
 with its worker threads; on PostgreSQL ``profilebase worker`` processes (while they hold a
 lease) and one of two API-only servers (``serve --workers 0``).
@@ -45,8 +45,8 @@ from profilebase import batchfile
 pytestmark = pytest.mark.slow
 
 #: Seconds of load, and the moments (seconds into the load) at which processes are killed.
-LOAD_SECONDS = 80.0
-KILLS_AT = (25.0, 55.0)
+LOAD_SECONDS = 50.0
+KILLS_AT = (15.0, 33.0)
 #: A process's "starting level" of memory and descriptors is measured this long after it
 #: starts, under load, so that caches and pools filled by ordinary use count as the start.
 WARM_UP = 6.0
