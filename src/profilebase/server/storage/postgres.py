@@ -41,21 +41,25 @@ from profilebase.errors import (
     StorageFull,
 )
 from profilebase.models import Client, Counts, FailedRow, KeyKind, Limits, Profile
-from profilebase.server.storage import migrations, redact
-from profilebase.server.storage import postgres_profiles as profiles
-from profilebase.server.storage.base import DecodedRow, NewBatch, UnitClaim, UpdateOutcome, Visit
-from profilebase.server.storage.batch_control import BatchControl
-from profilebase.server.storage.clients import ClientQueries
-from profilebase.server.storage.merge import (
-    V1_WAITS_FOR_EARLIER_BATCHES,
+from profilebase.server.merge import (
     ProfileState,
     byte_size,
     group_tombstones,
     merge_attrs,
 )
+from profilebase.server.storage import migrations, redact
+from profilebase.server.storage import postgres_profiles as profiles
+from profilebase.server.storage.base import DecodedRow, NewBatch, UnitClaim, UpdateOutcome, Visit
+from profilebase.server.storage.batch_control import BatchControl
+from profilebase.server.storage.clients import ClientQueries
 from profilebase.server.storage.postgres_imports import PostgresImports
 from profilebase.server.storage.postgres_tables import PostgresTables
-from profilebase.server.storage.queries import Connection, SnapshotExport, not_applied
+from profilebase.server.storage.queries import (
+    V1_WAITS_FOR_EARLIER_BATCHES,
+    Connection,
+    SnapshotExport,
+    not_applied,
+)
 from profilebase.server.storage.records import claim_from_row
 
 log = logging.getLogger("profilebase.server.storage")

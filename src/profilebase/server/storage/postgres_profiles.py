@@ -17,8 +17,8 @@ import psycopg
 
 from profilebase.errors import BadRequest, QuotaExceeded, RequestTooLarge
 from profilebase.models import DAY_MS, Client, KeyKind, WriteKind
+from profilebase.server.merge import byte_size, dump_attrs, merge_attrs
 from profilebase.server.quota import MINUTE_MS, retry_after_ms, seconds, update_quota_message
-from profilebase.server.storage.merge import byte_size, dump_attrs, merge_attrs
 from profilebase.server.storage.records import WriteRows
 
 Connection = psycopg.Connection[Any]

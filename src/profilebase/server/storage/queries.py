@@ -31,6 +31,7 @@ from profilebase.models import (
     now_ms,
 )
 from profilebase.server import quota
+from profilebase.server.merge import ProfileState, RowWriter, Tombstone, apply_rows
 from profilebase.server.quota import MINUTE_MS
 from profilebase.server.storage.base import (
     DecodedRow,
@@ -42,7 +43,6 @@ from profilebase.server.storage.base import (
 )
 from profilebase.server.storage.idempotency import KEY_TTL_MS, replay
 from profilebase.server.storage.links import absorb_attrs, plan_link
-from profilebase.server.storage.merge import ProfileState, RowWriter, Tombstone, apply_rows
 from profilebase.server.storage.overview import BATCH_GROUP, BATCH_SELECT, OverviewQueries
 from profilebase.server.storage.records import (
     batch_from_row,
@@ -51,6 +51,15 @@ from profilebase.server.storage.records import (
 )
 
 BATCH_STATUS = BATCH_SELECT + "WHERE b.client_id = ? AND b.batch_id = ?\n" + BATCH_GROUP
+
+#: Claim condition of the backends' claim queries (``u`` is the candidate unit, ``b`` its
+#: batch): a v1 row is "not found" unless its profile was created by an earlier write,
+#: so a v1 unit waits until every earlier batch of its client is done. v2 units never
+#: wait: their outcome does not depend on the order units are applied in.
+V1_WAITS_FOR_EARLIER_BATCHES = """(b.version >= 2 OR NOT EXISTS (
+    SELECT 1 FROM batch_units e JOIN batches eb ON eb.seq = e.batch_seq
+    WHERE eb.client_id = b.client_id AND e.batch_seq < u.batch_seq
+      AND e.state <> 'done'))"""
 
 FINISHED_BEFORE = "SELECT seq FROM batches WHERE finished_at IS NOT NULL AND accepted_at < ?"
 

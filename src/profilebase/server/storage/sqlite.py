@@ -18,19 +18,19 @@ from typing import Any
 
 from profilebase.errors import ConfigError, DatabaseUnavailable, StorageError, StorageFull
 from profilebase.models import Counts, FailedRow, KeyKind, Limits
-from profilebase.server.storage import migrations, sqlite_profiles
-from profilebase.server.storage.base import DecodedRow, NewBatch, UnitClaim
-from profilebase.server.storage.batch_control import BatchControl
-from profilebase.server.storage.clients import ClientQueries
-from profilebase.server.storage.merge import (
-    V1_WAITS_FOR_EARLIER_BATCHES,
+from profilebase.server.merge import (
     ProfileState,
     Tombstone,
     byte_size,
     group_tombstones,
     merge_attrs,
 )
+from profilebase.server.storage import migrations, sqlite_profiles
+from profilebase.server.storage.base import DecodedRow, NewBatch, UnitClaim
+from profilebase.server.storage.batch_control import BatchControl
+from profilebase.server.storage.clients import ClientQueries
 from profilebase.server.storage.queries import (
+    V1_WAITS_FOR_EARLIER_BATCHES,
     Connection,
     SharedQueries,
     SnapshotExport,

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 
 from profilebase.errors import QuotaExceeded, RequestTooLarge
 from profilebase.models import DAY_MS, Client, KeyKind, WriteKind
+from profilebase.server.merge import byte_size, dump_attrs, merge_attrs
 from profilebase.server.quota import MINUTE_MS, retry_after_ms, seconds, update_quota_message
-from profilebase.server.storage.merge import byte_size, dump_attrs, merge_attrs
 from profilebase.server.storage.records import WriteRows
 
 #: The stored attributes as JSON text, in a query over ``profiles p``.
