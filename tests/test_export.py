@@ -215,9 +215,9 @@ def test_an_export_reads_one_snapshot_page_by_page(store: Store):
 
 def test_a_page_of_large_profiles_ends_early(store: Store, monkeypatch: pytest.MonkeyPatch):
     """Pages are bounded by size as well as by count, so large profiles never pile up."""
-    from profilebase.server.storage import queries
+    from profilebase.server.storage import profiles
 
-    monkeypatch.setattr(queries, "EXPORT_PAGE_CHARS", 250)
+    monkeypatch.setattr(profiles, "EXPORT_PAGE_CHARS", 250)
     client = store.ensure_client("large")
     for n in range(4):
         store.visit(client.id, Visit(f"t{n}", None, {"v": "x" * 100}, "r"), now_ms(), 10_000)

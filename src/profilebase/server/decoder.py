@@ -49,8 +49,8 @@ import duckdb
 
 from profilebase import batchfile, ids
 from profilebase.models import SEQ_SPAN, FailedRow, KeyKind
+from profilebase.server.merge import dump_attrs
 from profilebase.server.storage.base import DecodedRow
-from profilebase.server.storage.merge import dump_attrs
 
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 #: A slice holds at most this many bytes of the unit...

@@ -22,9 +22,9 @@ from profilebase.models import Client, FailedRow, KeyKind, Limits
 from profilebase.server import quota
 from profilebase.server.decoder import Slice, UnitDecoder, raw_text
 from profilebase.server.ingest import ReadBatch
+from profilebase.server.merge import byte_size
 from profilebase.server.narrowing import decoded_parts
 from profilebase.server.storage.base import DecodedRow, Store
-from profilebase.server.storage.merge import byte_size
 
 #: How many failed rows a dry-run report lists by default (all are counted).
 DEFAULT_MAX_FAILURES = 1000

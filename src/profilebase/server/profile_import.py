@@ -35,10 +35,10 @@ from profilebase import batchfile
 from profilebase.errors import BatchTooLarge
 from profilebase.models import SEQ_SPAN, Client, Counts, FailedRow, KeyKind, Limits
 from profilebase.server.ingest import SpooledUnits
+from profilebase.server.merge import dump_attrs
 from profilebase.server.storage.base import NewBatch, Store, UnitClaim, UnitSpec
 from profilebase.server.storage.batch_control import IMPORT_VERSION
 from profilebase.server.storage.imports import ImportRow
-from profilebase.server.storage.merge import dump_attrs
 
 __all__ = ["IMPORT_VERSION", "ImportIntake", "accept", "apply_claim", "decode_line", "decode_unit"]
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from profilebase.models import Batch, Client, Counts, FailedRow, KeyKind, Limits, Profile, Token
+from profilebase.server.merge import DecodedRow
 from profilebase.server.storage.overview import OverviewReads
 
 if TYPE_CHECKING:
@@ -91,18 +92,6 @@ class UnitsSummary:
     last_error: str | None
     #: Units of batches accepted earlier (any client) that are not done yet.
     units_ahead: int
-
-
-class DecodedRow(NamedTuple):
-    """A data row ready to apply: ``attrs`` is the JSON patch ``{name: [value, seq, ms]}``.
-
-    A named tuple rather than a dataclass: the largest batch makes half a million.
-    """
-
-    line: int
-    id: str
-    seq: int
-    attrs: str
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Batches seen from an operator's chair: list a client's batches, and cancel one.
 
-``BatchControl`` is a mixin of both backends' stores; its SQL is the same on
-SQLite and PostgreSQL. Cancelling needs no help from the workers:
+``BatchControl`` is a mixin of both backends' stores, over their named queries.
+Cancelling needs no help from the workers:
 
 1. Every unit of the batch not yet done is marked done, in one statement, its
    rows counted as consumed and failed. A unit a worker holds is marked too:
@@ -26,7 +26,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from profilebase import batchfile
 from profilebase.errors import BatchFinished
@@ -112,13 +111,7 @@ class BatchControl(SharedQueries):
         completes. None if the client has no such batch; ``BatchFinished`` if it completed
         without being cancelled. Cancelling a cancelled batch again changes nothing."""
         with self._write() as db:
-            found = db.execute(
-                self._sql(
-                    "SELECT seq, version, finished_at, cancelled_at, cancelled_by FROM batches "
-                    "WHERE client_id = ? AND batch_id = ?"
-                ),
-                (client_id, batch_id),
-            ).fetchone()
+            found = db.execute(self.sql["batch_to_cancel"], (client_id, batch_id)).fetchone()
             if found is None:
                 return None
             seq, version, finished_at, cancelled_at, cancelled_by = found
@@ -133,22 +126,9 @@ class BatchControl(SharedQueries):
                 )
             rows = self._stop_units(db, int(seq), int(version), now_ms)
             # The units' locks are held now; the batch row's comes last, as in apply_unit.
-            self._lock_batch(db, int(seq))
-            db.execute(
-                self._sql(
-                    "UPDATE batches SET finished_at = coalesce(finished_at, ?), "
-                    "last_progress_at = ?, cancelled_at = ?, cancelled_by = ? WHERE seq = ?"
-                ),
-                (now_ms, now_ms, now_ms, by, seq),
-            )
+            db.execute(self.sql["lock_batch"], (int(seq),))
+            db.execute(self.sql["cancel_batch"], (now_ms, now_ms, now_ms, by, seq))
         return Cancelled(int(seq), rows, False, Cancellation(from_ms(now_ms), by))
-
-    def _unit_body(self, db: Connection, seq: int, unit_no: int, inline: Any) -> bytes:
-        """A unit's lines: kept in its row here; a backend that keeps them apart says so."""
-        return bytes(inline or b"")
-
-    def _forget_unit_body(self, db: Connection, seq: int, unit_no: int) -> None:
-        """Drop the lines of a unit that is done, where they are kept apart from its row."""
 
     def _stop_units(self, db: Connection, seq: int, version: int, now_ms: int) -> int:
         """Steps 1 and 2: mark the units not done as done and failed; record their rows.
@@ -161,26 +141,11 @@ class BatchControl(SharedQueries):
         bodies = {
             int(unit_no): (int(first_line), self._unit_body(db, seq, int(unit_no), body))
             for unit_no, first_line, body in db.execute(
-                self._sql(
-                    "SELECT unit_no, first_line, body FROM batch_units "
-                    "WHERE batch_seq = ? AND state <> 'done' ORDER BY unit_no"
-                ),
-                (seq,),
+                self.sql["units_not_done"], (seq,)
             ).fetchall()
         }
-        stopped = db.execute(
-            self._sql(
-                "UPDATE batch_units SET state = 'done', body = NULL, lease_owner = NULL, "
-                "lease_expires = NULL, last_error = NULL, consumed = row_count, "
-                "failed = row_count - successful - not_found, finished_at = ? "
-                "WHERE batch_seq = ? AND state <> 'done' RETURNING unit_no, applied_through"
-            ),
-            (now_ms, seq),
-        ).fetchall()
-        insert = self._sql(
-            "INSERT INTO batch_failures (batch_seq, line, id, reason, raw) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (batch_seq, line) DO NOTHING"
-        )
+        stopped = db.execute(self.sql["stop_units"], (now_ms, seq)).fetchall()
+        insert = self.sql["record_cancelled_row"]
         cancelled = 0
         chunk: list[tuple[int, int, str, str, str]] = []
         for unit_no, through in sorted(stopped):
@@ -200,9 +165,7 @@ class BatchControl(SharedQueries):
 
     def batch_cancellation(self, batch_seq: int) -> Cancellation | None:
         """Who cancelled the batch and when, or None if nobody did."""
-        row = self._one(
-            "SELECT cancelled_at, cancelled_by FROM batches WHERE seq = ?", (batch_seq,)
-        )
+        row = self._one(self.sql["batch_cancellation"], (batch_seq,))
         if row is None or row[0] is None:
             return None
         return Cancellation(from_ms(row[0]), str(row[1] or ""))
@@ -212,11 +175,7 @@ class BatchControl(SharedQueries):
     ) -> list[BatchListing]:
         """The client's batches, newest first: all whose status is kept, or only those not
         finished yet (queued, running, paced or stuck)."""
-        ids = self._all(
-            "SELECT batch_id FROM batches WHERE client_id = ? "
-            "AND (? = 0 OR finished_at IS NULL) ORDER BY seq DESC LIMIT ?",
-            (client_id, int(unfinished), limit),
-        )
+        ids = self._all(self.sql["client_batch_ids"], (client_id, int(unfinished), limit))
         listed = []
         for (batch_id,) in ids:
             batch = self.get_batch(client_id, batch_id)

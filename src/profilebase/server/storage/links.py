@@ -33,7 +33,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from profilebase.models import KeyKind
-from profilebase.server.storage.merge import dump_attrs
+from profilebase.server.merge import dump_attrs
 
 #: Key prefix of an Experience Cloud ID (marketingCloudVisitorId) alias.
 ECID_PREFIX = "m:"

@@ -1,6 +1,7 @@
 """Schema migrations: numbered SQL files per backend, applied in order, recorded in a table.
 
-Files live in ``storage/sql/<backend>/NNNN_name.sql``. A migration runs in one
+Files live in ``storage/sql/<backend>/NNNN_name.sql``, beside the backend's named
+queries (``queries.sql``, ``statements.py``). A migration runs in one
 transaction together with its row in ``schema_migrations``, so a crash leaves
 either both or neither.
 """
@@ -29,7 +30,7 @@ def load(backend: str) -> list[Migration]:
     folder = resources.files("profilebase.server.storage").joinpath("sql", backend)
     found = []
     for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
+        if entry.name.endswith(".sql") and entry.name[:4].isdigit():  # not queries.sql
             number, _, rest = entry.name.partition("_")
             found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text()))
     found.sort(key=lambda m: m.version)

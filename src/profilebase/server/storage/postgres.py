@@ -23,8 +23,7 @@ database, and the database is the only thing they coordinate through:
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring as json_string
 from typing import Any, cast
@@ -40,87 +39,24 @@ from profilebase.errors import (
     StorageError,
     StorageFull,
 )
-from profilebase.models import Client, Counts, FailedRow, KeyKind, Limits, Profile
-from profilebase.server.storage import migrations, redact
+from profilebase.models import FailedRow
+from profilebase.server.merge import DecodedRow, RowWriter, byte_size, merge_attrs
 from profilebase.server.storage import postgres_profiles as profiles
-from profilebase.server.storage.base import DecodedRow, NewBatch, UnitClaim, UpdateOutcome, Visit
+from profilebase.server.storage import redact, statements
+from profilebase.server.storage.base import UnitSpec
 from profilebase.server.storage.batch_control import BatchControl
 from profilebase.server.storage.clients import ClientQueries
-from profilebase.server.storage.merge import (
-    V1_WAITS_FOR_EARLIER_BATCHES,
-    ProfileState,
-    byte_size,
-    group_tombstones,
-    merge_attrs,
-)
 from profilebase.server.storage.postgres_imports import PostgresImports
 from profilebase.server.storage.postgres_tables import PostgresTables
-from profilebase.server.storage.queries import Connection, SnapshotExport, not_applied
-from profilebase.server.storage.records import claim_from_row
+from profilebase.server.storage.profiles import ProfileQueries
+from profilebase.server.storage.queries import Connection
 
-log = logging.getLogger("profilebase.server.storage")
-
-#: Key of the advisory lock that lets one process at a time migrate the schema.
-MIGRATION_LOCK = 0x7062_6D67  # "pbmg"
 #: How often applying a unit is tried again after a lost race (a deadlock cannot
 #: happen with the lock order above; a concurrent creation can, rarely).
 APPLY_ATTEMPTS = 8
 
-CLAIM = f"""
-WITH candidate AS (
-    SELECT u.batch_seq, u.unit_no
-    FROM batch_units u JOIN batches b ON b.seq = u.batch_seq
-    WHERE u.state <> 'done'
-      AND ((u.state = 'pending' AND u.not_before <= %(now)s)
-           OR (u.state = 'running' AND u.lease_expires < %(now)s))
-      AND {V1_WAITS_FOR_EARLIER_BATCHES}
-      -- A paced client's units wait for its not_before.
-      AND NOT EXISTS (SELECT 1 FROM ingest_pacing p WHERE p.client_id = b.client_id
-                      AND p.not_before > %(now)s AND p.client_id = ANY(%(paced)s))
-    ORDER BY u.batch_seq, u.unit_no
-    LIMIT 1
-    FOR UPDATE OF u SKIP LOCKED
-)
-UPDATE batch_units u
-SET state = 'running', lease_owner = %(owner)s, lease_expires = %(expires)s,
-    attempts = u.attempts + 1
-FROM candidate n, batches b JOIN clients c ON c.id = b.client_id
-WHERE u.batch_seq = n.batch_seq AND u.unit_no = n.unit_no AND b.seq = u.batch_seq
-RETURNING u.batch_seq, u.unit_no, u.first_line, u.row_count, octet_length(u.body), u.attempts,
-          b.client_id, b.version, b.key_kind, b.header, c.limits
-"""
-
-LOCK_PROFILES = """
-SELECT pkey, created_seq, max_seq, octet_length(attrs::text)
-FROM profiles WHERE client_id = %s AND pkey = ANY(%b)
-ORDER BY pkey FOR UPDATE
-"""
-
-#: A unit's changes travel as one JSON array of [pkey, attrs, min seq, max seq]: the
-#: attributes are JSON already, and PostgreSQL parses one document faster than
-#: psycopg builds arrays.
-CHANGES = "jsonb_array_elements(%s::jsonb) AS c"
-
-INSERT_PROFILES = f"""
-INSERT INTO profiles (client_id, pkey, attrs, created_seq, max_seq, modified_at)
-SELECT %s, c.value ->> 0, c.value -> 1, (c.value ->> 2)::bigint, (c.value ->> 3)::bigint, %s
-FROM {CHANGES}
-ORDER BY (c.value ->> 0) COLLATE "C"
-ON CONFLICT (client_id, pkey) DO NOTHING
-RETURNING pkey
-"""
-
-UPDATE_PROFILES = f"""
-UPDATE profiles p SET
-    attrs = CASE WHEN p.max_seq < n.min_seq THEN p.attrs || n.attrs
-                 ELSE pb_merge(p.attrs, n.attrs) END,
-    created_seq = least(p.created_seq, n.min_seq),
-    max_seq = greatest(p.max_seq, n.max_seq),
-    modified_at = greatest(p.modified_at, %s)
-FROM (SELECT c.value ->> 0 AS pkey, c.value -> 1 AS attrs, (c.value ->> 2)::bigint AS min_seq,
-             (c.value ->> 3)::bigint AS max_seq FROM {CHANGES}) AS n
-WHERE p.client_id = %s AND p.pkey = n.pkey
-"""
+#: The named queries of this backend (sql/postgres/queries.sql).
+SQL = statements.load("postgres")
 
 
 def storage_error(exc: psycopg.Error, url: str) -> StorageError | None:
@@ -170,9 +106,7 @@ def read_body(db: psycopg.Connection, batch_seq: int, unit_no: int, length: int)
     cursor = db.cursor(binary=True)
     for start in range(1, length + 1, BODY_PIECE):  # substring counts from 1
         found = cursor.execute(
-            "SELECT substring(body FROM %s FOR %s) FROM batch_units "
-            "WHERE batch_seq = %s AND unit_no = %s",
-            (start, BODY_PIECE, batch_seq, unit_no),
+            SQL["postgres_unit_body_piece"], (start, BODY_PIECE, batch_seq, unit_no)
         ).fetchone()
         if found is None:
             raise StorageError(f"The lines of unit {batch_seq}/{unit_no} are missing.")
@@ -200,18 +134,13 @@ class _Writer:
 
     def tombstone_created(self, key: str, deleted_seq: int, created_seq: int) -> None:
         self.db.execute(
-            "UPDATE tombstones SET created_seq = %s "
-            "WHERE client_id = %s AND pkey = %s AND deleted_seq = %s",
-            (created_seq, self.client_id, key, deleted_seq),
+            SQL["set_tombstone_created"], (created_seq, self.client_id, key, deleted_seq)
         )
 
     def merged_size(self, key: str, row: DecodedRow) -> int:
         attrs = "{}"
         if key in self.stored:  # locked in step 1, so this is exact
-            found = self.db.execute(
-                "SELECT attrs::text FROM profiles WHERE client_id = %s AND pkey = %s",
-                (self.client_id, key),
-            ).fetchone()
+            found = self.db.execute(SQL["profile_attrs"], (self.client_id, key)).fetchone()
             attrs = found[0] if found else attrs
         for earlier in self.pending.get(key, ()):
             attrs = merge_attrs(attrs, earlier.attrs)
@@ -233,22 +162,26 @@ class _Writer:
             (old if key in self.stored else new).append(change)
         if new:
             inserted = self.db.execute(
-                INSERT_PROFILES, (self.client_id, self.now_ms, "[" + ",".join(new) + "]")
+                SQL["postgres_insert_profiles"],
+                (self.client_id, self.now_ms, "[" + ",".join(new) + "]"),
             ).fetchall()
             if len(inserted) != len(new):
                 raise _Retry()
         if old:
             self.db.execute(
-                UPDATE_PROFILES, (self.now_ms, "[" + ",".join(old) + "]", self.client_id)
+                SQL["postgres_update_profiles"],
+                (self.now_ms, "[" + ",".join(old) + "]", self.client_id),
             )
 
 
-class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries):
+class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries, ProfileQueries):
     """A ``Store`` on a PostgreSQL database shared by any number of processes."""
 
     backend = "postgres"
-    placeholder = "%s"
-    steps = profiles
+    sql = SQL
+    stores_nul = False
+    lost_races = (_Retry, pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+    apply_attempts = APPLY_ATTEMPTS
 
     def __init__(self, url: str, pool_size: int = 10, timeout: float = 5.0) -> None:
         self.url = url
@@ -321,194 +254,75 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         with self._connection() as db, db.transaction():
             yield db
 
-    def _lock_batch(self, db: Connection, batch_seq: int) -> None:
-        db.execute("SELECT 1 FROM batches WHERE seq = %s FOR UPDATE", (batch_seq,))
-
-    def _lock_for_write(self, db: Connection, client_id: int, keys: Sequence[str]) -> None:
-        pg = cast(psycopg.Connection[Any], db)
-        profiles.lock_client(pg, client_id)
-        profiles.lock_profiles(pg, client_id, [profiles.resolve(pg, client_id, k) for k in keys])
-
     def close(self) -> None:
         self.pool.close()
 
-    # -- schema and clients ------------------------------------------------------------
+    def _export_connection(self) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self.url, autocommit=True, **self._connect_options())
+        except psycopg.OperationalError as exc:
+            raise storage_error(exc, self.url) or DatabaseUnavailable(detail=str(exc)) from exc
 
-    def pending_migrations(self) -> list[str]:
-        with self._read() as db:
-            table = db.execute("SELECT to_regclass('schema_migrations')").fetchone()
-            applied: list[int] = []
-            if table is not None and table[0] is not None:
-                applied = [v for (v,) in db.execute("SELECT version FROM schema_migrations")]
-        return [m.file_name for m in migrations.pending("postgres", applied)]
+    def _list(self, items: Sequence[object]) -> list[object]:
+        """A Python list, which psycopg binds as an array."""
+        return list(items)
 
-    def migrate(self) -> list[str]:
-        applied = []
-        for migration in migrations.load("postgres"):
-            with self._write() as db:
-                db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
-                    "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                done = db.execute(
-                    "SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,)
-                ).fetchone()
-                if done:
-                    continue
-                db.execute(migration.sql.encode())  # bytes: a script, run as written
-                db.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
-                )
-                applied.append(migration.file_name)
-        return applied
+    def _sql(self, text: str) -> str:
+        return text.replace("?", "%s")
 
-    # -- batches -----------------------------------------------------------------------
+    def _run_script(self, db: Connection, script: str) -> None:
+        db.execute(script.encode())  # bytes: a script, run as written
 
-    def accept_batch(self, batch: NewBatch, now_ms: int, limits: Limits) -> tuple[int, str]:
-        if profiles.has_nul(*batch.names):
+    # -- units ---------------------------------------------------------------------------
+
+    def _store_units(self, db: Connection, seq: int, units: Sequence[UnitSpec]) -> int:
+        stored = 0
+        with db.cursor().copy(SQL["postgres_copy_units"]) as copy:
+            copy.set_types(["int8", "int4", "int4", "int4", "bytea"])
+            for unit_no, unit in enumerate(units):
+                copy.write_row((seq, unit_no, unit.first_line, unit.row_count, unit.body))
+                stored += 1
+        return stored
+
+    def _lease_unit(
+        self, db: Connection, owner: str, now_ms: int, lease_ms: int, paced: list[int]
+    ) -> Sequence[Any] | None:
+        params = {"now": now_ms, "owner": owner, "expires": now_ms + lease_ms, "paced": paced}
+        pg = cast(psycopg.Connection[Any], db)
+        found = pg.cursor(binary=True).execute(SQL["claim_unit"], params).fetchone()
+        if found is None:
+            return None
+        body = read_body(pg, found[0], found[1], found[4] or 0)
+        return (*found[:4], body, *found[5:])
+
+    def _row_writer(
+        self, db: Connection, client_id: int, now_ms: int, stored: set[str]
+    ) -> RowWriter:
+        return _Writer(cast(psycopg.Connection[Any], db), client_id, now_ms, stored)
+
+    # -- what PostgreSQL cannot store: U+0000 ----------------------------------------------
+
+    def _can_store(self, key: str) -> bool:
+        return not profiles.has_nul(key)
+
+    def _refuse_unstorable(self, *texts: str) -> None:
+        profiles.refuse_nul(*texts)
+
+    def _refuse_header(self, names: Sequence[str]) -> None:
+        if profiles.has_nul(*names):
             raise BatchRejected(
                 f"The header cannot be stored: {profiles.NUL_REASON} (an attribute name holds %00)."
             )
-        with self._write() as db:
-            # The client's row lock orders its writes: idempotency key, quota, seq, commit.
-            db.execute("SELECT 1 FROM clients WHERE id = %s FOR UPDATE", (batch.client.id,))
-            earlier = self._replayed(db, batch)
-            if earlier is not None:
-                return earlier
-            seq, batch_id = self._take_seq(db, batch, now_ms, limits)
-            units = 0
-            with db.cursor().copy(
-                "COPY batch_units (batch_seq, unit_no, first_line, row_count, body) "
-                "FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(["int8", "int4", "int4", "int4", "bytea"])
-                for unit_no, unit in enumerate(batch.units):
-                    copy.write_row((seq, unit_no, unit.first_line, unit.row_count, unit.body))
-                    units += 1
-            self._record_batch(db, seq, batch_id, batch, units, now_ms)
-        return seq, batch_id
 
-    def claim_unit(
-        self, owner: str, now_ms: int, lease_ms: int, paced: Mapping[int, int] | None = None
-    ) -> UnitClaim | None:
-        with self._write() as db:
-            found = (
-                db.cursor(binary=True)
-                .execute(
-                    CLAIM,
-                    {
-                        "now": now_ms,
-                        "owner": owner,
-                        "expires": now_ms + lease_ms,
-                        "paced": list(paced or {}),
-                    },
-                )
-                .fetchone()
-            )
-            if found is None:
-                return None
-            db.execute(
-                "UPDATE batches SET started_at = %s WHERE seq = %s AND started_at IS NULL",
-                (now_ms, found[0]),
-            )
-            body = read_body(db, found[0], found[1], found[4] or 0)
-            claim = claim_from_row((*found[:4], body, *found[5:]), owner)
-            self._pace(db, claim, paced, now_ms)
-        return claim
-
-    def apply_unit(
-        self,
-        claim: UnitClaim,
-        rows: Sequence[DecodedRow],
-        failures: Sequence[FailedRow],
-        now_ms: int,
-        max_profile_bytes: int,
-        expire_before_ms: int = 0,
-        through_line: int | None = None,
-    ) -> Counts | None:
+    def _storable_rows(
+        self, rows: Sequence[DecodedRow], failures: Sequence[FailedRow]
+    ) -> tuple[Sequence[DecodedRow], Sequence[FailedRow]]:
         refused = [row for row in rows if profiles.row_has_nul(row.id, row.attrs)]
-        if refused:
-            rows = [row for row in rows if row not in refused]
-            failures = sorted(
-                [
-                    *failures,
-                    *(FailedRow(row.line, row.id, profiles.NUL_REASON) for row in refused),
-                ],
-                key=lambda failure: failure.line,
-            )
-        for attempt in range(1, APPLY_ATTEMPTS + 1):
-            try:
-                with self._write() as db:
-                    return self._apply(
-                        db,
-                        claim,
-                        rows,
-                        failures,
-                        now_ms,
-                        max_profile_bytes,
-                        expire_before_ms,
-                        through_line,
-                    )
-            except (_Retry, pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
-                log.info("unit %s/%s lost a race (%r); again", claim.batch_seq, claim.unit_no, exc)
-                if attempt == APPLY_ATTEMPTS:
-                    raise  # transient (transient_reason): the worker retries the unit later
-        raise AssertionError("unreachable")
-
-    def _apply(
-        self,
-        db: psycopg.Connection,
-        claim: UnitClaim,
-        rows: Sequence[DecodedRow],
-        failures: Sequence[FailedRow],
-        now_ms: int,
-        max_profile_bytes: int,
-        expire_before_ms: int,
-        through_line: int | None,
-    ) -> Counts | None:
-        ours = db.execute(
-            "SELECT applied_through FROM batch_units WHERE batch_seq = %s AND unit_no = %s "
-            "AND state = 'running' AND lease_owner = %s FOR UPDATE",
-            (claim.batch_seq, claim.unit_no, claim.owner),
-        ).fetchone()
-        if ours is None:
-            return None
-        rows, failures = not_applied(rows, failures, ours[0])
-        prefix = claim.key_kind.prefix
-        keys = sorted({prefix + row.id for row in rows})
-        aliases = profiles.aliases_of(db, claim.client_id, keys)
-        stored_keys = sorted({aliases.get(key, key) for key in keys})
-        if expire_before_ms:
-            expired = profiles.expire_keys(db, claim.client_id, stored_keys, expire_before_ms)
-            aliases = {k: v for k, v in aliases.items() if v not in expired}
-        existing = {
-            pkey: ProfileState(created, latest, size)
-            for pkey, created, latest, size in db.execute(
-                LOCK_PROFILES, (claim.client_id, stored_keys)
-            )
-        }
-        # Read after the locks: a delete that held one of these profiles is visible now.
-        tombstones = group_tombstones(
-            db.execute(
-                "SELECT pkey, deleted_seq, created_seq FROM tombstones "
-                "WHERE client_id = %s AND pkey = ANY(%b) ORDER BY pkey, deleted_seq",
-                (claim.client_id, keys),
-            )
-        )
-        writer = _Writer(db, claim.client_id, now_ms, set(existing))
-        return self._apply_and_finish(
-            db,
-            claim,
-            rows,
-            failures,
-            (existing, tombstones, aliases),
-            writer,
-            max_profile_bytes,
-            now_ms,
-            through_line,
-        )
+        if not refused:
+            return rows, failures
+        kept = [row for row in rows if row not in refused]
+        stopped = (FailedRow(row.line, row.id, profiles.NUL_REASON) for row in refused)
+        return kept, sorted([*failures, *stopped], key=lambda failure: failure.line)
 
     def _recordable(self, text: str) -> str:
         """PostgreSQL's text cannot hold U+0000: a failed row's id, reason and raw line
@@ -533,59 +347,3 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
                 else None
             )
         return TRANSIENT_STATES.get(state) or TRANSIENT_CLASSES.get(state[:2])
-
-    # -- profiles ----------------------------------------------------------------------
-
-    def get_profile(self, client_id: int, key: str, expire_before_ms: int = 0) -> Profile | None:
-        if profiles.has_nul(key):  # no stored key can hold it
-            return None
-        return super().get_profile(client_id, key, expire_before_ms)
-
-    # PostgreSQL cannot hold U+0000: a key holding it finds nothing, values are refused.
-
-    def update_profile(
-        self,
-        client: Client,
-        key: str,
-        values: Mapping[str, str],
-        now_ms: int,
-        updates_per_day: int,
-        max_profile_bytes: int,
-        expire_before_ms: int = 0,
-    ) -> UpdateOutcome | None:
-        if profiles.has_nul(key):
-            return None
-        profiles.refuse_nul(*values, *values.values())
-        return super().update_profile(
-            client, key, values, now_ms, updates_per_day, max_profile_bytes, expire_before_ms
-        )
-
-    def visit(
-        self,
-        client_id: int,
-        visit: Visit,
-        now_ms: int,
-        max_profile_bytes: int,
-        expire_before_ms: int = 0,
-    ) -> str:
-        profiles.refuse_nul(
-            visit.tnt_id, visit.third_party_id or "", *visit.values, *visit.values.values()
-        )
-        return super().visit(client_id, visit, now_ms, max_profile_bytes, expire_before_ms)
-
-    def delete_profile(
-        self, client_id: int, key: str, now_ms: int, expire_before_ms: int = 0
-    ) -> bool:
-        if profiles.has_nul(key):
-            return False
-        return super().delete_profile(client_id, key, now_ms, expire_before_ms)
-
-    def open_export(
-        self, client_id: int, kind: KeyKind | None = None, expire_before_ms: int = 0
-    ) -> SnapshotExport:
-        try:
-            db = psycopg.connect(self.url, autocommit=True, **self._connect_options())
-        except psycopg.OperationalError as exc:
-            raise storage_error(exc, self.url) or DatabaseUnavailable(detail=str(exc)) from exc
-        begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-        return SnapshotExport(self, db, begin, client_id, kind, expire_before_ms)

@@ -39,35 +39,6 @@ KINDS = {
     "numeric": "float",
 }
 
-TABLES = """
-SELECT table_name FROM information_schema.tables
-WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name
-"""
-
-COLUMNS = """
-SELECT column_name, data_type FROM information_schema.columns
-WHERE table_schema = current_schema() AND table_name = %s ORDER BY ordinal_position
-"""
-
-PRIMARY_KEY = """
-SELECT a.attname FROM pg_index i
-JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-WHERE i.indrelid = %s::regclass AND i.indisprimary
-ORDER BY array_position(i.indkey::int2[], a.attnum)
-"""
-
-REFERENCES = """
-SELECT confrelid::regclass::text FROM pg_constraint
-WHERE conrelid = %s::regclass AND contype = 'f'
-"""
-
-#: Columns whose values a sequence hands out: identity columns and serials.
-COUNTED = """
-SELECT table_name, column_name FROM information_schema.columns
-WHERE table_schema = current_schema()
-  AND (is_identity = 'YES' OR column_default LIKE 'nextval(%%')
-"""
-
 
 class PostgresSnapshot:
     """One REPEATABLE READ, read-only transaction on a connection of its own."""
@@ -118,9 +89,6 @@ class PostgresTables(SharedTables):
     stores_nul = False
     url: str
 
-    def _table_names(self) -> list[str]:
-        return [str(name) for (name,) in self._all(TABLES)]
-
     def tables(self) -> list[Table]:
         found = []
         with self._read() as db:
@@ -129,27 +97,24 @@ class PostgresTables(SharedTables):
                     continue
                 columns = tuple(
                     Column(str(column), KINDS.get(str(kind), "other"))
-                    for column, kind in db.execute(COLUMNS, (name,))
+                    for column, kind in db.execute(self.sql["postgres_columns"], (name,))
                 )
                 qualified = quoted(name)
-                key = tuple(str(k) for (k,) in db.execute(PRIMARY_KEY, (qualified,)))
+                key = tuple(
+                    str(k) for (k,) in db.execute(self.sql["postgres_primary_key"], (qualified,))
+                )
                 references = frozenset(
-                    str(r).strip('"') for (r,) in db.execute(REFERENCES, (qualified,))
+                    str(r).strip('"')
+                    for (r,) in db.execute(self.sql["postgres_references"], (qualified,))
                 )
                 found.append(Table(name, columns, key, references))
         return found
 
-    def schema_versions(self) -> set[int]:
-        return {int(v) for (v,) in self._all("SELECT version FROM schema_migrations")}
-
     def counters(self) -> dict[str, int]:
         found = {}
         with self._read() as db:
-            for table, column in db.execute(COUNTED).fetchall():
-                value = db.execute(
-                    "SELECT pg_sequence_last_value(pg_get_serial_sequence(%s, %s))",
-                    (quoted(table), column),
-                ).fetchone()
+            for table, column in db.execute(self.sql["postgres_counted_columns"]).fetchall():
+                value = db.execute(self.sql["postgres_counter"], (quoted(table), column)).fetchone()
                 if value is not None and value[0] is not None:
                     found[str(table)] = int(value[0])
         return found
@@ -177,17 +142,14 @@ class PostgresTables(SharedTables):
 
     def finish_copy(self, counters: dict[str, int]) -> None:
         with self._write() as db:
-            for table, column in db.execute(COUNTED).fetchall():
+            for table, column in db.execute(self.sql["postgres_counted_columns"]).fetchall():
                 largest = db.execute(
                     f"SELECT max({quoted(column)}) FROM {quoted(table)}".encode()
                 ).fetchone()
                 value = max(counters.get(str(table), 0), int((largest or [0])[0] or 0))
                 if value:
-                    db.execute(
-                        "SELECT setval(pg_get_serial_sequence(%s, %s), %s)",
-                        (quoted(table), column, value),
-                    )
-            db.execute("DROP TABLE IF EXISTS copy_progress")
+                    db.execute(self.sql["postgres_set_counter"], (quoted(table), column, value))
+            db.execute(self.sql["drop_copy_progress"])
 
     def backup(self, path: str) -> None:
         raise ConfigError(

@@ -71,12 +71,9 @@ def build_profile(
     )
 
 
-#: The columns ``client_from_row`` reads, in order.
-CLIENT_COLUMNS = "id, code, require_auth, disabled, limits, api_key, secret_hash, org_id"
-
-
 def client_from_row(row: Sequence[Any] | None) -> Client | None:
-    """A client from ``CLIENT_COLUMNS``; limits is JSON text or a dict."""
+    """A client from (id, code, require_auth, disabled, limits, api_key, secret_hash,
+    org_id), the columns of the ``client_by_*`` queries; limits is JSON text or a dict."""
     if row is None:
         return None
     limits = row[4]

@@ -11,40 +11,25 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from profilebase.errors import ConfigError, DatabaseUnavailable, StorageError, StorageFull
-from profilebase.models import Counts, FailedRow, KeyKind, Limits
-from profilebase.server.storage import migrations, sqlite_profiles
-from profilebase.server.storage.base import DecodedRow, NewBatch, UnitClaim
+from profilebase.server.merge import DecodedRow, RowWriter, byte_size, merge_attrs
+from profilebase.server.storage import migrations, statements
+from profilebase.server.storage.base import UnitSpec
 from profilebase.server.storage.batch_control import BatchControl
 from profilebase.server.storage.clients import ClientQueries
-from profilebase.server.storage.merge import (
-    V1_WAITS_FOR_EARLIER_BATCHES,
-    ProfileState,
-    Tombstone,
-    byte_size,
-    group_tombstones,
-    merge_attrs,
-)
-from profilebase.server.storage.queries import (
-    Connection,
-    SharedQueries,
-    SnapshotExport,
-    not_applied,
-)
-from profilebase.server.storage.records import claim_from_row
+from profilebase.server.storage.profiles import ProfileQueries
+from profilebase.server.storage.queries import Connection
 from profilebase.server.storage.sqlite_imports import SQLiteImports
-from profilebase.server.storage.sqlite_profiles import (
-    UPSERT_PROFILE,
-    aliases_of,
-    expire_keys,
-    json_list,
-)
+from profilebase.server.storage.sqlite_profiles import json_list
 from profilebase.server.storage.sqlite_tables import SQLiteTables
+
+#: The named queries of this backend (sql/sqlite/queries.sql).
+SQL = statements.load("sqlite")
 
 #: Retry-After of a refusal because another writer held the lock: it is usually soon free.
 BUSY_RETRY = 2
@@ -106,10 +91,7 @@ BLOB_PIECE = 1 << 20
 
 def write_body(db: sqlite3.Connection, batch_seq: int, unit_no: int, body: bytes) -> None:
     """Store a unit's lines piece by piece (sqlite3 would copy them whole to bind them)."""
-    rowid = db.execute(
-        "INSERT INTO unit_bodies (batch_seq, unit_no, body) VALUES (?, ?, zeroblob(?))",
-        (batch_seq, unit_no, len(body)),
-    ).lastrowid
+    rowid = db.execute(SQL["sqlite_insert_unit_body"], (batch_seq, unit_no, len(body))).lastrowid
     assert rowid is not None
     with db.blobopen("unit_bodies", "body", rowid) as blob:
         view = memoryview(body)
@@ -119,13 +101,9 @@ def write_body(db: sqlite3.Connection, batch_seq: int, unit_no: int, body: bytes
 
 def read_body(db: sqlite3.Connection, batch_seq: int, unit_no: int) -> bytes:
     """A unit's lines, read straight into one bytes object."""
-    found = db.execute(
-        "SELECT rowid FROM unit_bodies WHERE batch_seq = ? AND unit_no = ?", (batch_seq, unit_no)
-    ).fetchone()
+    found = db.execute(SQL["sqlite_unit_body_row"], (batch_seq, unit_no)).fetchone()
     if found is None:  # kept in the unit's row, as before migration 0005?
-        kept = db.execute(
-            "SELECT body FROM batch_units WHERE batch_seq = ? AND unit_no = ?", (batch_seq, unit_no)
-        ).fetchone()
+        kept = db.execute(SQL["sqlite_unit_body_inline"], (batch_seq, unit_no)).fetchone()
         if kept is None or kept[0] is None:
             raise StorageError(f"The lines of unit {batch_seq}/{unit_no} are missing.")
         return bytes(kept[0])
@@ -146,43 +124,33 @@ class _Writer:
     def write_all(self, rows: Sequence[DecodedRow], prefix: str) -> None:
         """Bind the decoded rows as they are: client, prefix and time are literals here."""
         self.flush()
-        sql = UPSERT_PROFILE.replace(
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            f"VALUES ({int(self.client_id)}, '{prefix}' || ?2, ?4, ?3, ?3, {int(self.now_ms)})",
+        sql = SQL["sqlite_upsert_decoded_rows"].format(
+            client_id=int(self.client_id), prefix=prefix, now_ms=int(self.now_ms)
         )
         self.db.executemany(sql, rows)
 
     def flush(self) -> None:
         if self.pending:
-            self.db.executemany(UPSERT_PROFILE, self.pending)
+            self.db.executemany(SQL["sqlite_upsert_profile"], self.pending)
             self.pending = []
 
     def tombstone_created(self, key: str, deleted_seq: int, created_seq: int) -> None:
         self.db.execute(
-            "UPDATE tombstones SET created_seq = ? "
-            "WHERE client_id = ? AND pkey = ? AND deleted_seq = ?",
-            (created_seq, self.client_id, key, deleted_seq),
+            SQL["set_tombstone_created"], (created_seq, self.client_id, key, deleted_seq)
         )
 
     def merged_size(self, key: str, row: DecodedRow) -> int:
         self.flush()
-        found = self.db.execute(
-            "SELECT attrs FROM profiles WHERE client_id = ? AND pkey = ?", (self.client_id, key)
-        ).fetchone()
+        found = self.db.execute(SQL["profile_attrs"], (self.client_id, key)).fetchone()
         return byte_size(row.attrs if found is None else merge_attrs(found[0], row.attrs))
 
 
-class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, SharedQueries):
+class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, ProfileQueries):
     """A ``Store`` on one SQLite database file."""
 
-    def _unit_body(self, db: Any, seq: int, unit_no: int, inline: Any) -> bytes:
-        return bytes(inline) if inline else read_body(db, seq, unit_no)
-
-    def _forget_unit_body(self, db: Any, seq: int, unit_no: int) -> None:
-        db.execute("DELETE FROM unit_bodies WHERE batch_seq = ? AND unit_no = ?", (seq, unit_no))
-
     backend = "sqlite"
-    steps = sqlite_profiles
+    sql = SQL
+    stores_nul = True
 
     def __init__(self, path: str, synchronous: str = "NORMAL", timeout: float = 5.0) -> None:
         if path != ":memory:":
@@ -199,7 +167,6 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Shar
         self._closed = False
 
     # -- connections -------------------------------------------------------------------
-
     def _open(self) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(
@@ -268,21 +235,11 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Shar
                 if db.in_transaction:
                     db.execute("ROLLBACK")  # an error here is translated by _read
 
-    def _all(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
-        with self._read() as db:
-            return db.execute(sql, params).fetchall()
-
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
         with self._read() as db:  # hands the connection back rolled back
             db.execute("BEGIN")
             yield db
-
-    def _lock_batch(self, db: Connection, batch_seq: int) -> None:
-        """Nothing to do: ``BEGIN IMMEDIATE`` already made this the only writer."""
-
-    def _lock_for_write(self, db: Connection, client_id: int, keys: Sequence[str]) -> None:
-        """Nothing to do: ``BEGIN IMMEDIATE`` already made this the only writer."""
 
     def close(self) -> None:
         with self._lock:
@@ -294,178 +251,53 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Shar
             except sqlite3.Error:
                 pass
 
-    # -- schema --------------------------------------------------------------------------
+    def _export_connection(self) -> sqlite3.Connection:
+        return self._open()
 
-    def pending_migrations(self) -> list[str]:
-        with self._read() as db:
-            found = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-            ).fetchone()
-            rows = db.execute("SELECT version FROM schema_migrations") if found else []
-            applied = [version for (version,) in rows]
-        return [m.file_name for m in migrations.pending("sqlite", applied)]
+    def _list(self, items: Sequence[object]) -> str:
+        """A JSON array, which the queries read with ``json_each``."""
+        return json_list(items)
 
-    def migrate(self) -> list[str]:
-        if not self.pending_migrations():
-            return []  # nothing to write: a read-only file still serves reads
-        with self._read() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-            )
-        applied = []
-        for migration in migrations.load("sqlite"):
-            with self._write() as tx:
-                done = tx.execute(
-                    "SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)
-                ).fetchone()
-                if done:
-                    continue
-                for statement in migrations.split_statements(migration.sql):
-                    tx.execute(statement)
-                tx.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, datetime('now'))",
-                    (migration.version, migration.name),
-                )
-                applied.append(migration.file_name)
-        return applied
+    def _run_script(self, db: Connection, script: str) -> None:
+        for statement in migrations.split_statements(script):
+            db.execute(statement)
 
-    # -- batches -----------------------------------------------------------------------
+    # -- units ---------------------------------------------------------------------------
 
-    def accept_batch(self, batch: NewBatch, now_ms: int, limits: Limits) -> tuple[int, str]:
-        with self._write() as db:
-            earlier = self._replayed(db, batch)
-            if earlier is not None:
-                return earlier
-            seq, batch_id = self._take_seq(db, batch, now_ms, limits)
-            units = 0
-            for unit_no, unit in enumerate(batch.units):
-                db.execute(
-                    "INSERT INTO batch_units (batch_seq, unit_no, first_line, row_count) "
-                    "VALUES (?, ?, ?, ?)",
-                    (seq, unit_no, unit.first_line, unit.row_count),
-                )
-                write_body(db, seq, unit_no, unit.body)
-                units += 1
-            self._record_batch(db, seq, batch_id, batch, units, now_ms)
-        return seq, batch_id
+    def _store_units(self, db: Connection, seq: int, units: Sequence[UnitSpec]) -> int:
+        stored = 0
+        for unit_no, unit in enumerate(units):
+            db.execute(SQL["sqlite_insert_unit"], (seq, unit_no, unit.first_line, unit.row_count))
+            write_body(cast(sqlite3.Connection, db), seq, unit_no, unit.body)
+            stored += 1
+        return stored
 
-    def claim_unit(
-        self, owner: str, now_ms: int, lease_ms: int, paced: Mapping[int, int] | None = None
-    ) -> UnitClaim | None:
-        paced = paced or {}
-        with self._write() as db:
-            found = db.execute(
-                "UPDATE batch_units SET state = 'running', lease_owner = ?, lease_expires = ?, "
-                "attempts = attempts + 1 WHERE rowid = ("
-                " SELECT u.rowid FROM batch_units u JOIN batches b ON b.seq = u.batch_seq"
-                " WHERE u.state <> 'done' AND ("
-                "  (u.state = 'pending' AND u.not_before <= ?) OR"
-                "  (u.state = 'running' AND u.lease_expires < ?))"
-                # v1 rows depend on which profiles exist at their seq (merge.py).
-                f" AND {V1_WAITS_FOR_EARLIER_BATCHES}"
-                # A paced client's units wait for its not_before.
-                "  AND NOT EXISTS (SELECT 1 FROM ingest_pacing p"
-                "   WHERE p.client_id = b.client_id AND p.not_before > ?"
-                "   AND p.client_id IN (SELECT value FROM json_each(?)))"
-                " ORDER BY u.batch_seq, u.unit_no LIMIT 1) "
-                "RETURNING batch_seq, unit_no, first_line, row_count, attempts",
-                (owner, now_ms + lease_ms, now_ms, now_ms, now_ms, json.dumps(list(paced))),
-            ).fetchone()
-            if found is None:
-                return None
-            batch = db.execute(
-                "SELECT b.client_id, b.version, b.key_kind, b.header, c.limits "
-                "FROM batches b JOIN clients c ON c.id = b.client_id WHERE b.seq = ?",
-                (found[0],),
-            ).fetchone()
-            db.execute(
-                "UPDATE batches SET started_at = coalesce(started_at, ?) WHERE seq = ?",
-                (now_ms, found[0]),
-            )
-            seq, unit_no, first_line, row_count, attempts = found
-            body = read_body(db, seq, unit_no)
-            claim = claim_from_row(
-                (seq, unit_no, first_line, row_count, body, attempts, *batch), owner
-            )
-            self._pace(db, claim, paced, now_ms)
-        return claim
+    def _lease_unit(
+        self, db: Connection, owner: str, now_ms: int, lease_ms: int, paced: list[int]
+    ) -> Sequence[Any] | None:
+        found = db.execute(
+            SQL["claim_unit"],
+            (owner, now_ms + lease_ms, now_ms, now_ms, now_ms, json.dumps(paced)),
+        ).fetchone()
+        if found is None:
+            return None
+        seq, unit_no, first_line, row_count, attempts = found
+        batch = db.execute(SQL["sqlite_claimed_batch"], (seq,)).fetchone()
+        body = read_body(cast(sqlite3.Connection, db), seq, unit_no)
+        return (seq, unit_no, first_line, row_count, body, attempts, *batch)
 
-    def apply_unit(
-        self,
-        claim: UnitClaim,
-        rows: Sequence[DecodedRow],
-        failures: Sequence[FailedRow],
-        now_ms: int,
-        max_profile_bytes: int,
-        expire_before_ms: int = 0,
-        through_line: int | None = None,
-    ) -> Counts | None:
-        prefix = claim.key_kind.prefix
-        row_keys = sorted({prefix + row.id for row in rows})
-        keys = json_list(row_keys)
-        with self._write() as db:
-            ours = db.execute(
-                "SELECT applied_through FROM batch_units WHERE batch_seq = ? AND unit_no = ? "
-                "AND state = 'running' AND lease_owner = ?",
-                (claim.batch_seq, claim.unit_no, claim.owner),
-            ).fetchone()
-            if ours is None:
-                return None
-            if ours[0] is not None:  # an earlier part applied the lines up to ours[0]
-                rows, failures = not_applied(rows, failures, ours[0])
-                row_keys = sorted({prefix + row.id for row in rows})
-                keys = json_list(row_keys)
-            aliases: dict[str, str] = {}
-            stored_keys = keys
-            # Like tombstones below: one cheap check keeps clients without links fast.
-            if db.execute(
-                "SELECT 1 FROM identities WHERE client_id = ? LIMIT 1", (claim.client_id,)
-            ).fetchone():
-                aliases = aliases_of(db, claim.client_id, keys)
-                stored_keys = json_list(sorted({aliases.get(k, k) for k in row_keys}))
-            if expire_before_ms:
-                expired = expire_keys(db, claim.client_id, stored_keys, expire_before_ms)
-                aliases = {k: v for k, v in aliases.items() if v not in expired}
-            existing = {
-                pkey: ProfileState(created, latest, size)
-                for pkey, created, latest, size in db.execute(
-                    "SELECT pkey, created_seq, max_seq, length(CAST(attrs AS BLOB)) "
-                    "FROM profiles WHERE client_id = ? AND pkey IN "
-                    "(SELECT value FROM json_each(?))",
-                    (claim.client_id, stored_keys),
-                )
-            }
-            tombstones: dict[str, list[Tombstone]] = {}
-            if db.execute(
-                "SELECT 1 FROM tombstones WHERE client_id = ? LIMIT 1", (claim.client_id,)
-            ).fetchone():
-                tombstones = group_tombstones(
-                    db.execute(
-                        "SELECT pkey, deleted_seq, created_seq FROM tombstones "
-                        "WHERE client_id = ? AND pkey IN (SELECT value FROM json_each(?)) "
-                        "ORDER BY pkey, deleted_seq",
-                        (claim.client_id, keys),
-                    )
-                )
-            writer = _Writer(db, claim.client_id, now_ms)
-            return self._apply_and_finish(
-                db,
-                claim,
-                rows,
-                failures,
-                (existing, tombstones, aliases),
-                writer,
-                max_profile_bytes,
-                now_ms,
-                through_line,
-            )
+    def _unit_body(self, db: Connection, seq: int, unit_no: int, inline: Any) -> bytes:
+        if inline:
+            return bytes(inline)
+        return read_body(cast(sqlite3.Connection, db), seq, unit_no)
 
-    def _unit_done(self, db: Connection, claim: UnitClaim) -> None:
-        db.execute(
-            "DELETE FROM unit_bodies WHERE batch_seq = ? AND unit_no = ?",
-            (claim.batch_seq, claim.unit_no),
-        )
+    def _forget_unit_body(self, db: Connection, seq: int, unit_no: int) -> None:
+        db.execute(SQL["sqlite_forget_unit_body"], (seq, unit_no))
+
+    def _row_writer(
+        self, db: Connection, client_id: int, now_ms: int, stored: set[str]
+    ) -> RowWriter:
+        return _Writer(cast(sqlite3.Connection, db), client_id, now_ms)
 
     def _transient(self, error: BaseException) -> str | None:
         """SQLite's errors that waiting cures: a lock held too long, the file unreadable
@@ -474,10 +306,3 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Shar
             return None
         code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # the primary result code
         return TRANSIENT_CODES.get(code)
-
-    # -- profiles ----------------------------------------------------------------------
-
-    def open_export(
-        self, client_id: int, kind: KeyKind | None = None, expire_before_ms: int = 0
-    ) -> SnapshotExport:
-        return SnapshotExport(self, self._open(), "BEGIN", client_id, kind, expire_before_ms)

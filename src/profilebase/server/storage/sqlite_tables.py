@@ -94,14 +94,6 @@ class SQLiteTables(SharedTables):
     def _open(self) -> sqlite3.Connection:
         raise NotImplementedError  # SQLiteStore's
 
-    def _table_names(self) -> list[str]:
-        return [
-            str(name)
-            for (name,) in self._all(
-                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
-            )
-        ]
-
     def tables(self) -> list[Table]:
         found = []
         with self._read() as db:
@@ -117,15 +109,10 @@ class SQLiteTables(SharedTables):
                 found.append(Table(name, columns, key, references))
         return found
 
-    def schema_versions(self) -> set[int]:
-        return {int(v) for (v,) in self._all("SELECT version FROM schema_migrations")}
-
     def counters(self) -> dict[str, int]:
         if not self._has_table("sqlite_sequence"):
             return {}
-        return {
-            str(name): int(seq) for name, seq in self._all("SELECT name, seq FROM sqlite_sequence")
-        }
+        return {str(name): int(seq) for name, seq in self._all(self.sql["sqlite_counters"])}
 
     def snapshot(self, tables: Sequence[Table]) -> SQLiteSnapshot:
         return SQLiteSnapshot(self._open(), tables)
@@ -148,35 +135,24 @@ class SQLiteTables(SharedTables):
                 db.execute(f"DELETE FROM {quoted(table.name)}")
             db.cursor().executemany(insert, rows)
             if table.name == "batch_units":  # the lines go where this backend keeps them
-                db.execute(
-                    "INSERT OR REPLACE INTO unit_bodies (batch_seq, unit_no, body) "
-                    "SELECT batch_seq, unit_no, body FROM batch_units WHERE body IS NOT NULL"
-                )
-                db.execute("UPDATE batch_units SET body = NULL WHERE body IS NOT NULL")
+                db.execute(self.sql["sqlite_move_copied_bodies"])
+                db.execute(self.sql["sqlite_clear_copied_bodies"])
             self._record_progress(db, progress)
 
     def finish_copy(self, counters: dict[str, int]) -> None:
         with self._write() as db:
             autoincrement = [
-                str(name)
-                for (name,) in db.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' "
-                    "AND upper(sql) LIKE '%AUTOINCREMENT%'"
-                )
+                str(name) for (name,) in db.execute(self.sql["sqlite_autoincrement_tables"])
             ]
             for name in autoincrement:
                 largest = db.execute(f"SELECT max(rowid) FROM {quoted(name)}").fetchone()[0]
                 value = max(counters.get(name, 0), int(largest or 0))
                 if not value:
                     continue
-                changed = db.execute(
-                    "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (value, name)
-                ).rowcount
+                changed = db.execute(self.sql["sqlite_raise_counter"], (value, name)).rowcount
                 if not changed:
-                    db.execute(
-                        "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (name, value)
-                    )
-            db.execute("DROP TABLE IF EXISTS copy_progress")
+                    db.execute(self.sql["sqlite_insert_counter"], (name, value))
+            db.execute(self.sql["drop_copy_progress"])
 
     def backup(self, path: str) -> None:
         """SQLite's online backup API, in one step: one read transaction, so the copy is

@@ -22,17 +22,6 @@ from profilebase.server.storage.queries import Connection, SharedQueries
 #: Tables no copy carries: the schema's own record, the copy's, and SQLite's internals.
 NOT_COPIED = frozenset({"schema_migrations", "copy_progress"})
 
-#: The copy's progress in the target, one row per table (the same SQL on every backend).
-PROGRESS_TABLE = """
-CREATE TABLE IF NOT EXISTS copy_progress (
-    table_name TEXT PRIMARY KEY,
-    source     TEXT NOT NULL,
-    after_key  TEXT,
-    copied     BIGINT NOT NULL,
-    done       INTEGER NOT NULL
-)
-"""
-
 
 @dataclass(frozen=True)
 class Column:
@@ -181,27 +170,24 @@ def after_clause(key: Sequence[str], placeholder: str) -> str:
 
 
 class SharedTables(SharedQueries):
-    """The parts of ``TableAccess`` whose SQL is the same on every backend: the progress
-    table, and clearing tables for ``--overwrite``."""
+    """The parts of ``TableAccess`` every backend shares: the progress table, the schema
+    versions, and clearing and counting tables."""
 
     def copy_progress(self) -> list[Progress]:
         if not self._has_table("copy_progress"):
             return []
         return [
             Progress(name, source, key_of(after), int(copied), bool(done))
-            for name, source, after, copied, done in self._all(
-                "SELECT table_name, source, after_key, copied, done FROM copy_progress "
-                "ORDER BY table_name"
-            )
+            for name, source, after, copied, done in self._all(self.sql["copy_progress"])
         ]
 
     def start_copy(self, source: str, tables: Sequence[Table], wipe: bool) -> None:
         with self._write() as db:
-            db.execute(PROGRESS_TABLE)
+            db.execute(self.sql["create_copy_progress"])
             if wipe:
                 for table in reversed(copy_order(tables)):
                     db.execute(f"DELETE FROM {quoted(table.name)}")
-                db.execute("DELETE FROM copy_progress")
+                db.execute(self.sql["forget_copy_progress"])
 
     def row_counts(self, tables: Sequence[Table]) -> dict[str, int]:
         with self._read() as db:
@@ -212,12 +198,7 @@ class SharedTables(SharedQueries):
 
     def _record_progress(self, db: Connection, progress: Progress) -> None:
         db.execute(
-            self._sql(
-                "INSERT INTO copy_progress (table_name, source, after_key, copied, done) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (table_name) DO UPDATE SET "
-                "source = excluded.source, after_key = excluded.after_key, "
-                "copied = excluded.copied, done = excluded.done"
-            ),
+            self.sql["record_copy_progress"],
             (
                 progress.table,
                 progress.source,
@@ -227,9 +208,12 @@ class SharedTables(SharedQueries):
             ),
         )
 
+    def schema_versions(self) -> set[int]:
+        return {int(v) for (v,) in self._all(self.sql["schema_versions"])}
+
     def _has_table(self, name: str) -> bool:
         return any(name == table for table in self._table_names())
 
     def _table_names(self) -> list[str]:
         """Every table of the database, bookkeeping included."""
-        raise NotImplementedError
+        return [str(name) for (name,) in self._all(self.sql["table_names"])]
