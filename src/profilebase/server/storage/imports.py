@@ -85,6 +85,11 @@ class ImportQueries(SharedQueries):
     SIZE = ""
     #: Upsert of (client_id, pkey, attrs, min seq, max seq, modified_at) merging by seq.
     UPSERT = ""
+    #: How a link meets an existing one: the later link wins.
+    LINK_CONFLICT = (
+        " ON CONFLICT (client_id, alias) DO UPDATE SET pkey = excluded.pkey, "
+        "linked_seq = excluded.linked_seq WHERE identities.linked_seq < excluded.linked_seq"
+    )
 
     def keys_param(self, keys: Sequence[str]) -> Any:
         raise NotImplementedError
@@ -211,11 +216,7 @@ class ImportQueries(SharedQueries):
                 changes,
                 Change(links[alias][0], was.attrs, was.created_seq, was.max_seq, 0),
             )
-        ordered = [changes[key] for key in sorted(changes)]
-        db.cursor().executemany(
-            self._sql(self.UPSERT),
-            [(client_id, c.key, c.attrs, c.min_seq, c.max_seq, c.modified_ms) for c in ordered],
-        )
+        self._upsert(db, client_id, [changes[key] for key in sorted(changes)])
         for alias in absorbed:
             query(
                 "DELETE FROM profiles WHERE client_id = ? AND pkey = ?",
@@ -228,16 +229,25 @@ class ImportQueries(SharedQueries):
                 fetch=False,
             )
         if links:
-            db.cursor().executemany(
-                self._sql(
-                    "INSERT INTO identities (client_id, alias, pkey, linked_seq) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (client_id, alias) DO UPDATE SET "
-                    "pkey = excluded.pkey, linked_seq = excluded.linked_seq "
-                    "WHERE identities.linked_seq < excluded.linked_seq"
-                ),
-                [(client_id, alias, *links[alias]) for alias in sorted(links)],
-            )
+            self._link(db, client_id, [(alias, *links[alias]) for alias in sorted(links)])
         return applied, failures
+
+    def _upsert(self, db: Connection, client_id: int, ordered: Sequence[Change]) -> None:
+        """Write each change (in key order) with ``UPSERT``."""
+        db.cursor().executemany(
+            self._sql(self.UPSERT),
+            [(client_id, c.key, c.attrs, c.min_seq, c.max_seq, c.modified_ms) for c in ordered],
+        )
+
+    def _link(self, db: Connection, client_id: int, links: Sequence[tuple[str, str, int]]) -> None:
+        """Link each (tntId alias, profile key, seq), in alias order, unless linked later."""
+        db.cursor().executemany(
+            self._sql(
+                "INSERT INTO identities (client_id, alias, pkey, linked_seq) VALUES (?, ?, ?, ?)"
+            )
+            + self.LINK_CONFLICT,
+            [(client_id, *link) for link in links],
+        )
 
     def _query(self, db: Connection) -> Callable[..., list[Any]]:
         def run(sql: str, params: Sequence[object], fetch: bool = True) -> list[Any]:
