@@ -185,30 +185,9 @@ class ImportQueries(SharedQueries):
                 (client_id, self.keys_param(targets)),
             )
         }
-        changes: dict[str, Change] = {}
-        links: dict[str, tuple[str, int]] = {}
-        failures: list[FailedRow] = []
-        applied = 0
-        for row in rows:  # line order
-            if deletes.get(row.key, 0) > row.seq:
-                applied += 1  # in acceptance order: imported, then deleted
-                continue
-            target = linked.get(row.key, row.key)
-            if not self._fits(row, target, stored, changes, max_profile_bytes):
-                failures.append(
-                    FailedRow(
-                        row.line,
-                        row.key[2:],
-                        "the profile would grow past max_profile_bytes "
-                        f"({max_profile_bytes} bytes); import fewer or shorter attributes",
-                    )
-                )
-                continue
-            self._merge(changes, Change(target, row.attrs, row.seq, row.seq, row.modified_ms))
-            for alias in row.aliases:
-                if deletes.get(alias, 0) < row.seq and alias != target:
-                    links[alias] = (target, row.seq)
-            applied += 1
+        changes, links, failures, applied = self._changes(
+            rows, deletes, linked, stored, max_profile_bytes
+        )
         absorbed = sorted(alias for alias in links if alias in stored)
         for alias in absorbed:  # an anonymous profile joins the profile its tntId links to
             was = stored[alias]
@@ -231,6 +210,68 @@ class ImportQueries(SharedQueries):
         if links:
             self._link(db, client_id, [(alias, *links[alias]) for alias in sorted(links)])
         return applied, failures
+
+    def _changes(
+        self,
+        rows: Sequence[ImportRow],
+        deletes: dict[str, int],
+        linked: dict[str, str],
+        stored: dict[str, Stored],
+        max_profile_bytes: int,
+    ) -> tuple[dict[str, Change], dict[str, tuple[str, int]], list[FailedRow], int]:
+        """Steps 3 to 5 for each row in line order: what the unit writes to each profile, the
+        links to make (alias: profile, seq), the rows that fail and the number applied.
+
+        A unit whose profiles are all different, none deleted nor reached through a link,
+        and none able to outgrow the limit (the largest stored plus the largest row, as
+        ``needs_no_checks`` for batches), needs no row-by-row checks: most units of a
+        large import qualify.
+        """
+        keys = {row.key for row in rows}
+        largest_row = max((len(row.attrs) for row in rows), default=0)
+        largest_profile = max((found.size for found in stored.values()), default=0)
+        if (
+            not deletes
+            and len(keys) == len(rows)
+            and keys.isdisjoint(linked)
+            and largest_profile + MAX_BYTES_PER_CHAR * largest_row <= max_profile_bytes
+        ):
+            plain = {
+                row.key: Change(row.key, row.attrs, row.seq, row.seq, row.modified_ms)
+                for row in rows
+            }
+            links = {
+                alias: (row.key, row.seq)
+                for row in rows
+                for alias in row.aliases
+                if alias != row.key
+            }
+            return plain, links, [], len(rows)
+        changes: dict[str, Change] = {}
+        links = {}
+        failures: list[FailedRow] = []
+        applied = 0
+        for row in rows:  # line order
+            if deletes.get(row.key, 0) > row.seq:
+                applied += 1  # in acceptance order: imported, then deleted
+                continue
+            target = linked.get(row.key, row.key)
+            if not self._fits(row, target, stored, changes, max_profile_bytes):
+                failures.append(
+                    FailedRow(
+                        row.line,
+                        row.key[2:],
+                        "the profile would grow past max_profile_bytes "
+                        f"({max_profile_bytes} bytes); import fewer or shorter attributes",
+                    )
+                )
+                continue
+            self._merge(changes, Change(target, row.attrs, row.seq, row.seq, row.modified_ms))
+            for alias in row.aliases:
+                if deletes.get(alias, 0) < row.seq and alias != target:
+                    links[alias] = (target, row.seq)
+            applied += 1
+        return changes, links, failures, applied
 
     def _upsert(self, db: Connection, client_id: int, ordered: Sequence[Change]) -> None:
         """Write each change (in key order) with ``UPSERT``."""
