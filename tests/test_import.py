@@ -4,6 +4,7 @@ ids and modified times included, with a batch's guarantees (order, accounting, f
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from profilebase import batchfile
 from profilebase.cli import main
 from profilebase.ids import check_id
-from profilebase.models import KeyKind, Limits, now_ms
+from profilebase.models import SEQ_SPAN, KeyKind, Limits, now_ms
 from profilebase.server import clients, profile_import
 from profilebase.server.settings import Settings
 from profilebase.server.storage import Store
@@ -448,3 +449,94 @@ def test_the_fast_decoder_agrees_with_the_reference(document: dict[str, Any]):
         assert fast._replace(attrs=json.loads(fast.attrs)) == reference._replace(
             attrs=json.loads(reference.attrs)
         )
+
+
+TIMES = st.sampled_from(
+    ["2026-01-31T12:00:00.001+00:00", "2026-01-31T12:00:00.002+01:00", "2026-01-31", "x", None]
+)
+#: Lines that share their ids and times, so that a unit meets the same ones again.
+UNIT_DOCUMENTS = st.fixed_dictionaries(
+    {"thirdPartyId": st.sampled_from(["a", "b", "a/b", ""])},
+    optional={
+        "visitorId": st.sampled_from(["a", "v", "v.w.x"]),
+        "tntIds": st.lists(st.sampled_from(["t1", "t2", "", "t.1.2"]), max_size=2),
+        "modifiedAt": TIMES,
+        "profileAttributes": st.dictionaries(
+            st.sampled_from(["tier", "city", "", "profile.x"]),
+            st.fixed_dictionaries(
+                {"value": st.sampled_from(["gold", "", "München", 5])},
+                optional={"modifiedAt": TIMES},
+            ),
+            max_size=3,
+        ),
+    },
+)
+RAW_LINES = st.sampled_from(
+    [b"", b" \t", b"\r", b"not json", b'{"thirdPartyId": "caf\xe9"}', b'{"thirdPartyId": "a\x00"}']
+)
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(lines=st.lists(UNIT_DOCUMENTS.map(lambda d: json.dumps(d).encode()) | RAW_LINES))
+def test_a_unit_decodes_as_its_lines_do_one_by_one(lines: list[bytes]):
+    """The unit's decoder (msgspec, with times remembered from line to line) gives each line
+    the row or the failure reason that the reference gives it alone; blank lines are skipped."""
+    rows, failures = profile_import.decode_unit(b"\n".join(lines), 5, 3, 1000)
+    expected_rows, expected_failures = [], []
+    for offset, line in enumerate(lines):
+        if batchfile.is_blank(line):
+            continue
+        try:
+            row = profile_import.decode_line(line, 5 + offset, 3 * SEQ_SPAN + 5 + offset, 1000)
+        except profile_import.LineError as exc:
+            expected_failures.append((5 + offset, str(exc)))
+        else:
+            expected_rows.append(row._replace(attrs=json.loads(row.attrs)))
+    assert [row._replace(attrs=json.loads(row.attrs)) for row in rows] == expected_rows
+    assert [(f.line, f.reason) for f in failures] == expected_failures
+
+
+def test_an_empty_value_with_a_bad_time_fails_the_line_once_its_times_are_known():
+    """The time of an attribute without a value is checked too, whatever the unit saw before."""
+    good = b'{"thirdPartyId": "a", "profileAttributes": {"n": {"value": "1"}}}'
+    bad = (
+        b'{"thirdPartyId": "b", "profileAttributes": {"n": {"value": "1"}, '
+        b'"m": {"value": "", "modifiedAt": "yesterday"}}}'
+    )
+    rows, failures = profile_import.decode_unit(good + b"\n" + bad, 1, 1, 1000)
+    assert [row.line for row in rows] == [1]
+    assert [(f.line, f.reason) for f in failures] == [
+        (
+            2,
+            "modifiedAt of attribute 'm' 'yesterday' is not an ISO-8601 time such as "
+            "2026-01-31T12:00:00.000+00:00",
+        )
+    ]
+
+
+def test_lines_for_one_profile_in_one_unit_merge_in_line_order(store: Store, drain):
+    """Per attribute the later line wins; the profile keeps the latest modified time."""
+    store.ensure_client("copy")
+    seq, batch_id = import_lines(
+        store,
+        profile_import.lines_of(
+            [
+                {"thirdPartyId": "x", "profileAttributes": {"tier": "gold", "city": "Rome"}},
+                {"thirdPartyId": "y", "profileAttributes": {"tier": "bronze"}},
+                {
+                    "thirdPartyId": "x",
+                    "modifiedAt": "2026-01-31T12:00:00.000+00:00",
+                    "profileAttributes": {"tier": "silver"},
+                },
+            ]
+        ),
+    )
+    drain()
+    client = store.get_client("copy")
+    assert client is not None
+    profile = store.get_profile(client.id, "t:x")
+    assert profile is not None
+    values = {name: a.value for name, a in profile.attributes.items()}
+    assert values == {"tier": "silver", "city": "Rome"}
+    assert profile.attributes["tier"].modified_at == datetime(2026, 1, 31, 12, tzinfo=UTC)
+    assert store.get_batch(client.id, batch_id).counts.successful == 3  # type: ignore[union-attr]

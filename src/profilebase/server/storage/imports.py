@@ -85,6 +85,11 @@ class ImportQueries(SharedQueries):
     SIZE = ""
     #: Upsert of (client_id, pkey, attrs, min seq, max seq, modified_at) merging by seq.
     UPSERT = ""
+    #: How a link meets an existing one: the later link wins.
+    LINK_CONFLICT = (
+        " ON CONFLICT (client_id, alias) DO UPDATE SET pkey = excluded.pkey, "
+        "linked_seq = excluded.linked_seq WHERE identities.linked_seq < excluded.linked_seq"
+    )
 
     def keys_param(self, keys: Sequence[str]) -> Any:
         raise NotImplementedError
@@ -180,8 +185,70 @@ class ImportQueries(SharedQueries):
                 (client_id, self.keys_param(targets)),
             )
         }
+        changes, links, failures, applied = self._changes(
+            rows, deletes, linked, stored, max_profile_bytes
+        )
+        absorbed = sorted(alias for alias in links if alias in stored)
+        for alias in absorbed:  # an anonymous profile joins the profile its tntId links to
+            was = stored[alias]
+            self._merge(
+                changes,
+                Change(links[alias][0], was.attrs, was.created_seq, was.max_seq, 0),
+            )
+        self._upsert(db, client_id, [changes[key] for key in sorted(changes)])
+        for alias in absorbed:
+            query(
+                "DELETE FROM profiles WHERE client_id = ? AND pkey = ?",
+                (client_id, alias),
+                fetch=False,
+            )
+            query(
+                "UPDATE identities SET pkey = ? WHERE client_id = ? AND pkey = ?",
+                (links[alias][0], client_id, alias),
+                fetch=False,
+            )
+        if links:
+            self._link(db, client_id, [(alias, *links[alias]) for alias in sorted(links)])
+        return applied, failures
+
+    def _changes(
+        self,
+        rows: Sequence[ImportRow],
+        deletes: dict[str, int],
+        linked: dict[str, str],
+        stored: dict[str, Stored],
+        max_profile_bytes: int,
+    ) -> tuple[dict[str, Change], dict[str, tuple[str, int]], list[FailedRow], int]:
+        """Steps 3 to 5 for each row in line order: what the unit writes to each profile, the
+        links to make (alias: profile, seq), the rows that fail and the number applied.
+
+        A unit whose profiles are all different, none deleted nor reached through a link,
+        and none able to outgrow the limit (the largest stored plus the largest row, as
+        ``needs_no_checks`` for batches), needs no row-by-row checks: most units of a
+        large import qualify.
+        """
+        keys = {row.key for row in rows}
+        largest_row = max((len(row.attrs) for row in rows), default=0)
+        largest_profile = max((found.size for found in stored.values()), default=0)
+        if (
+            not deletes
+            and len(keys) == len(rows)
+            and keys.isdisjoint(linked)
+            and largest_profile + MAX_BYTES_PER_CHAR * largest_row <= max_profile_bytes
+        ):
+            plain = {
+                row.key: Change(row.key, row.attrs, row.seq, row.seq, row.modified_ms)
+                for row in rows
+            }
+            links = {
+                alias: (row.key, row.seq)
+                for row in rows
+                for alias in row.aliases
+                if alias != row.key
+            }
+            return plain, links, [], len(rows)
         changes: dict[str, Change] = {}
-        links: dict[str, tuple[str, int]] = {}
+        links = {}
         failures: list[FailedRow] = []
         applied = 0
         for row in rows:  # line order
@@ -204,40 +271,24 @@ class ImportQueries(SharedQueries):
                 if deletes.get(alias, 0) < row.seq and alias != target:
                     links[alias] = (target, row.seq)
             applied += 1
-        absorbed = sorted(alias for alias in links if alias in stored)
-        for alias in absorbed:  # an anonymous profile joins the profile its tntId links to
-            was = stored[alias]
-            self._merge(
-                changes,
-                Change(links[alias][0], was.attrs, was.created_seq, was.max_seq, 0),
-            )
-        ordered = [changes[key] for key in sorted(changes)]
+        return changes, links, failures, applied
+
+    def _upsert(self, db: Connection, client_id: int, ordered: Sequence[Change]) -> None:
+        """Write each change (in key order) with ``UPSERT``."""
         db.cursor().executemany(
             self._sql(self.UPSERT),
             [(client_id, c.key, c.attrs, c.min_seq, c.max_seq, c.modified_ms) for c in ordered],
         )
-        for alias in absorbed:
-            query(
-                "DELETE FROM profiles WHERE client_id = ? AND pkey = ?",
-                (client_id, alias),
-                fetch=False,
+
+    def _link(self, db: Connection, client_id: int, links: Sequence[tuple[str, str, int]]) -> None:
+        """Link each (tntId alias, profile key, seq), in alias order, unless linked later."""
+        db.cursor().executemany(
+            self._sql(
+                "INSERT INTO identities (client_id, alias, pkey, linked_seq) VALUES (?, ?, ?, ?)"
             )
-            query(
-                "UPDATE identities SET pkey = ? WHERE client_id = ? AND pkey = ?",
-                (links[alias][0], client_id, alias),
-                fetch=False,
-            )
-        if links:
-            db.cursor().executemany(
-                self._sql(
-                    "INSERT INTO identities (client_id, alias, pkey, linked_seq) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (client_id, alias) DO UPDATE SET "
-                    "pkey = excluded.pkey, linked_seq = excluded.linked_seq "
-                    "WHERE identities.linked_seq < excluded.linked_seq"
-                ),
-                [(client_id, alias, *links[alias]) for alias in sorted(links)],
-            )
-        return applied, failures
+            + self.LINK_CONFLICT,
+            [(client_id, *link) for link in links],
+        )
 
     def _query(self, db: Connection) -> Callable[..., list[Any]]:
         def run(sql: str, params: Sequence[object], fetch: bool = True) -> list[Any]:
