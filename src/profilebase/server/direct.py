@@ -19,10 +19,11 @@ from profilebase.client.replies import BatchStatus
 from profilebase.errors import NotFound
 from profilebase.models import Batch, Client, KeyKind, from_ms
 from profilebase.server import clients, export, profile_import
+from profilebase.server.batches import rows_per_second
+from profilebase.server.batches import standing as extended_state
 from profilebase.server.settings import Settings, client_limits
 from profilebase.server.storage import Store
 from profilebase.server.storage.batch_control import Cancellation, Cancelled
-from profilebase.server.web.extensions import extended_state, rows_per_second
 from profilebase.server.worker import Worker
 
 #: Profiles read per round trip while exporting, as the server does.

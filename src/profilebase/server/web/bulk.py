@@ -16,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from profilebase.errors import BadRequest, BatchRejected, BatchTooLarge, NotFound
-from profilebase.models import Batch, BatchState, Client, Limits, from_ms
+from profilebase.models import Client, Limits
 from profilebase.server import dry_run, quota
+from profilebase.server.batches import state_of
 from profilebase.server.ingest import Intake, store_batch
 from profilebase.server.settings import client_limits
 from profilebase.server.storage.base import Store
@@ -227,29 +228,6 @@ async def multipart_field(
         )
 
 
-def effective_state(
-    batch: Batch, now: int, stuck_after_seconds: float, limits: Limits | None = None
-) -> BatchState:
-    """The batch's state as of ``now``.
-
-    ``throttled`` while the client's ingestion (per its ``limits``) is paced now and
-    its next unit must wait; ``stuck`` when nothing progressed for
-    ``stuck_after_seconds`` counted from the later of the last progress and the end
-    of the last pause.
-    """
-    if batch.state is BatchState.COMPLETE:
-        return batch.state
-    last = int(batch.last_progress_at.timestamp() * 1000)
-    if batch.throttled_until is not None:
-        until = int(batch.throttled_until.timestamp() * 1000)
-        if until > now and limits is not None and limits.ingest_rate(from_ms(now)):
-            return BatchState.THROTTLED
-        last = max(last, until)
-    if now - last > stuck_after_seconds * 1000:
-        return BatchState.STUCK
-    return batch.state
-
-
 async def batch_status(request: Request) -> Response:
     """Target's batchStatus; extra parameters such as m2Node or mboxPC are ignored."""
     client = await resolve_client(request)
@@ -269,7 +247,7 @@ async def batch_status(request: Request) -> Response:
         )
     details = query(request, "showDetails", "").lower() == "true"
     settings = settings_of(request)
-    state = effective_state(
+    state = state_of(
         batch,
         clock_of(request)(),
         settings.stuck_after_seconds,

@@ -49,12 +49,12 @@ from profilebase.errors import (
     RequestTooLarge,
 )
 from profilebase.models import DAY_MS, Batch, BatchState, Client, FailedRow, KeyKind, WriteKind
+from profilebase.server.batches import rows_per_second, standing, state_of
 from profilebase.server.ingest import Intake, store_batch
 from profilebase.server.settings import client_limits
 from profilebase.server.storage.base import Store
 from profilebase.server.tokens import token_hash
 from profilebase.server.web import charts
-from profilebase.server.web.bulk import effective_state
 from profilebase.server.web.context import (
     address_of,
     clock_of,
@@ -63,13 +63,7 @@ from profilebase.server.web.context import (
     settings_of,
     store_of,
 )
-from profilebase.server.web.extensions import (
-    all_failures,
-    cells_of,
-    columns_of,
-    extended_state,
-    rows_per_second,
-)
+from profilebase.server.web.extensions import all_failures, cells_of, columns_of
 from profilebase.server.web.observe import metrics_of
 from profilebase.server.web.sessions import Sessions, check_csrf, new_csrf
 
@@ -295,7 +289,7 @@ def batch_rows(request: Request, viewer: Viewer, batches: Sequence[Batch]) -> li
         rows.append(
             BatchRow(
                 batch,
-                effective_state(batch, now, settings.stuck_after_seconds, limits),
+                state_of(batch, now, settings.stuck_after_seconds, limits),
                 percent,
                 rows_per_second(batch, now),
                 max(0, now // 1000 - int(batch.accepted_at.timestamp())),
@@ -383,13 +377,12 @@ async def batch_page(request: Request, viewer: Viewer) -> Response:
     units = await run_in_threadpool(store.units_summary, batch.seq, now)
     failed = await run_in_threadpool(store.failed_rows, batch.seq, after, FAILURES_PAGE)
     limits = client_limits(settings, client.limits)
-    standing = extended_state(batch, units, now, settings.stuck_after_seconds, limits)
     row = batch_rows(request, viewer, [batch])[0]
     return render(
         "batch.html",
         viewer,
         row=row,
-        standing=standing,
+        standing=standing(batch, units, now, settings.stuck_after_seconds, limits),
         units=units,
         failed=failed,
         after=after,

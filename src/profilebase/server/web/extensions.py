@@ -31,7 +31,6 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -40,15 +39,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from profilebase import __version__, batchfile
 from profilebase.errors import BadRequest, BatchTooLarge, NotFound
-from profilebase.models import Batch, BatchState, Client, FailedRow, Limits, from_ms, iso_ms
+from profilebase.models import Batch, Client, FailedRow, Limits, iso_ms
 from profilebase.server import profile_import
+from profilebase.server.batches import iso_ms_of, rows_per_second, standing
 from profilebase.server.dry_run import limits_json
 from profilebase.server.quota import DAY_MS
 from profilebase.server.settings import client_limits
 from profilebase.server.storage.base import Store, UnitsSummary
 from profilebase.server.storage.batch_control import Cancellation
 from profilebase.server.web import openapi
-from profilebase.server.web.bulk import effective_state, idempotency_key
+from profilebase.server.web.bulk import idempotency_key
 from profilebase.server.web.context import (
     address_of,
     clock_of,
@@ -134,90 +134,6 @@ async def find_batch(request: Request) -> tuple[Client, Batch]:
     return client, batch
 
 
-@dataclass(frozen=True)
-class Standing:
-    """A batch's state in the extension's five words, the reason where one helps, and,
-    for a throttled batch, when it may go on (ms)."""
-
-    state: BatchState
-    reason: str | None = None
-    until: int | None = None
-
-
-def extended_state(
-    batch: Batch, units: UnitsSummary, now: int, stuck_after_seconds: float, limits: Limits
-) -> Standing:
-    """Where the batch stands, judged with its client's ``limits``.
-
-    1. Complete is complete.
-    2. Throttled by pacing: the client's ``ingest_rows_per_second`` applies now and
-       its next unit waits until ``throttled_until`` (``bulk.effective_state``, which
-       also keeps such a batch from counting as stuck).
-    3. Stuck follows the rule of Target's batchStatus (no progress for
-       ``stuck_after_seconds``); the reason is the last error, or that no worker ran.
-    4. Throttled by a retry: nothing runs and a unit waits for its retry after a failure
-       ("waiting: " and why).
-    5. Queued (with the work ahead of it) or processing.
-    """
-    if batch.state is BatchState.COMPLETE:
-        return Standing(BatchState.COMPLETE)
-    state = effective_state(batch, now, stuck_after_seconds, limits)
-    if state is BatchState.THROTTLED and batch.throttled_until is not None:
-        until = int(batch.throttled_until.timestamp() * 1000)
-        return Standing(
-            BatchState.THROTTLED,
-            f"client {batch.client_code!r} is paced to {limits.ingest_rate(from_ms(now)):,} "
-            f"rows per second (ingest_rows_per_second) during {limits.business_hours!r} "
-            f"(business_hours); its next unit may start at {iso_ms_of(until)}",
-            until,
-        )
-    if state is BatchState.STUCK:
-        if units.last_error:
-            return Standing(
-                BatchState.STUCK,
-                f"no progress for over {stuck_after_seconds:g} s; "
-                f"the last attempt failed: {units.last_error}",
-            )
-        return Standing(
-            BatchState.STUCK,
-            f"no progress for over {stuck_after_seconds:g} s and no error recorded: is a "
-            "worker running (profilebase serve --workers 1 or more)?",
-        )
-    if units.retrying and not units.running:
-        # The worker stores a sentence for users (docs/design.md#when-applying-a-unit-fails).
-        retry_at = (
-            "" if units.retry_at_ms is None else f"; next attempt at {iso_ms_of(units.retry_at_ms)}"
-        )
-        return Standing(
-            BatchState.THROTTLED,
-            f"waiting: {units.last_error or 'an attempt failed'}{retry_at}",
-            units.retry_at_ms,
-        )
-    if batch.state is BatchState.QUEUED:
-        if units.units_ahead:
-            return Standing(
-                BatchState.QUEUED,
-                f"{units.units_ahead} unit(s) of earlier batches are ahead of this one",
-            )
-        return Standing(BatchState.QUEUED)
-    return Standing(BatchState.PROCESSING)
-
-
-def iso_ms_of(ms: int) -> str:
-    return iso_ms(from_ms(ms))
-
-
-def rows_per_second(batch: Batch, now: int) -> float | None:
-    """Rows consumed per second since the first unit was claimed (to the finish, if any)."""
-    if batch.started_at is None or not batch.counts.consumed:
-        return None
-    end = batch.finished_at.timestamp() if batch.finished_at else now / 1000
-    elapsed = end - batch.started_at.timestamp()
-    if elapsed <= 0:
-        return None
-    return round(batch.counts.consumed / elapsed, 1)
-
-
 def status_json(
     request: Request,
     batch: Batch,
@@ -226,7 +142,7 @@ def status_json(
     now: int,
     cancellation: Cancellation | None = None,
 ) -> dict[str, Any]:
-    standing = extended_state(batch, units, now, settings_of(request).stuck_after_seconds, limits)
+    where = standing(batch, units, now, settings_of(request).stuck_after_seconds, limits)
     base = str(request.base_url).rstrip("/")
     v2 = "/v2" if batch.version >= 2 else ""
     counts = batch.counts
@@ -236,10 +152,10 @@ def status_json(
         "version": batch.version,
         "key": str(batch.key_kind),
         "attributes": list(batch.names),
-        "status": standing.state.target_status,
-        "state": str(standing.state),
-        "reason": standing.reason,
-        "throttledUntil": None if standing.until is None else iso_ms_of(standing.until),
+        "status": where.state.target_status,
+        "state": str(where.state),
+        "reason": where.reason,
+        "throttledUntil": None if where.until is None else iso_ms_of(where.until),
         "batchSize": batch.batch_size,
         "consumedCount": counts.consumed,
         "successfulUpdates": counts.successful,
