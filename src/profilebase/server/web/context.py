@@ -1,8 +1,8 @@
 """What a handler works with, resolved once per request: its ``Context``.
 
-Every handler is ``async def handler(request, context)``. Its route declares the context
-it needs (``ApiRoute(..., context=...)``; ``with_context`` for the dashboard's plain
-routes), and the route builds it before the handler runs:
+A handler is ``async def handler(request, context)``. Its route declares the context it
+needs (``ApiRoute(..., context=...)``; ``with_context`` for the dashboard's and /metrics'
+plain routes), and the route builds it before the handler runs:
 
 - ``app_context``: the app's ``Context`` (store, settings, clock, server secret, failed
   attempts, metrics, dashboard sessions), made once when the app starts. For routes that
