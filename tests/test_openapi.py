@@ -12,7 +12,7 @@ from conftest import LiveServer
 from helpers import batch_id_of, submit
 from starlette.routing import Route
 
-from profilebase.server.web import create_app, openapi
+from profilebase.server.web import context, create_app, openapi
 
 
 def test_every_route_is_described_and_nothing_else(settings):  # type: ignore[no-untyped-def]
@@ -41,6 +41,31 @@ def test_every_api_route_declares_its_operation(settings):  # type: ignore[no-un
             assert isinstance(route, openapi.ApiRoute), route.path
             methods = {m.lower() for m in route.methods or set()} - {"head"}
             assert set(route.operations) == methods, route.path
+
+
+#: The contexts that find the request's client and check its token before the handler runs.
+AUTHORIZING = {context.client_in_path, context.client_named, context.client_in_path_or_named}
+
+
+def test_every_api_route_declares_the_context_its_operation_promises(settings):  # type: ignore[no-untyped-def]
+    """A route whose operation takes the token resolves and authorizes its client before
+    its handler runs, from the path when the path names it; the Delivery API finds its client
+    without a token; the rest (health, the document, the token routes, which check Basic
+    credentials themselves) take the app's context."""
+    app = create_app(settings, workers=0)
+    for route in app.routes:
+        if not isinstance(route, openapi.ApiRoute):
+            continue
+        security = {str(op.get("security")) for op in route.operations.values()}
+        assert len(security) == 1, route.path
+        if security == {str(openapi.TOKEN_IF_REQUIRED)}:
+            assert route.context in AUTHORIZING, route.path
+            in_path = "{client}" in route.path
+            assert in_path == (route.context is not context.client_named), route.path
+        elif route.path == "/rest/v1/delivery":
+            assert route.context is context.client_named_without_token
+        else:
+            assert route.context is context.app_context, route.path
 
 
 #: Operations Target lacks that sit beside Target's own paths (issue 3 names these paths).

@@ -13,9 +13,9 @@ from profilebase import business_hours
 from profilebase.errors import ConfigError
 from profilebase.models import BatchState, now_ms
 from profilebase.server import clients
+from profilebase.server.batches import state_of
 from profilebase.server.settings import Settings, client_limits
 from profilebase.server.storage import Store
-from profilebase.server.web.bulk import effective_state
 from profilebase.server.worker import Worker
 
 #: Wednesday 2025-01-15 10:00 UTC, and the Saturday after.
@@ -186,7 +186,7 @@ def test_throttled_batch_is_not_reported_stuck(
     batch = store.get_batch(1, batch_id)
     assert batch is not None
     limits = client_limits(Settings(), store.get_client("demo").limits)  # type: ignore[union-attr]
-    assert effective_state(batch, clock(), 1, limits) is BatchState.THROTTLED
+    assert state_of(batch, clock(), 1, limits) is BatchState.THROTTLED
     assert batch.throttled_until == datetime.fromtimestamp((WEDNESDAY_10 + 5000) / 1000, UTC)
     assert status(http, batch_id)["status"] == "incomplete"
     clock.advance(10)  # the pause is long over and nothing ran: now it is stuck

@@ -7,9 +7,9 @@ from datetime import timedelta
 import httpx
 from helpers import apply_claim, batch_id_of, status, submit
 
-from profilebase.models import BatchState, now_ms
+from profilebase.models import BatchState, Limits, now_ms
+from profilebase.server.batches import state_of
 from profilebase.server.storage import Store
-from profilebase.server.web.bulk import effective_state
 
 
 def test_stuck_only_after_the_configured_time_without_progress(
@@ -19,13 +19,13 @@ def test_stuck_only_after_the_configured_time_without_progress(
     batch = store.get_batch(1, batch_id)
     assert batch is not None and batch.state is BatchState.QUEUED
     accepted = int(batch.last_progress_at.timestamp() * 1000)
-    assert effective_state(batch, accepted + 899_000, 900) is BatchState.QUEUED
-    assert effective_state(batch, accepted + 901_000, 900) is BatchState.STUCK
+    assert state_of(batch, accepted + 899_000, 900, Limits()) is BatchState.QUEUED
+    assert state_of(batch, accepted + 901_000, 900, Limits()) is BatchState.STUCK
     assert BatchState.STUCK.target_status == "stuck"
     drain()
     done = store.get_batch(1, batch_id)
     assert done is not None
-    assert effective_state(done, accepted + 10**9, 900) is BatchState.COMPLETE
+    assert state_of(done, accepted + 10**9, 900, Limits()) is BatchState.COMPLETE
     assert status(http, batch_id)["status"] == "complete"
 
 

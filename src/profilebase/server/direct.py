@@ -18,11 +18,11 @@ from profilebase.client.imports import ImportFailure, ImportResult, split
 from profilebase.client.replies import BatchStatus
 from profilebase.errors import NotFound
 from profilebase.models import Batch, Client, KeyKind, from_ms
-from profilebase.server import clients, export, profile_import
+from profilebase.server import batches, clients, export, profile_import
+from profilebase.server.batches import rows_per_second
 from profilebase.server.settings import Settings, client_limits
 from profilebase.server.storage import Store
 from profilebase.server.storage.batch_control import Cancellation, Cancelled
-from profilebase.server.web.extensions import extended_state, rows_per_second
 from profilebase.server.worker import Worker
 
 #: Profiles read per round trip while exporting, as the server does.
@@ -72,7 +72,7 @@ def status_of(
     """A stored batch as the JSON status endpoint describes it, in the SDK's shape."""
     units = store.units_summary(batch.seq, now_ms)
     limits = client_limits(settings, client.limits)
-    standing = extended_state(batch, units, now_ms, settings.stuck_after_seconds, limits)
+    standing = batches.standing(batch, units, now_ms, settings.stuck_after_seconds, limits)
     counts = batch.counts
     return BatchStatus(
         batch_id=batch.batch_id,

@@ -31,7 +31,9 @@ from profilebase.server.web import (
     update,
 )
 from profilebase.server.web.attempts import FailedAttempts
+from profilebase.server.web.context import Context, app_context
 from profilebase.server.web.openapi import JSON, TARGET, ApiRoute, operation, ref, reply
+from profilebase.server.web.sessions import Sessions
 from profilebase.server.worker import WorkerPool
 
 DEMO_CLIENT = "demo"
@@ -42,23 +44,21 @@ DEMO_CLIENT = "demo"
 READINESS_THREADS = 2
 
 
-async def healthz(request: Request) -> Response:
+async def healthz(request: Request, context: Context) -> Response:
     """Liveness: 200 while the process serves HTTP, whatever the database's state."""
     return JSONResponse({"status": "ok"})
 
 
-async def readyz(request: Request) -> Response:
+async def readyz(request: Request, context: Context) -> Response:
     """Readiness: 200 when the database answers and its schema is up to date, 503 otherwise.
 
     Answers within ``database_timeout`` (plus the check itself); the reply says which
     of the two is wrong, in our words. Not logged: load balancers ask every few seconds,
     and the requests that fail during an outage are logged already.
     """
-    store: Store = request.app.state.store
-    settings: Settings = request.app.state.settings
     try:
         pending = await to_thread.run_sync(
-            store.pending_migrations, limiter=request.app.state.readiness_limiter
+            context.store.pending_migrations, limiter=context.readiness_limiter
         )
     except DatabaseUnavailable as exc:
         return JSONResponse(
@@ -74,7 +74,7 @@ async def readyz(request: Request) -> Response:
                 f"missing ({', '.join(pending)}). Run `profilebase migrate`.",
             },
             status_code=503,
-            headers={"Retry-After": str(max(1, round(settings.database_timeout)))},
+            headers={"Retry-After": str(max(1, round(context.settings.database_timeout)))},
         )
     return JSONResponse({"status": "ready"})
 
@@ -127,10 +127,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.readiness_limiter = CapacityLimiter(READINESS_THREADS)
         await run_in_threadpool(prepare, the_store, settings)
-        app.state.secret = await run_in_threadpool(
-            server_secret.open_secret, settings, the_store, clock()
+        app.state.context = Context(
+            store=the_store,
+            settings=settings,
+            clock=clock,
+            secret=await run_in_threadpool(server_secret.open_secret, settings, the_store, clock()),
+            failed_attempts=FailedAttempts(settings.auth_failures_per_minute, clock),
+            metrics=metrics,
+            sessions=Sessions(settings.session_secret),
+            readiness_limiter=CapacityLimiter(READINESS_THREADS),
         )
         pool = WorkerPool(the_store, settings, count, clock, metrics)
         pool.start()
@@ -143,8 +149,8 @@ def create_app(
 
     app = Starlette(
         routes=[
-            ApiRoute("/healthz", healthz, methods=["GET"], operation=HEALTHZ),
-            ApiRoute("/readyz", readyz, methods=["GET"], operation=READYZ),
+            ApiRoute("/healthz", healthz, methods=["GET"], context=app_context, operation=HEALTHZ),
+            ApiRoute("/readyz", readyz, methods=["GET"], context=app_context, operation=READYZ),
             *bulk.routes,
             *update.routes,
             *profiles.routes,
@@ -166,9 +172,5 @@ def create_app(
         ],
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.store = the_store
-    app.state.clock = clock
     app.state.metrics = metrics
-    app.state.failed_attempts = FailedAttempts(settings.auth_failures_per_minute, clock)
     return app

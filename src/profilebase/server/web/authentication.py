@@ -8,7 +8,8 @@
   Classic's form: 200 ``{access_token, scope, expires_in, token_type}``; the client is
   resolved as every route that takes it from outside the path does.
 
-All of them authenticate with HTTP Basic ``api_key:secret``.
+All of them authenticate with HTTP Basic ``api_key:secret``, not with a token, so their
+routes take the app's context and find the client themselves, after checking the scope.
 """
 
 from __future__ import annotations
@@ -23,17 +24,13 @@ from starlette.responses import JSONResponse, Response
 from profilebase.errors import BadRequest, NotFound, Unauthenticated
 from profilebase.models import Client
 from profilebase.server import clients, tokens
-from profilebase.server.settings import client_limits
 from profilebase.server.web.context import (
+    Context,
     address_of,
+    app_context,
     client_named_by,
-    clock_of,
     enabled,
-    failed_attempts_of,
-    find_client,
-    secret_of,
-    settings_of,
-    store_of,
+    found_client,
 )
 from profilebase.server.web.openapi import (
     BASIC,
@@ -68,9 +65,9 @@ def basic_credentials(request: Request) -> tuple[str, str] | None:
     return (key, secret) if colon else None
 
 
-async def authenticated_client(request: Request, client: Client) -> Client:
+async def authenticated_client(request: Request, context: Context, client: Client) -> Client:
     """``client`` once the request's Basic credentials are its own (else 401)."""
-    attempts = failed_attempts_of(request)
+    attempts = context.failed_attempts
     address = address_of(request)
     attempts.check(address)
     given = basic_credentials(request)
@@ -100,18 +97,19 @@ def require_scope(request: Request, *names: str) -> None:
         )
 
 
-async def token(request: Request) -> Response:
+async def token(request: Request, context: Context) -> Response:
     """POST creates a token (201); GET returns the active one (200) or 404."""
     require_scope(request, "authorizationScope", "scope")
-    found = await find_client(request, request.path_params["client"])
-    client = await authenticated_client(request, found)
-    store, now = store_of(request), clock_of(request)()
+    code = request.path_params["client"]
+    found = enabled(await run_in_threadpool(found_client, context.store, code))
+    client = await authenticated_client(request, context, found)
+    now = context.clock()
     if request.method == "GET":
-        return await active_token(request, client, now)
-    settings = settings_of(request)
-    ttl = client_limits(settings, client.limits).token_ttl_seconds
+        return await active_token(context, client, now)
+    ttl = context.client_limits(client).token_ttl_seconds
+    grace = context.settings.token_grace_seconds
     issued = await run_in_threadpool(
-        tokens.issue, store, client, secret_of(request), ttl, settings.token_grace_seconds, now
+        tokens.issue, context.store, client, context.secret, ttl, grace, now
     )
     body = {
         "accessToken": issued.value,
@@ -122,16 +120,14 @@ async def token(request: Request) -> Response:
     return JSONResponse(body, status_code=201, headers=NO_STORE)
 
 
-async def active_token(request: Request, client: Client, now: int) -> Response:
+async def active_token(context: Context, client: Client, now: int) -> Response:
     """The client's active token, derived again from the server secret, with its seconds
     left; 404 when it has none, or only one made before tokens could be shown."""
-    active = await run_in_threadpool(
-        store_of(request).active_token, client.id, tokens.PROFILE_API, now
-    )
+    active = await run_in_threadpool(context.store.active_token, client.id, tokens.PROFILE_API, now)
     create = "create one with POST on this URL (with the same credentials)"
     if active is None:
         raise NotFound(f"Client {client.code!r} has no active profile_api token; {create}.")
-    value = tokens.reveal(secret_of(request), active)
+    value = tokens.reveal(context.secret, active)
     if value is None:
         raise NotFound(
             f"The active token of client {client.code!r} (…{active.last4}) was made before "
@@ -146,21 +142,21 @@ async def active_token(request: Request, client: Client, now: int) -> Response:
     return JSONResponse(body, headers=NO_STORE)
 
 
-async def legacy_token(request: Request) -> Response:
+async def legacy_token(request: Request, context: Context) -> Response:
     """Target Classic's token call: a new token, in snake_case, with its shorter lifetime."""
     require_scope(request, "scope")
-    found = enabled(await run_in_threadpool(client_named_by, request))
-    client = await authenticated_client(request, found)
-    settings = settings_of(request)
+    found = enabled(await run_in_threadpool(client_named_by, request, context))
+    client = await authenticated_client(request, context, found)
+    settings = context.settings
     ttl = settings.legacy_token_ttl_seconds
     issued = await run_in_threadpool(
         tokens.issue,
-        store_of(request),
+        context.store,
         client,
-        secret_of(request),
+        context.secret,
         ttl,
         settings.token_grace_seconds,
-        clock_of(request)(),
+        context.clock(),
     )
     body = {
         "access_token": issued.value,
@@ -215,12 +211,14 @@ routes = [
         "/{client}/target/authentication/token",
         token,
         methods=["GET", "POST"],
+        context=app_context,
         operations={"get": RETRIEVE, "post": CREATE},
     ),
     ApiRoute(
         "/admin/rest/v1/authentication/token",
         legacy_token,
         methods=["GET", "POST"],
+        context=app_context,
         operation=LEGACY,
     ),
 ]

@@ -16,20 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from profilebase.errors import BadRequest, BatchRejected, BatchTooLarge, NotFound
-from profilebase.models import Batch, BatchState, Client, Limits, from_ms
 from profilebase.server import dry_run, quota
+from profilebase.server.batches import state_of
 from profilebase.server.ingest import Intake, store_batch
-from profilebase.server.settings import client_limits
 from profilebase.server.storage.base import Store
 from profilebase.server.web import compression, xml
-from profilebase.server.web.context import (
-    clock_of,
-    resolve_client,
-    settings_of,
-    store_of,
-    with_headers,
-)
-from profilebase.server.web.observe import metrics_of
+from profilebase.server.web.context import ClientContext, client_in_path, with_headers
 from profilebase.server.web.openapi import (
     CLIENT,
     IGNORED,
@@ -51,25 +43,21 @@ from profilebase.server.web.openapi import (
 FAILED_ROWS_PAGE = 10_000
 
 
-async def batch_update(request: Request) -> Response:
+async def batch_update(request: Request, context: ClientContext) -> Response:
     """Accept a batch; every reply to an authorized caller carries the quota headers."""
-    client = await resolve_client(request)
-    limits = client_limits(settings_of(request), client.limits)
-    return await with_headers(
-        accept(request, client, limits), lambda: quota_headers(request, client, limits)
-    )
+    return await with_headers(accept(request, context), lambda: quota_headers(context))
 
 
-async def quota_headers(request: Request, client: Client, limits: Limits) -> dict[str, str]:
+async def quota_headers(context: ClientContext) -> dict[str, str]:
     """``X-RateLimit-*`` for the client's rolling daily row quota, as it stands now."""
-    now = clock_of(request)()
+    now = context.clock()
     recent = await run_in_threadpool(
-        store_of(request).recent_batches, client.id, now - quota.DAY_MS
+        context.store.recent_batches, context.client.id, now - quota.DAY_MS
     )
-    return quota.rate_limit_headers(recent, limits.rows_per_day, now)
+    return quota.rate_limit_headers(recent, context.limits.rows_per_day, now)
 
 
-async def accept(request: Request, client: Client, limits: Limits) -> Response:
+async def accept(request: Request, context: ClientContext) -> Response:
     """Stream the body through the intake, store it, reply with its status URL.
 
     The quotas are checked before the body is read (to refuse early) and again in
@@ -79,8 +67,7 @@ async def accept(request: Request, client: Client, limits: Limits) -> Response:
     accepted and counted, which the store answers before its own check.
     """
     version = 2 if "/v2/" in request.url.path else 1
-    settings = settings_of(request)
-    store, clock = store_of(request), clock_of(request)
+    store, clock, client, limits = context.store, context.clock, context.client, context.limits
     dry = is_dry_run(request)
     key = None if dry else idempotency_key(request)
     if not dry and key is None:
@@ -98,7 +85,9 @@ async def accept(request: Request, client: Client, limits: Limits) -> Response:
             f"{limits.max_batch_bytes:,} bytes (max_batch_bytes). Split the file into "
             "several batches."
         )
-    intake = Intake(limits, settings.unit_rows, prefix_optional=multipart, digest=key is not None)
+    intake = Intake(
+        limits, context.settings.unit_rows, prefix_optional=multipart, digest=key is not None
+    )
     try:
         body: AsyncIterator[bytes] = request.stream()
         if coding == compression.GZIP:
@@ -120,7 +109,7 @@ async def accept(request: Request, client: Client, limits: Limits) -> Response:
     seq, batch_id = await run_in_threadpool(
         store_batch, store, client, version, read, limits, clock(), key
     )
-    metrics_of(request).batch_accepted(client.code, batch_id, read.rows)
+    context.metrics.batch_accepted(client.code, batch_id, read.rows)
     base = str(request.base_url).rstrip("/")
     v2 = "/v2" if version == 2 else ""
     status_url = f"{base}/m2/{client.code}{v2}/profile/batchStatus?batchId={batch_id}"
@@ -227,54 +216,24 @@ async def multipart_field(
         )
 
 
-def effective_state(
-    batch: Batch, now: int, stuck_after_seconds: float, limits: Limits | None = None
-) -> BatchState:
-    """The batch's state as of ``now``.
-
-    ``throttled`` while the client's ingestion (per its ``limits``) is paced now and
-    its next unit must wait; ``stuck`` when nothing progressed for
-    ``stuck_after_seconds`` counted from the later of the last progress and the end
-    of the last pause.
-    """
-    if batch.state is BatchState.COMPLETE:
-        return batch.state
-    last = int(batch.last_progress_at.timestamp() * 1000)
-    if batch.throttled_until is not None:
-        until = int(batch.throttled_until.timestamp() * 1000)
-        if until > now and limits is not None and limits.ingest_rate(from_ms(now)):
-            return BatchState.THROTTLED
-        last = max(last, until)
-    if now - last > stuck_after_seconds * 1000:
-        return BatchState.STUCK
-    return batch.state
-
-
-async def batch_status(request: Request) -> Response:
+async def batch_status(request: Request, context: ClientContext) -> Response:
     """Target's batchStatus; extra parameters such as m2Node or mboxPC are ignored."""
-    client = await resolve_client(request)
+    client, store, settings = context.client, context.store, context.settings
     batch_id = query(request, "batchId", "").strip()
     if not batch_id:
         raise BadRequest(
             "The batchId query parameter is missing: use the batchStatus URL that "
             "batchUpdate returned, e.g. ?batchId=demo-1700000000000-1."
         )
-    store = store_of(request)
     batch = await run_in_threadpool(store.get_batch, client.id, batch_id)
     if batch is None:
         raise NotFound(
             f"No batch {batch_id!r} for client {client.code!r}: check the batch id, or the "
             "status has expired (statuses are kept "
-            f"{settings_of(request).status_retention_days:g} days)."
+            f"{settings.status_retention_days:g} days)."
         )
     details = query(request, "showDetails", "").lower() == "true"
-    settings = settings_of(request)
-    state = effective_state(
-        batch,
-        clock_of(request)(),
-        settings.stuck_after_seconds,
-        client_limits(settings, client.limits),
-    )
+    state = state_of(batch, context.clock(), settings.stuck_after_seconds, context.limits)
     parts = xml.batch_status(batch, state.target_status, details)
     if not (details and batch.version >= 2 and batch.counts.failed):
         return xml.xml_response(parts)
@@ -384,24 +343,28 @@ routes = [
         "/m2/{client}/profile/batchUpdate",
         batch_update,
         methods=["POST"],
+        context=client_in_path,
         operation=update_operation(1),
     ),
     ApiRoute(
         "/m2/{client}/v2/profile/batchUpdate",
         batch_update,
         methods=["POST"],
+        context=client_in_path,
         operation=update_operation(2),
     ),
     ApiRoute(
         "/m2/{client}/profile/batchStatus",
         batch_status,
         methods=["GET"],
+        context=client_in_path,
         operation=status_operation(),
     ),
     ApiRoute(
         "/m2/{client}/v2/profile/batchStatus",
         batch_status,
         methods=["GET"],
+        context=client_in_path,
         operation=status_operation(),
     ),
 ]

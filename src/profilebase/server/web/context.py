@@ -1,13 +1,37 @@
-"""What every handler needs: settings, store, clock, the server secret, the request's
-client — resolved and authorized in one place so that no endpoint can forget to — its
-limits, and its body."""
+"""What a handler works with, resolved once per request: its ``Context``.
+
+A handler is ``async def handler(request, context)``. Its route declares the context it
+needs (``ApiRoute(..., context=...)``; ``with_context`` for the dashboard's and /metrics'
+plain routes), and the route builds it before the handler runs:
+
+- ``app_context``: the app's ``Context`` (store, settings, clock, server secret, failed
+  attempts, metrics, dashboard sessions), made once when the app starts. For routes that
+  serve no client (``/healthz``, ``/openapi.json``, the dashboard) or that find their client
+  themselves before authenticating (the token routes: HTTP Basic, not a token).
+- ``client_in_path``: a ``ClientContext``, the app's plus the client the path names, found
+  and authorized, and its limits.
+- ``client_named``: the same for a client named from outside the path (docs/clients.md,
+  Which client a request is for); ``client_named_without_token`` only finds it (the
+  Delivery API: page calls come from browsers, without credentials);
+  ``client_in_path_or_named`` takes it from the path, or, for a path carrying the literal
+  ``client`` in its place (``/m2/client/…``), from outside.
+
+A client is resolved in one place so that no endpoint can forget to, and before anything
+else the endpoint does (before a body is read): unknown 404, disabled 403, then, when the
+client requires authorization, its token (``authorize``). It is read from the database on
+every request, so a change made with ``profilebase clients`` applies at once; finding and
+authorizing run in one trip to a thread.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
+from anyio import CapacityLimiter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,45 +48,135 @@ from profilebase.errors import (
 from profilebase.models import Client, Limits
 from profilebase.server import tokens
 from profilebase.server.clients import CODE
+from profilebase.server.metrics import Metrics
 from profilebase.server.secret import ServerSecret
 from profilebase.server.settings import Settings, client_limits
 from profilebase.server.storage.base import Store
 from profilebase.server.web.attempts import FailedAttempts
 from profilebase.server.web.openapi import query
+from profilebase.server.web.sessions import Sessions
 
 log = logging.getLogger("profilebase.server.web")
 
 
-def store_of(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
+@dataclass(frozen=True)
+class Context:
+    """The app's world, the same for every request; made when the app starts."""
+
+    store: Store
+    settings: Settings
+    #: Milliseconds since the epoch; tests give the app a clock they move by hand.
+    clock: Callable[[], int]
+    #: The server secret tokens derive from, confirmed against the database at start-up.
+    secret: ServerSecret
+    #: Failed authentications per address (``auth_failures_per_minute``).
+    failed_attempts: FailedAttempts
+    metrics: Metrics
+    #: The dashboard's signed login cookies.
+    sessions: Sessions
+    #: Threads of the readiness checks' own, so that /readyz answers while every thread of
+    #: the shared pool waits for a database that is gone.
+    readiness_limiter: CapacityLimiter
+
+    def client_limits(self, client: Client) -> Limits:
+        """The limits in force for ``client``: its overrides, else the server's settings."""
+        return client_limits(self.settings, client.limits)
+
+    def for_client(self, client: Client) -> ClientContext:
+        """This context with the request's client (found and authorized) and its limits."""
+        return ClientContext(
+            self.store,
+            self.settings,
+            self.clock,
+            self.secret,
+            self.failed_attempts,
+            self.metrics,
+            self.sessions,
+            self.readiness_limiter,
+            client,
+            self.client_limits(client),
+        )
 
 
-def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+@dataclass(frozen=True)
+class ClientContext(Context):
+    """The context of a route that serves one client: the app's, plus the client."""
+
+    client: Client
+    limits: Limits
 
 
-def limits_of(request: Request, client: Client) -> Limits:
-    """The limits in force for ``client``: its overrides, else the server's settings."""
-    return client_limits(settings_of(request), client.limits)
+Handler = Callable[[Request, Context], Awaitable[Response]]
 
 
-def clock_of(request: Request) -> Callable[[], int]:
-    """Milliseconds since the epoch; tests give the app a clock they move by hand."""
-    clock: Callable[[], int] = request.app.state.clock
-    return clock
+async def app_context(request: Request) -> Context:
+    """The app's context, for a route that serves no client (or finds it itself)."""
+    context: Context = request.app.state.context
+    return context
 
 
-def secret_of(request: Request) -> ServerSecret:
-    """The server secret tokens derive from, confirmed against the database at start-up."""
-    secret: ServerSecret = request.app.state.secret
-    return secret
+def with_context(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A Starlette endpoint that calls ``handler`` with the app's context (plain routes)."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        return await handler(request, await app_context(request))
+
+    return endpoint
 
 
-def failed_attempts_of(request: Request) -> FailedAttempts:
-    attempts: FailedAttempts = request.app.state.failed_attempts
-    return attempts
+Find = Callable[[Request, Context], Client]
+
+
+async def resolved(request: Request, find: Find, authorize_it: bool = True) -> ClientContext:
+    """The context with the client ``find`` names (404 if none) once it is enabled (403)
+    and, with ``authorize_it``, once the request may make a profile API call for it."""
+    context = await app_context(request)
+
+    def resolve() -> ClientContext:
+        client = enabled(find(request, context))
+        if authorize_it:
+            authorize(request, context, client)
+        return context.for_client(client)
+
+    return await run_in_threadpool(resolve)
+
+
+def in_path(request: Request, context: Context) -> Client:
+    return found_client(context.store, request.path_params.get("client", ""))
+
+
+async def client_in_path(request: Request) -> ClientContext:
+    """The client the path names (``{client}``), found and authorized."""
+    return await resolved(request, in_path)
+
+
+async def client_named(request: Request) -> ClientContext:
+    """The client a request names from outside the path (``client_named_by``), authorized."""
+    return await resolved(request, client_named_by)
+
+
+async def client_named_without_token(request: Request) -> ClientContext:
+    """The client a request names from outside the path, found only: the Delivery API,
+    which Target takes without credentials (page calls come from browsers)."""
+    return await resolved(request, client_named_by, authorize_it=False)
+
+
+#: What a path may carry instead of a client code: ``/m2/client/profile/update``, as
+#: Target's documentation prints it.
+LITERAL_CLIENT = "client"
+
+
+def in_path_or_named(request: Request, context: Context) -> Client:
+    if request.path_params["client"] != LITERAL_CLIENT:
+        return in_path(request, context)
+    return client_named_by(request, context, LITERAL_CLIENT)
+
+
+async def client_in_path_or_named(request: Request) -> ClientContext:
+    """The client the path names, authorized; for the literal ``/m2/client/…``, the client
+    named from outside the path, a client really named ``client`` before the default."""
+    return await resolved(request, in_path_or_named)
 
 
 def address_of(request: Request) -> str:
@@ -84,13 +198,12 @@ def presented_tokens(request: Request) -> list[tokens.Presented]:
     return found
 
 
-async def find_client(request: Request, code: str) -> Client:
-    """The client ``code`` if it exists (404) and is not disabled (403); re-read on every
-    request, so a change made with ``profilebase clients`` applies at once."""
-    client = await run_in_threadpool(store_of(request).get_client, code)
+def found_client(store: Store, code: str) -> Client:
+    """The client ``code``, if it exists (404); whether it is enabled is ``enabled``'s."""
+    client = store.get_client(code)
     if client is None:
         raise UnknownClient(code)
-    return enabled(client)
+    return client
 
 
 def enabled(client: Client) -> Client:
@@ -99,58 +212,26 @@ def enabled(client: Client) -> Client:
     return client
 
 
-async def resolve_client(request: Request, code: str | None = None) -> Client:
-    """The client named in the path (or ``code``), once it may make this profile API call.
-
-    1. Unknown client: 404; disabled client: 403.
-    2. ``authorized``: the client's token, if it requires one.
-    """
-    client = await find_client(
-        request, code if code is not None else request.path_params.get("client", "")
-    )
-    return await authorized(request, client)
-
-
-async def authorized(request: Request, client: Client) -> Client:
-    """``client`` once the request may make a profile API call for it.
+def authorize(request: Request, context: Context, client: Client) -> None:
+    """Check the request may make a profile API call for ``client`` (blocking: run it in
+    a thread).
 
     If the client requires authorization: an address with too many recent failures gets
     429; then one of the tokens the request carries must be the client's, valid now (401
     if there is none, 403 if none is). A refused request counts as a failure of the address.
     """
     if not client.require_auth:
-        return client
-    attempts = failed_attempts_of(request)
+        return
+    attempts = context.failed_attempts
     attempts.check(address_of(request))
     try:
-        await run_in_threadpool(
-            tokens.authorize,
-            store_of(request),
-            client,
-            presented_tokens(request),
-            clock_of(request)(),
-        )
+        tokens.authorize(context.store, client, presented_tokens(request), context.clock())
     except AccessDenied:
         attempts.record(address_of(request))
         raise
-    return client
 
 
-async def request_client(
-    request: Request, authorize: bool = True, literal: str | None = None
-) -> Client:
-    """The client of a route that takes it from outside the path (docs/clients.md, Which
-    client a request is for), authorized as ``resolve_client`` does; with ``authorize``
-    False only found (the Delivery API, which Target takes without credentials: page
-    calls come from browsers). ``literal`` is the placeholder a path may carry instead of
-    a client code (``/m2/client/…``): a client really named so comes before the default.
-    """
-    client = await run_in_threadpool(client_named_by, request, literal)
-    enabled(client)
-    return await authorized(request, client) if authorize else client
-
-
-def client_named_by(request: Request, literal: str | None = None) -> Client:
+def client_named_by(request: Request, context: Context, literal: str | None = None) -> Client:
     """Which client a request is for, the first of:
 
     1. the ``client`` query parameter (404 if there is no such client);
@@ -160,7 +241,7 @@ def client_named_by(request: Request, literal: str | None = None) -> Client:
     4. a client named ``literal``;
     5. the server's ``default_client``, while that client exists.
     """
-    store = store_of(request)
+    store = context.store
     named = query(request, "client", "").strip()
     if named:
         found = store.get_client(named)
@@ -174,7 +255,7 @@ def client_named_by(request: Request, literal: str | None = None) -> Client:
         found = store.find_client_by_org(org_id) if org_id else None
     if found is None and literal:
         found = store.get_client(literal)
-    default = settings_of(request).default_client.strip()
+    default = context.settings.default_client.strip()
     if found is None and default:
         found = store.get_client(default)
     if found is None:

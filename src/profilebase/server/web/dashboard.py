@@ -49,29 +49,21 @@ from profilebase.errors import (
     RequestTooLarge,
 )
 from profilebase.models import DAY_MS, Batch, BatchState, Client, FailedRow, KeyKind, WriteKind
+from profilebase.server.batches import rows_per_second, standing, state_of
 from profilebase.server.ingest import Intake, store_batch
 from profilebase.server.settings import client_limits
 from profilebase.server.storage.base import Store
 from profilebase.server.tokens import token_hash
 from profilebase.server.web import charts
-from profilebase.server.web.bulk import effective_state
 from profilebase.server.web.context import (
+    Context,
     address_of,
-    clock_of,
-    failed_attempts_of,
+    app_context,
     read_body,
-    settings_of,
-    store_of,
+    with_context,
 )
-from profilebase.server.web.extensions import (
-    all_failures,
-    cells_of,
-    columns_of,
-    extended_state,
-    rows_per_second,
-)
-from profilebase.server.web.observe import metrics_of
-from profilebase.server.web.sessions import Sessions, check_csrf, new_csrf
+from profilebase.server.web.extensions import all_failures, cells_of, columns_of
+from profilebase.server.web.sessions import check_csrf, new_csrf
 
 BATCHES_PAGE = 50
 FAILURES_PAGE = 100
@@ -112,15 +104,6 @@ def templates() -> Environment:
 
 def when(moment: datetime | None) -> str:
     return "—" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def sessions_of(request: Request) -> Sessions:
-    """The app's session signer, made on first use with the configured key."""
-    state = request.app.state
-    if getattr(state, "dashboard_sessions", None) is None:
-        state.dashboard_sessions = Sessions(settings_of(request).session_secret)
-    sessions: Sessions = state.dashboard_sessions
-    return sessions
 
 
 # -- who is looking -----------------------------------------------------------------------
@@ -179,13 +162,13 @@ def find_viewer(
     return None
 
 
-async def viewer_of(request: Request, session: dict[str, Any]) -> Viewer | None:
-    settings = settings_of(request)
+async def viewer_of(context: Context, session: dict[str, Any]) -> Viewer | None:
+    settings = context.settings
     fingerprint = None
     if settings.admin_password:
-        fingerprint = sessions_of(request).admin_fingerprint(settings.admin_password)
+        fingerprint = context.sessions.admin_fingerprint(settings.admin_password)
     return await run_in_threadpool(
-        find_viewer, store_of(request), session, fingerprint, clock_of(request)()
+        find_viewer, context.store, session, fingerprint, context.clock()
     )
 
 
@@ -210,18 +193,20 @@ def error_page(viewer: Viewer | None, exc: ProfilebaseError) -> HTMLResponse:
     return response
 
 
-Page = Callable[[Request, Viewer], Awaitable[Response]]
+Page = Callable[[Request, Context, Viewer], Awaitable[Response]]
 
 
 def page(handler: Page) -> Callable[[Request], Awaitable[Response]]:
-    """A dashboard page: the viewer resolved (or a redirect to the login), errors shown as
-    a page of their own, the session's CSRF token made if it has none yet."""
+    """A dashboard page: the app's context and the viewer resolved (or a redirect to the
+    login), errors shown as a page of their own, the session's CSRF token made if it has
+    none yet."""
 
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
-        sessions = sessions_of(request)
+        context = await app_context(request)
+        sessions = context.sessions
         session, fresh = sessions.current(request)
-        viewer = await viewer_of(request, session)
+        viewer = await viewer_of(context, session)
         if viewer is None:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             response: Response = RedirectResponse(
@@ -229,7 +214,7 @@ def page(handler: Page) -> Callable[[Request], Awaitable[Response]]:
             )
         else:
             try:
-                response = await handler(request, viewer)
+                response = await handler(request, context, viewer)
             except HTTPException as exc:  # a form the parser refused
                 response = error_page(viewer, BadRequest(f"The form is invalid: {exc.detail}"))
             except ProfilebaseError as exc:
@@ -284,8 +269,8 @@ class BatchRow:
         return self.batch.counts.consumed
 
 
-def batch_rows(request: Request, viewer: Viewer, batches: Sequence[Batch]) -> list[BatchRow]:
-    settings, now = settings_of(request), clock_of(request)()
+def batch_rows(context: Context, viewer: Viewer, batches: Sequence[Batch]) -> list[BatchRow]:
+    settings, now = context.settings, context.clock()
     rows = []
     for batch in batches:
         client = viewer.client(batch.client_code)
@@ -295,7 +280,7 @@ def batch_rows(request: Request, viewer: Viewer, batches: Sequence[Batch]) -> li
         rows.append(
             BatchRow(
                 batch,
-                effective_state(batch, now, settings.stuck_after_seconds, limits),
+                state_of(batch, now, settings.stuck_after_seconds, limits),
                 percent,
                 rows_per_second(batch, now),
                 max(0, now // 1000 - int(batch.accepted_at.timestamp())),
@@ -305,9 +290,9 @@ def batch_rows(request: Request, viewer: Viewer, batches: Sequence[Batch]) -> li
 
 
 @page
-async def overview(request: Request, viewer: Viewer) -> Response:
+async def overview(request: Request, context: Context, viewer: Viewer) -> Response:
     """Rows per minute over the last hour, queue, workers, quotas and the latest batches."""
-    store, settings, now = store_of(request), settings_of(request), clock_of(request)()
+    store, now = context.store, context.clock()
     ids = viewer.client_ids
 
     def read() -> dict[str, Any]:
@@ -319,14 +304,14 @@ async def overview(request: Request, viewer: Viewer) -> Response:
             "queue": [q for q in store.queue_depth() if q.client_code in codes],
             "busy": store.workers_busy(now),
             "quotas": [
-                (c, used.get(c.id, 0), client_limits(settings, c.limits).rows_per_day)
+                (c, used.get(c.id, 0), context.client_limits(c).rows_per_day)
                 for c in viewer.clients
             ],
             "recent": store.list_batches(ids, limit=10),
         }
 
     found = await run_in_threadpool(read)
-    recent = batch_rows(request, viewer, found.pop("recent"))
+    recent = batch_rows(context, viewer, found.pop("recent"))
     return render("overview.html", viewer, recent=recent, **found)
 
 
@@ -334,7 +319,7 @@ async def overview(request: Request, viewer: Viewer) -> Response:
 
 
 @page
-async def batches(request: Request, viewer: Viewer) -> Response:
+async def batches(request: Request, context: Context, viewer: Viewer) -> Response:
     """Batches newest first, by client and state, a page at a time; the upload form."""
     code = request.query_params.get("client", "").strip()
     state = request.query_params.get("state", "").strip()
@@ -343,10 +328,8 @@ async def batches(request: Request, viewer: Viewer) -> Response:
     before = int_query(request, "before")
     ids = [visible_client(viewer, code).id] if code else viewer.client_ids
     finished = {"": None, "complete": True}.get(state, False)
-    found = await run_in_threadpool(
-        store_of(request).list_batches, ids, finished, before, BATCHES_PAGE
-    )
-    rows = batch_rows(request, viewer, found)
+    found = await run_in_threadpool(context.store.list_batches, ids, finished, before, BATCHES_PAGE)
+    rows = batch_rows(context, viewer, found)
     if state not in ("", "incomplete", "complete"):
         rows = [r for r in rows if r.state == state]
     older = found[-1].seq if len(found) == BATCHES_PAGE else None
@@ -362,10 +345,10 @@ async def batches(request: Request, viewer: Viewer) -> Response:
     )
 
 
-async def find_batch(request: Request, viewer: Viewer) -> tuple[Client, Batch]:
+async def find_batch(request: Request, context: Context, viewer: Viewer) -> tuple[Client, Batch]:
     client = visible_client(viewer, request.path_params["client"])
     batch_id = printable(request.path_params["batch_id"], "batch id")
-    batch = await run_in_threadpool(store_of(request).get_batch, client.id, batch_id)
+    batch = await run_in_threadpool(context.store.get_batch, client.id, batch_id)
     if batch is None:
         raise NotFound(
             f"No batch {batch_id!r} for client {client.code!r}: check the batch id, or its "
@@ -375,21 +358,20 @@ async def find_batch(request: Request, viewer: Viewer) -> tuple[Client, Batch]:
 
 
 @page
-async def batch_page(request: Request, viewer: Viewer) -> Response:
+async def batch_page(request: Request, context: Context, viewer: Viewer) -> Response:
     """One batch: its timeline, counts and state, and its failed rows a page at a time."""
     after = int_query(request, "after") or 0
-    client, batch = await find_batch(request, viewer)
-    store, settings, now = store_of(request), settings_of(request), clock_of(request)()
+    client, batch = await find_batch(request, context, viewer)
+    store, settings, now = context.store, context.settings, context.clock()
     units = await run_in_threadpool(store.units_summary, batch.seq, now)
     failed = await run_in_threadpool(store.failed_rows, batch.seq, after, FAILURES_PAGE)
-    limits = client_limits(settings, client.limits)
-    standing = extended_state(batch, units, now, settings.stuck_after_seconds, limits)
-    row = batch_rows(request, viewer, [batch])[0]
+    limits = context.client_limits(client)
+    row = batch_rows(context, viewer, [batch])[0]
     return render(
         "batch.html",
         viewer,
         row=row,
-        standing=standing,
+        standing=standing(batch, units, now, settings.stuck_after_seconds, limits),
         units=units,
         failed=failed,
         after=after,
@@ -416,10 +398,10 @@ def fix_file(rows: Iterator[FailedRow], columns: list[str]) -> Iterator[str]:
 
 
 @page
-async def failures_csv(request: Request, viewer: Viewer) -> Response:
+async def failures_csv(request: Request, context: Context, viewer: Viewer) -> Response:
     """Every failed row of a batch as a CSV file to fix and push again."""
-    _, batch = await find_batch(request, viewer)
-    rows = all_failures(store_of(request), batch.seq, 0)
+    _, batch = await find_batch(request, context, viewer)
+    rows = all_failures(context.store, batch.seq, 0)
     return StreamingResponse(
         fix_file(rows, columns_of(batch)),
         media_type="text/csv; charset=utf-8",
@@ -428,12 +410,10 @@ async def failures_csv(request: Request, viewer: Viewer) -> Response:
 
 
 @page
-async def upload(request: Request, viewer: Viewer) -> Response:
+async def upload(request: Request, context: Context, viewer: Viewer) -> Response:
     """Accept a batch file from the upload form, as batchUpdate would, and show its page."""
-    store, settings = store_of(request), settings_of(request)
-    largest = max(
-        (client_limits(settings, c.limits).max_batch_bytes for c in viewer.clients), default=0
-    )
+    store, settings = context.store, context.settings
+    largest = max((context.client_limits(c).max_batch_bytes for c in viewer.clients), default=0)
     declared = request.headers.get("content-length", "")
     if not declared.isdigit():
         raise BadRequest("Send the upload form from a browser: its Content-Length is missing.")
@@ -451,7 +431,7 @@ async def upload(request: Request, viewer: Viewer) -> Response:
         upload_file = form.get("batch")
         if not isinstance(upload_file, UploadFile):
             raise BadRequest("Choose a batch file to upload.")
-        limits = client_limits(settings, client.limits)
+        limits = context.client_limits(client)
         intake = Intake(limits, settings.unit_rows, prefix_optional=True)
         try:
             while chunk := await upload_file.read(1024 * 1024):
@@ -461,9 +441,9 @@ async def upload(request: Request, viewer: Viewer) -> Response:
             intake.units.close()
             raise
     _, batch_id = await run_in_threadpool(
-        store_batch, store, client, version, read, limits, clock_of(request)()
+        store_batch, store, client, version, read, limits, context.clock()
     )
-    metrics_of(request).batch_accepted(client.code, batch_id, read.rows)
+    context.metrics.batch_accepted(client.code, batch_id, read.rows)
     target = f"/ui/batches/{urllib.parse.quote(client.code)}/{urllib.parse.quote(batch_id)}"
     return RedirectResponse(target, status_code=303)
 
@@ -472,7 +452,7 @@ async def upload(request: Request, viewer: Viewer) -> Response:
 
 
 @page
-async def profile_page(request: Request, viewer: Viewer) -> Response:
+async def profile_page(request: Request, context: Context, viewer: Viewer) -> Response:
     """Look a profile up by any id kind; every attribute with its value, time and writer."""
     code = request.query_params.get("client", "").strip()
     kind_name = request.query_params.get("kind", str(KeyKind.THIRD_PARTY_ID))
@@ -484,10 +464,9 @@ async def profile_page(request: Request, viewer: Viewer) -> Response:
     searched = bool(code and identifier)
     if searched:
         client = visible_client(viewer, code)
-        limits = client_limits(settings_of(request), client.limits)
-        before = limits.expire_before_ms(clock_of(request)())
+        before = context.client_limits(client).expire_before_ms(context.clock())
         profile = await run_in_threadpool(
-            store_of(request).get_profile, client.id, KeyKind(kind_name).key(identifier), before
+            context.store.get_profile, client.id, KeyKind(kind_name).key(identifier), before
         )
     return render(
         "profile.html",
@@ -532,17 +511,17 @@ async def small_form(request: Request) -> dict[str, str]:
     return dict(pairs)
 
 
-async def login_page(request: Request) -> Response:
+async def login_page(request: Request, context: Context) -> Response:
     """The login form: the admin password, or a client's code and profile API token."""
-    sessions = sessions_of(request)
+    sessions = context.sessions
     session, fresh = sessions.current(request)
-    viewer = await viewer_of(request, session)
+    viewer = await viewer_of(context, session)
     response = render(
         "login.html",
         viewer,
         csrf=session["csrf"],
         next=safe_next(request.query_params.get("next", "/ui")),
-        admin_enabled=bool(settings_of(request).admin_password),
+        admin_enabled=bool(context.settings.admin_password),
         message=None,
     )
     if fresh:
@@ -550,37 +529,37 @@ async def login_page(request: Request) -> Response:
     return secured(response)
 
 
-async def login(request: Request) -> Response:
+async def login(request: Request, context: Context) -> Response:
     """Check a login form; a good one starts a new session, a bad one counts as a failure
     of the caller's address (``auth_failures_per_minute``, as for tokens)."""
-    sessions = sessions_of(request)
+    sessions = context.sessions
     session = sessions.read(request)
-    attempts, address = failed_attempts_of(request), address_of(request)
+    attempts, address = context.failed_attempts, address_of(request)
     target = safe_next(request.query_params.get("next", "/ui"))
     try:
         form = await small_form(request)
         target = safe_next(form.get("next", target))
         check_csrf(request, session, form.get("csrf"))
         attempts.check(address)
-        data = await run_in_threadpool(check_login, request, form)
+        data = await run_in_threadpool(check_login, context, form)
         if data is None:
             attempts.record(address)
             raise AccessDenied("Wrong password, or wrong client code or token.")
     except ProfilebaseError as exc:
-        return secured(login_failed(request, target, exc))
+        return secured(login_failed(request, context, target, exc))
     response = RedirectResponse(target, status_code=303)
     sessions.write(request, response, {"csrf": new_csrf(), **data})
     return secured(response)
 
 
-def check_login(request: Request, form: dict[str, str]) -> dict[str, str] | None:
+def check_login(context: Context, form: dict[str, str]) -> dict[str, str] | None:
     """The session a login form earns: admin, or a client's; None if it earns none."""
-    settings, store = settings_of(request), store_of(request)
+    settings, store = context.settings, context.store
     password = form.get("password", "")
     if password:
         admin = settings.admin_password
         if admin and secrets.compare_digest(password.encode(), admin.encode()):
-            return {"admin": sessions_of(request).admin_fingerprint(admin)}
+            return {"admin": context.sessions.admin_fingerprint(admin)}
         return None
     code, token = form.get("client", "").strip(), form.get("token", "").strip()
     if not code or not token:
@@ -589,15 +568,16 @@ def check_login(request: Request, form: dict[str, str]) -> dict[str, str] | None
     if client is None:
         return None
     digest = token_hash(token)
-    if not token_valid(store, client, digest, clock_of(request)()):
+    if not token_valid(store, client, digest, context.clock()):
         return None
     if client.disabled:
         raise ClientDisabled(client.code)
     return {"client": client.code, "token": digest}
 
 
-def login_failed(request: Request, target: str, exc: ProfilebaseError) -> Response:
-    sessions = sessions_of(request)
+def login_failed(
+    request: Request, context: Context, target: str, exc: ProfilebaseError
+) -> Response:
     fresh = {"csrf": new_csrf()}
     response = render(
         "login.html",
@@ -605,16 +585,16 @@ def login_failed(request: Request, target: str, exc: ProfilebaseError) -> Respon
         exc.status if exc.status >= 400 else 400,
         csrf=fresh["csrf"],
         next=target,
-        admin_enabled=bool(settings_of(request).admin_password),
+        admin_enabled=bool(context.settings.admin_password),
         message=exc.message,
     )
-    sessions.write(request, response, fresh)
+    context.sessions.write(request, response, fresh)
     return response
 
 
-async def logout(request: Request) -> Response:
+async def logout(request: Request, context: Context) -> Response:
     """End the session (a form post with its CSRF token)."""
-    sessions = sessions_of(request)
+    sessions = context.sessions
     session = sessions.read(request)
     try:
         form = await small_form(request)
@@ -660,8 +640,8 @@ routes = [
     ),
     Route("/ui/upload", upload, methods=["POST"], include_in_schema=False),
     Route("/ui/profiles", profile_page, methods=["GET"], include_in_schema=False),
-    Route("/ui/login", login_page, methods=["GET"], include_in_schema=False),
-    Route("/ui/login", login, methods=["POST"], include_in_schema=False),
-    Route("/ui/logout", logout, methods=["POST"], include_in_schema=False),
+    Route("/ui/login", with_context(login_page), methods=["GET"], include_in_schema=False),
+    Route("/ui/login", with_context(login), methods=["POST"], include_in_schema=False),
+    Route("/ui/logout", with_context(logout), methods=["POST"], include_in_schema=False),
     Route("/ui/static/{name}", static, methods=["GET"], include_in_schema=False),
 ]

@@ -33,12 +33,10 @@ from profilebase.models import KeyKind
 from profilebase.server.storage.base import Visit
 from profilebase.server.storage.links import customer_id_key, ecid_key
 from profilebase.server.web.context import (
-    clock_of,
-    limits_of,
+    ClientContext,
+    client_named_without_token,
     read_body,
-    request_client,
     scalar_text,
-    store_of,
 )
 from profilebase.server.web.openapi import (
     CLIENT_FROM_OUTSIDE,
@@ -91,13 +89,10 @@ def new_tnt_id() -> str:
     return uuid.uuid4().hex
 
 
-async def delivery(request: Request) -> Response:
+async def delivery(request: Request, context: ClientContext) -> Response:
     """Create or link the visitor's profile, apply its parameters, answer Target's envelope."""
-    # No token: "There is no authentication for Target Delivery APIs" (even for a client
-    # whose profile APIs require one); an unknown or disabled client is still refused.
-    client = await request_client(request, authorize=False)
+    client, limits = context.client, context.limits
     check_session_id(query(request, "sessionId"))
-    limits = limits_of(request, client)
     body = await read_body(request, limits.max_delivery_bytes, "max_delivery_bytes")
     try:
         payload = json.loads(body)
@@ -109,9 +104,9 @@ async def delivery(request: Request) -> Response:
     request_id = payload.get("requestId")
     if not isinstance(request_id, str) or not request_id:
         request_id = str(uuid.uuid4())
-    now = clock_of(request)()
+    now = context.clock()
     await run_in_threadpool(
-        store_of(request).visit,
+        context.store.visit,
         client.id,
         Visit(tnt_id, call.third_party_id, call.values, request_id, call.aliases),
         now,
@@ -350,4 +345,14 @@ OPERATION = operation(
     },
 )
 
-routes = [ApiRoute("/rest/v1/delivery", delivery, methods=["POST"], operation=OPERATION)]
+routes = [
+    ApiRoute(
+        "/rest/v1/delivery",
+        delivery,
+        methods=["POST"],
+        # No token: "There is no authentication for Target Delivery APIs" (even for a client
+        # whose profile APIs require one); an unknown or disabled client is still refused.
+        context=client_named_without_token,
+        operation=OPERATION,
+    )
+]

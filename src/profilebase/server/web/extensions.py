@@ -20,7 +20,7 @@ on them by accident:
 - ``POST /profilebase/v1/clients/{client}/imports``: import profiles from JSON
   lines (``profile_import.py``), as a batch of its own.
 
-Each of them resolves its client with ``web.context.resolve_client``, as
+Each of them takes its client from the path (``web.context.client_in_path``), as
 Target's routes do: a client that requires authorization needs its own token
 here too, and another client's batch ids are "not found".
 """
@@ -31,7 +31,6 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -40,23 +39,23 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from profilebase import __version__, batchfile
 from profilebase.errors import BadRequest, BatchTooLarge, NotFound
-from profilebase.models import Batch, BatchState, Client, FailedRow, Limits, from_ms, iso_ms
+from profilebase.models import Batch, FailedRow, iso_ms
 from profilebase.server import profile_import
+from profilebase.server.batches import iso_ms_of, rows_per_second, standing
 from profilebase.server.dry_run import limits_json
 from profilebase.server.quota import DAY_MS
-from profilebase.server.settings import client_limits
 from profilebase.server.storage.base import Store, UnitsSummary
 from profilebase.server.storage.batch_control import Cancellation
 from profilebase.server.web import openapi
-from profilebase.server.web.bulk import effective_state, idempotency_key
+from profilebase.server.web.bulk import idempotency_key
 from profilebase.server.web.context import (
+    ClientContext,
+    Context,
     address_of,
-    clock_of,
+    app_context,
+    client_in_path,
     presented_tokens,
     read_body,
-    resolve_client,
-    settings_of,
-    store_of,
 )
 from profilebase.server.web.openapi import (
     BATCH_ID,
@@ -87,12 +86,11 @@ MAX_PAGE_SIZE = 10_000
 STREAM_PAGE = 5000
 
 
-async def client_info(request: Request) -> Response:
+async def client_info(request: Request, context: ClientContext) -> Response:
     """The client's limits and quota use, and the extensions this server offers."""
-    client = await resolve_client(request)
-    limits = client_limits(settings_of(request), client.limits)
+    client, limits = context.client, context.limits
     used = await run_in_threadpool(
-        store_of(request).rows_accepted_since, client.id, clock_of(request)() - DAY_MS + 1
+        context.store.rows_accepted_since, client.id, context.clock() - DAY_MS + 1
     )
     return JSONResponse(
         {
@@ -121,112 +119,30 @@ async def client_info(request: Request) -> Response:
     )
 
 
-async def find_batch(request: Request) -> tuple[Client, Batch]:
-    client = await resolve_client(request)
+async def find_batch(request: Request, context: ClientContext) -> Batch:
+    """The client's batch the path names (404 if it has none)."""
+    client = context.client
     batch_id = request.path_params["batch_id"]
-    batch = await run_in_threadpool(store_of(request).get_batch, client.id, batch_id)
+    batch = await run_in_threadpool(context.store.get_batch, client.id, batch_id)
     if batch is None:
         raise NotFound(
             f"No batch {batch_id!r} for client {client.code!r}: check the batch id, or the "
             "status has expired (statuses are kept "
-            f"{settings_of(request).status_retention_days:g} days)."
+            f"{context.settings.status_retention_days:g} days)."
         )
-    return client, batch
-
-
-@dataclass(frozen=True)
-class Standing:
-    """A batch's state in the extension's five words, the reason where one helps, and,
-    for a throttled batch, when it may go on (ms)."""
-
-    state: BatchState
-    reason: str | None = None
-    until: int | None = None
-
-
-def extended_state(
-    batch: Batch, units: UnitsSummary, now: int, stuck_after_seconds: float, limits: Limits
-) -> Standing:
-    """Where the batch stands, judged with its client's ``limits``.
-
-    1. Complete is complete.
-    2. Throttled by pacing: the client's ``ingest_rows_per_second`` applies now and
-       its next unit waits until ``throttled_until`` (``bulk.effective_state``, which
-       also keeps such a batch from counting as stuck).
-    3. Stuck follows the rule of Target's batchStatus (no progress for
-       ``stuck_after_seconds``); the reason is the last error, or that no worker ran.
-    4. Throttled by a retry: nothing runs and a unit waits for its retry after a failure
-       ("waiting: " and why).
-    5. Queued (with the work ahead of it) or processing.
-    """
-    if batch.state is BatchState.COMPLETE:
-        return Standing(BatchState.COMPLETE)
-    state = effective_state(batch, now, stuck_after_seconds, limits)
-    if state is BatchState.THROTTLED and batch.throttled_until is not None:
-        until = int(batch.throttled_until.timestamp() * 1000)
-        return Standing(
-            BatchState.THROTTLED,
-            f"client {batch.client_code!r} is paced to {limits.ingest_rate(from_ms(now)):,} "
-            f"rows per second (ingest_rows_per_second) during {limits.business_hours!r} "
-            f"(business_hours); its next unit may start at {iso_ms_of(until)}",
-            until,
-        )
-    if state is BatchState.STUCK:
-        if units.last_error:
-            return Standing(
-                BatchState.STUCK,
-                f"no progress for over {stuck_after_seconds:g} s; "
-                f"the last attempt failed: {units.last_error}",
-            )
-        return Standing(
-            BatchState.STUCK,
-            f"no progress for over {stuck_after_seconds:g} s and no error recorded: is a "
-            "worker running (profilebase serve --workers 1 or more)?",
-        )
-    if units.retrying and not units.running:
-        # The worker stores a sentence for users (docs/design.md#when-applying-a-unit-fails).
-        retry_at = (
-            "" if units.retry_at_ms is None else f"; next attempt at {iso_ms_of(units.retry_at_ms)}"
-        )
-        return Standing(
-            BatchState.THROTTLED,
-            f"waiting: {units.last_error or 'an attempt failed'}{retry_at}",
-            units.retry_at_ms,
-        )
-    if batch.state is BatchState.QUEUED:
-        if units.units_ahead:
-            return Standing(
-                BatchState.QUEUED,
-                f"{units.units_ahead} unit(s) of earlier batches are ahead of this one",
-            )
-        return Standing(BatchState.QUEUED)
-    return Standing(BatchState.PROCESSING)
-
-
-def iso_ms_of(ms: int) -> str:
-    return iso_ms(from_ms(ms))
-
-
-def rows_per_second(batch: Batch, now: int) -> float | None:
-    """Rows consumed per second since the first unit was claimed (to the finish, if any)."""
-    if batch.started_at is None or not batch.counts.consumed:
-        return None
-    end = batch.finished_at.timestamp() if batch.finished_at else now / 1000
-    elapsed = end - batch.started_at.timestamp()
-    if elapsed <= 0:
-        return None
-    return round(batch.counts.consumed / elapsed, 1)
+    return batch
 
 
 def status_json(
     request: Request,
+    context: ClientContext,
     batch: Batch,
     units: UnitsSummary,
-    limits: Limits,
     now: int,
     cancellation: Cancellation | None = None,
 ) -> dict[str, Any]:
-    standing = extended_state(batch, units, now, settings_of(request).stuck_after_seconds, limits)
+    stuck_after = context.settings.stuck_after_seconds
+    where = standing(batch, units, now, stuck_after, context.limits)
     base = str(request.base_url).rstrip("/")
     v2 = "/v2" if batch.version >= 2 else ""
     counts = batch.counts
@@ -236,10 +152,10 @@ def status_json(
         "version": batch.version,
         "key": str(batch.key_kind),
         "attributes": list(batch.names),
-        "status": standing.state.target_status,
-        "state": str(standing.state),
-        "reason": standing.reason,
-        "throttledUntil": None if standing.until is None else iso_ms_of(standing.until),
+        "status": where.state.target_status,
+        "state": str(where.state),
+        "reason": where.reason,
+        "throttledUntil": None if where.until is None else iso_ms_of(where.until),
         "batchSize": batch.batch_size,
         "consumedCount": counts.consumed,
         "successfulUpdates": counts.successful,
@@ -268,33 +184,32 @@ def status_json(
     }
 
 
-async def batch_status(request: Request) -> Response:
+async def batch_status(request: Request, context: ClientContext) -> Response:
     """JSON batch status: everything Target's XML has, plus state, times, rate and reason."""
-    client, batch = await find_batch(request)
-    return JSONResponse(await full_status(request, client, batch))
+    batch = await find_batch(request, context)
+    return JSONResponse(await full_status(request, context, batch))
 
 
-async def full_status(request: Request, client: Client, batch: Batch) -> dict[str, Any]:
+async def full_status(request: Request, context: ClientContext, batch: Batch) -> dict[str, Any]:
     """The JSON status of one batch, its units and cancellation read now."""
-    store = store_of(request)
-    now = clock_of(request)()
+    store = context.store
+    now = context.clock()
     units = await run_in_threadpool(store.units_summary, batch.seq, now)
     cancellation = await run_in_threadpool(store.batch_cancellation, batch.seq)
-    limits = client_limits(settings_of(request), client.limits)
-    return status_json(request, batch, units, limits, now, cancellation)
+    return status_json(request, context, batch, units, now, cancellation)
 
 
-async def list_batches(request: Request) -> Response:
+async def list_batches(request: Request, context: ClientContext) -> Response:
     """The client's batches, newest first: ``limit`` (1-1000, default 50) and, with
     ``unfinished=true``, only those not complete yet."""
-    client = await resolve_client(request)
+    client = context.client
     limit = int_param(request, "limit", LISTED, 1, MAX_LISTED)
     unfinished = bool_param(request, "unfinished")
-    listed = await run_in_threadpool(store_of(request).batch_listings, client.id, limit, unfinished)
+    listed = await run_in_threadpool(context.store.batch_listings, client.id, limit, unfinished)
     return JSONResponse(
         {
             "client": client.code,
-            "batches": [await full_status(request, client, item.batch) for item in listed],
+            "batches": [await full_status(request, context, item.batch) for item in listed],
         }
     )
 
@@ -306,33 +221,31 @@ def bool_param(request: Request, name: str) -> bool:
     return raw == "true"
 
 
-async def cancel_batch(request: Request) -> Response:
+async def cancel_batch(request: Request, context: ClientContext) -> Response:
     """Stop a batch: rows not yet applied fail with reason ``cancelled``; nothing applied is
     undone. The JSON body may say who asks (``{"by": "alice"}``); the server adds the
     caller's address and, if one was sent, the token's last four characters."""
-    client, batch = await find_batch(request)
+    client, store = context.client, context.store
+    batch = await find_batch(request, context)
     body = await read_body(request, MAX_CANCEL_BODY, "a cancel request's body")
     by = caller(request, requested_by(body))
-    store = store_of(request)
     outcome = await run_in_threadpool(
-        store.cancel_batch, client.id, batch.batch_id, by, clock_of(request)()
+        store.cancel_batch, client.id, batch.batch_id, by, context.clock()
     )
     if outcome is None:  # purged in between
         raise NotFound(f"No batch {batch.batch_id!r} for client {client.code!r}.")
     fresh = await run_in_threadpool(store.get_batch, client.id, batch.batch_id)
-    status = await full_status(request, client, fresh or batch)
+    status = await full_status(request, context, fresh or batch)
     status["rowsCancelled"] = outcome.rows_cancelled
     status["alreadyCancelled"] = outcome.already
     return JSONResponse(status)
 
 
-async def import_profiles(request: Request) -> Response:
+async def import_profiles(request: Request, context: ClientContext) -> Response:
     """Accept JSON lines of profiles as an import (a batch of version 3): 202 with its batch
     id; workers apply it. Within the client's batch limits and quotas; an
     ``Idempotency-Key`` works as on ``batchUpdate``."""
-    client = await resolve_client(request)
-    settings = settings_of(request)
-    limits = client_limits(settings, client.limits)
+    client, limits = context.client, context.limits
     key = idempotency_key(request)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) >= limits.max_batch_bytes:
@@ -342,10 +255,10 @@ async def import_profiles(request: Request) -> Response:
             "(profilebase import does)."
         )
     intake = await profile_import.read(
-        request.stream(), limits, settings.unit_rows, digest=key is not None
+        request.stream(), limits, context.settings.unit_rows, digest=key is not None
     )
     _, batch_id = await run_in_threadpool(
-        profile_import.accept, store_of(request), client, intake, limits, clock_of(request)(), key
+        profile_import.accept, context.store, client, intake, limits, context.clock(), key
     )
     base = str(request.base_url).rstrip("/")
     return JSONResponse(
@@ -454,10 +367,10 @@ def csv_lines(rows: Iterator[FailedRow], columns: list[str]) -> Iterator[str]:
     yield buffer.getvalue()
 
 
-async def failures(request: Request) -> Response:
+async def failures(request: Request, context: ClientContext) -> Response:
     """Failed rows: a JSON page (``after``, ``limit``), or all of them as JSONL or CSV."""
-    _, batch = await find_batch(request)
-    store = store_of(request)
+    batch = await find_batch(request, context)
+    store = context.store
     after = int_param(request, "after", 0, 0, 10**12)
     form = query(request, "format", "json")
     columns = columns_of(batch)
@@ -483,7 +396,7 @@ async def failures(request: Request) -> Response:
     )
 
 
-async def openapi_document(request: Request) -> Response:
+async def openapi_document(request: Request, context: Context) -> Response:
     """The OpenAPI description of every endpoint, Target's and profilebase's own."""
     return JSONResponse(openapi.document(request.app.routes, __version__))
 
@@ -618,28 +531,53 @@ IMPORT = operation(
 )
 
 routes = [
-    ApiRoute("/openapi.json", openapi_document, methods=["GET"], operation=DOCUMENT),
-    ApiRoute(PREFIX + "/clients/{client}", client_info, methods=["GET"], operation=CLIENT_INFO),
-    ApiRoute(PREFIX + "/clients/{client}/batches", list_batches, methods=["GET"], operation=LIST),
+    ApiRoute(
+        "/openapi.json",
+        openapi_document,
+        methods=["GET"],
+        context=app_context,
+        operation=DOCUMENT,
+    ),
+    ApiRoute(
+        PREFIX + "/clients/{client}",
+        client_info,
+        methods=["GET"],
+        context=client_in_path,
+        operation=CLIENT_INFO,
+    ),
+    ApiRoute(
+        PREFIX + "/clients/{client}/batches",
+        list_batches,
+        methods=["GET"],
+        context=client_in_path,
+        operation=LIST,
+    ),
     ApiRoute(
         PREFIX + "/clients/{client}/batches/{batch_id}",
         batch_status,
         methods=["GET"],
+        context=client_in_path,
         operation=STATUS,
     ),
     ApiRoute(
         PREFIX + "/clients/{client}/batches/{batch_id}/cancel",
         cancel_batch,
         methods=["POST"],
+        context=client_in_path,
         operation=CANCEL,
     ),
     ApiRoute(
         PREFIX + "/clients/{client}/batches/{batch_id}/failures",
         failures,
         methods=["GET"],
+        context=client_in_path,
         operation=FAILURES,
     ),
     ApiRoute(
-        PREFIX + "/clients/{client}/imports", import_profiles, methods=["POST"], operation=IMPORT
+        PREFIX + "/clients/{client}/imports",
+        import_profiles,
+        methods=["POST"],
+        context=client_in_path,
+        operation=IMPORT,
     ),
 ]

@@ -36,6 +36,7 @@ from profilebase.server.metrics import (
     Scrape,
     token_matches,
 )
+from profilebase.server.web.context import Context, with_context
 
 log = logging.getLogger("profilebase.requests")
 HEADER = "x-request-id"
@@ -48,7 +49,7 @@ QUIET_ROUTES = {"/healthz", "/readyz", "/metrics", "/ui/static/{name}"}
 
 
 def metrics_of(request: Request) -> Metrics:
-    """The app's metrics."""
+    """The app's metrics, for the exception handlers (handlers have their context's)."""
     metrics: Metrics = request.app.state.metrics
     return metrics
 
@@ -163,24 +164,24 @@ def counting(
     return handle
 
 
-async def metrics_endpoint(request: Request) -> Response:
+async def metrics_endpoint(request: Request, context: Context) -> Response:
     """The Prometheus text exposition: this process's counters (every process's, in
     multiprocess mode) and the gauges read from the database now."""
-    settings = request.app.state.settings
+    settings, metrics = context.settings, context.metrics
     if not token_matches(request.headers.get("authorization", ""), settings.metrics_token):
         raise Unauthenticated(
             "Send the metrics token: `Authorization: Bearer <metrics_token>` "
             "(Prometheus: `authorization: {credentials: ...}` in the scrape config)."
         )
-    metrics = metrics_of(request)
     # The database first: an error it meets is counted in this very scrape.
     scrape = Scrape(
-        DatabaseCollector(request.app.state.store, settings, metrics, request.app.state.clock),
-        metrics.counted(),
+        DatabaseCollector(context.store, settings, metrics, context.clock), metrics.counted()
     )
     body = await run_in_threadpool(scrape.text)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 #: Prometheus's format, not the profile API: left out of /openapi.json (docs/operations.md).
-routes = [Route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)]
+routes = [
+    Route("/metrics", with_context(metrics_endpoint), methods=["GET"], include_in_schema=False)
+]

@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document served at ``/openapi.json``, generated from the routes.
 
-Each API route is an ``ApiRoute`` that declares its operation where it is defined
-(summary, parameters, body, replies, security, tag); ``document`` walks the app's
+Each API route is an ``ApiRoute`` that declares, where it is defined, its operation
+(summary, parameters, body, replies, security, tag) and the context its handler needs
+(``web.context``: whether it serves a client, and how it finds it); ``document`` walks the app's
 routes and gathers them, so the document cannot drift from what is served. Routes
 that are not API (the dashboard, ``/metrics``) are plain ``Route``s with
 ``include_in_schema=False`` and stay out. This module holds the builders those
@@ -19,10 +20,12 @@ that tests/test_openapi.py can prove every documented parameter is read.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, overload
+import functools
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar, overload
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from profilebase.ids import MAX_PC_ID_LENGTH, MAX_THIRD_PARTY_ID_LENGTH
@@ -33,6 +36,8 @@ XML = "application/xml"
 JSON = "application/json"
 
 Schema = dict[str, Any]
+#: What a route's ``context`` gives its handler.
+C = TypeVar("C")
 
 
 def ref(name: str) -> Schema:
@@ -140,22 +145,33 @@ SAME_AS = {"HEAD": "GET"}
 
 
 class ApiRoute(Route):
-    """A route of the API, with the OpenAPI operation of each of its methods.
+    """A route of the API: its handler, the context the handler needs, and the OpenAPI
+    operation of each of its methods.
 
-    ``operation`` is one operation for every method of the route; ``operations`` one per
-    lower-case method name, for routes whose methods differ (a body on POST only).
+    ``context`` builds what the handler gets beside the request, before it runs (one of
+    ``web.context``'s: the app's context, or a client's, found and authorized);
+    ``handler(request, context(request))`` answers. ``operation`` is one operation for
+    every method of the route; ``operations`` one per lower-case method name, for routes
+    whose methods differ (a body on POST only).
     """
 
     def __init__(
         self,
         path: str,
-        endpoint: Callable[..., Any],
+        handler: Callable[[Request, C], Awaitable[Response]],
         *,
         methods: Sequence[str],
+        context: Callable[[Request], Awaitable[C]],
         operation: Schema | None = None,
         operations: Mapping[str, Schema] | None = None,
     ) -> None:
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            return await handler(request, await context(request))
+
         super().__init__(path, endpoint, methods=list(methods))
+        self.handler = handler
+        self.context = context
         if (operation is None) == (operations is None):
             raise TypeError("give an ApiRoute either operation= or operations=")
         self.operations: dict[str, Schema] = (

@@ -26,7 +26,7 @@ from profilebase.models import KeyKind
 from profilebase.server import export
 from profilebase.server.storage.base import ProfileExport
 from profilebase.server.storage.links import ecid_key
-from profilebase.server.web.context import clock_of, limits_of, request_client, store_of
+from profilebase.server.web.context import ClientContext, client_named
 from profilebase.server.web.openapi import (
     CLIENT_FROM_OUTSIDE,
     EXTENSION,
@@ -118,41 +118,37 @@ def path_id(kind: KeyKind, raw: str) -> str:
     return identifier
 
 
-async def fetch(request: Request) -> Response:
+async def fetch(request: Request, context: ClientContext) -> Response:
     """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from."""
-    client = await request_client(request)
+    client = context.client
     key, named = identify(request)
-    before = limits_of(request, client).expire_before_ms(clock_of(request)())
-    profile = await run_in_threadpool(store_of(request).get_profile, client.id, key, before)
+    before = context.limits.expire_before_ms(context.clock())
+    profile = await run_in_threadpool(context.store.get_profile, client.id, key, before)
     if profile is None:
         raise not_found(client.code, named)
     return JSONResponse(export.profile_json(profile))
 
 
-async def delete(request: Request) -> Response:
+async def delete(request: Request, context: ClientContext) -> Response:
     """Delete the profile with every id linked to it: 204, or 404 if there is none."""
-    client = await request_client(request)
+    client = context.client
     key, named = identify(request)
-    now = clock_of(request)()
+    now = context.clock()
     deleted = await run_in_threadpool(
-        store_of(request).delete_profile,
-        client.id,
-        key,
-        now,
-        limits_of(request, client).expire_before_ms(now),
+        context.store.delete_profile, client.id, key, now, context.limits.expire_before_ms(now)
     )
     if not deleted:
         raise not_found(client.code, named)
     return Response(status_code=204)
 
 
-async def export_profiles(request: Request) -> Response:
+async def export_profiles(request: Request, context: ClientContext) -> Response:
     """Stream every profile of the client, a page at a time, from one consistent snapshot.
 
     A batch export reads the snapshot twice: first for the header's attribute names and
     the count of profiles it cannot key (sent as a reply header), then for the rows.
     """
-    client = await request_client(request)
+    client = context.client
     form = query(request, "format", "jsonl")
     if form not in FORMATS:
         raise BadRequest(f"format must be batch or jsonl, got {form!r}.")
@@ -163,10 +159,10 @@ async def export_profiles(request: Request) -> Response:
         key_kind = KeyKind(key or KeyKind.PC_ID)
     except ValueError:
         raise BadRequest(f"key must be pcId or thirdPartyId, got {key!r}.") from None
-    before = limits_of(request, client).expire_before_ms(clock_of(request)())
+    before = context.limits.expire_before_ms(context.clock())
     suffix = "txt" if form == "batch" else "jsonl"
     headers = {"content-disposition": f'attachment; filename="{client.code}-profiles.{suffix}"'}
-    snapshot = await run_in_threadpool(store_of(request).open_export, client.id, None, before)
+    snapshot = await run_in_threadpool(context.store.open_export, client.id, None, before)
     plan = None
     try:
         if form == "batch":
@@ -273,13 +269,23 @@ def by_id(path: str, param: Schema) -> list[ApiRoute]:
     """Fetch and delete of the profile a path's id finds, matched on the raw path."""
     operations = fetch_and_delete(param)
     return [
-        RawPathRoute(path, fetch, methods=["GET"], operation=operations["get"]),
-        RawPathRoute(path, delete, methods=["DELETE"], operation=operations["delete"]),
+        RawPathRoute(
+            path, fetch, methods=["GET"], context=client_named, operation=operations["get"]
+        ),
+        RawPathRoute(
+            path, delete, methods=["DELETE"], context=client_named, operation=operations["delete"]
+        ),
     ]
 
 
 routes = [
-    ApiRoute("/rest/v1/profiles", export_profiles, methods=["GET"], operation=EXPORT),
+    ApiRoute(
+        "/rest/v1/profiles",
+        export_profiles,
+        methods=["GET"],
+        context=client_named,
+        operation=EXPORT,
+    ),
     *by_id("/rest/v1/profiles/thirdPartyId/{third_party_id}", THIRD_PARTY_ID),
     *by_id("/rest/v1/profiles/marketingCloudVisitorId/{ecid}", ECID),
     *by_id("/rest/v1/profiles/{pc_id}", PC_ID),

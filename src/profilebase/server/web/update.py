@@ -17,17 +17,14 @@ from starlette.responses import Response
 
 from profilebase.errors import BadRequest, NotFound, RequestTooLarge
 from profilebase.ids import check_id
-from profilebase.models import DAY_MS, Client, KeyKind, Limits
+from profilebase.models import DAY_MS, KeyKind, Limits
 from profilebase.server import quota
 from profilebase.server.web import xml
 from profilebase.server.web.context import (
-    clock_of,
-    limits_of,
+    ClientContext,
+    client_in_path_or_named,
     read_body,
-    request_client,
-    resolve_client,
     scalar_text,
-    store_of,
     with_headers,
 )
 from profilebase.server.web.openapi import (
@@ -49,38 +46,33 @@ from profilebase.server.web.openapi import (
 )
 
 ATTRIBUTE_PREFIX = "profile."
-#: The path Target's documentation prints: ``/m2/client/profile/update``.
-LITERAL_CLIENT = "client"
 ID_PARAMETERS = {"mboxPC": KeyKind.PC_ID, "mbox3rdPartyId": KeyKind.THIRD_PARTY_ID}
 PARAMETER_OF = {kind: name for name, kind in ID_PARAMETERS.items()}
 
 
-async def update(request: Request) -> Response:
+async def update(request: Request, context: ClientContext) -> Response:
     """Apply one profile update; every reply to an authorized caller carries the headers
     of the client's daily update quota."""
-    client = await update_client(request)
-    limits = limits_of(request, client)
-    return await with_headers(
-        apply(request, client, limits), lambda: quota_headers(request, client, limits)
-    )
+    return await with_headers(apply(request, context), lambda: quota_headers(context))
 
 
-async def quota_headers(request: Request, client: Client, limits: Limits) -> dict[str, str]:
+async def quota_headers(context: ClientContext) -> dict[str, str]:
     """``X-RateLimit-*`` for the client's rolling daily update quota (updates_per_day)."""
-    now = clock_of(request)()
-    recent = await run_in_threadpool(store_of(request).recent_updates, client.id, now - DAY_MS)
-    return quota.rate_limit_headers(recent, limits.updates_per_day, now)
+    now = context.clock()
+    recent = await run_in_threadpool(context.store.recent_updates, context.client.id, now - DAY_MS)
+    return quota.rate_limit_headers(recent, context.limits.updates_per_day, now)
 
 
-async def apply(request: Request, client: Client, limits: Limits) -> Response:
+async def apply(request: Request, context: ClientContext) -> Response:
     """Apply one profile update now; 404 (creating nothing) if no profile has the id."""
+    client, limits = context.client, context.limits
     parameters = await read_parameters(request, limits)
     for name in ID_PARAMETERS:
         declared(request, name)
     kind, identifier, values = parse_update(parameters)
-    now = clock_of(request)()
+    now = context.clock()
     outcome = await run_in_threadpool(
-        store_of(request).update_profile,
+        context.store.update_profile,
         client,
         kind.key(identifier),
         values,
@@ -97,15 +89,6 @@ async def apply(request: Request, client: Client, limits: Limits) -> Response:
             "a v2 batch or a page call first."
         )
     return xml.xml_response(xml.updated(outcome.pc_id))
-
-
-async def update_client(request: Request) -> Client:
-    """The client of the path; for the literal ``/m2/client/…``, the client a request names
-    from outside the path (``request_client``), a client really named ``client`` before
-    the server's default."""
-    if request.path_params["client"] != LITERAL_CLIENT:
-        return await resolve_client(request)
-    return await request_client(request, literal=LITERAL_CLIENT)
 
 
 async def read_parameters(request: Request, limits: Limits) -> list[tuple[str, str]]:
@@ -226,6 +209,8 @@ routes = [
         "/m2/{client}/profile/update",
         update,
         methods=["GET", "POST"],
+        # The literal /m2/client/…: the client a request names from outside the path.
+        context=client_in_path_or_named,
         operations={"get": update_operation("get"), "post": update_operation("post")},
     )
 ]
