@@ -57,7 +57,7 @@ class PostgresServer:
     def admin(self, sql: str) -> None:
         import psycopg
 
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as db:
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=30) as db:
             db.execute(sql)  # type: ignore[arg-type]
 
     def started(self) -> bool:
