@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import batch_id_of, status, submit
+from helpers import batch_id_of, process_tree, status, submit
 from test_crash import ServerProcess, wait_until
 
 from profilebase import batchfile
@@ -18,10 +18,8 @@ ROWS = 5_000
 
 
 def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (the kernel's list of its main thread)."""
-    return sorted(
-        int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    )
+    """The processes ``pid`` started (and they started)."""
+    return sorted(process_tree(pid)[1:])
 
 
 def socket_inodes(port: int, state: str) -> set[str]:

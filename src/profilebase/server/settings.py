@@ -54,7 +54,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_connections",
         1000,
-        "Most HTTP connections served at once; one more is answered 503 and closed.",
+        "Most HTTP connections one HTTP process serves at once; one more is answered 503 "
+        "and closed.",
         Bound.POSITIVE,
     ),
     Setting(

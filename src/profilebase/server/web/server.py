@@ -28,6 +28,7 @@ import asyncio
 import atexit
 import dataclasses
 import logging
+import multiprocessing
 import resource
 import secrets
 import shutil
@@ -44,8 +45,8 @@ from profilebase.models import now_ms
 from profilebase.server import logs, metrics
 from profilebase.server import secret as server_secret
 from profilebase.server.settings import Settings, http_processes, trusted_proxies
-from profilebase.server.storage import open_settings_store
-from profilebase.server.supervisor import Child, Supervisor
+from profilebase.server.storage import Store, open_settings_store
+from profilebase.server.supervisor import SPAWN, Child, Supervisor
 from profilebase.server.web.app import create_app, prepare
 from profilebase.server.web.errors import TIMED_OUT, printable, request_line
 from profilebase.server.worker import run_process
@@ -388,10 +389,35 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
-def run_http_process(settings: Settings, log_level: str, sock: socket.socket) -> None:
+class StartLine:
+    """Holds the first HTTP processes back until each has started, so that ``serve``
+    answers on its port only once every process can (a process restarted later passes at
+    once). Replaces ``prepare`` in their start-up: the parent prepared the database."""
+
+    #: Seconds a process waits for the others before it serves anyway.
+    TIMEOUT = 60.0
+
+    def __init__(self, context: Any, count: int) -> None:
+        self.count = count
+        self.arrived = context.Value("i", 0)
+        self.open = context.Event()
+
+    def __call__(self, store: Store, settings: Settings) -> None:
+        if self.open.is_set():
+            return
+        with self.arrived.get_lock():
+            self.arrived.value += 1
+            if self.arrived.value >= self.count:
+                self.open.set()
+        self.open.wait(self.TIMEOUT)
+
+
+def run_http_process(
+    settings: Settings, log_level: str, sock: socket.socket, start_line: StartLine
+) -> None:
     """One HTTP process of ``serve_processes``: the app without batch workers, on ``sock``."""
     logs.configure(log_level.upper(), settings.log_format)
-    serve(create_app(settings, workers=0), settings, log_level, sock)
+    serve(create_app(settings, workers=0, startup=start_line), settings, log_level, sock)
 
 
 def serve_processes(settings: Settings, log_level: str = "info") -> None:
@@ -403,7 +429,8 @@ def serve_processes(settings: Settings, log_level: str = "info") -> None:
        the secret file.
     2. Give every child the same dashboard session key (a random one unless set) and one
        directory for the metrics, so that any process's /metrics counts them all.
-    3. Bind one socket per HTTP process, then let a ``Supervisor`` run the children.
+    3. Bind one socket per HTTP process, then let a ``Supervisor`` run the children;
+       the first HTTP processes serve once all of them have started (``StartLine``).
     """
     store = open_settings_store(settings)
     try:
@@ -419,8 +446,10 @@ def serve_processes(settings: Settings, log_level: str = "info") -> None:
         metrics.use_multiprocess_directory(directory)
     sockets = listening_sockets(settings.host, settings.port, http_processes(settings))
     level = logging.getLogger().getEffectiveLevel()
+    start_line = StartLine(multiprocessing.get_context(SPAWN), len(sockets))
     children = [
-        Child("profilebase-http", run_http_process, (settings, log_level, s)) for s in sockets
+        Child("profilebase-http", run_http_process, (settings, log_level, s, start_line))
+        for s in sockets
     ]
     children += [Child("profilebase-worker", run_process, (settings, level))] * settings.workers
     try:
