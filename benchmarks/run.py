@@ -30,6 +30,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -57,6 +58,11 @@ MET = {None: "", True: "yes", False: "NO"}
 MAX_PROCESS_MB = 300
 BIG_DATABASE = 5_000_000
 ATTRIBUTES = 7
+
+
+def step(text: str) -> None:
+    """Say on stderr what the run measures now: a full run takes minutes."""
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -104,10 +110,11 @@ class Databases:
 def ratio_row(
     figure: str, value: float, baseline: float, unit: str, goal: str, met: bool | None
 ) -> Row:
+    digits = 2 if unit == "s" else 0
     return Row(
         figure,
-        f"{value:,.2f} {unit}",
-        f"{baseline:,.2f} {unit}",
+        f"{value:,.{digits}f} {unit}",
+        f"{baseline:,.{digits}f} {unit}",
         f"{value / baseline:.2f}x",
         goal,
         met,
@@ -118,6 +125,7 @@ def batch_rows(
     args: argparse.Namespace, databases: Databases, batch: Path, workdir: Path
 ) -> tuple[list[Row], dict[str, float]]:
     """The floor and the largest batch beside it, and the memory of the server's processes."""
+    step(f"the floor and the largest batch ({batch.stat().st_size / 1e6:.0f} MB)")
     floor_database = databases.fresh("floor") if databases.base else ""
     floor = run_floor(args.reference, batch, workdir, floor_database)
     result = run_server(batch, databases.fresh("largest"), 2, workdir)
@@ -156,6 +164,7 @@ def online_rows(
     rows: list[Row] = []
     rates: dict[int, dict[str, float]] = {}
     for processes in (1, 2):
+        step(f"online routes with {processes} HTTP process(es), {args.seconds} s each")
         measured, peak = online.measure(
             databases.fresh(f"online{processes}"),
             workdir,
@@ -219,6 +228,7 @@ def linearity_rows(
     """rows/s of 50,000, 200,000 and 500,000 rows, each beside the mean of the three."""
     rates = {}
     for rows in (50_000, 200_000):
+        step(f"linearity: a {rows:,}-row batch")
         batch = generate_batch(args.reference, rows, ATTRIBUTES, workdir)
         rates[rows] = run_server(batch, databases.fresh(f"linear{rows}"), 2, workdir)[
             "rows_per_second"
@@ -242,6 +252,7 @@ def big_database_rows(
     args: argparse.Namespace, databases: Databases, largest: dict[str, float], workdir: Path
 ) -> list[Row]:
     """Load 5,000,000 profiles through the server, then time the largest batch (new ids)."""
+    step(f"loading {BIG_DATABASE:,} profiles, then {LARGEST:,} more")
     batch = generate_batch(args.reference, LARGEST, ATTRIBUTES, workdir)
     body = batch.read_bytes()
     process, url = start_server(
