@@ -132,7 +132,7 @@ def batch_rows(
     most = FLOOR_GOALS[databases.kind]
     rows = [
         Row(
-            f"floor_{databases.kind.removeprefix('postgre')}.py, {result['rows']:,} rows",
+            f"{FLOORS[databases.kind]}, {result['rows']:,} rows",
             f"{floor:.2f} s",
         ),
         ratio_row(
@@ -293,17 +293,7 @@ def big_database_rows(
 
 def print_table(rows: list[Row]) -> None:
     heads = ("figure", "value", "baseline", "ratio", "goal", "met")
-    cells = [
-        (
-            r.figure,
-            r.value,
-            r.baseline,
-            r.ratio,
-            r.goal,
-            {None: "", True: "yes", False: "NO"}[r.met],
-        )
-        for r in rows
-    ]
+    cells = [(r.figure, r.value, r.baseline, r.ratio, r.goal, MET[r.met]) for r in rows]
     widths = [max(len(c[i]) for c in [heads, *cells]) for i in range(len(heads))]
     for line in [heads, tuple("-" * w for w in widths), *cells]:
         print(" | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
