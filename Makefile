@@ -1,4 +1,4 @@
-# The two commands of the README: `make serve` and `make test`.
+# The commands of the README: `make serve`, `make test` and `make bench`.
 # Both create .venv on first run and install what they need into it.
 PYTHON ?= python3
 VENV := .venv
@@ -19,8 +19,10 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Every performance figure in one table; `make bench ARGS=--quick` for a short run,
+# `make bench ARGS=--database=postgresql://root@127.0.0.1:5432/test` on PostgreSQL.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bulk.py
+	$(BIN)/python benchmarks/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -42,6 +42,30 @@ def peak_rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process it started, and they started, from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        try:
+            task = Path(f"/proc/{found[-1]}/task/{found[-1]}/children")
+            todo.extend(int(child) for child in task.read_text().split())
+        except OSError:  # it exited meanwhile
+            continue
+    return found
+
+
+def peak_rss_by_process(pid: int) -> dict[int, float]:
+    """The memory high-water mark (MB) of the server and each of its processes."""
+    peaks = {}
+    for each in descendants(pid):
+        try:
+            peaks[each] = peak_rss_mb(each)
+        except OSError:  # it exited meanwhile
+            continue
+    return peaks
+
+
 def start_server(
     database: str, workers: int, log: Path, **settings: str
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -78,56 +102,77 @@ def start_server(
     raise SystemExit(f"server did not start; see {log}")
 
 
-def run_server(batch: Path, database: str, workers: int, workdir: Path) -> dict[str, float]:
-    process, url = start_server(database, workers, workdir / "server.log")
+def time_batch(http: httpx.Client, batch: Path | bytes) -> dict[str, float]:
+    """Post ``batch`` and poll its status until `complete`, fetching a profile between polls
+    (a fetch while the batch is applied must not wait behind it); return the figures."""
+    start = time.perf_counter()
+    if isinstance(batch, bytes):
+        response = http.post("/m2/demo/v2/profile/batchUpdate", content=batch)
+    else:
+        with batch.open("rb") as body:
+            response = http.post("/m2/demo/v2/profile/batchUpdate", content=body)
+    accepted = time.perf_counter() - start
+    match = re.search(r"batchId=([^<&]+)", response.text)
+    if response.status_code != 200 or not match:
+        raise SystemExit(f"batch refused: {response.status_code} {response.text}")
+    batch_id = match.group(1)
+    fetches: list[float] = []
+    while True:
+        status = http.get(
+            "/m2/demo/profile/batchStatus", params={"batchId": batch_id, "showDetails": "true"}
+        ).text
+        if "<status>complete</status>" in status:
+            break
+        asked = time.perf_counter()
+        http.get("/rest/v1/profiles/thirdPartyId/crm-000000001", params={"client": "demo"})
+        fetches.append(time.perf_counter() - asked)
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - start
+    rows = int(re.search(r"<batchSize>(\d+)</batchSize>", status).group(1))  # type: ignore[union-attr]
+    ok = int(re.search(r"<successfulUpdates>(\d+)<", status).group(1))  # type: ignore[union-attr]
+    return {
+        "rows": rows,
+        "successful": ok,
+        "accept_seconds": accepted,
+        "seconds": elapsed,
+        "rows_per_second": rows / elapsed,
+        "fetches": len(fetches),
+        "fetch_max_ms": 1000 * max(fetches, default=0.0),
+        "fetch_median_ms": 1000 * sorted(fetches)[len(fetches) // 2] if fetches else 0.0,
+    }
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as an operator would; SIGKILL if it has not stopped within a minute."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def run_server(
+    batch: Path, database: str, workers: int, workdir: Path, **settings: str
+) -> dict[str, float]:
+    """Post ``batch`` to a new server and wait for `complete`; ``settings`` as start_server's.
+    ``peak_mb`` is the largest high-water mark of any of the server's processes."""
+    process, url = start_server(database, workers, workdir / "server.log", **settings)
     try:
         with httpx.Client(base_url=url, timeout=600) as http:
-            start = time.perf_counter()
-            with batch.open("rb") as body:
-                response = http.post("/m2/demo/v2/profile/batchUpdate", content=body)
-            accepted = time.perf_counter() - start
-            match = re.search(r"batchId=([^<&]+)", response.text)
-            if response.status_code != 200 or not match:
-                raise SystemExit(f"batch refused: {response.status_code} {response.text}")
-            batch_id = match.group(1)
-            fetches: list[float] = []
-            while True:
-                status = http.get(
-                    "/m2/demo/profile/batchStatus",
-                    params={"batchId": batch_id, "showDetails": "true"},
-                ).text
-                if "<status>complete</status>" in status:
-                    break
-                # A fetch while the batch is applied: it must not wait behind the batch.
-                asked = time.perf_counter()
-                http.get("/rest/v1/profiles/thirdPartyId/crm-000000001", params={"client": "demo"})
-                fetches.append(time.perf_counter() - asked)
-                time.sleep(0.05)
-            elapsed = time.perf_counter() - start
-            rows = int(re.search(r"<batchSize>(\d+)</batchSize>", status).group(1))  # type: ignore[union-attr]
-            ok = int(re.search(r"<successfulUpdates>(\d+)<", status).group(1))  # type: ignore[union-attr]
-        return {
-            "rows": rows,
-            "successful": ok,
-            "accept_seconds": accepted,
-            "seconds": elapsed,
-            "rows_per_second": rows / elapsed,
-            "peak_mb": peak_rss_mb(process.pid),
-            "fetches": len(fetches),
-            "fetch_max_ms": 1000 * max(fetches, default=0.0),
-            "fetch_median_ms": 1000 * sorted(fetches)[len(fetches) // 2] if fetches else 0.0,
-        }
+            result = time_batch(http, batch)
+        return {**result, "peak_mb": max(peak_rss_by_process(process.pid).values())}
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process)
 
 
-def run_floor(reference: Path, batch: Path, workdir: Path) -> float:
+def run_floor(reference: Path, batch: Path, workdir: Path, database: str = "") -> float:
+    """Seconds of the floor on ``batch``: floor_sqlite.py, or floor_postgres.py into
+    ``database`` (a PostgreSQL URL of a fresh database)."""
+    script, target = ("floor_sqlite.py", str(workdir / "floor.db"))
+    if database.startswith("postgres"):
+        script, target = ("floor_postgres.py", database)
     out = subprocess.run(
-        [sys.executable, str(reference / "floor_sqlite.py"), str(batch), str(workdir / "floor.db")],
+        [sys.executable, str(reference / script), str(batch), target],
         capture_output=True,
         text=True,
         check=True,
@@ -136,15 +181,18 @@ def run_floor(reference: Path, batch: Path, workdir: Path) -> float:
     return float(re.search(r"seconds=([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
 
-def generate_batch(reference: Path, rows: int, attrs: int, workdir: Path) -> Path:
-    """Write the reference workload with the reference generator; return the file."""
+def generate_batch(
+    reference: Path, rows: int, attrs: int, workdir: Path, id_offset: int = 0
+) -> Path:
+    """Write the reference workload with the reference generator (ids from ``id_offset``);
+    return the file, which is kept for the next call with the same arguments."""
     generator = reference / "gen_batch.py"
     if not generator.exists():
         raise SystemExit(f"reference workload not found at {generator}; pass --reference DIR")
-    batch = workdir / "batch.txt"
-    subprocess.run(
-        [sys.executable, str(generator), str(rows), str(batch), "--attrs", str(attrs)], check=True
-    )
+    batch = workdir / f"batch-{rows}-{attrs}-{id_offset}.txt"
+    if not batch.exists():
+        command = [sys.executable, str(generator), str(rows), str(batch), "--attrs", str(attrs)]
+        subprocess.run([*command, "--id-offset", str(id_offset)], check=True)
     return batch
 
 

@@ -19,7 +19,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from bulk import HERE, generate_batch, peak_rss_mb, start_server
+from bulk import HERE, generate_batch, peak_rss_by_process, start_server, stop_server
 
 #: Lua for wrk: each request names a random profile of the loaded batch (ids crm-000000000…).
 ROUTES = {
@@ -120,6 +119,53 @@ def wait_complete(http: httpx.Client, batch_id: str) -> None:
         time.sleep(0.2)
 
 
+def seed(http: httpx.Client, reference: Path, profiles: int, workdir: Path) -> None:
+    """Load ``profiles`` profiles (crm-000000000…) with one batch of the reference generator."""
+    wait_complete(http, post_batch(http, generate_batch(reference, profiles, 7, workdir)))
+
+
+def measure(
+    database: str,
+    workdir: Path,
+    reference: Path,
+    profiles: int = 10_000,
+    seconds: int = 10,
+    connections: int = 32,
+    processes: int | None = None,
+    during: Path | None = None,
+    during_seconds: int | None = None,
+) -> tuple[list[tuple[str, WrkResult]], float]:
+    """Start a server (``processes`` HTTP processes, two batch workers) on ``database``, seed
+    it, run wrk on each route; with ``during``, single updates while that batch is applied
+    (for ``during_seconds``, default ``seconds``). Return the rows and the largest memory
+    high-water mark (MB) of any of the server's processes."""
+    extra = {"processes": str(processes)} if processes else {}
+    process, url = start_server(database, 2, workdir / "server.log", **extra)
+    rows: list[tuple[str, WrkResult]] = []
+    try:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            seed(http, reference, profiles, workdir)
+            for name, script in ROUTES.items():
+                rows.append((name, run_wrk(url, script, profiles, seconds, connections)))
+            if during is not None:
+                batch_id = post_batch(http, during)
+                result = run_wrk(
+                    url, ROUTES["single update"], profiles, during_seconds or seconds, connections
+                )
+                rows.append(("single update during the largest batch", result))
+                wait_complete(http, batch_id)
+        peak = max(peak_rss_by_process(process.pid).values())
+    finally:
+        stop_server(process)
+    return rows, peak
+
+
+def goal_text(name: str) -> str:
+    least, most = GOALS.get(name, (None, None))
+    parts = (f">= {least}x" if least else "", f"p99 <= {most:g} ms" if most else "")
+    return ", ".join(part for part in parts if part)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -136,31 +182,19 @@ def main() -> None:
         raise SystemExit("wrk is needed: apt-get install wrk (Debian's package)")
     workdir = Path(tempfile.mkdtemp(prefix="profilebase-online-"))
     database = args.database or f"sqlite:///{workdir}/bench.db"
-    extra = {"processes": str(args.processes)} if args.processes else {}
-    process, url = start_server(database, 2, workdir / "server.log", **extra)
-    rows: list[tuple[str, WrkResult]] = []
     try:
-        with httpx.Client(base_url=url, timeout=600) as http:
-            seed = generate_batch(args.reference, args.profiles, 7, workdir)
-            wait_complete(http, post_batch(http, seed))
-            for name, script in ROUTES.items():
-                result = run_wrk(url, script, args.profiles, args.seconds, args.connections)
-                rows.append((name, result))
-            if args.during_batch:
-                largest = generate_batch(args.reference, 500_000, 7, workdir)
-                batch_id = post_batch(http, largest)
-                result = run_wrk(
-                    url, ROUTES["single update"], args.profiles, args.seconds, args.connections
-                )
-                rows.append(("single update during the largest batch", result))
-                wait_complete(http, batch_id)
-        peak = peak_rss_mb(process.pid)
+        largest = generate_batch(args.reference, 500_000, 7, workdir) if args.during_batch else None
+        rows, peak = measure(
+            database,
+            workdir,
+            args.reference,
+            args.profiles,
+            args.seconds,
+            args.connections,
+            args.processes,
+            largest,
+        )
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
         shutil.rmtree(workdir, ignore_errors=True)
     healthz = rows[0][1].requests_per_second
     print(
@@ -169,17 +203,11 @@ def main() -> None:
     )
     print(f"{'route':<40} {'req/s':>9} {'ratio':>6} {'p99 ms':>8} {'errors':>7} {'t/o':>5}  goal")
     for name, r in rows:
-        least, most = GOALS.get(name, (None, None))
-        goal = ", ".join(
-            part
-            for part in (f">= {least}x" if least else "", f"p99 <= {most:g} ms" if most else "")
-            if part
-        )
         print(
             f"{name:<40} {r.requests_per_second:>9,.0f} {r.requests_per_second / healthz:>5.2f}x "
-            f"{r.p99_ms:>8.1f} {r.errors:>7} {r.timeouts:>5}  {goal}"
+            f"{r.p99_ms:>8.1f} {r.errors:>7} {r.timeouts:>5}  {goal_text(name)}"
         )
-    print(f"peak server memory: {peak:.0f} MB")
+    print(f"peak server memory (largest process): {peak:.0f} MB")
 
 
 if __name__ == "__main__":

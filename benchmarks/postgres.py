@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +25,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import bulk
 import psycopg
 from bulk import HERE, generate_batch, run_server
 
@@ -86,16 +86,9 @@ def run_floor(reference: Path, batch: Path, url: str) -> float:
     name = f"pbbench_{os.getpid()}_floor"
     database = create_database(url, name)
     try:
-        out = subprocess.run(
-            [sys.executable, str(reference / "floor_postgres.py"), str(batch), database],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=reference,
-        ).stdout
+        return bulk.run_floor(reference, batch, Path(tempfile.gettempdir()), database)
     finally:
         drop_database(url, name)
-    return float(re.search(r"seconds=([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import httpx
 
@@ -112,3 +113,16 @@ def run_sql(database_url: str, sql: str) -> list[tuple]:
 #: A server secret for tokens a test issues straight into the store; the server checks such
 #: tokens by their hash, whatever secret it has.
 TEST_SECRET = ServerSecret(b"test-secret-" + b"0" * 52, "tests")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process it started, and they started (Linux's /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        try:
+            children = Path(f"/proc/{found[-1]}/task/{found[-1]}/children").read_text()
+        except OSError:  # it exited meanwhile
+            continue
+        todo.extend(int(child) for child in children.split())
+    return found

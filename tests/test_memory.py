@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import batch_id_of, status, submit
+from helpers import batch_id_of, process_tree, status, submit
 from test_crash import ServerProcess, wait_until
 from test_store_contract import accept
 
@@ -41,11 +41,17 @@ SHAPES = {
 
 
 def memory_mb(pid: int) -> dict[str, int]:
-    """The process's resident memory now (VmRSS) and at its peak (VmHWM), in MB."""
-    text = Path(f"/proc/{pid}/status").read_text()
-    return {
-        key: int(re.search(rf"{key}:\s+(\d+) kB", text)[1]) // 1024 for key in ("VmRSS", "VmHWM")
-    }  # type: ignore[index]
+    """The server's memory in MB: resident now (VmRSS, summed over its processes) and the
+    highest peak of any one of them (VmHWM)."""
+    rss = peak = 0
+    for each in process_tree(pid):
+        try:
+            text = Path(f"/proc/{each}/status").read_text()
+        except OSError:  # it exited meanwhile
+            continue
+        kb = {key: int(re.search(rf"{key}:\s+(\d+) kB", text)[1]) for key in ("VmRSS", "VmHWM")}  # type: ignore[index]
+        rss, peak = rss + kb["VmRSS"], max(peak, kb["VmHWM"])
+    return {"VmRSS": rss // 1024, "VmHWM": peak // 1024}
 
 
 @pytest.fixture

@@ -30,8 +30,9 @@ def database(tmp_path: Path) -> str:
 
 @pytest.fixture
 def server(database: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    # One HTTP process: the tests count its sockets, and limits are per process.
     process = ServerProcess(
-        database, tmp_path / "server.log", workers="0", client_timeout=str(TIMEOUT)
+        database, tmp_path / "server.log", workers="0", processes="1", client_timeout=str(TIMEOUT)
     )
     yield process
     process.kill()
@@ -211,6 +212,7 @@ def test_connections_past_max_connections_are_answered_503_at_once(database: str
         database,
         tmp_path / "server.log",
         workers="0",
+        processes="1",  # max_connections is per HTTP process
         client_timeout="2",
         max_connections="10",
     )

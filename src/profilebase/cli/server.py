@@ -23,18 +23,25 @@ def configure_logging(level: str, form: str = "text") -> None:
 def serve(log_level: str, **given: object) -> None:
     """Start the HTTP server, with batch workers inside it, and the dashboard at /ui."""
     settings = load_settings(**given)
+    from profilebase.server.settings import http_processes
     from profilebase.server.web import create_app, server
 
     configure_logging(log_level, settings.log_format)
+    processes = http_processes(settings)
+    where = f"http://{settings.host}:{settings.port} on {redact(settings.database)}"
     try:
+        if processes > 1:
+            click.echo(
+                f"profilebase serving {where} with {processes} HTTP processes and "
+                f"{settings.workers} worker process(es)",
+                err=True,
+            )
+            server.serve_processes(settings, log_level)
+            return
         app = create_app(settings)
     except ProfilebaseError as exc:
         raise click.ClickException(explain(exc)) from None
-    click.echo(
-        f"profilebase serving http://{settings.host}:{settings.port} "
-        f"on {redact(settings.database)} with {settings.workers} worker(s)",
-        err=True,
-    )
+    click.echo(f"profilebase serving {where} with {settings.workers} worker(s)", err=True)
     server.serve(app, settings, log_level)
 
 

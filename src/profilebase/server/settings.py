@@ -54,7 +54,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_connections",
         1000,
-        "Most HTTP connections served at once; one more is answered 503 and closed.",
+        "Most HTTP connections one HTTP process serves at once; one more is answered 503 "
+        "and closed.",
         Bound.POSITIVE,
     ),
     Setting(
@@ -64,9 +65,18 @@ SETTINGS: tuple[Setting, ...] = (
         "addresses or networks, `*` for any; empty trusts none.",
     ),
     Setting(
+        "processes",
+        0,
+        "HTTP processes `serve` runs on its one port (0: one per core, at most 8; 1: a single "
+        "process with the batch workers as threads inside it).",
+        Bound.ZERO_OR_MORE,
+        flags=("serve",),
+    ),
+    Setting(
         "workers",
         2,
-        "Batch worker threads inside `serve` (0: API only).",
+        "Batch workers of `serve`: processes beside its HTTP processes, or threads inside it "
+        "when it runs one (0: API only).",
         Bound.ZERO_OR_MORE,
         flags=("serve",),
     ),
@@ -226,6 +236,7 @@ class Settings:
     client_timeout: float = _default("client_timeout")
     max_connections: int = _default("max_connections")
     forwarded_allow_ips: str = _default("forwarded_allow_ips")
+    processes: int = _default("processes")
     workers: int = _default("workers")
     demo: bool = _default("demo")
     default_client: str = _default("default_client")
@@ -294,6 +305,19 @@ class Settings:
         business_hours.parse(self.business_hours)
         trusted_proxies(self.forwarded_allow_ips)
         validate_observability(self)
+
+
+#: Most HTTP processes ``processes = 0`` gives, however many cores the machine has.
+MAX_DEFAULT_PROCESSES = 8
+
+
+def http_processes(settings: Settings) -> int:
+    """How many HTTP processes ``serve`` runs: ``processes``, or 0 for one per core this
+    process may use (at most ``MAX_DEFAULT_PROCESSES``)."""
+    if settings.processes:
+        return settings.processes
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, MAX_DEFAULT_PROCESSES))
 
 
 def env_name(declared: Setting) -> str:

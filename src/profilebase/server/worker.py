@@ -23,9 +23,7 @@ their own, on any machine that reaches the database (``run_processes``, the
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import signal
 import socket
 import threading
 import uuid
@@ -46,6 +44,7 @@ from profilebase.server.narrowing import (
 from profilebase.server.settings import Settings, client_limits
 from profilebase.server.storage import open_settings_store
 from profilebase.server.storage.base import Store, UnitClaim
+from profilebase.server.supervisor import Child, Supervisor, stop_on_signals
 
 log = logging.getLogger("profilebase.server.worker")
 PURGE_EVERY_MS = 3_600_000
@@ -235,14 +234,6 @@ class WorkerPool:
             thread.join(timeout)
 
 
-def stop_on_signals() -> threading.Event:
-    """An event that SIGTERM and SIGINT set, so a worker finishes its unit and exits."""
-    stop = threading.Event()
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda *_: stop.set())
-    return stop
-
-
 def run_process(settings: Settings, log_level: int = logging.INFO) -> None:
     """One worker process: apply units until SIGTERM or SIGINT."""
     logs.configure(log_level, settings.log_format)  # a spawned child starts bare
@@ -260,10 +251,9 @@ def run_processes(settings: Settings, count: int) -> None:
     """Run ``count`` worker processes until SIGTERM or SIGINT; restart any that dies.
 
     1. Migrate the schema once, before any worker starts.
-    2. With one process, work in this one; otherwise start ``count`` children
-       (spawned, so that none inherits a database connection) and replace any
-       child that exits while we are not stopping.
-    3. On a signal, ask every child to stop and wait for it to finish its unit.
+    2. With one process, work in this one; otherwise a ``Supervisor`` runs ``count``
+       children, replaces any that exits, and on a signal asks every child to stop and
+       waits for it to finish its unit.
     """
     store = open_settings_store(settings)
     try:
@@ -274,29 +264,10 @@ def run_processes(settings: Settings, count: int) -> None:
     if count == 1:
         run_process(settings)
         return
-    stop = stop_on_signals()
-    context = multiprocessing.get_context("spawn")
-
-    def start() -> multiprocessing.process.BaseProcess:
-        child = context.Process(
-            target=run_process,
-            args=(settings, logging.getLogger().getEffectiveLevel()),
-            name="profilebase-worker",
+    children = [
+        Child(
+            "profilebase-worker", run_process, (settings, logging.getLogger().getEffectiveLevel())
         )
-        child.start()
-        return child
-
-    children = [start() for _ in range(count)]
-    while not stop.wait(1.0):
-        for i, child in enumerate(children):
-            if not child.is_alive() and not stop.is_set():
-                log.error(
-                    "worker process %s exited with %s; starting another", child.pid, child.exitcode
-                )
-                children[i] = start()
-    for child in children:
-        child.terminate()  # SIGTERM: finish the current unit, then exit
-    for child in children:
-        child.join(settings.lease_seconds + 10)
-        if child.is_alive():
-            child.kill()
+        for _ in range(count)
+    ]
+    Supervisor(children, stop_timeout=settings.lease_seconds + 10).run()

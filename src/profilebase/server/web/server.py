@@ -14,23 +14,42 @@ httptools protocol with:
 - ``max_connections``: one more connection is answered 503 at once and closed;
 - ``MAX_HEAD_BYTES``: a request line and headers longer than this are answered 431.
 
-``serve(app, settings)`` runs it; ``profilebase serve`` calls that.
+``serve(app, settings)`` runs it in this process. ``serve_processes(settings)`` runs
+several on one port (``processes``): the parent binds one listening socket per HTTP
+process with ``SO_REUSEPORT``, so that the kernel spreads new connections evenly over
+them, and a ``Supervisor`` runs each HTTP process on its socket beside the batch
+worker processes. A restarted HTTP process takes over its predecessor's socket,
+connections queued on it included. ``profilebase serve`` calls one or the other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import dataclasses
 import logging
+import multiprocessing
 import resource
+import secrets
+import shutil
+import socket
 import sys
+import tempfile
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from profilebase.server.settings import Settings, trusted_proxies
+from profilebase.models import now_ms
+from profilebase.server import logs, metrics
+from profilebase.server import secret as server_secret
+from profilebase.server.settings import Settings, http_processes, trusted_proxies
+from profilebase.server.storage import Store, open_settings_store
+from profilebase.server.supervisor import SPAWN, Child, Supervisor
+from profilebase.server.web.app import create_app, prepare
 from profilebase.server.web.errors import TIMED_OUT, printable, request_line
+from profilebase.server.worker import run_process
 
 log = logging.getLogger("profilebase.server.web")
 
@@ -331,10 +350,110 @@ def raise_file_limit(connections: int) -> None:
             )
 
 
-def serve(app: Any, settings: Settings, log_level: str = "info") -> None:
-    """Serve ``app`` until SIGINT or SIGTERM; exit with status 3 if it cannot start."""
+def serve(
+    app: Any, settings: Settings, log_level: str = "info", sock: socket.socket | None = None
+) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM (on ``sock`` if given, else on ``host:port``);
+    exit with status 3 if it cannot start."""
     raise_file_limit(settings.max_connections)
     server = uvicorn.Server(config(app, settings, log_level))
-    server.run()
+    server.run(sockets=None if sock is None else [sock])
     if not server.started:
-        sys.exit(3)
+        sys.exit(STARTUP_FAILURE)
+
+
+#: Exit status of a server that could not start (uvicorn's too).
+STARTUP_FAILURE = 3
+
+
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` sockets bound to one address with ``SO_REUSEPORT`` (port 0: the first
+    one's port); exit with status 3, saying why, if the address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            # IPPROTO_TCP named: asyncio turns Nagle's algorithm off only for sockets that
+            # say so, and with it on every reply waits some 40 ms for the client's ACK.
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", host, port, exc)
+        for sock in sockets:
+            sock.close()
+        sys.exit(STARTUP_FAILURE)
+    return sockets
+
+
+class StartLine:
+    """Holds the first HTTP processes back until each has started, so that ``serve``
+    answers on its port only once every process can (a process restarted later passes at
+    once). Replaces ``prepare`` in their start-up: the parent prepared the database."""
+
+    #: Seconds a process waits for the others before it serves anyway.
+    TIMEOUT = 60.0
+
+    def __init__(self, context: Any, count: int) -> None:
+        self.count = count
+        self.arrived = context.Value("i", 0)
+        self.open = context.Event()
+
+    def __call__(self, store: Store, settings: Settings) -> None:
+        if self.open.is_set():
+            return
+        with self.arrived.get_lock():
+            self.arrived.value += 1
+            if self.arrived.value >= self.count:
+                self.open.set()
+        self.open.wait(self.TIMEOUT)
+
+
+def run_http_process(
+    settings: Settings, log_level: str, sock: socket.socket, start_line: StartLine
+) -> None:
+    """One HTTP process of ``serve_processes``: the app without batch workers, on ``sock``."""
+    logs.configure(log_level.upper(), settings.log_format)
+    serve(create_app(settings, workers=0, startup=start_line), settings, log_level, sock)
+
+
+def serve_processes(settings: Settings, log_level: str = "info") -> None:
+    """Serve on ``http_processes(settings)`` HTTP processes and ``workers`` batch worker
+    processes until SIGINT or SIGTERM.
+
+    1. Prepare the database once (migrations, the demo client, the server secret), so
+       that the children start on a ready database and none races another to create
+       the secret file.
+    2. Give every child the same dashboard session key (a random one unless set) and one
+       directory for the metrics, so that any process's /metrics counts them all.
+    3. Bind one socket per HTTP process, then let a ``Supervisor`` run the children;
+       the first HTTP processes serve once all of them have started (``StartLine``).
+    """
+    store = open_settings_store(settings)
+    try:
+        prepare(store, settings)
+        server_secret.open_secret(settings, store, now_ms())
+    finally:
+        store.close()
+    if not settings.session_secret:
+        settings = dataclasses.replace(settings, session_secret=secrets.token_urlsafe(32))
+    if metrics.multiprocess_directory() is None:
+        directory = tempfile.mkdtemp(prefix="profilebase-metrics-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        metrics.use_multiprocess_directory(directory)
+    sockets = listening_sockets(settings.host, settings.port, http_processes(settings))
+    level = logging.getLogger().getEffectiveLevel()
+    start_line = StartLine(multiprocessing.get_context(SPAWN), len(sockets))
+    children = [
+        Child("profilebase-http", run_http_process, (settings, log_level, s, start_line))
+        for s in sockets
+    ]
+    children += [Child("profilebase-worker", run_process, (settings, level))] * settings.workers
+    try:
+        Supervisor(children, stop_timeout=settings.lease_seconds + 10).run()
+    finally:
+        for sock in sockets:
+            sock.close()
