@@ -169,11 +169,6 @@ class SharedQueries(OverviewQueries, ABC):
         """Rows the backend cannot store at all, moved to the failures (in line order)."""
         return rows, failures
 
-    def _sql(self, text: str) -> str:
-        """``text``, written with ``?`` placeholders, in the driver's style: only for
-        ``storage/imports.py``, whose SQL is still one text for both dialects."""
-        return text
-
     # -- helpers -------------------------------------------------------------------------
 
     def _one(self, sql: str, params: Sequence[object] | Mapping[str, object] = ()) -> Any:

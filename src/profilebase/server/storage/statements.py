@@ -18,7 +18,6 @@ What stays composed in Python, and why:
 - ``sqlite_upsert_decoded_rows``: the client, key prefix and time of a unit are
   written into the statement as literals (``str.format``) so that ``executemany`` can
   bind the decoded rows as they are, without building a tuple per row.
-- ``storage/imports.py`` and its two dialect modules keep their SQL inline for now.
 """
 
 from __future__ import annotations
