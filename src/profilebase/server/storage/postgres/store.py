@@ -48,8 +48,8 @@ from profilebase.server.storage.base import UnitSpec
 from profilebase.server.storage.batch_control import BatchControl
 from profilebase.server.storage.clients import ClientQueries
 from profilebase.server.storage.imports import ImportRow
-from profilebase.server.storage.postgres_imports import PostgresImports
-from profilebase.server.storage.postgres_tables import PostgresTables
+from profilebase.server.storage.postgres.imports import PostgresImports
+from profilebase.server.storage.postgres.tables import PostgresTables
 from profilebase.server.storage.profiles import ProfileQueries
 from profilebase.server.storage.queries import Connection
 
@@ -57,7 +57,7 @@ from profilebase.server.storage.queries import Connection
 #: happen with the lock order above; a concurrent creation can, rarely).
 APPLY_ATTEMPTS = 8
 
-#: The named queries of this backend (sql/postgres/queries.sql).
+#: The named queries of this backend (sql/queries.sql).
 SQL = statements.load("postgres")
 
 

@@ -24,10 +24,10 @@ from profilebase.server.storage.batch_control import BatchControl
 from profilebase.server.storage.clients import ClientQueries
 from profilebase.server.storage.profiles import ProfileQueries
 from profilebase.server.storage.queries import Connection
-from profilebase.server.storage.sqlite_imports import SQLiteImports
-from profilebase.server.storage.sqlite_tables import SQLiteTables
+from profilebase.server.storage.sqlite.imports import SQLiteImports
+from profilebase.server.storage.sqlite.tables import SQLiteTables
 
-#: The named queries of this backend (sql/sqlite/queries.sql).
+#: The named queries of this backend (sql/queries.sql).
 SQL = statements.load("sqlite")
 
 #: Retry-After of a refusal because another writer held the lock: it is usually soon free.

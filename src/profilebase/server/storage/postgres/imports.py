@@ -4,7 +4,7 @@ The unit's row is locked first, then its existing profiles in key order, then ne
 ones are inserted in key order: the order ``apply_unit`` takes its locks in.
 
 A unit's profiles and links are each written by one statement: they travel as one
-JSON array, as a batch unit's changes do (``postgres.py``), since PostgreSQL parses
+JSON array, as a batch unit's changes do (``store.py``), since PostgreSQL parses
 one document faster than it runs thousands of statements.
 """
 
