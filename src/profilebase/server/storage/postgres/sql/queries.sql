@@ -3,7 +3,7 @@
 -- Each block starts with "-- name: <name>", then comment lines saying what it does,
 -- then one statement. Parameters are "%s" in order ("%b" for a list bound in binary),
 -- or "%(name)s" where the code binds a mapping; a literal percent sign is "%%".
--- sqlite/queries.sql defines the same names; a name starting with "postgres_" belongs
+-- sqlite/sql/queries.sql defines the same names; a name starting with "postgres_" belongs
 -- to this backend's own mechanics and has no twin there.
 
 -- schema ------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 --
 -- Each block starts with "-- name: <name>", then comment lines saying what it does,
 -- then one statement. Parameters are "?" in order, or ":name" where the code binds
--- a mapping. postgres/queries.sql defines the same names; a name starting with
+-- a mapping. postgres/sql/queries.sql defines the same names; a name starting with
 -- "sqlite_" belongs to this backend's own mechanics and has no twin there.
 
 -- schema ------------------------------------------------------------------------------
