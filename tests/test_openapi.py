@@ -12,6 +12,7 @@ from conftest import LiveServer
 from helpers import batch_id_of, submit
 from starlette.routing import Route
 
+from profilebase.server.storage import open_settings_store
 from profilebase.server.web import context, create_app, openapi
 
 
@@ -34,7 +35,11 @@ def test_every_route_is_described_and_nothing_else(settings):  # type: ignore[no
 
 def test_every_api_route_declares_its_operation(settings):  # type: ignore[no-untyped-def]
     """A route is either an ApiRoute with an operation per method, or kept out on purpose."""
-    app = create_app(settings, workers=0)
+    store = open_settings_store(settings)  # closed here, not left to the collector
+    try:
+        app = create_app(settings, store, workers=0)
+    finally:
+        store.close()
     for route in app.routes:
         assert isinstance(route, Route)
         if route.include_in_schema:
@@ -52,7 +57,11 @@ def test_every_api_route_declares_the_context_its_operation_promises(settings): 
     its handler runs, from the path when the path names it; the Delivery API finds its client
     without a token; the rest (health, the document, the token routes, which check Basic
     credentials themselves) take the app's context."""
-    app = create_app(settings, workers=0)
+    store = open_settings_store(settings)  # closed here, not left to the collector
+    try:
+        app = create_app(settings, store, workers=0)
+    finally:
+        store.close()
     for route in app.routes:
         if not isinstance(route, openapi.ApiRoute):
             continue
