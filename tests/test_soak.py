@@ -4,7 +4,7 @@ For about 50 seconds per backend, threads send batches (v1 and v2, keyed by pcId
 thirdPartyId, each with a header of its own, some with rows that must fail), single
 updates, page calls, fetches and status polls over loopback HTTP. Twice a
 process is killed with SIGKILL and started again: on SQLite the one ``profilebase serve``
-with its worker threads; on PostgreSQL ``profilebase worker`` processes (while they hold a
+with its HTTP and worker processes; on PostgreSQL ``profilebase worker`` processes (while they hold a
 lease) and one of two API-only servers (``serve --workers 0``).
 
 The load never guesses. A batch carries an ``Idempotency-Key`` and is sent again, with the
@@ -536,7 +536,7 @@ def check_profiles(load: Load, exported: list[dict]) -> list[str]:
     return problems
 
 
-def test_soak_with_processes_killed_every_30_seconds(cluster: Cluster):
+def test_soak_with_processes_killed_and_restarted(cluster: Cluster):
     """Every accepted batch completes exactly, profiles equal the model, no 5xx outside restarts,
     memory and descriptors of the surviving processes back near their warmed-up level."""
     load = Load(cluster, seed=9)
