@@ -67,7 +67,9 @@ def test_migrate_is_idempotent(empty_database: str):
 def test_postgres_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch):
     """Without the driver, a postgresql:// URL says which extra to install."""
     monkeypatch.setitem(sys.modules, "psycopg", None)
-    monkeypatch.delitem(sys.modules, "profilebase.server.storage.postgres", raising=False)
+    backend = "profilebase.server.storage.postgres"
+    for name in [n for n in sys.modules if n == backend or n.startswith(backend + ".")]:
+        monkeypatch.delitem(sys.modules, name)
     with pytest.raises(ConfigError, match=r"pip install 'profilebase\[postgres\]'"):
         open_store("postgresql://root@127.0.0.1:5432/test")
 

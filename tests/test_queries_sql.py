@@ -1,4 +1,4 @@
-"""The named queries of both dialects (storage/sql/<dialect>/queries.sql) match each other and
+"""The named queries of both dialects (storage/<dialect>/sql/queries.sql) match each other and
 the code, and every one of them is valid SQL on a migrated database of its backend."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ USE = re.compile(r"""\b(?:sql|SQL)\["([a-z0-9_]+)"\]""")
 
 
 def used_names() -> set[str]:
-    return {name for path in STORAGE.glob("*.py") for name in USE.findall(path.read_text())}
+    return {name for path in STORAGE.rglob("*.py") for name in USE.findall(path.read_text())}
 
 
 def own(dialect: str) -> set[str]:

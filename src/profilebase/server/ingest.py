@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import overload
@@ -26,9 +27,17 @@ PREFIX_BYTES = len(batchfile.BOM + batchfile.PREFIX)
 
 
 class SpooledUnits(Sequence[UnitSpec]):
-    """Units whose bodies sit in a spool file; each is read back only when used."""
+    """Units whose bodies sit in a spool file; each is read back only when used.
 
-    def __init__(self) -> None:
+    ``compressed`` units are compressed as they are read (zlib, fastest level): an
+    import's JSON lines repeat their field names, so they shrink several times, and the
+    database writes, reads and clears that much less (``profile_import.unit_body`` opens
+    them again). Compressing when the store reads them keeps the work off the server's
+    event loop and in the storing thread.
+    """
+
+    def __init__(self, compressed: bool = False) -> None:
+        self.compressed = compressed
         self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
         self.spans: list[tuple[int, int, int, int]] = []  # first_line, rows, offset, length
         self.size = 0
@@ -52,7 +61,8 @@ class SpooledUnits(Sequence[UnitSpec]):
             return [self[j] for j in range(*i.indices(len(self)))]
         first_line, rows, offset, length = self.spans[i]
         self.file.seek(offset)
-        return UnitSpec(first_line, rows, self.file.read(length))
+        body = self.file.read(length)
+        return UnitSpec(first_line, rows, zlib.compress(body, 1) if self.compressed else body)
 
     def __iter__(self) -> Iterator[UnitSpec]:
         for i in range(len(self)):
@@ -71,7 +81,55 @@ class ReadBatch:
     digest: str = ""
 
 
-class Intake:
+class UnitCutter:
+    """Cuts a body's lines into units of ``unit_rows`` lines as they come, spooled to
+    ``units``, counting its data rows (a blank line is no row) within ``SEQ_SPAN`` lines
+    and ``max_batch_rows``. A body's reader (``Intake``, ``profile_import.ImportIntake``)
+    is one, with its own refusals: ``TOO_LONG`` and ``TOO_MANY``, formatted with
+    ``span`` and ``limit``."""
+
+    TOO_LONG = ""
+    TOO_MANY = ""
+
+    def __init__(
+        self, limits: Limits, unit_rows: int, first_line: int, compressed: bool = False
+    ) -> None:
+        self.limits = limits
+        self.unit_rows = unit_rows
+        self.rows = 0
+        self.line = first_line - 1  # number of the last line read
+        self.unit_lines: list[bytes] = []
+        self.unit_rows_seen = 0
+        self.unit_first = first_line
+        self.units = SpooledUnits(compressed)
+
+    def _take_lines(self, lines: list[bytes]) -> None:
+        position = 0
+        while position < len(lines):
+            room = self.unit_rows - len(self.unit_lines)
+            part = lines[position : position + room]
+            position += len(part)
+            rows = sum(1 for line in part if not batchfile.is_blank(line))
+            self.rows += rows
+            self.unit_rows_seen += rows
+            self.unit_lines.extend(part)
+            self.line += len(part)
+            if self.line >= SEQ_SPAN:
+                raise BatchTooLarge(self.TOO_LONG.format(span=SEQ_SPAN))
+            if self.rows > self.limits.max_batch_rows:
+                raise BatchTooLarge(self.TOO_MANY.format(limit=self.limits.max_batch_rows))
+            if len(self.unit_lines) >= self.unit_rows:
+                self._cut_unit()
+
+    def _cut_unit(self) -> None:
+        if self.unit_rows_seen:
+            self.units.add(self.unit_first, self.unit_rows_seen, b"\n".join(self.unit_lines))
+        self.unit_lines = []
+        self.unit_rows_seen = 0
+        self.unit_first = self.line + 1
+
+
+class Intake(UnitCutter):
     """Consumes a batch body chunk by chunk and enforces the byte and row limits.
 
     Line ends are LF, CRLF or a lone CR (as ``batchfile.parse`` reads them); each
@@ -80,25 +138,27 @@ class Intake:
     line of tens of MB costs its size, not its size times the number of chunks.
     """
 
+    TOO_LONG = (
+        "The batch has {span:,} lines or more (blank lines included); split it into "
+        "smaller batches."
+    )
+    TOO_MANY = (
+        "The batch has more than {limit:,} data rows (max_batch_rows). Split the file into "
+        "batches of at most {limit:,} rows."
+    )
+
     def __init__(
         self, limits: Limits, unit_rows: int, prefix_optional: bool = False, digest: bool = False
     ) -> None:
-        self.limits = limits
+        super().__init__(limits, unit_rows, first_line=2)  # the header is line 1
         self.hash = hashlib.sha256() if digest else None
-        self.unit_rows = unit_rows
         self.prefix_optional = prefix_optional
         self.total = 0
-        self.rows = 0
         #: The first bytes of the body, enough to judge its ``batch=`` prefix.
         self.start = b""
         self.header: batchfile.Header | None = None
         self.partial: list[bytes] = []  # the line not ended yet (the header, first)
         self.after_cr = False  # the last byte read was a CR: an LF right after it is its pair
-        self.line = 1  # number of the last line read; the header is line 1
-        self.unit_lines: list[bytes] = []
-        self.unit_rows_seen = 0
-        self.unit_first = 2
-        self.units = SpooledUnits()
 
     def feed(self, chunk: bytes) -> None:
         """Take the next piece of the body; raise ``BatchRejected``/``BatchTooLarge`` early."""
@@ -185,38 +245,6 @@ class Intake:
                 "`batch=thirdPartyId,attr1,attr2`."
             )
         self.header = batchfile.parse_header(line)
-
-    def _take_lines(self, lines: list[bytes]) -> None:
-        position = 0
-        while position < len(lines):
-            room = self.unit_rows - len(self.unit_lines)
-            part = lines[position : position + room]
-            position += len(part)
-            rows = sum(1 for line in part if not batchfile.is_blank(line))
-            self.rows += rows
-            self.unit_rows_seen += rows
-            self.unit_lines.extend(part)
-            self.line += len(part)
-            if self.line >= SEQ_SPAN:
-                raise BatchTooLarge(
-                    f"The batch has {SEQ_SPAN:,} lines or more (blank lines included); "
-                    "split it into smaller batches."
-                )
-            if self.rows > self.limits.max_batch_rows:
-                raise BatchTooLarge(
-                    f"The batch has more than {self.limits.max_batch_rows:,} data rows "
-                    "(max_batch_rows). Split the file into batches of at most "
-                    f"{self.limits.max_batch_rows:,} rows."
-                )
-            if len(self.unit_lines) >= self.unit_rows:
-                self._cut_unit()
-
-    def _cut_unit(self) -> None:
-        if self.unit_rows_seen:
-            self.units.add(self.unit_first, self.unit_rows_seen, b"\n".join(self.unit_lines))
-        self.unit_lines = []
-        self.unit_rows_seen = 0
-        self.unit_first = self.line + 1
 
 
 def store_batch(

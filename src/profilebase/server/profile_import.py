@@ -24,44 +24,43 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, overload
+from typing import Any
 
 import msgspec
 
 from profilebase import batchfile
 from profilebase.errors import BatchTooLarge
 from profilebase.models import SEQ_SPAN, Client, Counts, FailedRow, KeyKind, Limits
-from profilebase.server.ingest import SpooledUnits
+from profilebase.server.ingest import SpooledUnits, UnitCutter
 from profilebase.server.merge import dump_attrs
-from profilebase.server.storage.base import NewBatch, Store, UnitClaim, UnitSpec
+from profilebase.server.storage.base import NewBatch, Store, UnitClaim
 from profilebase.server.storage.batch_control import IMPORT_VERSION
 from profilebase.server.storage.imports import ImportRow
 
 __all__ = ["IMPORT_VERSION", "ImportIntake", "accept", "apply_claim", "decode_line", "decode_unit"]
 
 
-class ImportIntake:
+class ImportIntake(UnitCutter):
     """Cuts a JSON-lines body into units as it streams, within the byte and row limits.
 
-    Its units are stored compressed (``Compressed``).
+    Its units are stored compressed (``SpooledUnits(compressed=True)``).
     """
+
+    TOO_LONG = "The import has {span:,} lines or more; split it."
+    TOO_MANY = (
+        "The import has more than {limit:,} profiles (max_batch_rows); send it in parts "
+        "(profilebase import does)."
+    )
 
     def __init__(self, limits: Limits, unit_rows: int, digest: bool = False) -> None:
         import hashlib
 
-        self.limits = limits
-        self.unit_rows = unit_rows
+        super().__init__(limits, unit_rows, first_line=1, compressed=True)
         self.hash = hashlib.sha256() if digest else None
         self.total = 0
-        self.rows = 0
-        self.line = 0  # the last line read; the first line is line 1
         self.partial = b""
-        self.lines: list[bytes] = []
-        self.first = 1
-        self.unit_rows_seen = 0
-        self.units = SpooledUnits()
 
     def feed(self, chunk: bytes) -> None:
         self.total += len(chunk)
@@ -79,72 +78,18 @@ class ImportIntake:
             self.partial = data
             return
         self.partial = data[cut + 1 :]
-        self._take(data[:cut].split(b"\n"))
+        self._take_lines(data[:cut].split(b"\n"))
 
     def finish(self) -> SpooledUnits:
         if self.partial:
-            self._take([self.partial])
+            self._take_lines([self.partial])
             self.partial = b""
-        self._cut()
+        self._cut_unit()
         return self.units
 
     @property
     def digest(self) -> str:
         return "" if self.hash is None else self.hash.hexdigest()
-
-    def _take(self, lines: list[bytes]) -> None:
-        position = 0
-        while position < len(lines):
-            part = lines[position : position + self.unit_rows - len(self.lines)]
-            position += len(part)
-            rows = sum(1 for line in part if not batchfile.is_blank(line))
-            self.rows += rows
-            self.unit_rows_seen += rows
-            self.line += len(part)
-            self.lines += part
-            if self.line >= SEQ_SPAN:
-                raise BatchTooLarge(f"The import has {SEQ_SPAN:,} lines or more; split it.")
-            if self.rows > self.limits.max_batch_rows:
-                raise BatchTooLarge(
-                    f"The import has more than {self.limits.max_batch_rows:,} profiles "
-                    "(max_batch_rows); send it in parts (profilebase import does)."
-                )
-            if len(self.lines) >= self.unit_rows:
-                self._cut()
-
-    def _cut(self) -> None:
-        if self.unit_rows_seen:
-            self.units.add(self.first, self.unit_rows_seen, b"\n".join(self.lines))
-        self.lines = []
-        self.unit_rows_seen = 0
-        self.first = self.line + 1
-
-
-class Compressed(Sequence[UnitSpec]):
-    """Units whose bodies are compressed as they are read (zlib, fastest level): JSON lines
-    repeat their field names, so they shrink several times, and the database writes, reads
-    and clears that much less (``unit_body`` opens them again). Compressing when the store
-    reads them keeps the work off the server's event loop and in the storing thread."""
-
-    def __init__(self, units: SpooledUnits) -> None:
-        self.units = units
-
-    def __len__(self) -> int:
-        return len(self.units)
-
-    @overload
-    def __getitem__(self, i: int) -> UnitSpec: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[UnitSpec]: ...
-    def __getitem__(self, i: int | slice) -> UnitSpec | Sequence[UnitSpec]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        unit = self.units[i]
-        return UnitSpec(unit.first_line, unit.row_count, zlib.compress(unit.body, 1))
-
-    def __iter__(self) -> Iterator[UnitSpec]:
-        for i in range(len(self)):
-            yield self[i]
 
 
 async def read(
@@ -179,7 +124,7 @@ def accept(
                 key_kind=KeyKind.THIRD_PARTY_ID,
                 names=(),
                 batch_size=intake.rows,
-                units=Compressed(intake.units),
+                units=intake.units,
                 idempotency_key=idempotency_key,
                 digest=intake.digest,
             ),

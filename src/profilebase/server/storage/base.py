@@ -1,6 +1,6 @@
 """The ``Store`` protocol: everything profilebase asks of a database.
 
-Two backends implement it, ``sqlite.py`` and ``postgres.py``; one contract
+Two backends implement it, ``storage/sqlite/`` and ``storage/postgres/``; one contract
 suite (tests/test_store_contract.py) runs against both. Methods are
 synchronous; the web layer calls them from a thread pool.
 

@@ -18,20 +18,23 @@ one transaction, which ``apply_import_unit`` here carries out:
    joining the two would).
 6. The unit's counts and failures are recorded, as for a batch unit.
 
-The SQL that differs between backends sits in ``SQLiteImports`` and
-``PostgresImports``; every statement runs with the profiles in key order, so on
-PostgreSQL imports and batch units take their locks in the same order.
+Its SQL is named queries (``import_profiles`` and those it shares with batch units);
+writing a unit's profiles and links is each backend's own (``_upsert``, ``_link``:
+``executemany`` on SQLite, one JSON document per unit on PostgreSQL). Every statement
+runs with the profiles in key order, so on PostgreSQL imports and batch units take
+their locks in the same order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from profilebase.models import Counts, FailedRow
+from profilebase.server.merge import MAX_BYTES_PER_CHAR, byte_size, merge_attrs
 from profilebase.server.storage.base import UnitClaim
-from profilebase.server.storage.merge import MAX_BYTES_PER_CHAR, byte_size, merge_attrs
 from profilebase.server.storage.queries import Connection, SharedQueries
 
 
@@ -74,26 +77,6 @@ class Change:
 class ImportQueries(SharedQueries):
     """``apply_import_unit`` on the connections of the store that inherits this."""
 
-    #: Test of ``pkey`` against a list of keys bound as one parameter (``keys_param``).
-    IN_KEYS = ""
-    #: Appended to the query that reads the unit's profiles (PostgreSQL locks them).
-    LOCK_PROFILES = ""
-    #: Appended to the lease check (PostgreSQL locks the unit's row).
-    LOCK_UNIT = ""
-    #: The stored attributes as text, and their size in bytes.
-    ATTRS = ""
-    SIZE = ""
-    #: Upsert of (client_id, pkey, attrs, min seq, max seq, modified_at) merging by seq.
-    UPSERT = ""
-    #: How a link meets an existing one: the later link wins.
-    LINK_CONFLICT = (
-        " ON CONFLICT (client_id, alias) DO UPDATE SET pkey = excluded.pkey, "
-        "linked_seq = excluded.linked_seq WHERE identities.linked_seq < excluded.linked_seq"
-    )
-
-    def keys_param(self, keys: Sequence[str]) -> Any:
-        raise NotImplementedError
-
     def import_refusals(
         self, rows: Sequence[ImportRow], failures: Sequence[FailedRow]
     ) -> tuple[list[ImportRow], list[FailedRow]]:
@@ -114,11 +97,7 @@ class ImportQueries(SharedQueries):
         good, failed = self.import_refusals(rows, failures)
         with self._write() as db:
             ours = db.execute(
-                self._sql(
-                    "SELECT 1 FROM batch_units WHERE batch_seq = ? AND unit_no = ? "
-                    "AND state = 'running' AND lease_owner = ?" + self.LOCK_UNIT
-                ),
-                (claim.batch_seq, claim.unit_no, claim.owner),
+                self.sql["unit_progress"], (claim.batch_seq, claim.unit_no, claim.owner)
             ).fetchone()
             if ours is None:
                 return None
@@ -140,49 +119,27 @@ class ImportQueries(SharedQueries):
         expire_before_ms: int,
     ) -> tuple[int, list[FailedRow]]:
         """Steps 2 to 5; returns the rows applied and the rows that failed."""
-        query = self._query(db)
+        sql = self.sql
         keys = sorted({row.key for row in rows} | {a for row in rows for a in row.aliases})
-        linked = {}
-        if query("SELECT 1 FROM identities WHERE client_id = ? LIMIT 1", (client_id,)):
-            linked = dict(
-                query(
-                    "SELECT alias, pkey FROM identities WHERE client_id = ? "
-                    f"AND alias {self.IN_KEYS}",
-                    (client_id, self.keys_param(keys)),
-                )
-            )
+        keys_param = self._list(keys)
+        linked: dict[str, str] = {}
+        if db.execute(sql["client_has_identities"], (client_id,)).fetchone():
+            linked = dict(db.execute(sql["aliases_of_keys"], (client_id, keys_param)))
         deletes: dict[str, int] = {}
-        if query("SELECT 1 FROM tombstones WHERE client_id = ? LIMIT 1", (client_id,)):
-            for pkey, deleted_seq in query(
-                f"SELECT pkey, max(deleted_seq) FROM tombstones WHERE client_id = ? "
-                f"AND pkey {self.IN_KEYS} GROUP BY pkey",
-                (client_id, self.keys_param(keys)),
-            ):
+        if db.execute(sql["client_has_tombstones"], (client_id,)).fetchone():
+            found = db.execute(sql["tombstones_of_keys"], (client_id, keys_param)).fetchall()
+            for pkey, deleted_seq, _ in found:  # in seq order: the latest delete stays
                 deletes[str(pkey)] = int(deleted_seq)
         targets = sorted({linked.get(row.key, row.key) for row in rows} | set(keys))
         if expire_before_ms:
-            expired = [
-                str(pkey)
-                for (pkey,) in query(
-                    "DELETE FROM profiles WHERE client_id = ? AND modified_at < ? "
-                    f"AND pkey {self.IN_KEYS} RETURNING pkey",
-                    (client_id, expire_before_ms, self.keys_param(targets)),
-                )
-            ]
+            expired = self._expire_keys(db, client_id, targets, expire_before_ms)
             if expired:
-                query(
-                    f"DELETE FROM identities WHERE client_id = ? AND pkey {self.IN_KEYS}",
-                    (client_id, self.keys_param(sorted(expired))),
-                    fetch=False,
-                )
                 linked = {a: k for a, k in linked.items() if k not in expired}
                 targets = sorted({linked.get(row.key, row.key) for row in rows} | set(keys))
         stored = {
             str(pkey): Stored(str(attrs), int(created), int(latest), int(size))
-            for pkey, attrs, created, latest, size in query(
-                f"SELECT pkey, {self.ATTRS}, created_seq, max_seq, {self.SIZE} FROM profiles "
-                f"WHERE client_id = ? AND pkey {self.IN_KEYS}" + self.LOCK_PROFILES,
-                (client_id, self.keys_param(targets)),
+            for pkey, attrs, created, latest, size in db.execute(
+                sql["import_profiles"], (client_id, self._list(targets))
             )
         }
         changes, links, failures, applied = self._changes(
@@ -197,16 +154,8 @@ class ImportQueries(SharedQueries):
             )
         self._upsert(db, client_id, [changes[key] for key in sorted(changes)])
         for alias in absorbed:
-            query(
-                "DELETE FROM profiles WHERE client_id = ? AND pkey = ?",
-                (client_id, alias),
-                fetch=False,
-            )
-            query(
-                "UPDATE identities SET pkey = ? WHERE client_id = ? AND pkey = ?",
-                (links[alias][0], client_id, alias),
-                fetch=False,
-            )
+            db.execute(sql["delete_profile"], (client_id, alias))
+            db.execute(sql["move_identities"], (links[alias][0], client_id, alias))
         if links:
             self._link(db, client_id, [(alias, *links[alias]) for alias in sorted(links)])
         return applied, failures
@@ -273,29 +222,13 @@ class ImportQueries(SharedQueries):
             applied += 1
         return changes, links, failures, applied
 
+    @abstractmethod
     def _upsert(self, db: Connection, client_id: int, ordered: Sequence[Change]) -> None:
-        """Write each change (in key order) with ``UPSERT``."""
-        db.cursor().executemany(
-            self._sql(self.UPSERT),
-            [(client_id, c.key, c.attrs, c.min_seq, c.max_seq, c.modified_ms) for c in ordered],
-        )
+        """Write each change, in key order, merging attribute by attribute by seq."""
 
+    @abstractmethod
     def _link(self, db: Connection, client_id: int, links: Sequence[tuple[str, str, int]]) -> None:
         """Link each (tntId alias, profile key, seq), in alias order, unless linked later."""
-        db.cursor().executemany(
-            self._sql(
-                "INSERT INTO identities (client_id, alias, pkey, linked_seq) VALUES (?, ?, ?, ?)"
-            )
-            + self.LINK_CONFLICT,
-            [(client_id, *link) for link in links],
-        )
-
-    def _query(self, db: Connection) -> Callable[..., list[Any]]:
-        def run(sql: str, params: Sequence[object], fetch: bool = True) -> list[Any]:
-            cursor = db.execute(self._sql(sql), params)
-            return list(cursor.fetchall()) if fetch else []
-
-        return run
 
     @staticmethod
     def _merge(changes: dict[str, Change], change: Change) -> None:

@@ -1,6 +1,6 @@
 """Schema migrations: numbered SQL files per backend, applied in order, recorded in a table.
 
-Files live in ``storage/sql/<backend>/NNNN_name.sql``, beside the backend's named
+Files live in ``storage/<backend>/sql/NNNN_name.sql``, beside the backend's named
 queries (``queries.sql``, ``statements.py``). A migration runs in one
 transaction together with its row in ``schema_migrations``, so a crash leaves
 either both or neither.
@@ -27,7 +27,7 @@ class Migration:
 
 def load(backend: str) -> list[Migration]:
     """The migrations of ``backend`` ('sqlite' or 'postgres') in version order."""
-    folder = resources.files("profilebase.server.storage").joinpath("sql", backend)
+    folder = resources.files("profilebase.server.storage").joinpath(backend, "sql")
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql") and entry.name[:4].isdigit():  # not queries.sql

@@ -2,14 +2,13 @@
 
 ``SharedQueries`` (with the mixins ``profiles.py``, ``clients.py``, ``batch_control.py``,
 ``overview.py`` and ``tables.py``) implements the ``Store`` protocol by running queries by
-name from
-``self.sql``, the dialect's ``storage/sql/<dialect>/queries.sql`` (``statements.py``);
+name from ``self.sql``, the dialect's ``storage/<dialect>/sql/queries.sql`` (``statements.py``);
 both dialects define the same names. What a backend supplies is the abstract part of
 the class below: its connections and transactions, how a list is bound as one
 parameter, how a unit's lines are stored and leased, how a unit's rows are written
 (a ``merge.RowWriter``), how a migration script runs, which of its driver's errors
-are transient, and what text it cannot store. ``sqlite.py`` and ``postgres.py`` are
-those two classes.
+are transient, and what text it cannot store. ``SQLiteStore`` and ``PostgresStore``
+(``storage/sqlite/``, ``storage/postgres/``) are those two classes.
 """
 
 from __future__ import annotations
@@ -84,7 +83,7 @@ def not_applied(
 class SharedQueries(OverviewQueries, ABC):
     """A ``Store`` over named queries; a backend supplies the abstract methods."""
 
-    #: The dialect: its folder under ``storage/sql/`` and its migrations.
+    #: The dialect: its folder ``storage/<backend>/``, with its SQL and migrations.
     backend: str
     #: The dialect's named queries (``statements.load(backend)``).
     sql: Mapping[str, str]
@@ -168,11 +167,6 @@ class SharedQueries(OverviewQueries, ABC):
     ) -> tuple[Sequence[DecodedRow], Sequence[FailedRow]]:
         """Rows the backend cannot store at all, moved to the failures (in line order)."""
         return rows, failures
-
-    def _sql(self, text: str) -> str:
-        """``text``, written with ``?`` placeholders, in the driver's style: only for
-        ``storage/imports.py``, whose SQL is still one text for both dialects."""
-        return text
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ the database itself describes them (never a list kept here, so a table or column
 that a later migration adds is copied without a change), a snapshot to read them
 from in key order, page writes that record their progress in the same
 transaction, and the counters (identity sequences, SQLite's AUTOINCREMENT) that
-must go on past every copied value. ``sqlite_tables.py`` and
-``postgres_tables.py`` implement it for their backend.
+must go on past every copied value. ``sqlite/tables.py`` and
+``postgres/tables.py`` implement it for their backend.
 """
 
 from __future__ import annotations

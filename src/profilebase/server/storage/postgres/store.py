@@ -23,6 +23,7 @@ database, and the database is the only thing they coordinate through:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring as json_string
@@ -33,6 +34,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from profilebase.errors import (
+    BadRequest,
     BatchRejected,
     ConfigError,
     DatabaseUnavailable,
@@ -41,13 +43,13 @@ from profilebase.errors import (
 )
 from profilebase.models import FailedRow
 from profilebase.server.merge import DecodedRow, RowWriter, byte_size, merge_attrs
-from profilebase.server.storage import postgres_profiles as profiles
 from profilebase.server.storage import redact, statements
 from profilebase.server.storage.base import UnitSpec
 from profilebase.server.storage.batch_control import BatchControl
 from profilebase.server.storage.clients import ClientQueries
-from profilebase.server.storage.postgres_imports import PostgresImports
-from profilebase.server.storage.postgres_tables import PostgresTables
+from profilebase.server.storage.imports import ImportRow
+from profilebase.server.storage.postgres.imports import PostgresImports
+from profilebase.server.storage.postgres.tables import PostgresTables
 from profilebase.server.storage.profiles import ProfileQueries
 from profilebase.server.storage.queries import Connection
 
@@ -55,8 +57,34 @@ from profilebase.server.storage.queries import Connection
 #: happen with the lock order above; a concurrent creation can, rarely).
 APPLY_ATTEMPTS = 8
 
-#: The named queries of this backend (sql/postgres/queries.sql).
+#: The named queries of this backend (sql/queries.sql).
 SQL = statements.load("postgres")
+
+
+#: PostgreSQL's text and jsonb cannot hold U+0000; SQLite can. Rows, ids and values
+#: carrying it are refused with this reason rather than stored differently.
+NUL_REASON = (
+    "PostgreSQL cannot store the character U+0000 (NUL): remove it from the id, the "
+    "attribute names and the values"
+)
+
+
+def has_nul(*texts: str) -> bool:
+    return any("\x00" in text for text in texts)
+
+
+def row_has_nul(identifier: str, attrs: str) -> bool:
+    """True if a decoded row's id, names or values hold U+0000 (JSON spells it \\u0000)."""
+    if "\x00" in identifier:
+        return True
+    if "u0000" not in attrs:
+        return False
+    return any(has_nul(name, entry[0]) for name, entry in json.loads(attrs).items())
+
+
+def refuse_nul(*texts: str) -> None:
+    if has_nul(*texts):
+        raise BadRequest(NUL_REASON + ".")
 
 
 def storage_error(exc: psycopg.Error, url: str) -> StorageError | None:
@@ -267,9 +295,6 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         """A Python list, which psycopg binds as an array."""
         return list(items)
 
-    def _sql(self, text: str) -> str:
-        return text.replace("?", "%s")
-
     def _run_script(self, db: Connection, script: str) -> None:
         db.execute(script.encode())  # bytes: a script, run as written
 
@@ -303,26 +328,37 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
     # -- what PostgreSQL cannot store: U+0000 ----------------------------------------------
 
     def _can_store(self, key: str) -> bool:
-        return not profiles.has_nul(key)
+        return not has_nul(key)
 
     def _refuse_unstorable(self, *texts: str) -> None:
-        profiles.refuse_nul(*texts)
+        refuse_nul(*texts)
 
     def _refuse_header(self, names: Sequence[str]) -> None:
-        if profiles.has_nul(*names):
+        if has_nul(*names):
             raise BatchRejected(
-                f"The header cannot be stored: {profiles.NUL_REASON} (an attribute name holds %00)."
+                f"The header cannot be stored: {NUL_REASON} (an attribute name holds %00)."
             )
 
     def _storable_rows(
         self, rows: Sequence[DecodedRow], failures: Sequence[FailedRow]
     ) -> tuple[Sequence[DecodedRow], Sequence[FailedRow]]:
-        refused = [row for row in rows if profiles.row_has_nul(row.id, row.attrs)]
+        refused = [row for row in rows if row_has_nul(row.id, row.attrs)]
         if not refused:
             return rows, failures
         kept = [row for row in rows if row not in refused]
-        stopped = (FailedRow(row.line, row.id, profiles.NUL_REASON) for row in refused)
+        stopped = (FailedRow(row.line, row.id, NUL_REASON) for row in refused)
         return kept, sorted([*failures, *stopped], key=lambda failure: failure.line)
+
+    def import_refusals(
+        self, rows: Sequence[ImportRow], failures: Sequence[FailedRow]
+    ) -> tuple[list[ImportRow], list[FailedRow]]:
+        good, refused = [], list(failures)
+        for row in rows:
+            if has_nul(*row.aliases) or row_has_nul(row.key, row.attrs):
+                refused.append(FailedRow(row.line, row.key[2:], NUL_REASON))
+            else:
+                good.append(row)
+        return good, refused
 
     def _recordable(self, text: str) -> str:
         """PostgreSQL's text cannot hold U+0000: a failed row's id, reason and raw line

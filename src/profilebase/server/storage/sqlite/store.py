@@ -24,11 +24,10 @@ from profilebase.server.storage.batch_control import BatchControl
 from profilebase.server.storage.clients import ClientQueries
 from profilebase.server.storage.profiles import ProfileQueries
 from profilebase.server.storage.queries import Connection
-from profilebase.server.storage.sqlite_imports import SQLiteImports
-from profilebase.server.storage.sqlite_profiles import json_list
-from profilebase.server.storage.sqlite_tables import SQLiteTables
+from profilebase.server.storage.sqlite.imports import SQLiteImports
+from profilebase.server.storage.sqlite.tables import SQLiteTables
 
-#: The named queries of this backend (sql/sqlite/queries.sql).
+#: The named queries of this backend (sql/queries.sql).
 SQL = statements.load("sqlite")
 
 #: Retry-After of a refusal because another writer held the lock: it is usually soon free.
@@ -256,7 +255,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
 
     def _list(self, items: Sequence[object]) -> str:
         """A JSON array, which the queries read with ``json_each``."""
-        return json_list(items)
+        return json.dumps(items, ensure_ascii=False)
 
     def _run_script(self, db: Connection, script: str) -> None:
         for statement in migrations.split_statements(script):

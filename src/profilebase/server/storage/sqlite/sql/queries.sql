@@ -239,12 +239,14 @@ UPDATE tombstones SET created_seq = ? WHERE client_id = ? AND pkey = ? AND delet
 SELECT attrs FROM profiles WHERE client_id = ? AND pkey = ?
 
 -- name: sqlite_upsert_profile
--- One decoded row into a profile, attribute by attribute by seq: json_patch when the
--- row is newer than the whole profile, pb_merge (merge.merge_attrs) otherwise.
+-- A decoded row, or an import unit's rows of one profile merged (with their lowest and
+-- highest seq), into a profile, attribute by attribute by seq: json_patch when every
+-- incoming seq is newer than the whole profile, pb_merge (merge.merge_attrs) otherwise.
+-- The later modified time stays.
 INSERT INTO profiles (client_id, pkey, attrs, created_seq, max_seq, modified_at)
 VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (client_id, pkey) DO UPDATE SET
-    attrs = CASE WHEN profiles.max_seq < excluded.max_seq
+    attrs = CASE WHEN profiles.max_seq < excluded.created_seq
                  THEN json_patch(profiles.attrs, excluded.attrs)
                  ELSE pb_merge(profiles.attrs, excluded.attrs) END,
     created_seq = min(profiles.created_seq, excluded.created_seq),
@@ -296,6 +298,21 @@ WHERE seq = ?
 UPDATE batch_units SET state = 'pending', lease_owner = NULL, lease_expires = NULL,
     not_before = ?, last_error = ?
 WHERE batch_seq = ? AND unit_no = ? AND lease_owner = ? AND state = 'running'
+
+-- applying import units (storage/imports.py) ------------------------------------------
+
+-- name: import_profiles
+-- What importing needs of the stored profiles of a JSON list of keys: attributes,
+-- seqs and size in bytes.
+SELECT pkey, attrs, created_seq, max_seq, length(CAST(attrs AS BLOB))
+FROM profiles WHERE client_id = ? AND pkey IN (SELECT value FROM json_each(?))
+
+-- name: sqlite_link_imported
+-- Links a tntId of an import to its profile unless it was linked later elsewhere.
+INSERT INTO identities (client_id, alias, pkey, linked_seq) VALUES (?, ?, ?, ?)
+ON CONFLICT (client_id, alias) DO UPDATE SET
+    pkey = excluded.pkey, linked_seq = excluded.linked_seq
+WHERE identities.linked_seq < excluded.linked_seq
 
 -- batch status ------------------------------------------------------------------------
 

@@ -260,6 +260,43 @@ UPDATE batch_units SET state = 'pending', lease_owner = NULL, lease_expires = NU
     not_before = %s, last_error = %s
 WHERE batch_seq = %s AND unit_no = %s AND lease_owner = %s AND state = 'running'
 
+-- applying import units (storage/imports.py) ------------------------------------------
+
+-- name: import_profiles
+-- What importing needs of the stored profiles of a list of keys (attributes as text,
+-- seqs, size in bytes), locked in key order as apply_unit locks them.
+SELECT pkey, attrs::text, created_seq, max_seq, octet_length(attrs::text)
+FROM profiles WHERE client_id = %s AND pkey = ANY(%b)
+ORDER BY pkey FOR UPDATE
+
+-- name: postgres_upsert_imported
+-- Every profile of an import unit, in key order, from one JSON array of
+-- [pkey, attrs, min seq, max seq, modified ms]: merged per attribute (plain || when the
+-- whole change is newer than the profile, pb_merge otherwise); the later modified time stays.
+INSERT INTO profiles (client_id, pkey, attrs, created_seq, max_seq, modified_at)
+SELECT %s, c.value ->> 0, c.value -> 1, (c.value ->> 2)::bigint, (c.value ->> 3)::bigint,
+       (c.value ->> 4)::bigint
+FROM jsonb_array_elements(%s::jsonb) AS c
+ORDER BY (c.value ->> 0) COLLATE "C"
+ON CONFLICT (client_id, pkey) DO UPDATE SET
+    attrs = CASE WHEN profiles.max_seq < excluded.created_seq
+                 THEN profiles.attrs || excluded.attrs
+                 ELSE pb_merge(profiles.attrs, excluded.attrs) END,
+    created_seq = least(profiles.created_seq, excluded.created_seq),
+    max_seq = greatest(profiles.max_seq, excluded.max_seq),
+    modified_at = greatest(profiles.modified_at, excluded.modified_at)
+
+-- name: postgres_link_imported
+-- Every link of an import unit, in alias order, from one JSON array of
+-- [alias, pkey, seq]; a tntId linked later elsewhere keeps its link.
+INSERT INTO identities (client_id, alias, pkey, linked_seq)
+SELECT %s, c.value ->> 0, c.value ->> 1, (c.value ->> 2)::bigint
+FROM jsonb_array_elements(%s::jsonb) AS c
+ORDER BY (c.value ->> 0) COLLATE "C"
+ON CONFLICT (client_id, alias) DO UPDATE SET
+    pkey = excluded.pkey, linked_seq = excluded.linked_seq
+WHERE identities.linked_seq < excluded.linked_seq
+
 -- batch status ------------------------------------------------------------------------
 
 -- name: batch_status
