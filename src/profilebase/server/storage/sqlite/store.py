@@ -1,9 +1,10 @@
 """The embedded backend: one SQLite file in WAL mode, one connection per thread.
 
-SQLite has one writer at a time; every write transaction starts with
-``BEGIN IMMEDIATE`` so that readers never block and writers queue on the
-busy timeout instead of failing. Unit decoding happens outside transactions,
-so the write lock is held only for the database work itself.
+SQLite has one writer at a time; every write transaction takes its turn in the
+writers' queue (``writers``: a lock per process, a file lock across processes)
+and starts with ``BEGIN IMMEDIATE``, so that readers never block and writers
+wait for each other instead of failing. Unit decoding happens outside
+transactions, so the write lock is held only for the database work itself.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from profilebase.server.storage.profiles import ProfileQueries
 from profilebase.server.storage.queries import Connection
 from profilebase.server.storage.sqlite.imports import SQLiteImports
 from profilebase.server.storage.sqlite.tables import SQLiteTables
+from profilebase.server.storage.sqlite.writers import WriterQueue
 
 #: The named queries of this backend (sql/queries.sql).
 SQL = statements.load("sqlite")
@@ -162,6 +164,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         #: Seconds a transaction waits for the write lock before giving up (busy timeout).
         self.timeout = timeout
         self._lock = threading.Lock()
+        self._writers = WriterQueue(path, timeout)
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
 
@@ -224,8 +227,9 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: BEGIN IMMEDIATE, COMMIT on success, ROLLBACK otherwise."""
-        with self._read() as db:
+        """A write transaction: the writers' turn, then BEGIN IMMEDIATE, COMMIT on success,
+        ROLLBACK otherwise; the turn ends with the transaction."""
+        with self._read() as db, self._writers.turn():
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -244,6 +248,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
+        self._writers.close()
         for db in idle:
             try:
                 db.close()
