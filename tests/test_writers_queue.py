@@ -16,7 +16,7 @@ import pytest
 
 from profilebase.errors import DatabaseUnavailable
 from profilebase.server.storage.sqlite import SQLiteStore
-from profilebase.server.storage.sqlite.writers import LOCK_SUFFIX
+from profilebase.server.storage.sqlite.writers import LOCK_SUFFIX, WriterQueue
 
 
 def new_store(path: Path, timeout: float = 5.0) -> SQLiteStore:
@@ -124,3 +124,30 @@ def test_a_lock_file_that_cannot_be_opened_leaves_the_queue_per_process(tmp_path
         assert "written" in codes(store)
     finally:
         store.close()
+
+
+def test_a_writer_waiting_in_another_process_is_seen(tmp_path: Path):
+    """While a process waits for its turn, the holder sees it (batch parts then let it go
+    first); once it had its turn, nobody waits."""
+    database = str(tmp_path / "db.sqlite")
+    queue = WriterQueue(database, timeout=5)
+    script = (
+        "import sys\n"
+        "from profilebase.server.storage.sqlite.writers import WriterQueue\n"
+        "with WriterQueue(sys.argv[1], 30).turn():\n"
+        "    print('turn', flush=True)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script, database], stdout=subprocess.PIPE, text=True
+    ) as waiter:
+        assert waiter.stdout is not None
+        with queue.turn():
+            assert not queue.others_waiting()
+            deadline = time.monotonic() + 30
+            while not queue.others_waiting() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert queue.others_waiting()
+        assert waiter.stdout.readline() == "turn\n"
+        assert waiter.wait(30) == 0
+    assert not queue.others_waiting()
+    queue.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ from profilebase.server.storage.profiles import ProfileQueries
 from profilebase.server.storage.queries import Connection
 from profilebase.server.storage.sqlite.imports import SQLiteImports
 from profilebase.server.storage.sqlite.tables import SQLiteTables
-from profilebase.server.storage.sqlite.writers import WriterQueue
+from profilebase.server.storage.sqlite.writers import BATCH_LOCK_SUFFIX, WriterQueue
 
 #: The named queries of this backend (sql/queries.sql).
 SQL = statements.load("sqlite")
@@ -85,6 +86,10 @@ TRANSIENT_CODES = {
     sqlite3.SQLITE_PROTOCOL: "the database was locked by another writer",
 }
 
+
+#: Seconds a batch part leaves the write lock to writers waiting for it before the next
+#: part of any worker may take it: they are woken at once but must be scheduled first.
+ONLINE_TURN = 0.002
 
 #: Bytes a unit's body is written in through blob I/O.
 BLOB_PIECE = 1 << 20
@@ -165,6 +170,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         self.timeout = timeout
         self._lock = threading.Lock()
         self._writers = WriterQueue(path, timeout)
+        #: Batch parts queue here first: one at a time joins the writers' queue.
+        self._batch_writers = WriterQueue(path, timeout, BATCH_LOCK_SUFFIX)
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
 
@@ -249,6 +256,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
             self._closed = True
             idle, self._idle = self._idle, []
         self._writers.close()
+        self._batch_writers.close()
         for db in idle:
             try:
                 db.close()
@@ -267,6 +275,16 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
             db.execute(statement)
 
     # -- units ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _batch_part(self) -> Iterator[None]:
+        """Batch parts take turns among themselves first, so that at most one waits in the
+        writers' queue; after a part, writers waiting there go first (``ONLINE_TURN``)
+        rather than the next part (docs/design.md#concurrency-on-sqlite)."""
+        with self._batch_writers.turn():
+            yield
+            if self._writers.others_waiting():
+                time.sleep(ONLINE_TURN)
 
     def _store_units(self, db: Connection, seq: int, units: Sequence[UnitSpec]) -> int:
         stored = 0

@@ -39,6 +39,10 @@ log = logging.getLogger("profilebase.server.storage")
 
 #: The lock file's name is the database's with this added.
 LOCK_SUFFIX = "-writer.lock"
+#: The byte of the lock file a waiting process holds a shared record lock on.
+ANNOUNCE_AT = 0
+#: The file batch parts queue on first (``SQLiteStore._batch_part``).
+BATCH_LOCK_SUFFIX = "-batch.lock"
 
 
 def busy_error() -> sqlite3.OperationalError:
@@ -49,11 +53,11 @@ def busy_error() -> sqlite3.OperationalError:
     return error
 
 
-def lock_path(database: str) -> str | None:
-    """The lock file of a database file, None for one in memory or a temporary one."""
+def lock_path(database: str, suffix: str = LOCK_SUFFIX) -> str | None:
+    """A lock file of a database file, None for one in memory or a temporary one."""
     if database in {"", ":memory:"} or database.startswith("file:"):
         return None
-    return database + LOCK_SUFFIX
+    return database + suffix
 
 
 class _Wait:
@@ -66,24 +70,34 @@ class _Wait:
 
 
 class WriterQueue:
-    """Writers of one database take turns here before ``BEGIN IMMEDIATE``."""
+    """Writers of one database take turns here before ``BEGIN IMMEDIATE``; ``suffix``
+    names the lock file."""
 
-    def __init__(self, database: str, timeout: float) -> None:
+    def __init__(self, database: str, timeout: float, suffix: str = LOCK_SUFFIX) -> None:
         self.timeout = timeout
         self._turn = threading.Lock()
-        self._path = lock_path(database)
+        self._path = lock_path(database, suffix)
         self._fd: int | None = None
         self._opened = False
         #: Guards ``_wait`` between the thread whose turn it is and the helper.
         self._state = threading.Lock()
         self._wait: _Wait | None = None
+        #: Threads of this process waiting for the turn.
+        self._waiting = 0
 
     @contextmanager
     def turn(self) -> Iterator[None]:
         """Hold the writers' turn (raises ``busy_error`` past the timeout)."""
         deadline = time.monotonic() + self.timeout
-        if not self._turn.acquire(timeout=self.timeout):
-            raise busy_error()
+        if not self._turn.acquire(blocking=False):
+            with self._state:
+                self._waiting += 1
+            try:
+                if not self._turn.acquire(timeout=self.timeout):
+                    raise busy_error()
+            finally:
+                with self._state:
+                    self._waiting -= 1
         try:
             fd = self._file()
             locked = fd is not None and self._flock(fd, deadline)
@@ -95,6 +109,21 @@ class WriterQueue:
                     fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             self._turn.release()
+
+    def others_waiting(self) -> bool:
+        """Whether a writer waits for its turn: a thread of this process, or another
+        process (which says so while it waits, ``_flock``)."""
+        if self._waiting:
+            return True
+        fd = self._fd
+        if fd is None:
+            return False
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, ANNOUNCE_AT)
+        except OSError:
+            return True
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, ANNOUNCE_AT)
+        return False
 
     def close(self) -> None:
         """Close the lock file, unless a writer or a helper still uses it."""
@@ -131,6 +160,16 @@ class WriterQueue:
             pass
         except OSError:
             return False
+        try:  # a shared record lock on one byte says that this process waits
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, ANNOUNCE_AT)
+        except OSError:
+            return self._wait_for_flock(fd, deadline)  # someone is looking: go unannounced
+        try:
+            return self._wait_for_flock(fd, deadline)
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, ANNOUNCE_AT)
+
+    def _wait_for_flock(self, fd: int, deadline: float) -> bool:
         with self._state:
             wait = self._wait
             if wait is None:  # else a helper an earlier writer gave up on still waits
