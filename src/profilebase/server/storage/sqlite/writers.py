@@ -120,8 +120,10 @@ class WriterQueue:
             return False
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, ANNOUNCE_AT)
-        except OSError:
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held by a waiter
             return True
+        except OSError:  # a lock file opened read-only cannot take this lock: no telling
+            return False
         fcntl.lockf(fd, fcntl.LOCK_UN, 1, ANNOUNCE_AT)
         return False
 
