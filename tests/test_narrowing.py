@@ -21,6 +21,7 @@ from test_store_contract import LEASE, accept, values
 from profilebase import batchfile
 from profilebase.errors import DatabaseUnavailable
 from profilebase.models import Counts, now_ms
+from profilebase.server import narrowing
 from profilebase.server.decoder import decode_unit
 from profilebase.server.narrowing import NARROW_AFTER_ATTEMPTS
 from profilebase.server.settings import Settings
@@ -95,6 +96,36 @@ def test_a_poison_row_fails_alone(http: httpx.Client, drain, store: Store):
     assert attributes(http, "r56") == {"n": "56", "tier": "t2"}
     assert attributes(http, "r58") == {"n": "58", "tier": "t1"}
     assert all(attributes(http, f"r{i}") for i in range(0, 120, 7) if i != 57)
+
+
+def test_a_unit_is_applied_in_parts_of_part_rows(
+    http: httpx.Client, drain, store: Store, monkeypatch: pytest.MonkeyPatch
+):
+    """A unit of more than ``PART_ROWS`` rows is applied in parts, one transaction each, in
+    line order, each recording how far the unit got; a poison row still fails alone."""
+    monkeypatch.setattr(narrowing, "PART_ROWS", 15)
+    applied: list[tuple[int, int | None]] = []  # (rows and failures, through_line) per part
+    real = type(store)
+
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def apply_unit(self, claim, rows, failures, *args):  # type: ignore[no-untyped-def]
+            applied.append((len(rows) + len(failures), args[-1]))
+            return super().apply_unit(claim, rows, failures, *args)
+
+    store.__class__ = Recording
+    batch_id = batch_id_of(submit(http, batch_body(50)))  # one unit of 50 rows, lines 2-51
+    drain()
+    assert_complete(http, batch_id, 50, failed=0)
+    assert applied == [(15, 16), (15, 31), (15, 46), (5, None)]
+    assert all(attributes(http, f"r{i}") == {"n": str(i), "tier": f"t{i % 3}"} for i in range(50))
+    applied.clear()
+    poison(store, {"x20"})
+    batch_id = batch_id_of(submit(http, batch_body(50, prefix="x")))
+    drain()
+    assert_complete(http, batch_id, 50, failed=1)
+    [failure] = failures_of(http, batch_id)
+    assert failure["line"] == 22 and failure["id"] == "x20"
+    assert all(attributes(http, f"x{i}") for i in range(50) if i != 20)
 
 
 def test_several_poison_rows_beside_rows_that_fail_anyway(http: httpx.Client, drain, store: Store):

@@ -3,9 +3,9 @@
 Every accepted row ends applied or failed with a reason; only transient errors
 are retried (docs/design.md#when-applying-a-unit-fails):
 
-1. The unit is decoded slice by slice and each slice applied as a part, in its
-   own transaction (most units are one slice). A line the decoder itself fails
-   on is found by decoding halves of its slice, and fails alone.
+1. The unit is decoded slice by slice and each slice applied in parts of at
+   most ``PART_ROWS`` rows, each in its own transaction. A line the decoder
+   itself fails on is found by decoding halves of its slice, and fails alone.
 2. A part that raises an error the store calls transient (``transient_reason``:
    the database unreachable, busy, locked or out of room) gives the unit back:
    it is retried after a growing delay, its status says why it waits, and no
@@ -42,6 +42,9 @@ from profilebase.server.storage.base import DecodedRow, Store, UnitClaim
 
 log = logging.getLogger("profilebase.server.worker")
 
+#: Rows (and failed rows) a part holds at most: the write lock is held for one part at
+#: a time, so an online write waits for at most one part (tens of ms), not a whole unit.
+PART_ROWS = 2_000
 #: From this attempt on, transient errors are narrowed too (step 4).
 NARROW_AFTER_ATTEMPTS = 10
 #: The longest wait between two attempts of a unit.
@@ -150,10 +153,16 @@ class UnitApplication:
         self.narrowing = False
 
     def apply(self, part: DecodedSlice) -> bool:
-        """Apply one decoded slice; False if the lease was lost (stop: another worker
-        has the unit). Raises ``GiveBack`` when the unit must be retried later."""
+        """Apply one decoded slice in parts of at most ``PART_ROWS`` items; False if the
+        lease was lost (stop: another worker has the unit). Raises ``GiveBack`` when the
+        unit must be retried later."""
         items: list[Item] = sorted([*part.rows, *part.failures], key=lambda item: item.line)
-        return self._settle(items, None if part.final else part.last_line)
+        for start in range(0, len(items) - PART_ROWS, PART_ROWS):  # all but the last part
+            piece = items[start : start + PART_ROWS]
+            if not self._settle(piece, piece[-1].line):
+                return False
+        last = items[(max(0, len(items) - 1) // PART_ROWS) * PART_ROWS :]
+        return self._settle(last, None if part.final else part.last_line)
 
     def _part(self, items: Sequence[Item], through_line: int | None) -> bool:
         """One transaction: apply ``items``, recording progress up to ``through_line``."""

@@ -17,7 +17,7 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 from profilebase.errors import DatabaseUnavailable, StorageFull
@@ -95,6 +95,11 @@ class SharedQueries(OverviewQueries, ABC):
     apply_attempts = 1
 
     # -- what a backend supplies -------------------------------------------------------
+
+    def _batch_part(self) -> AbstractContextManager[None]:
+        """Held around each part a worker applies, outside its transaction: a backend
+        may queue parts among themselves here (SQLite does)."""
+        return nullcontext()
 
     @abstractmethod
     def _read(self) -> AbstractContextManager[Connection]:
@@ -324,7 +329,7 @@ class SharedQueries(OverviewQueries, ABC):
         listed = (keys, self._list(keys))
         for attempt in range(1, self.apply_attempts + 1):
             try:
-                with self._write() as db:
+                with self._batch_part(), self._write() as db:
                     return self._apply(
                         db,
                         claim,

@@ -1,9 +1,10 @@
 """The embedded backend: one SQLite file in WAL mode, one connection per thread.
 
-SQLite has one writer at a time; every write transaction starts with
-``BEGIN IMMEDIATE`` so that readers never block and writers queue on the
-busy timeout instead of failing. Unit decoding happens outside transactions,
-so the write lock is held only for the database work itself.
+SQLite has one writer at a time; every write transaction takes its turn in the
+writers' queue (``writers``: a lock per process, a file lock across processes)
+and starts with ``BEGIN IMMEDIATE``, so that readers never block and writers
+wait for each other instead of failing. Unit decoding happens outside
+transactions, so the write lock is held only for the database work itself.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +28,7 @@ from profilebase.server.storage.profiles import ProfileQueries
 from profilebase.server.storage.queries import Connection
 from profilebase.server.storage.sqlite.imports import SQLiteImports
 from profilebase.server.storage.sqlite.tables import SQLiteTables
+from profilebase.server.storage.sqlite.writers import BATCH_LOCK_SUFFIX, WriterQueue
 
 #: The named queries of this backend (sql/queries.sql).
 SQL = statements.load("sqlite")
@@ -83,6 +86,10 @@ TRANSIENT_CODES = {
     sqlite3.SQLITE_PROTOCOL: "the database was locked by another writer",
 }
 
+
+#: Seconds a batch part leaves the write lock to writers waiting for it before the next
+#: part of any worker may take it: they are woken at once but must be scheduled first.
+ONLINE_TURN = 0.002
 
 #: Bytes a unit's body is written in through blob I/O.
 BLOB_PIECE = 1 << 20
@@ -162,6 +169,9 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         #: Seconds a transaction waits for the write lock before giving up (busy timeout).
         self.timeout = timeout
         self._lock = threading.Lock()
+        self._writers = WriterQueue(path, timeout)
+        #: Batch parts queue here first: one at a time joins the writers' queue.
+        self._batch_writers = WriterQueue(path, timeout, BATCH_LOCK_SUFFIX)
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
 
@@ -224,8 +234,9 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: BEGIN IMMEDIATE, COMMIT on success, ROLLBACK otherwise."""
-        with self._read() as db:
+        """A write transaction: the writers' turn, then BEGIN IMMEDIATE, COMMIT on success,
+        ROLLBACK otherwise; the turn ends with the transaction."""
+        with self._read() as db, self._writers.turn():
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -244,6 +255,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
+        self._writers.close()
+        self._batch_writers.close()
         for db in idle:
             try:
                 db.close()
@@ -262,6 +275,16 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
             db.execute(statement)
 
     # -- units ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _batch_part(self) -> Iterator[None]:
+        """Batch parts take turns among themselves first, so that at most one waits in the
+        writers' queue; after a part, writers waiting there go first (``ONLINE_TURN``)
+        rather than the next part (docs/design.md#concurrency-on-sqlite)."""
+        with self._batch_writers.turn():
+            yield
+            if self._writers.others_waiting():
+                time.sleep(ONLINE_TURN)
 
     def _store_units(self, db: Connection, seq: int, units: Sequence[UnitSpec]) -> int:
         stored = 0

@@ -1,0 +1,153 @@
+"""SQLite writers take turns in a queue before BEGIN IMMEDIATE (storage/sqlite/writers.py):
+a lock per process, a file lock beside the database across processes. A wait past the
+store's timeout is the busy error of before; a released lock lets the next writer in."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from profilebase.errors import DatabaseUnavailable
+from profilebase.server.storage.sqlite import SQLiteStore
+from profilebase.server.storage.sqlite.writers import LOCK_SUFFIX, WriterQueue
+
+
+def new_store(path: Path, timeout: float = 5.0) -> SQLiteStore:
+    store = SQLiteStore(str(path), timeout=timeout)
+    store.migrate()
+    return store
+
+
+def add_client(store: SQLiteStore, code: str) -> None:
+    store.create_client(code, False, f"key-{code}", "", 0)
+
+
+def codes(store: SQLiteStore) -> set[str]:
+    return {client.code for client in store.list_clients()}
+
+
+def test_threads_of_one_process_all_write(tmp_path: Path):
+    store = new_store(tmp_path / "db.sqlite")
+    try:
+        threads = [
+            threading.Thread(target=lambda n=n: [add_client(store, f"c{n}-{i}") for i in range(20)])
+            for n in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert codes(store) >= {f"c{n}-{i}" for n in range(8) for i in range(20)}
+        assert (tmp_path / ("db.sqlite" + LOCK_SUFFIX)).exists()
+    finally:
+        store.close()
+
+
+def test_a_writer_waits_for_the_file_lock_and_gives_up_past_the_timeout(tmp_path: Path):
+    """Another process holds the writers' file lock: a write waits for it, fails busy past
+    the timeout with nothing written, and goes through once the lock is released."""
+    store = new_store(tmp_path / "db.sqlite", timeout=0.5)
+    lock_file = str(tmp_path / "db.sqlite") + LOCK_SUFFIX
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+            lock_file,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(DatabaseUnavailable) as refused:
+            add_client(store, "refused")
+        assert "busy" in str(refused.value)
+        assert "refused" not in codes(store)
+        # A writer that starts while the lock is held gets in once the holder lets go.
+        done = threading.Event()
+        later = SQLiteStore(str(tmp_path / "db.sqlite"), timeout=30)
+        writer = threading.Thread(target=lambda: (add_client(later, "later"), done.set()))
+        writer.start()
+        time.sleep(0.2)
+        assert not done.is_set()  # it waits: the holder has the lock
+        assert holder.stdin is not None
+        holder.stdin.close()  # the holder exits: the kernel drops its lock
+        holder.wait(10)
+        writer.join(30)
+        assert done.is_set()
+        later.close()
+        add_client(store, "after")
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert {"later", "after"} <= codes(store)
+    # Nobody holds the lock once the writers are done (the given-up wait let go too).
+    fd = os.open(lock_file, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    store.close()
+
+
+def test_a_database_in_memory_has_no_lock_file(tmp_path: Path):
+    store = SQLiteStore(":memory:")
+    try:
+        with store._write() as db:
+            db.execute("CREATE TABLE t (x)")
+            db.execute("INSERT INTO t VALUES (1)")
+    finally:
+        store.close()
+    assert not Path(":memory:" + LOCK_SUFFIX).exists()
+
+
+def test_a_lock_file_that_cannot_be_opened_leaves_the_queue_per_process(tmp_path: Path):
+    """A lock path that cannot be created (here: a directory stands in its way) does not
+    stop writes: SQLite's own lock keeps them apart."""
+    path = tmp_path / "db.sqlite"
+    (tmp_path / ("db.sqlite" + LOCK_SUFFIX)).mkdir()
+    store = new_store(path)
+    try:
+        add_client(store, "written")
+        assert "written" in codes(store)
+    finally:
+        store.close()
+
+
+def test_a_writer_waiting_in_another_process_is_seen(tmp_path: Path):
+    """While a process waits for its turn, the holder sees it (batch parts then let it go
+    first); once it had its turn, nobody waits."""
+    database = str(tmp_path / "db.sqlite")
+    queue = WriterQueue(database, timeout=5)
+    script = (
+        "import sys\n"
+        "from profilebase.server.storage.sqlite.writers import WriterQueue\n"
+        "with WriterQueue(sys.argv[1], 30).turn():\n"
+        "    print('turn', flush=True)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script, database], stdout=subprocess.PIPE, text=True
+    ) as waiter:
+        assert waiter.stdout is not None
+        with queue.turn():
+            assert not queue.others_waiting()
+            deadline = time.monotonic() + 30
+            while not queue.others_waiting() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert queue.others_waiting()
+        assert waiter.stdout.readline() == "turn\n"
+        assert waiter.wait(30) == 0
+    assert not queue.others_waiting()
+    queue.close()
