@@ -60,6 +60,19 @@ def test_null_parts_are_absent_parts(http: httpx.Client):
     assert "execute" not in body and body["prefetch"] == {} and "notifications" not in body
 
 
+def test_null_items_are_empty_items(http: httpx.Client):
+    """A ``null`` mbox or view is read as an empty one and echoed so, not a server error."""
+    payload = {"execute": {"mboxes": [None, {"name": "hero"}]}, "prefetch": {"views": [None]}}
+    response = deliver(http, payload)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["execute"]["mboxes"] == [
+        {"index": 0, "options": []},
+        {"index": 1, "name": "hero", "options": []},
+    ]
+    assert body["prefetch"]["views"] == [{"options": []}]
+
+
 def test_profile_parameters_from_every_part_apply_later_parts_winning(http: httpx.Client):
     """pageLoad, mboxes, views and notifications all carry profileParameters; later ones win."""
     payload = {

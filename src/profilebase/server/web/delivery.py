@@ -298,10 +298,12 @@ def echo(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def echo_item(item: dict[str, Any], position: int, with_index: bool) -> dict[str, Any]:
+def echo_item(item: dict[str, Any] | None, position: int, with_index: bool) -> dict[str, Any]:
     """An mbox (its ``index``, by default its position, and ``name``) or a view (``name``),
     with an empty list of ``options``: no offer. Adobe's Python SDK reads ``options`` of
-    every mbox (``getAttributes``) and fails where it is missing."""
+    every mbox (``getAttributes``) and fails where it is missing. A ``null`` item reads as
+    an empty one, as ``parse_call`` reads it."""
+    item = as_object(item, "")
     out: dict[str, Any] = {}
     if with_index:
         out["index"] = item.get("index", position)
