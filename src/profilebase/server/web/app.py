@@ -31,6 +31,7 @@ from profilebase.server.web import (
     update,
 )
 from profilebase.server.web.attempts import FailedAttempts
+from profilebase.server.web.client_cache import ClientCache
 from profilebase.server.web.context import Context, app_context
 from profilebase.server.web.openapi import JSON, TARGET, ApiRoute, operation, ref, reply
 from profilebase.server.web.sessions import Sessions
@@ -147,6 +148,7 @@ def create_app(
             metrics=metrics,
             sessions=Sessions(settings.session_secret),
             readiness_limiter=CapacityLimiter(READINESS_THREADS),
+            clients=ClientCache(settings.client_cache_seconds),
         )
         pool = WorkerPool(the_store, settings, count, clock, metrics)
         pool.start()
