@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Match
 from starlette.types import Scope
 
@@ -45,6 +45,7 @@ from profilebase.server.web.openapi import (
     ref,
     reply,
 )
+from profilebase.server.web.responses import JsonResponse
 
 #: Profiles read per database round trip while exporting.
 EXPORT_PAGE = 500
@@ -126,7 +127,7 @@ async def fetch(request: Request, context: ClientContext) -> Response:
     profile = await run_in_threadpool(context.store.get_profile, client.id, key, before)
     if profile is None:
         raise not_found(client.code, named)
-    return JSONResponse(export.profile_json(profile))
+    return JsonResponse(export.profile_json(profile))
 
 
 async def delete(request: Request, context: ClientContext) -> Response:
