@@ -116,3 +116,24 @@ def test_a_revoked_token_is_refused_at_once(http: httpx.Client, store: Store):
     store.revoke_tokens(client.id, now_ms())
     refused = http.get(path, params={"client": "acme"}, headers=headers)
     assert refused.status_code == 403
+
+
+def test_a_cached_client_s_token_is_checked_before_anything_of_a_fetch(
+    http: httpx.Client, store: Store
+):
+    """With the client cached, a fetch's token check moves into its trip to a thread, still
+    first: no token 401 and a wrong one 403, even for an id the fetch would refuse (400)."""
+    client = clients.create(store, "acme", True, now_ms())[0]
+    value = tokens.issue(store, client, TEST_SECRET, 3600, 0, now_ms()).value
+    params = {"client": "acme"}
+    good = {"Authorization": f"Bearer {value}"}
+    for _ in range(2):  # the first request reads the client, the second finds it cached
+        assert (
+            http.get("/rest/v1/profiles/thirdPartyId/x", params=params, headers=good).status_code
+            == 404
+        )
+    bad_id = "/rest/v1/profiles/thirdPartyId/%ZZ"
+    assert http.get(bad_id, params=params, headers=good).status_code == 400
+    assert http.get(bad_id, params=params).status_code == 401
+    wrong = {"Authorization": "Bearer not-a-token"}
+    assert http.get(bad_id, params=params, headers=wrong).status_code == 403

@@ -30,7 +30,8 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from anyio import CapacityLimiter
 from starlette.concurrency import run_in_threadpool
@@ -59,6 +60,7 @@ from profilebase.server.web.openapi import query
 from profilebase.server.web.sessions import Sessions
 
 log = logging.getLogger("profilebase.server.web")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,22 @@ class ClientContext(Context):
 
     client: Client
     limits: Limits
+    #: The token check still to make, for a route that lets ``in_thread`` make it (a
+    #: cached client that requires a token: ``client_named_checked_in_thread``).
+    pending: Callable[[], None] | None = None
+
+    async def in_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` in a worker thread, after the token check still pending, if any:
+        one trip to a thread for both."""
+        pending = self.pending
+        if pending is None:
+            return await run_in_threadpool(work, *args)
+
+        def checked() -> T:
+            pending()
+            return work(*args)
+
+        return await run_in_threadpool(checked)
 
 
 Handler = Callable[[Request, Context], Awaitable[Response]]
@@ -135,17 +153,25 @@ ClientSource = Store | CachedClients
 Find = Callable[[Request, Context, ClientSource], Client]
 
 
-async def resolved(request: Request, find: Find, authorize_it: bool = True) -> ClientContext:
+async def resolved(
+    request: Request, find: Find, authorize_it: bool = True, defer: bool = False
+) -> ClientContext:
     """The context with the client ``find`` names (404 if none) once it is enabled (403)
     and, with ``authorize_it``, once the request may make a profile API call for it.
 
     From the cache alone when it holds every client ``find`` looks at and the client needs
-    no token (no trip to a thread); otherwise in one trip, reading what the cache lacks."""
+    no token (no trip to a thread); otherwise in one trip, reading what the cache lacks.
+    With ``defer``, a cached client's token check is left to the handler's ``in_thread``,
+    which makes it before the handler's work, in the same trip."""
     context = await app_context(request)
     try:
         client = enabled(find(request, context, context.clients.cached()))
         if not (authorize_it and client.require_auth):
             return context.for_client(client)
+        if defer:
+            return replace(
+                context.for_client(client), pending=lambda: authorize(request, context, client)
+            )
     except NotCached:
         pass
 
@@ -170,6 +196,13 @@ async def client_in_path(request: Request) -> ClientContext:
 async def client_named(request: Request) -> ClientContext:
     """The client a request names from outside the path (``client_named_by``), authorized."""
     return await resolved(request, named)
+
+
+async def client_named_checked_in_thread(request: Request) -> ClientContext:
+    """``client_named``, for a handler whose first act is ``context.in_thread``: the token
+    of a cached client is checked there, in the trip to a thread the handler makes anyway
+    (the fetch: nothing before it reads a body or the database)."""
+    return await resolved(request, named, defer=True)
 
 
 async def client_named_without_token(request: Request) -> ClientContext:

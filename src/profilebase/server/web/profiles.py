@@ -26,7 +26,11 @@ from profilebase.models import KeyKind
 from profilebase.server import export
 from profilebase.server.storage.base import ProfileExport
 from profilebase.server.storage.links import ecid_key
-from profilebase.server.web.context import ClientContext, client_named
+from profilebase.server.web.context import (
+    ClientContext,
+    client_named,
+    client_named_checked_in_thread,
+)
 from profilebase.server.web.openapi import (
     CLIENT_FROM_OUTSIDE,
     EXTENSION,
@@ -120,11 +124,17 @@ def path_id(kind: KeyKind, raw: str) -> str:
 
 
 async def fetch(request: Request, context: ClientContext) -> Response:
-    """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from."""
+    """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from.
+
+    Everything, the token check first, in one trip to a thread (``in_thread``)."""
+    return await context.in_thread(read_profile, request, context)
+
+
+def read_profile(request: Request, context: ClientContext) -> Response:
     client = context.client
     key, named = identify(request)
     before = context.limits.expire_before_ms(context.clock())
-    profile = await run_in_threadpool(context.store.get_profile, client.id, key, before)
+    profile = context.store.get_profile(client.id, key, before)
     if profile is None:
         raise not_found(client.code, named)
     return JsonResponse(export.profile_json(profile))
@@ -271,7 +281,11 @@ def by_id(path: str, param: Schema) -> list[ApiRoute]:
     operations = fetch_and_delete(param)
     return [
         RawPathRoute(
-            path, fetch, methods=["GET"], context=client_named, operation=operations["get"]
+            path,
+            fetch,
+            methods=["GET"],
+            context=client_named_checked_in_thread,
+            operation=operations["get"],
         ),
         RawPathRoute(
             path, delete, methods=["DELETE"], context=client_named, operation=operations["delete"]
