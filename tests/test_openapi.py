@@ -12,13 +12,12 @@ from conftest import LiveServer
 from helpers import batch_id_of, submit
 from starlette.routing import Route
 
-from profilebase.server.storage import open_settings_store
-from profilebase.server.web import context, create_app, openapi
+from profilebase.server.web import context, create_app, openapi, profiles
 
 
-def test_every_route_is_described_and_nothing_else(settings):  # type: ignore[no-untyped-def]
+def test_every_route_is_described_and_nothing_else(settings, store):  # type: ignore[no-untyped-def]
     """The document's paths and methods are exactly the app's routes."""
-    app = create_app(settings, workers=0)
+    app = create_app(settings, store, workers=0)  # the fixture closes the store
     routes = {
         (route.path, method.lower())
         for route in app.routes
@@ -33,13 +32,9 @@ def test_every_route_is_described_and_nothing_else(settings):  # type: ignore[no
     assert described == routes
 
 
-def test_every_api_route_declares_its_operation(settings):  # type: ignore[no-untyped-def]
+def test_every_api_route_declares_its_operation(settings, store):  # type: ignore[no-untyped-def]
     """A route is either an ApiRoute with an operation per method, or kept out on purpose."""
-    store = open_settings_store(settings)  # closed here, not left to the collector
-    try:
-        app = create_app(settings, store, workers=0)
-    finally:
-        store.close()
+    app = create_app(settings, store, workers=0)  # the fixture closes the store
     for route in app.routes:
         assert isinstance(route, Route)
         if route.include_in_schema:
@@ -48,20 +43,20 @@ def test_every_api_route_declares_its_operation(settings):  # type: ignore[no-un
             assert set(route.operations) == methods, route.path
 
 
-#: The contexts that find the request's client and check its token before the handler runs.
-AUTHORIZING = {context.client_in_path, context.client_named, context.client_in_path_or_named}
+#: The contexts that find the request's client and check its token before the handler runs,
+#: or (client_named_checked_in_thread) in the handler's first trip to a thread.
+NAMED = {context.client_named, context.client_named_checked_in_thread}
+AUTHORIZING = {context.client_in_path, context.client_in_path_or_named, *NAMED}
+#: The handlers whose first act is ``context.in_thread``, which makes a deferred token check.
+CHECK_IN_THREAD = {profiles.fetch}
 
 
-def test_every_api_route_declares_the_context_its_operation_promises(settings):  # type: ignore[no-untyped-def]
+def test_every_api_route_declares_the_context_its_operation_promises(settings, store):  # type: ignore[no-untyped-def]
     """A route whose operation takes the token resolves and authorizes its client before
     its handler runs, from the path when the path names it; the Delivery API finds its client
     without a token; the rest (health, the document, the token routes, which check Basic
     credentials themselves) take the app's context."""
-    store = open_settings_store(settings)  # closed here, not left to the collector
-    try:
-        app = create_app(settings, store, workers=0)
-    finally:
-        store.close()
+    app = create_app(settings, store, workers=0)  # the fixture closes the store
     for route in app.routes:
         if not isinstance(route, openapi.ApiRoute):
             continue
@@ -70,7 +65,9 @@ def test_every_api_route_declares_the_context_its_operation_promises(settings): 
         if security == {str(openapi.TOKEN_IF_REQUIRED)}:
             assert route.context in AUTHORIZING, route.path
             in_path = "{client}" in route.path
-            assert in_path == (route.context is not context.client_named), route.path
+            assert in_path == (route.context not in NAMED), route.path
+            deferred = route.context is context.client_named_checked_in_thread
+            assert deferred == (route.handler in CHECK_IN_THREAD), route.path
         elif route.path == "/rest/v1/delivery":
             assert route.context is context.client_named_without_token
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import re
 import secrets
 from collections.abc import Mapping
@@ -24,6 +25,11 @@ CODE = re.compile(r"[a-z0-9_-]{1,64}")
 #: An Adobe organization id (IMS org), as Target's Administration > Implementation shows it.
 ORG_ID = re.compile(r"[A-Za-z0-9]{1,64}@AdobeOrg")
 
+#: Changes this process made to clients: ``generation()`` moves with each, so that the web
+#: layer's cache of clients (web/client_cache.py) forgets its copies at once.
+_changes = itertools.count(1)
+_generation = 0
+
 #: scrypt cost: 16 MiB of memory and some tens of milliseconds per check. The
 #: parameters are stored with each hash, so raising them later keeps old hashes valid.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -35,6 +41,17 @@ class Credentials:
 
     api_key: str
     secret: str
+
+
+def generation() -> int:
+    """How many changes to clients this process has made (create, change, new secret)."""
+    return _generation
+
+
+def changed() -> None:
+    """Note that a client was changed in this process: cached copies are out of date."""
+    global _generation
+    _generation = next(_changes)
 
 
 def validate_code(code: str) -> str:
@@ -107,6 +124,7 @@ def create(store: Store, code: str, require_auth: bool, now_ms: int) -> tuple[Cl
         hash_secret(credentials.secret),
         now_ms,
     )
+    changed()
     return client, credentials
 
 
@@ -116,6 +134,7 @@ def new_secret(store: Store, code: str) -> tuple[Client, Credentials]:
     client = store.update_client(
         code, credentials=(credentials.api_key, hash_secret(credentials.secret))
     )
+    changed()
     return client, credentials
 
 
@@ -147,13 +166,15 @@ def change(
                 overrides.pop(name, None)
             else:
                 overrides[name] = value
-    return store.update_client(
+    client = store.update_client(
         code,
         require_auth=require_auth,
         disabled=disabled,
         limits=overrides,
         org_id=None if org_id is None else validate_org_id(org_id.strip()),
     )
+    changed()
+    return client
 
 
 def _b64(data: bytes) -> str:

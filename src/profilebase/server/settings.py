@@ -45,6 +45,14 @@ SETTINGS: tuple[Setting, ...] = (
         Bound.POSITIVE,
     ),
     Setting(
+        "client_cache_seconds",
+        1.0,
+        "Seconds an HTTP process may keep using what it read of a client (enabled, token "
+        "required, limits, organization id) before reading it again: a change made with "
+        "`profilebase clients` applies within this bound; 0 reads the client on every request.",
+        Bound.ZERO_OR_MORE,
+    ),
+    Setting(
         "client_timeout",
         30.0,
         "Seconds a connection may go without sending a byte while its request is incomplete; "
@@ -233,6 +241,7 @@ class Settings:
     port: int = _default("port")
     database: str = _default("database")
     database_timeout: float = _default("database_timeout")
+    client_cache_seconds: float = _default("client_cache_seconds")
     client_timeout: float = _default("client_timeout")
     max_connections: int = _default("max_connections")
     forwarded_allow_ips: str = _default("forwarded_allow_ips")

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from profilebase.errors import DatabaseUnavailable, ProfilebaseError
 from profilebase.models import now_ms
@@ -31,8 +31,10 @@ from profilebase.server.web import (
     update,
 )
 from profilebase.server.web.attempts import FailedAttempts
+from profilebase.server.web.client_cache import ClientCache
 from profilebase.server.web.context import Context, app_context
 from profilebase.server.web.openapi import JSON, TARGET, ApiRoute, operation, ref, reply
+from profilebase.server.web.responses import JsonResponse
 from profilebase.server.web.sessions import Sessions
 from profilebase.server.worker import WorkerPool
 
@@ -53,7 +55,7 @@ READINESS_THREADS = 2
 
 async def healthz(request: Request, context: Context) -> Response:
     """Liveness: 200 while the process serves HTTP, whatever the database's state."""
-    return JSONResponse({"status": "ok"})
+    return JsonResponse({"status": "ok"})
 
 
 async def readyz(request: Request, context: Context) -> Response:
@@ -68,13 +70,13 @@ async def readyz(request: Request, context: Context) -> Response:
             context.store.pending_migrations, limiter=context.readiness_limiter
         )
     except DatabaseUnavailable as exc:
-        return JSONResponse(
+        return JsonResponse(
             {"status": 503, "message": exc.message},
             status_code=503,
             headers={"Retry-After": str(exc.retry_after)},
         )
     if pending:
-        return JSONResponse(
+        return JsonResponse(
             {
                 "status": 503,
                 "message": f"The database schema is not up to date: {len(pending)} migration(s) "
@@ -83,7 +85,7 @@ async def readyz(request: Request, context: Context) -> Response:
             status_code=503,
             headers={"Retry-After": str(max(1, round(context.settings.database_timeout)))},
         )
-    return JSONResponse({"status": "ready"})
+    return JsonResponse({"status": "ready"})
 
 
 HEALTHZ = operation(
@@ -147,6 +149,7 @@ def create_app(
             metrics=metrics,
             sessions=Sessions(settings.session_secret),
             readiness_limiter=CapacityLimiter(READINESS_THREADS),
+            clients=ClientCache(settings.client_cache_seconds),
         )
         pool = WorkerPool(the_store, settings, count, clock, metrics)
         pool.start()

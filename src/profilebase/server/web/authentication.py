@@ -19,7 +19,7 @@ import binascii
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from profilebase.errors import BadRequest, NotFound, Unauthenticated
 from profilebase.models import Client
@@ -48,6 +48,7 @@ from profilebase.server.web.openapi import (
     ref,
     reply,
 )
+from profilebase.server.web.responses import JsonResponse
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -117,7 +118,7 @@ async def token(request: Request, context: Context) -> Response:
         "scope": tokens.PROFILE_API,
         "expiresIn": ttl,
     }
-    return JSONResponse(body, status_code=201, headers=NO_STORE)
+    return JsonResponse(body, status_code=201, headers=NO_STORE)
 
 
 async def active_token(context: Context, client: Client, now: int) -> Response:
@@ -139,7 +140,7 @@ async def active_token(context: Context, client: Client, now: int) -> Response:
         "scope": active.scope,
         "expiresIn": int(active.expires_at.timestamp() - now / 1000),
     }
-    return JSONResponse(body, headers=NO_STORE)
+    return JsonResponse(body, headers=NO_STORE)
 
 
 async def legacy_token(request: Request, context: Context) -> Response:
@@ -164,7 +165,7 @@ async def legacy_token(request: Request, context: Context) -> Response:
         "expires_in": ttl,
         "token_type": "bearer",
     }
-    return JSONResponse(body, headers=NO_STORE)
+    return JsonResponse(body, headers=NO_STORE)
 
 
 PROFILE_API: Schema = {"type": "string", "enum": [tokens.PROFILE_API]}

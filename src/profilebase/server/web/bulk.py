@@ -13,7 +13,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from profilebase.errors import BadRequest, BatchRejected, BatchTooLarge, NotFound
 from profilebase.server import dry_run, quota
@@ -39,6 +39,7 @@ from profilebase.server.web.openapi import (
     ref,
     reply,
 )
+from profilebase.server.web.responses import JsonResponse
 
 FAILED_ROWS_PAGE = 10_000
 
@@ -105,7 +106,7 @@ async def accept(request: Request, context: ClientContext) -> Response:
         report = await run_in_threadpool(
             dry_run.check, store, client, version, read, limits, clock()
         )
-        return JSONResponse(dry_run.report_json(report))
+        return JsonResponse(dry_run.report_json(report))
     seq, batch_id = await run_in_threadpool(
         store_batch, store, client, version, read, limits, clock(), key
     )

@@ -18,9 +18,10 @@ plain routes), and the route builds it before the handler runs:
 
 A client is resolved in one place so that no endpoint can forget to, and before anything
 else the endpoint does (before a body is read): unknown 404, disabled 403, then, when the
-client requires authorization, its token (``authorize``). It is read from the database on
-every request, so a change made with ``profilebase clients`` applies at once; finding and
-authorizing run in one trip to a thread.
+client requires authorization, its token (``authorize``). The client comes from the app's
+``ClientCache`` (``client_cache_seconds``; a change made in this process applies at once):
+a cached client that needs no token costs no trip to a thread; otherwise finding and
+authorizing run in one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from anyio import CapacityLimiter
 from starlette.concurrency import run_in_threadpool
@@ -53,10 +55,12 @@ from profilebase.server.secret import ServerSecret
 from profilebase.server.settings import Settings, client_limits
 from profilebase.server.storage.base import Store
 from profilebase.server.web.attempts import FailedAttempts
+from profilebase.server.web.client_cache import CachedClients, ClientCache, NotCached
 from profilebase.server.web.openapi import query
 from profilebase.server.web.sessions import Sessions
 
 log = logging.getLogger("profilebase.server.web")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class Context:
     #: Threads of the readiness checks' own, so that /readyz answers while every thread of
     #: the shared pool waits for a database that is gone.
     readiness_limiter: CapacityLimiter
+    #: Clients read recently, by code and organization id (``client_cache_seconds``).
+    clients: ClientCache
 
     def client_limits(self, client: Client) -> Limits:
         """The limits in force for ``client``: its overrides, else the server's settings."""
@@ -93,6 +99,7 @@ class Context:
             self.metrics,
             self.sessions,
             self.readiness_limiter,
+            self.clients,
             client,
             self.client_limits(client),
         )
@@ -104,6 +111,22 @@ class ClientContext(Context):
 
     client: Client
     limits: Limits
+    #: The token check still to make, for a route that lets ``in_thread`` make it (a
+    #: cached client that requires a token: ``client_named_checked_in_thread``).
+    pending: Callable[[], None] | None = None
+
+    async def in_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` in a worker thread, after the token check still pending, if any:
+        one trip to a thread for both."""
+        pending = self.pending
+        if pending is None:
+            return await run_in_threadpool(work, *args)
+
+        def checked() -> T:
+            pending()
+            return work(*args)
+
+        return await run_in_threadpool(checked)
 
 
 Handler = Callable[[Request, Context], Awaitable[Response]]
@@ -125,16 +148,35 @@ def with_context(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
-Find = Callable[[Request, Context], Client]
+#: Where clients are read from: the store, or the app's cache of it.
+ClientSource = Store | CachedClients
+Find = Callable[[Request, Context, ClientSource], Client]
 
 
-async def resolved(request: Request, find: Find, authorize_it: bool = True) -> ClientContext:
+async def resolved(
+    request: Request, find: Find, authorize_it: bool = True, defer: bool = False
+) -> ClientContext:
     """The context with the client ``find`` names (404 if none) once it is enabled (403)
-    and, with ``authorize_it``, once the request may make a profile API call for it."""
+    and, with ``authorize_it``, once the request may make a profile API call for it.
+
+    From the cache alone when it holds every client ``find`` looks at and the client needs
+    no token (no trip to a thread); otherwise in one trip, reading what the cache lacks.
+    With ``defer``, a cached client's token check is left to the handler's ``in_thread``,
+    which makes it before the handler's work, in the same trip."""
     context = await app_context(request)
+    try:
+        client = enabled(find(request, context, context.clients.cached()))
+        if not (authorize_it and client.require_auth):
+            return context.for_client(client)
+        if defer:
+            return replace(
+                context.for_client(client), pending=lambda: authorize(request, context, client)
+            )
+    except NotCached:
+        pass
 
     def resolve() -> ClientContext:
-        client = enabled(find(request, context))
+        client = enabled(find(request, context, context.clients.reading(context.store)))
         if authorize_it:
             authorize(request, context, client)
         return context.for_client(client)
@@ -142,8 +184,8 @@ async def resolved(request: Request, find: Find, authorize_it: bool = True) -> C
     return await run_in_threadpool(resolve)
 
 
-def in_path(request: Request, context: Context) -> Client:
-    return found_client(context.store, request.path_params.get("client", ""))
+def in_path(request: Request, context: Context, source: ClientSource) -> Client:
+    return found_client(source, request.path_params.get("client", ""))
 
 
 async def client_in_path(request: Request) -> ClientContext:
@@ -153,13 +195,24 @@ async def client_in_path(request: Request) -> ClientContext:
 
 async def client_named(request: Request) -> ClientContext:
     """The client a request names from outside the path (``client_named_by``), authorized."""
-    return await resolved(request, client_named_by)
+    return await resolved(request, named)
+
+
+async def client_named_checked_in_thread(request: Request) -> ClientContext:
+    """``client_named``, for a handler whose first act is ``context.in_thread``: the token
+    of a cached client is checked there, in the trip to a thread the handler makes anyway
+    (the fetch: nothing before it reads a body or the database)."""
+    return await resolved(request, named, defer=True)
 
 
 async def client_named_without_token(request: Request) -> ClientContext:
     """The client a request names from outside the path, found only: the Delivery API,
     which Target takes without credentials (page calls come from browsers)."""
-    return await resolved(request, client_named_by, authorize_it=False)
+    return await resolved(request, named, authorize_it=False)
+
+
+def named(request: Request, context: Context, source: ClientSource) -> Client:
+    return client_named_by(request, context, source=source)
 
 
 #: What a path may carry instead of a client code: ``/m2/client/profile/update``, as
@@ -167,10 +220,10 @@ async def client_named_without_token(request: Request) -> ClientContext:
 LITERAL_CLIENT = "client"
 
 
-def in_path_or_named(request: Request, context: Context) -> Client:
+def in_path_or_named(request: Request, context: Context, source: ClientSource) -> Client:
     if request.path_params["client"] != LITERAL_CLIENT:
-        return in_path(request, context)
-    return client_named_by(request, context, LITERAL_CLIENT)
+        return in_path(request, context, source)
+    return client_named_by(request, context, LITERAL_CLIENT, source)
 
 
 async def client_in_path_or_named(request: Request) -> ClientContext:
@@ -198,9 +251,9 @@ def presented_tokens(request: Request) -> list[tokens.Presented]:
     return found
 
 
-def found_client(store: Store, code: str) -> Client:
+def found_client(source: ClientSource, code: str) -> Client:
     """The client ``code``, if it exists (404); whether it is enabled is ``enabled``'s."""
-    client = store.get_client(code)
+    client = source.get_client(code)
     if client is None:
         raise UnknownClient(code)
     return client
@@ -231,7 +284,12 @@ def authorize(request: Request, context: Context, client: Client) -> None:
         raise
 
 
-def client_named_by(request: Request, context: Context, literal: str | None = None) -> Client:
+def client_named_by(
+    request: Request,
+    context: Context,
+    literal: str | None = None,
+    source: ClientSource | None = None,
+) -> Client:
     """Which client a request is for, the first of:
 
     1. the ``client`` query parameter (404 if there is no such client);
@@ -240,8 +298,10 @@ def client_named_by(request: Request, context: Context, literal: str | None = No
     3. the client whose organization id is the ``imsOrgId`` query parameter;
     4. a client named ``literal``;
     5. the server's ``default_client``, while that client exists.
+
+    Clients are read from ``source``: the store (the default), or the app's cache.
     """
-    store = context.store
+    store = context.store if source is None else source
     named = query(request, "client", "").strip()
     if named:
         found = store.get_client(named)

@@ -25,7 +25,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from profilebase.errors import BadRequest
 from profilebase.ids import check_id
@@ -50,6 +50,7 @@ from profilebase.server.web.openapi import (
     ref,
     reply,
 )
+from profilebase.server.web.responses import JsonResponse
 
 MAX_PARAMETERS = 50
 MAX_NAME_LENGTH = 128
@@ -122,7 +123,7 @@ async def delivery(request: Request, context: ClientContext) -> Response:
         "id": identity,
         **echo(payload),
     }
-    return JSONResponse(reply)
+    return JsonResponse(reply)
 
 
 def check_session_id(session_id: str | None) -> None:

@@ -22,11 +22,12 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from profilebase.errors import ProfilebaseError, StorageError
 from profilebase.server.web import xml
+from profilebase.server.web.responses import JsonResponse
 
 log = logging.getLogger("profilebase.server.web")
 
@@ -47,7 +48,7 @@ def error_response(
             status=status,
             headers=headers,
         )
-    return JSONResponse({"status": status, "message": message}, status_code=status, headers=headers)
+    return JsonResponse({"status": status, "message": message}, status_code=status, headers=headers)
 
 
 def new_error_id(scope: Scope | None = None) -> str:

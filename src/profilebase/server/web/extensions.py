@@ -35,7 +35,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from profilebase import __version__, batchfile
 from profilebase.errors import BadRequest, BatchTooLarge, NotFound
@@ -72,6 +72,7 @@ from profilebase.server.web.openapi import (
     ref,
     reply,
 )
+from profilebase.server.web.responses import JsonResponse
 
 PREFIX = "/profilebase/v1"
 #: Most batches one list returns.
@@ -92,7 +93,7 @@ async def client_info(request: Request, context: ClientContext) -> Response:
     used = await run_in_threadpool(
         context.store.rows_accepted_since, client.id, context.clock() - DAY_MS + 1
     )
-    return JSONResponse(
+    return JsonResponse(
         {
             "server": "profilebase",
             "version": __version__,
@@ -187,7 +188,7 @@ def status_json(
 async def batch_status(request: Request, context: ClientContext) -> Response:
     """JSON batch status: everything Target's XML has, plus state, times, rate and reason."""
     batch = await find_batch(request, context)
-    return JSONResponse(await full_status(request, context, batch))
+    return JsonResponse(await full_status(request, context, batch))
 
 
 async def full_status(request: Request, context: ClientContext, batch: Batch) -> dict[str, Any]:
@@ -206,7 +207,7 @@ async def list_batches(request: Request, context: ClientContext) -> Response:
     limit = int_param(request, "limit", LISTED, 1, MAX_LISTED)
     unfinished = bool_param(request, "unfinished")
     listed = await run_in_threadpool(context.store.batch_listings, client.id, limit, unfinished)
-    return JSONResponse(
+    return JsonResponse(
         {
             "client": client.code,
             "batches": [await full_status(request, context, item.batch) for item in listed],
@@ -238,7 +239,7 @@ async def cancel_batch(request: Request, context: ClientContext) -> Response:
     status = await full_status(request, context, fresh or batch)
     status["rowsCancelled"] = outcome.rows_cancelled
     status["alreadyCancelled"] = outcome.already
-    return JSONResponse(status)
+    return JsonResponse(status)
 
 
 async def import_profiles(request: Request, context: ClientContext) -> Response:
@@ -261,7 +262,7 @@ async def import_profiles(request: Request, context: ClientContext) -> Response:
         profile_import.accept, context.store, client, intake, limits, context.clock(), key
     )
     base = str(request.base_url).rstrip("/")
-    return JSONResponse(
+    return JsonResponse(
         {
             "batchId": batch_id,
             "rows": intake.rows,
@@ -385,7 +386,7 @@ async def failures(request: Request, context: ClientContext) -> Response:
     limit = int_param(request, "limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
     page = await run_in_threadpool(store.failed_rows, batch.seq, after, limit)
     next_after = page[-1].line if len(page) == limit else None
-    return JSONResponse(
+    return JsonResponse(
         {
             "batchId": batch.batch_id,
             "columns": columns,
@@ -398,7 +399,7 @@ async def failures(request: Request, context: ClientContext) -> Response:
 
 async def openapi_document(request: Request, context: Context) -> Response:
     """The OpenAPI description of every endpoint, Target's and profilebase's own."""
-    return JSONResponse(openapi.document(request.app.routes, __version__))
+    return JsonResponse(openapi.document(request.app.routes, __version__))
 
 
 DOCUMENT = operation(

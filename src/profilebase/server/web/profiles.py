@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Match
 from starlette.types import Scope
 
@@ -26,7 +26,11 @@ from profilebase.models import KeyKind
 from profilebase.server import export
 from profilebase.server.storage.base import ProfileExport
 from profilebase.server.storage.links import ecid_key
-from profilebase.server.web.context import ClientContext, client_named
+from profilebase.server.web.context import (
+    ClientContext,
+    client_named,
+    client_named_checked_in_thread,
+)
 from profilebase.server.web.openapi import (
     CLIENT_FROM_OUTSIDE,
     EXTENSION,
@@ -45,6 +49,7 @@ from profilebase.server.web.openapi import (
     ref,
     reply,
 )
+from profilebase.server.web.responses import JsonResponse
 
 #: Profiles read per database round trip while exporting.
 EXPORT_PAGE = 500
@@ -119,14 +124,20 @@ def path_id(kind: KeyKind, raw: str) -> str:
 
 
 async def fetch(request: Request, context: ClientContext) -> Response:
-    """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from."""
+    """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from.
+
+    Everything, the token check first, in one trip to a thread (``in_thread``)."""
+    return await context.in_thread(read_profile, request, context)
+
+
+def read_profile(request: Request, context: ClientContext) -> Response:
     client = context.client
     key, named = identify(request)
     before = context.limits.expire_before_ms(context.clock())
-    profile = await run_in_threadpool(context.store.get_profile, client.id, key, before)
+    profile = context.store.get_profile(client.id, key, before)
     if profile is None:
         raise not_found(client.code, named)
-    return JSONResponse(export.profile_json(profile))
+    return JsonResponse(export.profile_json(profile))
 
 
 async def delete(request: Request, context: ClientContext) -> Response:
@@ -270,7 +281,11 @@ def by_id(path: str, param: Schema) -> list[ApiRoute]:
     operations = fetch_and_delete(param)
     return [
         RawPathRoute(
-            path, fetch, methods=["GET"], context=client_named, operation=operations["get"]
+            path,
+            fetch,
+            methods=["GET"],
+            context=client_named_checked_in_thread,
+            operation=operations["get"],
         ),
         RawPathRoute(
             path, delete, methods=["DELETE"], context=client_named, operation=operations["delete"]

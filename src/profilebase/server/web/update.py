@@ -9,13 +9,20 @@ The update applies before the reply, so a fetch right after it sees it.
 from __future__ import annotations
 
 import json
+import logging
 import urllib.parse
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from profilebase.errors import BadRequest, NotFound, RequestTooLarge
+from profilebase.errors import (
+    BadRequest,
+    NotFound,
+    ProfilebaseError,
+    RequestTooLarge,
+    StorageError,
+)
 from profilebase.ids import check_id
 from profilebase.models import DAY_MS, KeyKind, Limits
 from profilebase.server import quota
@@ -25,7 +32,6 @@ from profilebase.server.web.context import (
     client_in_path_or_named,
     read_body,
     scalar_text,
-    with_headers,
 )
 from profilebase.server.web.openapi import (
     CLIENT,
@@ -45,6 +51,8 @@ from profilebase.server.web.openapi import (
     reply,
 )
 
+log = logging.getLogger("profilebase.server.web")
+
 ATTRIBUTE_PREFIX = "profile."
 ID_PARAMETERS = {"mboxPC": KeyKind.PC_ID, "mbox3rdPartyId": KeyKind.THIRD_PARTY_ID}
 PARAMETER_OF = {kind: name for name, kind in ID_PARAMETERS.items()}
@@ -52,27 +60,63 @@ PARAMETER_OF = {kind: name for name, kind in ID_PARAMETERS.items()}
 
 async def update(request: Request, context: ClientContext) -> Response:
     """Apply one profile update; every reply to an authorized caller carries the headers
-    of the client's daily update quota."""
-    return await with_headers(apply(request, context), lambda: quota_headers(context))
+    of the client's daily update quota.
+
+    The update and the quota headers share one trip to a thread; a request refused before
+    it (a bad parameter, a body too large) gets the headers in a trip of their own."""
+    try:
+        kind, identifier, values = await parse_request(request, context.limits)
+    except StorageError:
+        raise
+    except ProfilebaseError as exc:
+        exc.headers.update(await run_in_threadpool(quota_headers, context))
+        raise
+    return await run_in_threadpool(apply_counted, context, kind, identifier, values)
 
 
-async def quota_headers(context: ClientContext) -> dict[str, str]:
-    """``X-RateLimit-*`` for the client's rolling daily update quota (updates_per_day)."""
+def quota_headers(context: ClientContext) -> dict[str, str]:
+    """``X-RateLimit-*`` for the client's rolling daily update quota (updates_per_day), or
+    none if the database fails meanwhile (logged): the update's own outcome stands.
+    Blocking: run it in a thread."""
     now = context.clock()
-    recent = await run_in_threadpool(context.store.recent_updates, context.client.id, now - DAY_MS)
+    try:
+        recent = context.store.recent_updates(context.client.id, now - DAY_MS)
+    except StorageError as exc:
+        log.warning("reply sent without its quota headers: %s (%s)", exc.message, exc.detail)
+        return {}
     return quota.rate_limit_headers(recent, context.limits.updates_per_day, now)
 
 
-async def apply(request: Request, context: ClientContext) -> Response:
-    """Apply one profile update now; 404 (creating nothing) if no profile has the id."""
-    client, limits = context.client, context.limits
+async def parse_request(request: Request, limits: Limits) -> tuple[KeyKind, str, dict[str, str]]:
+    """The profile the request names and the attributes it sets (400 and 413 refusals)."""
     parameters = await read_parameters(request, limits)
     for name in ID_PARAMETERS:
         declared(request, name)
-    kind, identifier, values = parse_update(parameters)
+    return parse_update(parameters)
+
+
+def apply_counted(
+    context: ClientContext, kind: KeyKind, identifier: str, values: dict[str, str]
+) -> Response:
+    """``apply``, then the quota headers on its reply or its refusal (blocking)."""
+    try:
+        response = apply(context, kind, identifier, values)
+    except StorageError:
+        raise
+    except ProfilebaseError as exc:
+        exc.headers.update(quota_headers(context))
+        raise
+    response.headers.update(quota_headers(context))
+    return response
+
+
+def apply(
+    context: ClientContext, kind: KeyKind, identifier: str, values: dict[str, str]
+) -> Response:
+    """Apply one profile update now; 404 (creating nothing) if no profile has the id."""
+    client, limits = context.client, context.limits
     now = context.clock()
-    outcome = await run_in_threadpool(
-        context.store.update_profile,
+    outcome = context.store.update_profile(
         client,
         kind.key(identifier),
         values,

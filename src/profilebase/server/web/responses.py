@@ -1,0 +1,25 @@
+"""``JsonResponse``: every JSON reply of the web layer, encoded by msgspec.
+
+The same bytes as Starlette's ``JSONResponse`` for what our replies hold (objects, arrays,
+text, integers, booleans, null; keys in the order given, no spaces, UTF-8 unescaped), in a
+fraction of ``json.dumps``'s time: a fetch's reply is encoded on the event loop's thread,
+where every microsecond is one all requests wait for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.responses import Response
+
+_encode = msgspec.json.Encoder().encode
+
+
+class JsonResponse(Response):
+    """A JSON reply (``application/json``)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return _encode(content)
