@@ -117,3 +117,33 @@ def test_worker_processes_apply_batches_and_stop_on_sigterm(
             process.kill()
             process.wait(10)
     assert store.get_batch(1, batch_id).counts.successful == 9  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value", "refused"),
+    [
+        ("serve", "--processes", "64", False),
+        ("serve", "--processes", "65", True),
+        ("serve", "--workers", "100000", True),
+        ("worker", "--concurrency", "65", True),
+    ],
+)
+def test_process_counts_are_capped(command: str, flag: str, value: str, refused: bool, tmp_path):  # type: ignore[no-untyped-def]
+    """A typo in a count of processes is refused before anything starts, naming the setting
+    and its limit; the limit itself is accepted (checked through the settings alone)."""
+    from profilebase.server.settings import Settings
+
+    name = flag.removeprefix("--")
+    if refused:
+        result = subprocess.run(
+            [sys.executable, "-m", "profilebase", command, flag, value],
+            env={**os.environ, "PROFILEBASE_DATABASE": f"sqlite:///{tmp_path}/db.sqlite"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode != 0
+        assert f"Setting {name} must be at most 64, got {value}" in result.stderr
+        assert not (tmp_path / "db.sqlite").exists()  # nothing started, nothing created
+    else:
+        Settings(**{name: int(value)}).validate()

@@ -76,7 +76,7 @@ SETTINGS: tuple[Setting, ...] = (
         "processes",
         0,
         "HTTP processes `serve` runs on its one port (0: one per core, at most 8; 1: a single "
-        "process with the batch workers as threads inside it).",
+        "process with the batch workers as threads inside it); at most 64.",
         Bound.ZERO_OR_MORE,
         flags=("serve",),
     ),
@@ -84,7 +84,7 @@ SETTINGS: tuple[Setting, ...] = (
         "workers",
         2,
         "Batch workers of `serve`: processes beside its HTTP processes, or threads inside it "
-        "when it runs one (0: API only).",
+        "when it runs one (0: API only); at most 64.",
         Bound.ZERO_OR_MORE,
         flags=("serve",),
     ),
@@ -176,7 +176,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "concurrency",
         1,
-        "Worker processes `profilebase worker` runs (one per core is a good start).",
+        "Worker processes `profilebase worker` runs (one per core is a good start); at most 64.",
         Bound.POSITIVE,
         flags=("worker",),
     ),
@@ -311,6 +311,13 @@ class Settings:
                 "Setting status_retention_days must be at least 1: the daily row quota "
                 f"counts the batches of the last 24 hours, got {self.status_retention_days}."
             )
+        for name in ("processes", "workers", "concurrency"):
+            if getattr(self, name) > MAX_PROCESSES:
+                raise ConfigError(
+                    f"Setting {name} must be at most {MAX_PROCESSES}, got {getattr(self, name)}: "
+                    "each is a process (or thread) with its own database connections; run more "
+                    "servers or `profilebase worker` processes on other machines instead."
+                )
         business_hours.parse(self.business_hours)
         trusted_proxies(self.forwarded_allow_ips)
         validate_observability(self)
@@ -318,6 +325,9 @@ class Settings:
 
 #: Most HTTP processes ``processes = 0`` gives, however many cores the machine has.
 MAX_DEFAULT_PROCESSES = 8
+#: Most HTTP processes, batch workers or worker processes one command may start: a typo
+#: (``--workers 2000``) must not start thousands of processes.
+MAX_PROCESSES = 64
 
 
 def http_processes(settings: Settings) -> int:
