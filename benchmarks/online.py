@@ -28,19 +28,19 @@ from pathlib import Path
 import httpx
 from bulk import HERE, generate_batch, peak_rss_by_process, start_server, stop_server
 
-#: Lua for wrk: each request names a random profile of the loaded batch (ids crm-000000000…).
+#: Lua for wrk: each request names a random profile (``profile_id``, defined by ``run_wrk``).
 ROUTES = {
     "GET /healthz": 'request = function() return wrk.format("GET", "/healthz") end',
     "fetch by thirdPartyId": """
 request = function()
-  local id = string.format("crm-%09d", math.random(0, PROFILES - 1))
+  local id = profile_id()
   return wrk.format("GET", "/rest/v1/profiles/thirdPartyId/" .. id .. "?client=demo")
 end""",
     "single update": """
 counter = 0
 request = function()
   counter = counter + 1
-  local id = string.format("crm-%09d", math.random(0, PROFILES - 1))
+  local id = profile_id()
   return wrk.format("GET", "/m2/demo/profile/update?mbox3rdPartyId=" .. id ..
     "&profile.visits=" .. counter .. "&profile.source=bench")
 end""",
@@ -48,7 +48,7 @@ end""",
 counter = 0
 request = function()
   counter = counter + 1
-  local id = string.format("crm-%09d", math.random(0, PROFILES - 1))
+  local id = profile_id()
   local body = '{"context":{"channel":"web"},"id":{"thirdPartyId":"' .. id .. '"},' ..
     '"execute":{"pageLoad":{"profileParameters":{"lastPage":"p' .. counter .. '"}}}}'
   return wrk.format("POST", "/rest/v1/delivery?client=demo&sessionId=s" .. counter,
@@ -77,9 +77,24 @@ def parse_duration_ms(text: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
-def run_wrk(url: str, script: str, profiles: int, seconds: int, connections: int) -> WrkResult:
+#: Lua: a random id of the profiles one batch of the reference generator loaded.
+SEEDED_IDS = (
+    'function profile_id() return string.format("crm-%09d", math.random(0, PROFILES - 1)) end'
+)
+
+
+def run_wrk(
+    url: str,
+    script: str,
+    profiles: int,
+    seconds: int,
+    connections: int,
+    ids: str = SEEDED_IDS,
+) -> WrkResult:
+    """Run wrk on one route; ``ids`` is Lua defining ``profile_id()``, the id each request
+    names."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
-        lua.write(f"PROFILES = {profiles}\nmath.randomseed(os.time())\n{script}\n")
+        lua.write(f"PROFILES = {profiles}\nmath.randomseed(os.time())\n{ids}\n{script}\n")
     try:
         out = subprocess.run(
             ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", lua.name, url],
@@ -89,8 +104,12 @@ def run_wrk(url: str, script: str, profiles: int, seconds: int, connections: int
         ).stdout
     finally:
         os.unlink(lua.name)
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p99 = parse_duration_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    rate_match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99_match = re.search(r"99%\s+(\d\S*)", out)
+    if not rate_match or not p99_match:
+        raise SystemExit(f"wrk printed no rate or latency for {url}:\n{out}")
+    rate = float(rate_match.group(1))
+    p99 = parse_duration_ms(p99_match.group(1))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write) (\d+)", out))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     timeouts = re.search(r"timeout (\d+)", out)

@@ -12,7 +12,8 @@ One run, one machine, one table of figure, value, baseline, ratio and goal:
    fresh database, beside their mean;
 4. the largest batch into a database that already holds 5,000,000 profiles (loaded
    through the server: ten largest batches, ids changed per batch), beside the same
-   batch into an empty one.
+   batch into an empty one; then fetches and single updates of random profiles among
+   those 5,500,000 under wrk, beside the same server's `/healthz`.
 
 `--quick` skips 3 and 4 and makes the largest batch 50,000 rows. Every server starts
 on a fresh database: SQLite files in a temporary directory, or, with `--database`,
@@ -57,6 +58,15 @@ FLOORS = {"sqlite": "floor_sqlite.py", "postgresql": "floor_postgres.py"}
 MET = {None: "", True: "yes", False: "NO"}
 MAX_PROCESS_MB = 300
 BIG_DATABASE = 5_000_000
+#: Lua for wrk: a random id among the 5,000,000 loaded profiles (b0-… to b9-…) and the
+#: 500,000 added to them (crm-005000000…).
+BIG_IDS = f"""function profile_id()
+  local part = math.random(0, {BIG_DATABASE // LARGEST})
+  if part == {BIG_DATABASE // LARGEST} then
+    return string.format("crm-%09d", {BIG_DATABASE} + math.random(0, {LARGEST - 1}))
+  end
+  return string.format("b%d-%09d", part, math.random(0, {LARGEST - 1}))
+end"""
 ATTRIBUTES = 7
 
 
@@ -174,33 +184,8 @@ def online_rows(
             during=batch,
             during_seconds=max(2, int(batch_seconds * 0.8)),
         )
-        healthz = measured[0][1].requests_per_second
         rates[processes] = {name: r.requests_per_second for name, r in measured}
-        for name, r in measured:
-            least, most = online.GOALS.get(name, (None, None))
-            ratio = r.requests_per_second / healthz
-            met = (
-                None
-                if name == "GET /healthz"
-                else (
-                    (least is None or ratio >= least)
-                    and (most is None or r.p99_ms <= most)
-                    and r.timeouts == 0
-                    and r.errors == 0
-                )
-            )
-            goal = online.goal_text(name)
-            rows.append(
-                Row(
-                    f"{name}, {processes} process{'es' if processes > 1 else ''}",
-                    f"{r.requests_per_second:,.0f} req/s, p99 {r.p99_ms:.1f} ms, "
-                    f"{r.errors} errors, {r.timeouts} t/o",
-                    "" if name == "GET /healthz" else f"{healthz:,.0f} req/s",
-                    "" if name == "GET /healthz" else f"{ratio:.2f}x",
-                    goal + (", no errors or t/o" if goal else ""),
-                    met,
-                )
-            )
+        rows += wrk_rows(measured, f", {processes} process{'es' if processes > 1 else ''}")
         rows.append(
             Row(
                 f"peak RSS of any server process, online, {processes} process(es)",
@@ -219,6 +204,38 @@ def online_rows(
                     f"{rates[2][name] / rates[1][name]:.2f}x",
                 )
             )
+    return rows
+
+
+def wrk_rows(measured: list[tuple[str, online.WrkResult]], where: str) -> list[Row]:
+    """One row per route measured by wrk, beside the first (``/healthz``), with its goal."""
+    healthz = measured[0][1].requests_per_second
+    rows = []
+    for name, r in measured:
+        least, most = online.GOALS.get(name, (None, None))
+        ratio = r.requests_per_second / healthz
+        met = (
+            None
+            if name == "GET /healthz"
+            else (
+                (least is None or ratio >= least)
+                and (most is None or r.p99_ms <= most)
+                and r.timeouts == 0
+                and r.errors == 0
+            )
+        )
+        goal = online.goal_text(name)
+        rows.append(
+            Row(
+                f"{name}{where}",
+                f"{r.requests_per_second:,.0f} req/s, p99 {r.p99_ms:.1f} ms, "
+                f"{r.errors} errors, {r.timeouts} t/o",
+                "" if name == "GET /healthz" else f"{healthz:,.0f} req/s",
+                "" if name == "GET /healthz" else f"{ratio:.2f}x",
+                goal + (", no errors or t/o" if goal else ""),
+                met,
+            )
+        )
     return rows
 
 
@@ -266,6 +283,11 @@ def big_database_rows(
             loaded = time.perf_counter() - started
             fresh = generate_batch(args.reference, LARGEST, ATTRIBUTES, workdir, BIG_DATABASE)
             result = time_batch(http, fresh)
+        step(f"online routes into {BIG_DATABASE + LARGEST:,} profiles, {args.seconds} s each")
+        online_results = [
+            (name, online.run_wrk(url, online.ROUTES[name], LARGEST, args.seconds, 32, BIG_IDS))
+            for name in ("GET /healthz", "fetch by thirdPartyId", "single update")
+        ]
         peak = max(peak_rss_by_process(process.pid).values())
     finally:
         stop_server(process)
@@ -282,6 +304,7 @@ def big_database_rows(
             ">= 0.8x of an empty database",
             result["rows_per_second"] >= 0.8 * largest["rows_per_second"],
         ),
+        *wrk_rows(online_results, f", {(BIG_DATABASE + LARGEST) / 1e6:g}M profiles"),
         Row(
             "peak RSS of any server process, 5M run",
             f"{peak:.0f} MB",
