@@ -15,7 +15,7 @@ from helpers import TEST_SECRET
 
 from profilebase.cli import main
 from profilebase.errors import ConfigError
-from profilebase.models import now_ms
+from profilebase.models import from_ms, now_ms
 from profilebase.server import clients, tokens
 from profilebase.server import secret as server_secret
 from profilebase.server.settings import Settings
@@ -96,15 +96,20 @@ def test_get_returns_the_active_token(
 
 
 def test_get_says_so_of_a_token_made_before_tokens_could_be_shown(
-    http: httpx.Client, acme: clients.Credentials, store: Store
+    http: httpx.Client, acme: clients.Credentials, store: Store, clock: FakeClock
 ):
     """A token stored as its hash only (no nonce: made before this release) keeps working,
     and GET says it cannot be shown instead of returning something else."""
     client = clients.get(store, "acme")
-    issued = tokens.issue(store, client, TEST_SECRET, 3600, 0, now_ms())
-    store.revoke_tokens(client.id, now_ms())
-    old = dataclasses.replace(issued.token, token_hash=tokens.token_hash("old"), nonce=None)
-    store.create_token(old, now_ms() + 3_600_000)
+    # Times from the server's clock: a revocation it sees as past, a token made after it.
+    issued = tokens.issue(store, client, TEST_SECRET, 3600, 0, clock())
+    clock.advance(1)
+    store.revoke_tokens(client.id, clock())
+    clock.advance(1)
+    old = dataclasses.replace(
+        issued.token, token_hash=tokens.token_hash("old"), nonce=None, created_at=from_ms(clock())
+    )
+    store.create_token(old, clock() + 3_600_000)
     assert fetch(http, "old") == 404  # still authorized
     response = http.get(TOKEN, params={"scope": "profile_api"}, auth=(acme.api_key, acme.secret))
     assert response.status_code == 404
