@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import httpx
 
-from profilebase.client.imports import ImportFailure, ImportResult, Part, split
+from profilebase.client.imports import PART_ROWS, ImportFailure, ImportResult, Part, ahead, split
 from profilebase.client.replies import BatchStatus, ServerFailure, parse_batch_status_json
 from profilebase.client.retry import RetryPolicy
 from profilebase.errors import ClientError, RemoteRejected, RemoteUnavailable
@@ -192,7 +192,8 @@ class Operations:
         limits = self.server_info(refresh=True).limits
         prefix = idempotency_key or uuid.uuid4().hex
         sent: list[tuple[Part, str]] = []
-        for part in split(path, limits.max_batch_bytes, limits.max_batch_rows):
+        max_rows = min(limits.max_batch_rows, PART_ROWS)
+        for part in ahead(split(path, limits.max_batch_bytes, max_rows, compact=True)):
             response = self.request(
                 "POST",
                 self._extension("/imports"),
