@@ -97,14 +97,31 @@ def split(
             yield Part(parts + 1, first, rows, b"".join(lines))
 
 
-def ahead(parts: Iterator[Part]) -> Iterator[Part]:
-    """The parts, the next one read (and made compact) in a thread while the caller sends the
-    current one."""
+def ahead(parts: Iterator[Part], gzip: bool = False) -> Iterator[tuple[Part, bytes, str | None]]:
+    """Each part with the body to send and its Content-Encoding (gzip, fastest level, or
+    None), the next one read (and made compact, and compressed) in a thread while the
+    caller sends the current one."""
+
+    def read() -> tuple[Part, bytes, str | None] | None:
+        part = next(parts, None)
+        if part is None:
+            return None
+        if gzip:
+            return part, zlib_gzip(part.data), "gzip"
+        return part, part.data, None
+
     with ThreadPoolExecutor(1, thread_name_prefix="import-read") as pool:
-        pending = pool.submit(next, parts, None)
-        while (part := pending.result()) is not None:
-            pending = pool.submit(next, parts, None)
-            yield part
+        pending = pool.submit(read)
+        while (found := pending.result()) is not None:
+            pending = pool.submit(read)
+            yield found
+
+
+def zlib_gzip(data: bytes) -> bytes:
+    """``data`` as gzip at the fastest level (no file name or time in its header)."""
+    import gzip
+
+    return gzip.compress(data, compresslevel=1, mtime=0)
 
 
 def lines_in(path: str | os.PathLike[str]) -> int:

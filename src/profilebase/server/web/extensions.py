@@ -110,6 +110,7 @@ async def client_info(request: Request, context: ClientContext) -> Response:
                 "batchList": f"{PREFIX}/clients/{client.code}/batches",
                 "cancel": f"{PREFIX}/clients/{client.code}/batches/{{batchId}}/cancel",
                 "profileImport": f"{PREFIX}/clients/{client.code}/imports",
+                "profileImportGzip": True,
                 "dryRun": True,
                 "idempotencyKey": True,
                 "profileExport": f"/rest/v1/profiles?client={client.code}&format=jsonl",
