@@ -17,7 +17,9 @@ An import goes through the batch machinery, so it has a batch's guarantees:
    cancel and listing work as for any batch.
 
 Lines that are not a profile fail with the reason; an empty value is no change, as
-in a batch. Attribute and profile modified times are kept as exported.
+in a batch. Attribute and profile modified times are kept as exported. The SDK sends
+each line in the compact form of ``profilelines.compact`` (no provenance, an attribute
+at the profile's time as its value alone), which this decodes as it decodes the line.
 """
 
 from __future__ import annotations
