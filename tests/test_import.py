@@ -439,7 +439,7 @@ DOCUMENTS = st.fixed_dictionaries(
 def test_the_fast_decoder_agrees_with_the_reference(document: dict[str, Any]):
     """Wherever the msgspec path decodes a line, it decodes it as the reference does."""
     line = json.dumps(document).encode()
-    fast = profile_import.fast_line(line, 7, 700, 5, {})
+    fast = profile_import.fast_line(line, 7, 700, 5, profile_import.Seen())
     try:
         reference = profile_import.decode_line(line, 7, 700, 5)
     except profile_import.LineError:
@@ -540,3 +540,205 @@ def test_lines_for_one_profile_in_one_unit_merge_in_line_order(store: Store, dra
     assert values == {"tier": "silver", "city": "Rome"}
     assert profile.attributes["tier"].modified_at == datetime(2026, 1, 31, 12, tzinfo=UTC)
     assert store.get_batch(client.id, batch_id).counts.successful == 3  # type: ignore[union-attr]
+
+
+# -- the compact form the SDK sends, and compressed bodies ---------------------------------
+
+STAMPS = st.sampled_from(
+    [
+        "2026-01-31T12:00:00.001+00:00",
+        "2026-01-31T13:00:00.001+01:00",
+        "2026-02-01T00:00:00.000+00:00",
+        "2026-01-31",
+        "x",
+    ]
+)
+WRITTEN_BY = st.fixed_dictionaries(
+    {"kind": st.sampled_from(["batch", "update"]), "id": TEXT, "line": st.integers(1, 9)}
+)
+
+
+@st.composite
+def exported_lines(draw: st.DrawFn) -> bytes:
+    """A line as an export writes it, or close to one: random UTF-8 ids, names and values,
+    each attribute's time the profile's, another, or none, with provenance and client."""
+    when = draw(st.none() | STAMPS)
+    attributes: dict[str, Any] = {}
+    for name in draw(st.lists(TEXT | st.just("profile.x"), max_size=4, unique=True)):
+        value = draw(TEXT | st.just("") | st.integers(0, 3))
+        shape = draw(st.sampled_from(["plain", "same", "other", "none", "null"]))
+        if shape == "plain":
+            attributes[name] = value
+            continue
+        entry: dict[str, Any] = {"value": value}
+        if shape == "same":
+            entry["modifiedAt"] = when
+        elif shape == "other":
+            entry["modifiedAt"] = draw(STAMPS)
+        elif shape == "null":
+            entry["modifiedAt"] = None
+        if draw(st.booleans()):
+            entry["writtenBy"] = draw(WRITTEN_BY)
+        attributes[name] = entry
+    third = draw(st.none() | THIRD_PARTY | st.just("a/b"))
+    document: dict[str, Any] = {"client": "demo"}
+    visitor = draw(st.none() | st.just(third) | PC_ID)
+    if visitor is not None:
+        document["visitorId"] = visitor
+    if third is not None:
+        document["thirdPartyId"] = third
+    if when is not None or draw(st.booleans()):
+        document["modifiedAt"] = when
+    tnt_ids = draw(st.lists(PC_ID, max_size=2))
+    if tnt_ids:
+        document["tntIds"] = tnt_ids
+    document["profileAttributes"] = attributes
+    return json.dumps(document, ensure_ascii=draw(st.booleans())).encode()
+
+
+@hypothesis_settings(max_examples=150, deadline=None)
+@given(lines=st.lists(exported_lines() | RAW_LINES, max_size=6))
+def test_the_compact_form_imports_exactly_as_the_file(lines: list[bytes]):
+    """Every line in its compact form decodes to the same row, or fails with the same reason,
+    as the line itself; one line for one, blank lines kept."""
+    from profilebase import profilelines
+
+    data = b"\n".join(lines)
+    sent = profilelines.compact_lines(data)
+    assert sent.count(b"\n") == data.count(b"\n")
+    rows, failures = profile_import.decode_unit(sent, 5, 3, 1000)
+    expected_rows, expected_failures = profile_import.decode_unit(data, 5, 3, 1000)
+    assert [r._replace(attrs=json.loads(r.attrs)) for r in rows] == [
+        r._replace(attrs=json.loads(r.attrs)) for r in expected_rows
+    ]
+    assert [(f.line, f.id, f.reason) for f in failures] == [
+        (f.line, f.id, f.reason) for f in expected_failures
+    ]
+    assert len(sent) <= len(data) + len(lines)
+
+
+def test_an_exported_line_is_sent_in_a_fifth_of_its_size():
+    from profilebase import profilelines
+
+    when = "2026-11-22T10:42:46.746+00:00"
+    written = {"kind": "batch", "id": "demo-1796050729900-1", "line": 2}
+    line = json.dumps(
+        {
+            "client": "demo",
+            "visitorId": "crm-0000001",
+            "modifiedAt": when,
+            "profileAttributes": {
+                name: {"value": "gold", "modifiedAt": when, "writtenBy": written}
+                for name in ["tier", "city", "segment", "score", "language", "device", "news"]
+            },
+            "thirdPartyId": "crm-0000001",
+        }
+    ).encode()
+    sent = profilelines.compact(line)
+    assert json.loads(sent) == {
+        "thirdPartyId": "crm-0000001",
+        "modifiedAt": when,
+        "profileAttributes": {
+            name: "gold"
+            for name in ["tier", "city", "segment", "score", "language", "device", "news"]
+        },
+    }
+    assert len(sent) * 5 < len(line)
+
+
+def test_sdk_import_round_trips_times_that_differ_per_attribute(
+    live_server, store: Store, drain, http: httpx.Client, tmp_path: Path
+):  # type: ignore[no-untyped-def]
+    """Over real HTTP with the SDK (compact lines, parts): random UTF-8, attributes at the
+    profile's time, at other times and (in the file) without one; the export of the copy is
+    the file again, and a bad line in a later part fails under its line in the file."""
+    import random
+
+    from profilebase import Client
+
+    chance = random.Random(7)
+
+    def text(size: int) -> str:  # printable: ASCII, Latin, CJK, emoji
+        ranges = [(0x20, 0x7E), (0xA0, 0x2FF), (0x4E00, 0x4E20), (0x1F600, 0x1F610)]
+        return "".join(chr(chance.randint(*chance.choice(ranges))) for _ in range(size))
+
+    documents: list[dict[str, Any]] = []
+    for number in range(12):
+        when = profile_import_time(1_700_000_000_000 + number * 1000)
+        attributes = {
+            f"{text(3)}{i}": {
+                "value": text(5),
+                "modifiedAt": chance.choice([when, profile_import_time(1_600_000_000_000 + i)]),
+            }
+            for i in range(4)
+        }
+        third = f"crm-{number}-{text(4)}".replace("/", "_").replace("+", "_")
+        documents.append(
+            {
+                "visitorId": third,
+                "modifiedAt": when,
+                "profileAttributes": attributes,
+                "thirdPartyId": third,
+                "tntIds": [f"t{number}"],
+            }
+        )
+    lines = profile_import.lines_of(documents).split(b"\n")
+    lines.insert(3, b"")
+    lines.insert(9, b'{"thirdPartyId": "bad/id", "profileAttributes": {"n": "1"}}\r')
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(lines))
+    store.ensure_client("copy")
+    store.update_client("copy", limits={"max_batch_rows": 5})
+    with Client(live_server.url, "copy", poll_interval=0, sleep=lambda seconds: drain()) as copy:
+        result = copy.import_profiles(source)
+    assert (result.rows, result.applied, len(result.batch_ids)) == (13, 12, 3), result.failures
+    assert [(f.line, f.id) for f in result.failures] == [(10, "bad/id")]
+    assert "must not contain '+' or '/'" in result.failures[0].reason
+    assert comparable(exported(http, "copy")) == comparable(
+        sorted(documents, key=lambda d: "t:" + d["thirdPartyId"])
+    )
+
+
+def test_a_gzip_import_is_applied_as_the_plain_one(http: httpx.Client, drain):
+    import gzip
+
+    lines = profile_import.lines_of(
+        [{"thirdPartyId": f"g{i}", "profileAttributes": {"n": "München"}} for i in range(60)]
+    )
+    response = http.post(
+        "/profilebase/v1/clients/demo/imports",
+        content=gzip.compress(lines),
+        headers={"Content-Encoding": "gzip"},
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["rows"] == 60
+    drain()
+    status = http.get(response.json()["batchStatus"]).json()
+    assert (status["successfulUpdates"], status["failedUpdates"]) == (60, 0)
+    found = http.get("/rest/v1/profiles/thirdPartyId/g59", params={"client": "demo"}).json()
+    assert found["profileAttributes"]["n"]["value"] == "München"
+
+
+def test_a_bad_import_body_encoding_is_refused_with_the_reason(http: httpx.Client, store: Store):
+    """Not gzip, cut short, a bomb past max_batch_bytes, an unknown coding: 4xx, nothing
+    stored."""
+    import gzip
+
+    store.update_client("demo", limits={"max_batch_bytes": 100_000})
+    whole = gzip.compress(b'{"thirdPartyId": "a"}\n' * 100)
+    bomb = gzip.compress(b"\n" * 10_000_000)
+    cases = [
+        (b"plain text", "gzip", 400, "is not gzip data"),
+        (whole[:-12], "gzip", 400, "ends in the middle of the compressed data"),
+        (bomb, "gzip", 413, "The limits count the body decompressed (gzip)"),
+        (whole, "br", 415, "is not supported"),
+    ]
+    for body, coding, code, message in cases:
+        response = http.post(
+            "/profilebase/v1/clients/demo/imports",
+            content=body,
+            headers={"Content-Encoding": coding},
+        )
+        assert response.status_code == code, response.text
+        assert message in response.text, response.text
+    assert store.batch_listings(clients.get(store, "demo").id) == []

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from profilebase import profilelines
 from profilebase.errors import InputError
+
+#: Most lines the SDK sends in one part: the server's workers apply a part while the next
+#: is read and sent.
+PART_ROWS = 25_000
 
 
 @dataclass(frozen=True)
@@ -50,9 +56,18 @@ class ImportResult:
         return len(self.failures)
 
 
-def split(path: str | os.PathLike[str], max_bytes: int, max_rows: int) -> Iterator[Part]:
+def split(
+    path: str | os.PathLike[str],
+    max_bytes: int,
+    max_rows: int,
+    compact: bool = False,
+) -> Iterator[Part]:
     """The file's lines in parts of fewer than ``max_bytes`` bytes and at most ``max_rows``
-    non-blank lines. A line too long for any part is refused before anything is sent."""
+    non-blank lines. A line too long for any part is refused before anything is sent.
+
+    With ``compact``, each line is sent in its compact form (``profilelines.compact``), one
+    line for one, so that the file's line numbers still hold; sizes count the compact lines.
+    """
     try:
         handle = open(path, "rb")  # noqa: SIM115 (closed below, also when a part is refused)
     except OSError as exc:
@@ -63,12 +78,14 @@ def split(path: str | os.PathLike[str], max_bytes: int, max_rows: int) -> Iterat
         first = number = 1
         parts = 0
         for number, line in enumerate(handle, start=1):
+            blank = not line.strip()
+            if compact and not blank:
+                line = profilelines.compact(line.rstrip(b"\n")) + b"\n"
             if len(line) + 1 >= max_bytes:
                 raise InputError(
                     f"Line {number} is {len(line):,} bytes: one import request must be smaller "
                     f"than {max_bytes:,} bytes (max_batch_bytes). Nothing was sent."
                 )
-            blank = not line.strip()
             if lines and (size + len(line) >= max_bytes or (not blank and rows >= max_rows)):
                 parts += 1
                 yield Part(parts, first, rows, b"".join(lines))
@@ -78,6 +95,33 @@ def split(path: str | os.PathLike[str], max_bytes: int, max_rows: int) -> Iterat
             rows += 0 if blank else 1
         if rows:
             yield Part(parts + 1, first, rows, b"".join(lines))
+
+
+def ahead(parts: Iterator[Part], gzip: bool = False) -> Iterator[tuple[Part, bytes, str | None]]:
+    """Each part with the body to send and its Content-Encoding (gzip, fastest level, or
+    None), the next one read (and made compact, and compressed) in a thread while the
+    caller sends the current one."""
+
+    def read() -> tuple[Part, bytes, str | None] | None:
+        part = next(parts, None)
+        if part is None:
+            return None
+        if gzip:
+            return part, zlib_gzip(part.data), "gzip"
+        return part, part.data, None
+
+    with ThreadPoolExecutor(1, thread_name_prefix="import-read") as pool:
+        pending = pool.submit(read)
+        while (found := pending.result()) is not None:
+            pending = pool.submit(read)
+            yield found
+
+
+def zlib_gzip(data: bytes) -> bytes:
+    """``data`` as gzip at the fastest level (no file name or time in its header)."""
+    import gzip
+
+    return gzip.compress(data, compresslevel=1, mtime=0)
 
 
 def lines_in(path: str | os.PathLike[str]) -> int:

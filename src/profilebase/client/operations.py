@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import httpx
 
-from profilebase.client.imports import ImportFailure, ImportResult, Part, split
+from profilebase.client.imports import PART_ROWS, ImportFailure, ImportResult, Part, ahead, split
 from profilebase.client.replies import BatchStatus, ServerFailure, parse_batch_status_json
 from profilebase.client.retry import RetryPolicy
 from profilebase.errors import ClientError, RemoteRejected, RemoteUnavailable
@@ -180,8 +180,11 @@ class Operations:
         """Import the profiles of a JSON-lines file (what ``export`` writes), ids, links,
         values and modified times included.
 
-        1. The file is cut into parts within the server's limits (``max_batch_bytes``,
-           ``max_batch_rows``); a line too long for any part stops it before sending.
+        1. The file is cut into parts of at most 25,000 lines within the server's limits
+           (``max_batch_bytes``, ``max_batch_rows``); a line too long for any part stops
+           it before sending. Each line goes in its compact form (``profilelines``),
+           which imports exactly as the line; parts are compressed with gzip when the
+           server takes it, and the next part is read while one is sent.
         2. Parts are sent in order, part N with the idempotency key ``KEY-N``: the same
            key again sends nothing twice. Each becomes an import batch on the server.
         3. Unless ``wait`` is False, the batches are followed to the end
@@ -189,18 +192,20 @@ class Operations:
            with its line number in the file.
         """
         self._profilebase_only("profile import")
-        limits = self.server_info(refresh=True).limits
+        info = self.server_info(refresh=True)
         prefix = idempotency_key or uuid.uuid4().hex
         sent: list[tuple[Part, str]] = []
-        for part in split(path, limits.max_batch_bytes, limits.max_batch_rows):
+        max_rows = min(info.limits.max_batch_rows, PART_ROWS)
+        parts = split(path, info.limits.max_batch_bytes, max_rows, compact=True)
+        for part, body, coding in ahead(parts, gzip=info.gzip_imports):
+            headers = {
+                "Content-Type": "application/x-ndjson",
+                "Idempotency-Key": f"{prefix}-{part.number}",
+            }
+            if coding is not None:
+                headers["Content-Encoding"] = coding
             response = self.request(
-                "POST",
-                self._extension("/imports"),
-                content=part.data,
-                headers={
-                    "Content-Type": "application/x-ndjson",
-                    "Idempotency-Key": f"{prefix}-{part.number}",
-                },
+                "POST", self._extension("/imports"), content=body, headers=headers
             )
             sent.append((part, str(response.json()["batchId"])))
         rows = sum(part.rows for part, _ in sent)

@@ -298,6 +298,8 @@ class ServerInfo:
     version: str = ""
     #: Rows the client may still submit in the rolling 24 hours (profilebase only).
     quota_remaining: int | None = None
+    #: The import endpoint takes gzip bodies (``Content-Encoding: gzip``).
+    gzip_imports: bool = False
 
 
 def parse_server_info(data: Mapping[str, Any]) -> ServerInfo:
@@ -313,6 +315,7 @@ def parse_server_info(data: Mapping[str, Any]) -> ServerInfo:
         profilebase=True,
         version=str(data.get("version", "")),
         quota_remaining=int(data["quota"]["remaining"]),
+        gzip_imports=(data.get("extensions") or {}).get("profileImportGzip") is True,
     )
 
 

@@ -17,7 +17,9 @@ An import goes through the batch machinery, so it has a batch's guarantees:
    cancel and listing work as for any batch.
 
 Lines that are not a profile fail with the reason; an empty value is no change, as
-in a batch. Attribute and profile modified times are kept as exported.
+in a batch. Attribute and profile modified times are kept as exported. The SDK sends
+each line in the compact form of ``profilelines.compact`` (no provenance, an attribute
+at the profile's time as its value alone), which this decodes as it decodes the line.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from profilebase import batchfile
+from profilebase import batchfile, profilelines
 from profilebase.errors import BatchTooLarge
 from profilebase.models import SEQ_SPAN, Client, Counts, FailedRow, KeyKind, Limits
 from profilebase.server.ingest import SpooledUnits, UnitCutter
@@ -237,63 +239,92 @@ def decode_line(line: bytes, number: int, seq: int, now_ms: int) -> ImportRow:
     return ImportRow(number, key, tuple(aliases), seq, dump_attrs(attrs), modified)
 
 
-# Decoded objects are trees, never cycles: untracked by the garbage collector, msgspec
-# builds them twice as fast.
-class FastAttribute(msgspec.Struct, gc=False):
-    value: str
-    modifiedAt: str | None = None
-
-
-class FastProfile(msgspec.Struct, gc=False):
-    """The fields an import reads; others (client, writtenBy) are ignored."""
-
-    visitorId: str | None = None
-    thirdPartyId: str | None = None
-    tntIds: list[str] = []
-    modifiedAt: str | None = None
-    profileAttributes: dict[str, FastAttribute] = {}
-
-
-FAST = msgspec.json.Decoder(FastProfile)
 ENCODE = msgspec.json.Encoder()
 
 
-def fast_line(
-    line: bytes, number: int, seq: int, now_ms: int, times: dict[str | None, int]
-) -> ImportRow | None:
+class Seen:
+    """What a unit's lines have shown so far, which later lines need not check again: the
+    milliseconds of each time (an export repeats few), and the attribute names that are
+    valid (not empty, no ``profile.`` prefix)."""
+
+    __slots__ = ("names", "times")
+
+    def __init__(self) -> None:
+        self.times: dict[str | None, int] = {}
+        self.names: set[str] = set()
+
+    def ms(self, text: str | None) -> int | None:
+        """The milliseconds of a time; None if it is not a valid time."""
+        found = self.times.get(text)
+        if found is not None:
+            return found
+        try:
+            found = self.times[text] = to_ms(text, "")
+        except LineError:
+            return None
+        return found
+
+    def valid_names(self, names: Iterable[str]) -> bool:
+        """True if every name is one an attribute may have."""
+        if self.names.issuperset(names):
+            return True
+        for name in names:
+            if not name or name.startswith("profile."):
+                return False
+            self.names.add(name)
+        return True
+
+
+def fast_line(line: bytes, number: int, seq: int, now_ms: int, seen: Seen) -> ImportRow | None:
     """``decode_line`` for the common, valid line, typed by msgspec; None for any line it
-    cannot vouch for, which ``decode_line`` then judges and explains. ``times`` remembers
-    the times seen in the unit (an export repeats few)."""
+    cannot vouch for, which ``decode_line`` then judges and explains.
+
+    A line whose attributes are all plain text (the compact form the SDK sends) is decoded
+    by ``PLAIN_DECODER`` and takes the profile's time for each without looking at them one
+    by one.
+    """
+    document: profilelines.Profile | profilelines.PlainProfile
     try:
-        document = FAST.decode(line)
+        document = profilelines.PLAIN_DECODER.decode(line)
     except msgspec.DecodeError:
-        return None
+        try:
+            document = profilelines.DECODER.decode(line)
+        except msgspec.DecodeError:
+            return None
     found = document.profileAttributes
-    # One search over all names (a name holding a line break may send a good line to the
-    # reference path, never a bad one past it).
-    if "" in found or "\nprofile." in "\n" + "\n".join(found):
+    if not seen.valid_names(found):
         return None
     default_ms = now_ms
     if document.modifiedAt is not None:
-        stamp = times.get(document.modifiedAt)
+        stamp = seen.ms(document.modifiedAt)
         if stamp is None:
-            stamp = known(times, document.modifiedAt)
-            if stamp is None:
-                return None
+            return None
         default_ms = stamp
-    times[None] = default_ms  # the time of an attribute without one
     latest = default_ms
-    attrs: dict[str, list[object]] = {}
-    for name, entry in found.items():
-        ms = times.get(entry.modifiedAt)
-        if ms is None:  # every time must be valid, an empty value's too (as decode_line)
-            ms = known(times, entry.modifiedAt)
-            if ms is None:
-                return None
-        if entry.value:
-            attrs[name] = [entry.value, seq, ms]
-            if ms > latest:
-                latest = ms
+    attrs: dict[str, list[object]]
+    if isinstance(document, profilelines.PlainProfile):
+        attrs = {
+            name: [value, seq, default_ms]
+            for name, value in document.profileAttributes.items()
+            if value
+        }
+    else:
+        attrs = {}
+        for name, entry in document.profileAttributes.items():
+            if isinstance(entry, str):  # the profile's time
+                if entry:
+                    attrs[name] = [entry, seq, default_ms]
+                continue
+            ms = default_ms
+            if entry.modifiedAt is not None:  # every time must be valid, an empty value's too
+                found_ms = seen.ms(entry.modifiedAt)
+                if found_ms is None:
+                    return None
+                ms = found_ms
+            if entry.value:
+                attrs[name] = [entry.value, seq, ms]
+                if ms > latest:
+                    latest = ms
     third, visitor = document.thirdPartyId, document.visitorId
     aliases: list[str] = []
     if third is not None:
@@ -317,25 +348,16 @@ def fast_line(
     return ImportRow(number, key, tuple(aliases), seq, ENCODE.encode(attrs).decode(), latest)
 
 
-def known(times: dict[str | None, int], text: str | None) -> int | None:
-    """The milliseconds of a time, remembered in ``times``; None if it is not a valid time."""
-    try:
-        ms = times[text] = to_ms(text, "")
-    except LineError:
-        return None
-    return ms
-
-
 def decode_unit(
     body: bytes, first_line: int, batch_seq: int, now_ms: int
 ) -> tuple[list[ImportRow], list[FailedRow]]:
     """A stored unit's lines as rows to apply, and the lines that fail with their reasons."""
     rows: list[ImportRow] = []
     failures: list[FailedRow] = []
-    times: dict[str | None, int] = {}
+    seen = Seen()
     base = batch_seq * SEQ_SPAN + first_line
     for offset, line in enumerate(body.split(b"\n")):
-        fast = fast_line(line, first_line + offset, base + offset, now_ms, times)
+        fast = fast_line(line, first_line + offset, base + offset, now_ms, seen)
         if fast is not None:
             rows.append(fast)
         elif not batchfile.is_blank(line):  # msgspec decodes no blank line

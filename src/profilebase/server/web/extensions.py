@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -46,7 +46,7 @@ from profilebase.server.dry_run import limits_json
 from profilebase.server.quota import DAY_MS
 from profilebase.server.storage.base import Store, UnitsSummary
 from profilebase.server.storage.batch_control import Cancellation
-from profilebase.server.web import openapi
+from profilebase.server.web import compression, openapi
 from profilebase.server.web.bulk import idempotency_key
 from profilebase.server.web.context import (
     ClientContext,
@@ -110,6 +110,7 @@ async def client_info(request: Request, context: ClientContext) -> Response:
                 "batchList": f"{PREFIX}/clients/{client.code}/batches",
                 "cancel": f"{PREFIX}/clients/{client.code}/batches/{{batchId}}/cancel",
                 "profileImport": f"{PREFIX}/clients/{client.code}/imports",
+                "profileImportGzip": True,
                 "dryRun": True,
                 "idempotencyKey": True,
                 "profileExport": f"/rest/v1/profiles?client={client.code}&format=jsonl",
@@ -245,7 +246,8 @@ async def cancel_batch(request: Request, context: ClientContext) -> Response:
 async def import_profiles(request: Request, context: ClientContext) -> Response:
     """Accept JSON lines of profiles as an import (a batch of version 3): 202 with its batch
     id; workers apply it. Within the client's batch limits and quotas; an
-    ``Idempotency-Key`` works as on ``batchUpdate``."""
+    ``Idempotency-Key`` and ``Content-Encoding: gzip`` work as on ``batchUpdate`` (the
+    limits count the body decompressed)."""
     client, limits = context.client, context.limits
     key = idempotency_key(request)
     declared = request.headers.get("content-length", "")
@@ -255,9 +257,14 @@ async def import_profiles(request: Request, context: ClientContext) -> Response:
             f"{limits.max_batch_bytes:,} bytes (max_batch_bytes). Send the file in parts "
             "(profilebase import does)."
         )
-    intake = await profile_import.read(
-        request.stream(), limits, context.settings.unit_rows, digest=key is not None
-    )
+    coding = compression.content_coding(request.headers.get("content-encoding", ""))
+    body: AsyncIterator[bytes] = request.stream()
+    if coding == compression.GZIP:
+        body = compression.gunzip(body, limits.max_batch_bytes)
+    with compression.sizes_decompressed(coding):
+        intake = await profile_import.read(
+            body, limits, context.settings.unit_rows, digest=key is not None
+        )
     _, batch_id = await run_in_threadpool(
         profile_import.accept, context.store, client, intake, limits, context.clock(), key
     )
