@@ -26,6 +26,7 @@ authorizing run in one.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -127,6 +128,16 @@ class ClientContext(Context):
             return work(*args)
 
         return await run_in_threadpool(checked)
+
+    async def write_now(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)``, a store call that writes at once (``update_profile``, ``visit``,
+        ``delete_profile``), on the store's writer thread if it has one (SQLite: the writes
+        waiting together share a transaction, and no request thread waits for them),
+        else in a worker thread."""
+        future = self.store.submit_write(functools.partial(call, *args))
+        if future is None:
+            return await run_in_threadpool(call, *args)
+        return await asyncio.wrap_future(future)
 
 
 Handler = Callable[[Request, Context], Awaitable[Response]]

@@ -535,6 +535,22 @@ DELETE FROM identities WHERE client_id = ? AND NOT EXISTS (
     SELECT 1 FROM profiles p WHERE p.client_id = identities.client_id
     AND p.pkey = identities.pkey)
 
+-- name: sqlite_profile_document
+-- A fetch in one statement (one snapshot, no transaction to open): the client's code, the
+-- profile the key finds (through its alias, if it is one) unless expired, its aliases in
+-- link order and the writes its attributes came from, as JSON arrays.
+SELECT c.code, p.pkey, p.attrs, p.modified_at,
+    (SELECT json_group_array(alias) FROM (
+        SELECT alias FROM identities i
+        WHERE i.client_id = p.client_id AND i.pkey = p.pkey ORDER BY i.linked_seq)),
+    (SELECT json_group_array(json_array(w.seq, w.kind, w.ref)) FROM writes w
+        WHERE w.seq IN (SELECT json_extract(a.value, '$[1]') / 100000000 FROM json_each(p.attrs) a))
+FROM profiles p JOIN clients c ON c.id = p.client_id
+WHERE p.client_id = :client_id
+AND p.pkey = coalesce(
+    (SELECT pkey FROM identities WHERE client_id = :client_id AND alias = :key), :key)
+AND p.modified_at >= :before
+
 -- name: profile_with_code
 SELECT c.code, p.attrs, p.modified_at FROM profiles p
 JOIN clients c ON c.id = p.client_id
