@@ -300,6 +300,10 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         db.execute("RELEASE online_write")
         return result
 
+    def _lock_for_write(self, db: Connection, client_id: int, keys: Sequence[str]) -> None:
+        """Nothing to lock: ``BEGIN IMMEDIATE`` made this transaction the only writer, so
+        the client's writes are ordered and its profiles stay as read until the commit."""
+
     def _run_group(self, take: Callable[[], list[Call]]) -> None:
         """One group's transaction (``WriteGroups``, on the writer thread): the writers'
         turn, ``BEGIN IMMEDIATE``, every call ``take`` hands out, ``COMMIT``; then each
