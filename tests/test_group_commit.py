@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +27,8 @@ from profilebase.models import DAY_MS, now_ms
 from profilebase.server import clients
 from profilebase.server.settings import Settings
 from profilebase.server.storage import Store
+from profilebase.server.storage.sqlite import SQLiteStore
+from profilebase.server.storage.sqlite.store import SQL
 
 #: Requests sent together: no more than the server's request threads (PostgreSQL's wait
 #: in them).
@@ -208,3 +211,31 @@ def test_read_your_writes_under_concurrent_writers(http: httpx.Client, store: St
     with ThreadPoolExecutor(TOGETHER) as pool:
         assert [w for found in pool.map(writer, names) for w in found] == []
     assert updates_counted(store) == 20 * TOGETHER
+
+
+@pytest.mark.parametrize(
+    "name", ["ids_of_profiles", "latest_tnt_alias", "sqlite_profile_document", "resolve_alias"]
+)
+def test_sqlite_reads_of_a_profiles_aliases_use_an_index_of_the_profile(tmp_path: Path, name: str):
+    """A fetch and a single update read the aliases of one profile through the
+    (client, profile) index: without statistics SQLite chose the primary key's client
+    prefix, reading every alias of the client (16 ms a fetch at 50,000 linked tntIds)."""
+    store = SQLiteStore(str(tmp_path / "plan.db"))
+    try:
+        store.migrate()
+        sql = SQL[name]
+        params: Any = (1, '["t:x"]') if "json_each(?)" in sql else (1, "t:x")
+        if ":client_id" in sql:
+            params = {"client_id": 1, "key": "t:x", "before": 0}
+        with sqlite3.connect(tmp_path / "plan.db") as db:
+            plan = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        identities = [step for step in plan if "identities" in step or " i USING" in step]
+        assert identities, plan
+        # By the profile (its index), or one alias (the primary key, whole).
+        by_profile = (
+            "INDEX identities_profile (client_id=? AND pkey=?",
+            "(client_id=? AND alias=?)",
+        )
+        assert all(any(way in step for way in by_profile) for step in identities), plan
+    finally:
+        store.close()

@@ -2,7 +2,9 @@
 
 Two backends implement it, ``storage/sqlite/`` and ``storage/postgres/``; one contract
 suite (tests/test_store_contract.py) runs against both. Methods are
-synchronous; the web layer calls them from a thread pool.
+synchronous; the web layer calls them from a thread pool, except the two made for the
+event loop: ``submit_write`` (hands a write to the store's own writer thread, if it has
+one) and ``get_profile_nowait`` (a fetch that never waits, if the backend can make one).
 
 Ordering guarantee, shared by every backend: each stored attribute carries the
 seq of the row that wrote it, and a write never replaces an attribute that

@@ -62,6 +62,7 @@ UNUSABLE = {
 
 
 _decode = msgspec.json.decode
+_encode = msgspec.json.encode
 
 
 def primary_code(exc: sqlite3.Error) -> int:
@@ -435,8 +436,9 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         return self._open()
 
     def _list(self, items: Sequence[object]) -> str:
-        """A JSON array, which the queries read with ``json_each``."""
-        return json.dumps(items, ensure_ascii=False)
+        """A JSON array, which the queries read with ``json_each`` (encoded by msgspec:
+        a fraction of ``json.dumps``'s time, on every online write's path)."""
+        return _encode(items).decode()
 
     def _run_script(self, db: Connection, script: str) -> None:
         for statement in migrations.split_statements(script):
