@@ -301,6 +301,22 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         db.execute("RELEASE online_write")
         return result
 
+    def _live_key(
+        self, db: Connection, client_id: int, key: str, expire_before_ms: int
+    ) -> str | None:
+        """As the shared one (the stored key ``key`` finds, None if no profile or an expired
+        one, which is deleted), in one statement where nothing expires."""
+        stored, modified = db.execute(
+            SQL["sqlite_live_key"], {"client_id": client_id, "key": key}
+        ).fetchone()
+        if modified is None:
+            return None
+        if modified < expire_before_ms and self._expire_keys(
+            db, client_id, [stored], expire_before_ms
+        ):
+            return None
+        return str(stored)
+
     def _lock_for_write(self, db: Connection, client_id: int, keys: Sequence[str]) -> None:
         """Nothing to lock: ``BEGIN IMMEDIATE`` made this transaction the only writer, so
         the client's writes are ordered and its profiles stay as read until the commit."""

@@ -535,6 +535,14 @@ DELETE FROM identities WHERE client_id = ? AND NOT EXISTS (
     SELECT 1 FROM profiles p WHERE p.client_id = identities.client_id
     AND p.pkey = identities.pkey)
 
+-- name: sqlite_live_key
+-- The stored key a key finds (itself unless an alias) and, if that profile exists, when it
+-- was last active: resolving and finding in one statement.
+SELECT k.pkey, p.modified_at
+FROM (SELECT coalesce(
+    (SELECT pkey FROM identities WHERE client_id = :client_id AND alias = :key), :key) AS pkey) k
+LEFT JOIN profiles p ON p.client_id = :client_id AND p.pkey = k.pkey
+
 -- name: sqlite_profile_document
 -- A fetch in one statement (one snapshot, no transaction to open): the client's code, the
 -- profile the key finds (through its alias, if it is one) unless expired, its aliases in
