@@ -5,6 +5,10 @@ writers' queue (``writers``: a lock per process, a file lock across processes)
 and starts with ``BEGIN IMMEDIATE``, so that readers never block and writers
 wait for each other instead of failing. Unit decoding happens outside
 transactions, so the write lock is held only for the database work itself.
+Online writes (single updates, page calls, deletes) run on the store's writer
+thread, those waiting together in one transaction, each in a savepoint (group
+commit, ``writers.WriteGroups``); a fetch may be read on the event loop
+(``get_profile_nowait``), on a connection that never waits.
 """
 
 from __future__ import annotations
@@ -324,13 +328,13 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
     def _run_group(self, take: Callable[[], list[Call]]) -> None:
         """One group's transaction (``WriteGroups``, on the writer thread): the writers'
         turn, ``BEGIN IMMEDIATE``, every call ``take`` hands out, ``COMMIT``; then each
-        call's future is settled. A call that raises failed alone (``_write_at_once``
-        rolled its savepoint back). An outage (``storage_error``: busy, disk full, I/O),
-        a transaction SQLite rolled back, or a failed commit fails every call of the
-        group, and nothing of it is written; waiting for the lock past the timeout fails
-        every call waiting."""
+        call's future is settled, refusals included. A call that raises failed alone
+        (``_write_at_once`` rolled its savepoint back). An outage (``storage_error``:
+        busy, disk full, I/O), a transaction SQLite rolled back, or a failed commit fails
+        every other call of the group, and nothing of it is written; waiting for the lock
+        past the timeout fails every call waiting."""
         calls: list[Call] = []
-        applied: list[tuple[Future[Any], Any]] = []
+        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
             with self._read() as db, self._writers.turn():
                 db.execute("BEGIN IMMEDIATE")
@@ -339,27 +343,31 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
                     calls = take()
                     for future, call in calls:
                         try:
-                            result = call()
+                            outcomes.append((future, call(), None))
                         except Exception as exc:
                             if self._group_failure is not None:
                                 raise self._group_failure from None
-                            future.set_exception(exc)
-                        else:
-                            applied.append((future, result))
+                            outcomes.append((future, None, exc))
                     db.execute("COMMIT")
                 finally:
                     self._group_db = None
                     if db.in_transaction:
                         db.execute("ROLLBACK")  # an error here is translated by _read
         except BaseException as exc:
+            own = {id(future): error for future, _, error in outcomes if error is not None}
             for future, _ in calls or take():
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(own.get(id(future), exc))
             if not isinstance(exc, Exception):
                 raise
             return
-        for future, result in applied:
-            future.set_result(result)
+        # Refusals too only once the group is committed: what a reply reads next (the
+        # quota's counts of a refused update) then includes the writes before it.
+        for future, result, error in outcomes:
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:

@@ -22,6 +22,9 @@ helper then unlocks at once if it gets the lock after all.
 
 A database in memory has no file to lock; a lock file that cannot be opened (a read-only
 directory) leaves the file lock out: writers then queue per process only.
+
+``WriteGroups`` is the group commit of the online writes (single updates, page calls,
+deletes): one writer thread per store runs the ones waiting together in one transaction.
 """
 
 from __future__ import annotations
