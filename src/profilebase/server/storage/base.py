@@ -2,7 +2,9 @@
 
 Two backends implement it, ``storage/sqlite/`` and ``storage/postgres/``; one contract
 suite (tests/test_store_contract.py) runs against both. Methods are
-synchronous; the web layer calls them from a thread pool.
+synchronous; the web layer calls them from a thread pool, except the two made for the
+event loop: ``submit_write`` (hands a write to the store's own writer thread, if it has
+one) and ``get_profile_nowait`` (a fetch that never waits, if the backend can make one).
 
 Ordering guarantee, shared by every backend: each stored attribute carries the
 seq of the row that wrote it, and a write never replaces an attribute that
@@ -20,17 +22,24 @@ Identity: a tntId linked to a thirdPartyId's profile is an alias of it (see
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from profilebase.models import Batch, Client, Counts, FailedRow, KeyKind, Limits, Profile, Token
 from profilebase.server.merge import DecodedRow
 from profilebase.server.storage.overview import OverviewReads
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
     from profilebase.server.storage.batch_control import BatchListing, Cancellation, Cancelled
     from profilebase.server.storage.imports import ImportRow
+
+
+class WouldWait(Exception):
+    """A ``*_nowait`` read that could not answer without waiting: ask the blocking one."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,9 @@ class UpdateOutcome:
     pc_id: str | None
     #: The update's seq; None when there was no attribute to write.
     seq: int | None
+    #: The client's single updates counted in the quota's window, this one included, as
+    #: ``Store.recent_updates`` gives them; None when the update counted none.
+    recent: tuple[tuple[int, int], ...] | None = None
 
 
 class ProfileExport(Protocol):
@@ -353,6 +365,22 @@ class Store(OverviewReads, Protocol):
 
     def get_profile(self, client_id: int, key: str, expire_before_ms: int = 0) -> Profile | None:
         """The profile ``key`` ('p:' or 't:' prefixed) finds, with provenance, or None."""
+        ...
+
+    def submit_write(self, call: Callable[[], T]) -> Future[T] | None:
+        """Run ``call``, a call of this store's ``update_profile``, ``visit`` or
+        ``delete_profile``, on the store's own writer thread and return its future; None
+        if the backend has none (then make the call from a thread). SQLite's writer thread
+        runs the online writes waiting together in one transaction (group commit).
+        Callable from the event loop."""
+        ...
+
+    def get_profile_nowait(
+        self, client_id: int, key: str, expire_before_ms: int = 0
+    ) -> Profile | None:
+        """``get_profile``, if the backend can answer at once without waiting for
+        anything (a lock, the network, a large profile); else ``WouldWait``, and the caller
+        asks ``get_profile`` from a thread. Callable from the event loop."""
         ...
 
     def update_profile(

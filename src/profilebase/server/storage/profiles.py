@@ -26,7 +26,7 @@ from profilebase.models import (
 )
 from profilebase.server.merge import byte_size, dump_attrs, merge_attrs
 from profilebase.server.quota import MINUTE_MS, retry_after_ms, seconds, update_quota_message
-from profilebase.server.storage.base import UpdateOutcome, Visit
+from profilebase.server.storage.base import UpdateOutcome, Visit, WouldWait
 from profilebase.server.storage.links import absorb_attrs, plan_link
 from profilebase.server.storage.queries import Connection, SharedQueries
 from profilebase.server.storage.records import WriteRows, build_profile, write_numbers
@@ -80,6 +80,11 @@ class ProfileQueries(SharedQueries):
         # One snapshot: the profile, its ids and its provenance.
         with self._snapshot() as db:
             return self._read_profile(db, client_id, key, expire_before_ms)
+
+    def get_profile_nowait(
+        self, client_id: int, key: str, expire_before_ms: int = 0
+    ) -> Profile | None:
+        raise WouldWait  # a backend whose reads may be made on the event loop says so
 
     def _read_profile(
         self, db: Connection, client_id: int, key: str, expire_before_ms: int
@@ -143,8 +148,9 @@ class ProfileQueries(SharedQueries):
 
     def _take_update_quota(
         self, db: Connection, client: Client, now_ms: int, updates_per_day: int
-    ) -> None:
-        """Count one single update, or raise ``QuotaExceeded`` if the last 24 hours are full."""
+    ) -> tuple[tuple[int, int], ...]:
+        """Count one single update, or raise ``QuotaExceeded`` if the last 24 hours are full.
+        Returns the counts of the window with this update, as ``recent_updates`` gives them."""
         recent = db.execute(
             self.sql["update_counts_since"], (client.id, (now_ms - DAY_MS) // MINUTE_MS)
         ).fetchall()
@@ -156,7 +162,11 @@ class ProfileQueries(SharedQueries):
                 update_quota_message(client.code, updates_per_day, wait, now_ms),
                 retry_after=seconds(wait),
             )
-        db.execute(self.sql["count_update"], (client.id, now_ms // MINUTE_MS))
+        minute = now_ms // MINUTE_MS
+        db.execute(self.sql["count_update"], (client.id, minute))
+        counts = {int(m): int(n) for m, n in recent}
+        counts[minute] = counts.get(minute, 0) + 1
+        return tuple(((m + 1) * MINUTE_MS, n) for m, n in sorted(counts.items()))
 
     def recent_updates(self, client_id: int, since_ms: int) -> list[tuple[int, int]]:
         found = self._all(self.sql["recent_updates"], (client_id, since_ms // MINUTE_MS))
@@ -179,7 +189,8 @@ class ProfileQueries(SharedQueries):
         if not self._can_store(key):
             return None
         self._refuse_unstorable(*values, *values.values())
-        with self._write() as db:
+
+        def write(db: Connection) -> UpdateOutcome | None:
             self._lock_for_write(db, client.id, [key])
             stored = self._live_key(db, client.id, key, expire_before_ms)
             if stored is None:
@@ -187,10 +198,12 @@ class ProfileQueries(SharedQueries):
             pc_id = self._pc_id_of(db, client.id, key, stored)
             if not values:
                 return UpdateOutcome(pc_id, None)
-            self._take_update_quota(db, client, now_ms, updates_per_day)
+            recent = self._take_update_quota(db, client, now_ms, updates_per_day)
             seq = self._new_write(db, client.id, WriteKind.UPDATE, None, now_ms) * SEQ_SPAN + 1
             self._apply_values(db, client.id, stored, values, seq, now_ms, max_profile_bytes)
-        return UpdateOutcome(pc_id, seq)
+            return UpdateOutcome(pc_id, seq, recent)
+
+        return self._write_at_once(write)
 
     def visit(
         self,
@@ -208,7 +221,8 @@ class ProfileQueries(SharedQueries):
         third_key = None
         if visit.third_party_id is not None:
             third_key = KeyKind.THIRD_PARTY_ID.key(visit.third_party_id)
-        with self._write() as db:
+
+        def write(db: Connection) -> str:
             keys = [tnt_key, *([third_key] if third_key else []), *visit.aliases]
             self._lock_for_write(db, client_id, keys)
             tnt_profile = self._live_key(db, client_id, tnt_key, expire_before_ms)
@@ -250,7 +264,9 @@ class ProfileQueries(SharedQueries):
                 )
             else:
                 self._touch(db, client_id, target, now_ms)
-        return target
+            return target
+
+        return self._write_at_once(write)
 
     def _absorb(
         self, db: Connection, client_id: int, target: str, absorbed: str, link_seq: int
@@ -279,7 +295,8 @@ class ProfileQueries(SharedQueries):
         if not self._can_store(key):
             return False
         sql = self.sql
-        with self._write() as db:
+
+        def write(db: Connection) -> bool:
             self._lock_for_write(db, client_id, [key])
             stored = self._live_key(db, client_id, key, expire_before_ms)
             keys = {key}
@@ -299,7 +316,9 @@ class ProfileQueries(SharedQueries):
                     sql["insert_tombstone"],
                     [(client_id, k, deleted_seq * SEQ_SPAN, now_ms, created) for k in sorted(keys)],
                 )
-        return stored is not None
+            return stored is not None
+
+        return self._write_at_once(write)
 
     def expire_profiles(self, client_id: int, before_ms: int) -> int:
         with self._write() as db:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from profilebase.errors import DatabaseUnavailable, StorageFull
 from profilebase.models import (
@@ -56,6 +57,7 @@ from profilebase.server.storage.records import (
 )
 
 log = logging.getLogger("profilebase.server.storage")
+T = TypeVar("T")
 
 
 class Connection(Protocol):
@@ -108,6 +110,16 @@ class SharedQueries(OverviewQueries, ABC):
     @abstractmethod
     def _write(self) -> AbstractContextManager[Connection]:
         """A connection inside a write transaction, committed when the block ends."""
+
+    def _write_at_once(self, work: Callable[[Connection], T]) -> T:
+        """An online write (single update, page call, delete): ``work`` in a write
+        transaction, its result once committed. A backend may run the ones waiting at
+        the same time in one transaction, each in a savepoint (SQLite's group commit)."""
+        with self._write() as db:
+            return work(db)
+
+    def submit_write(self, call: Callable[[], T]) -> Future[T] | None:
+        return None  # no writer thread of its own: the caller's thread makes the call
 
     @abstractmethod
     def _snapshot(self) -> AbstractContextManager[Connection]:

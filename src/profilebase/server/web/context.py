@@ -26,12 +26,16 @@ authorizing run in one.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import json
 import logging
+import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from anyio import CapacityLimiter
 from starlette.concurrency import run_in_threadpool
@@ -127,6 +131,71 @@ class ClientContext(Context):
             return work(*args)
 
         return await run_in_threadpool(checked)
+
+    async def write_now(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)``, a store call that writes at once (``update_profile``, ``visit``,
+        ``delete_profile``), on the store's writer thread if it has one (SQLite: the writes
+        waiting together share a transaction, and no request thread waits for them),
+        else in a worker thread."""
+        future = self.store.submit_write(functools.partial(call, *args))
+        if future is None:
+            return await run_in_threadpool(call, *args)
+        return cast(T, await _Settler.of(asyncio.get_running_loop()).watch(future))
+
+
+class _Settler:
+    """Hands the outcomes of a store's writer thread to the event loop, a group at a time.
+
+    ``asyncio.wrap_future`` wakes the loop once per future; the writer thread settles a
+    whole group's futures at once, so one wake-up settles every one that is done."""
+
+    _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Settler] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.done: list[tuple[asyncio.Future[Any], concurrent.futures.Future[Any]]] = []
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Settler:
+        settler = cls._of_loop.get(loop)
+        if settler is None:
+            settler = cls._of_loop[loop] = cls(loop)
+        return settler
+
+    def watch(self, future: concurrent.futures.Future[Any]) -> asyncio.Future[Any]:
+        """An asyncio future settled as ``future`` is; cancelling it cancels ``future``
+        if its call has not started."""
+        waiter = self.loop.create_future()
+        waiter.add_done_callback(lambda w: future.cancel() if w.cancelled() else None)
+        future.add_done_callback(lambda f: self._finished(waiter, f))
+        return waiter
+
+    def _finished(
+        self, waiter: asyncio.Future[Any], future: concurrent.futures.Future[Any]
+    ) -> None:
+        with self.lock:
+            first = not self.done
+            self.done.append((waiter, future))
+        if first:
+            self.loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        with self.lock:
+            done, self.done = self.done, []
+        for waiter, future in done:
+            if waiter.done():
+                continue
+            if future.cancelled():
+                waiter.cancel()
+                continue
+            error = future.exception()
+            if error is None:
+                waiter.set_result(future.result())
+            else:
+                waiter.set_exception(error)
 
 
 Handler = Callable[[Request, Context], Awaitable[Response]]

@@ -23,7 +23,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -106,7 +105,7 @@ async def delivery(request: Request, context: ClientContext) -> Response:
     if not isinstance(request_id, str) or not request_id:
         request_id = str(uuid.uuid4())
     now = context.clock()
-    await run_in_threadpool(
+    await context.write_now(
         context.store.visit,
         client.id,
         Visit(tnt_id, call.third_party_id, call.values, request_id, call.aliases),

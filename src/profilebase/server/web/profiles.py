@@ -24,7 +24,7 @@ from profilebase import ids
 from profilebase.errors import BadRequest, NotFound
 from profilebase.models import KeyKind
 from profilebase.server import export
-from profilebase.server.storage.base import ProfileExport
+from profilebase.server.storage.base import ProfileExport, WouldWait
 from profilebase.server.storage.links import ecid_key
 from profilebase.server.web.context import (
     ClientContext,
@@ -126,15 +126,23 @@ def path_id(kind: KeyKind, raw: str) -> str:
 async def fetch(request: Request, context: ClientContext) -> Response:
     """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from.
 
-    Everything, the token check first, in one trip to a thread (``in_thread``)."""
+    On the event loop when nothing is left to check and the store can read the profile
+    without waiting (``get_profile_nowait``: SQLite); otherwise everything, the token check
+    first, in one trip to a thread (``in_thread``)."""
+    if context.pending is None:
+        try:
+            return read_profile(request, context, nowait=True)
+        except WouldWait:
+            pass
     return await context.in_thread(read_profile, request, context)
 
 
-def read_profile(request: Request, context: ClientContext) -> Response:
+def read_profile(request: Request, context: ClientContext, nowait: bool = False) -> Response:
     client = context.client
     key, named = identify(request)
     before = context.limits.expire_before_ms(context.clock())
-    profile = context.store.get_profile(client.id, key, before)
+    read = context.store.get_profile_nowait if nowait else context.store.get_profile
+    profile = read(client.id, key, before)
     if profile is None:
         raise not_found(client.code, named)
     return JsonResponse(export.profile_json(profile))
@@ -145,7 +153,7 @@ async def delete(request: Request, context: ClientContext) -> Response:
     client = context.client
     key, named = identify(request)
     now = context.clock()
-    deleted = await run_in_threadpool(
+    deleted = await context.write_now(
         context.store.delete_profile, client.id, key, now, context.limits.expire_before_ms(now)
     )
     if not deleted:

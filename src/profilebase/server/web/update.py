@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
+from collections.abc import Sequence
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -62,16 +63,22 @@ async def update(request: Request, context: ClientContext) -> Response:
     """Apply one profile update; every reply to an authorized caller carries the headers
     of the client's daily update quota.
 
-    The update and the quota headers share one trip to a thread; a request refused before
-    it (a bad parameter, a body too large) gets the headers in a trip of their own."""
+    An update that counted brings the quota's counts from its own transaction; any other
+    reply, a refusal included, reads them in a trip to a thread."""
     try:
         kind, identifier, values = await parse_request(request, context.limits)
+        response, recent = await apply(context, kind, identifier, values)
     except StorageError:
         raise
     except ProfilebaseError as exc:
         exc.headers.update(await run_in_threadpool(quota_headers, context))
         raise
-    return await run_in_threadpool(apply_counted, context, kind, identifier, values)
+    if recent is None:
+        response.headers.update(await run_in_threadpool(quota_headers, context))
+    else:
+        limit = context.limits.updates_per_day
+        response.headers.update(quota.rate_limit_headers(recent, limit, context.clock()))
+    return response
 
 
 def quota_headers(context: ClientContext) -> dict[str, str]:
@@ -95,28 +102,15 @@ async def parse_request(request: Request, limits: Limits) -> tuple[KeyKind, str,
     return parse_update(parameters)
 
 
-def apply_counted(
+async def apply(
     context: ClientContext, kind: KeyKind, identifier: str, values: dict[str, str]
-) -> Response:
-    """``apply``, then the quota headers on its reply or its refusal (blocking)."""
-    try:
-        response = apply(context, kind, identifier, values)
-    except StorageError:
-        raise
-    except ProfilebaseError as exc:
-        exc.headers.update(quota_headers(context))
-        raise
-    response.headers.update(quota_headers(context))
-    return response
-
-
-def apply(
-    context: ClientContext, kind: KeyKind, identifier: str, values: dict[str, str]
-) -> Response:
-    """Apply one profile update now; 404 (creating nothing) if no profile has the id."""
+) -> tuple[Response, Sequence[tuple[int, int]] | None]:
+    """Apply one profile update now; 404 (creating nothing) if no profile has the id.
+    Returns the reply and the quota's counts the update brought, if it counted."""
     client, limits = context.client, context.limits
     now = context.clock()
-    outcome = context.store.update_profile(
+    outcome = await context.write_now(
+        context.store.update_profile,
         client,
         kind.key(identifier),
         values,
@@ -132,7 +126,7 @@ def apply(
             "A profile in a batch that is still queued does not exist yet; create profiles with "
             "a v2 batch or a page call first."
         )
-    return xml.xml_response(xml.updated(outcome.pc_id))
+    return xml.xml_response(xml.updated(outcome.pc_id)), outcome.recent
 
 
 async def read_parameters(request: Request, limits: Limits) -> list[tuple[str, str]]:

@@ -22,6 +22,9 @@ helper then unlocks at once if it gets the lock after all.
 
 A database in memory has no file to lock; a lock file that cannot be opened (a read-only
 directory) leaves the file lock out: writers then queue per process only.
+
+``WriteGroups`` is the group commit of the online writes (single updates, page calls,
+deletes): one writer thread per store runs the ones waiting together in one transaction.
 """
 
 from __future__ import annotations
@@ -32,10 +35,16 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 log = logging.getLogger("profilebase.server.storage")
+T = TypeVar("T")
+#: A call waiting for the writer thread, with the future its caller waits on.
+Call = tuple[Future[Any], Callable[[], Any]]
 
 #: The lock file's name is the database's with this added.
 LOCK_SUFFIX = "-writer.lock"
@@ -198,3 +207,85 @@ class WriterQueue:
                 got = False
             wait.got = got
             wait.done.set()
+
+
+class WriteGroups:
+    """Group commit: the online writes of one process run on one writer thread, and the
+    ones waiting when it starts a transaction share it.
+
+    ``submit`` queues a call (a store method that writes at once) and returns its future.
+    The writer thread takes every call waiting (at most ``most``) and hands them to
+    ``run_group``, which takes the writers' turn and the write lock, runs each call (its
+    write in a savepoint of its own, so one failing fails alone), commits, and only then
+    settles their futures: an answered write is committed. Calls that arrive meanwhile,
+    while a transaction waits for the lock behind a batch part or runs, wait for the next
+    one, together: one turn of the lock clears the queue.
+    """
+
+    def __init__(
+        self,
+        run_group: Callable[[Callable[[], list[Call]]], None],
+        most: int,
+        name: str = "online-writes",
+    ) -> None:
+        self._run_group = run_group
+        self._most = most
+        self._name = name
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._queue: deque[Call] = deque()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def waiting(self) -> int:
+        """Calls queued that no transaction has taken yet."""
+        with self._lock:
+            return len(self._queue)
+
+    def on_writer_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def submit(self, call: Callable[[], T]) -> Future[T]:
+        """Run ``call`` on the writer thread, in a group's transaction."""
+        future: Future[T] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            self._queue.append((future, call))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                self._thread.start()
+            self._ready.notify()
+        return future
+
+    def close(self) -> None:
+        """Stop the writer thread once the calls queued are done."""
+        with self._lock:
+            self._closed = True
+            self._ready.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                if not self._queue:
+                    return
+            try:
+                self._run_group(self.take)
+            except BaseException:  # run_group settles every call it took; keep serving
+                log.exception("online writes: a group failed")
+
+    def take(self) -> list[Call]:
+        """Every call waiting (at most ``most``), oldest first; calls whose callers gave up
+        before they started are dropped."""
+        with self._lock:
+            taken: list[Call] = []
+            while self._queue and len(taken) < self._most:
+                future, call = self._queue.popleft()
+                if future.set_running_or_notify_cancel():
+                    taken.append((future, call))
+            return taken

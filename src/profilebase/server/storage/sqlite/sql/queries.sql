@@ -452,8 +452,8 @@ AND pkey IN (SELECT value FROM json_each(?)) RETURNING pkey
 DELETE FROM identities WHERE client_id = ? AND pkey IN (SELECT value FROM json_each(?))
 
 -- name: latest_tnt_alias
--- The tntId linked last to a profile.
-SELECT alias FROM identities WHERE client_id = ? AND pkey = ?
+-- The tntId linked last to a profile (INDEXED BY: as ids_of_profiles).
+SELECT alias FROM identities INDEXED BY identities_profile WHERE client_id = ? AND pkey = ?
 AND alias >= 'p:' AND alias < 'p;' ORDER BY linked_seq DESC LIMIT 1
 
 -- name: new_write
@@ -535,14 +535,40 @@ DELETE FROM identities WHERE client_id = ? AND NOT EXISTS (
     SELECT 1 FROM profiles p WHERE p.client_id = identities.client_id
     AND p.pkey = identities.pkey)
 
+-- name: sqlite_live_key
+-- The stored key a key finds (itself unless an alias) and, if that profile exists, when it
+-- was last active: resolving and finding in one statement.
+SELECT k.pkey, p.modified_at
+FROM (SELECT coalesce(
+    (SELECT pkey FROM identities WHERE client_id = :client_id AND alias = :key), :key) AS pkey) k
+LEFT JOIN profiles p ON p.client_id = :client_id AND p.pkey = k.pkey
+
+-- name: sqlite_profile_document
+-- A fetch in one statement (one snapshot, no transaction to open): the client's code, the
+-- profile the key finds (through its alias, if it is one) unless expired, its aliases in
+-- link order (INDEXED BY: as ids_of_profiles) and the writes its attributes came from, as
+-- JSON arrays.
+SELECT c.code, p.pkey, p.attrs, p.modified_at,
+    (SELECT json_group_array(alias) FROM (
+        SELECT alias FROM identities i INDEXED BY identities_profile
+        WHERE i.client_id = p.client_id AND i.pkey = p.pkey ORDER BY i.linked_seq)),
+    (SELECT json_group_array(json_array(w.seq, w.kind, w.ref)) FROM writes w
+        WHERE w.seq IN (SELECT json_extract(a.value, '$[1]') / 100000000 FROM json_each(p.attrs) a))
+FROM profiles p JOIN clients c ON c.id = p.client_id
+WHERE p.client_id = :client_id
+AND p.pkey = coalesce(
+    (SELECT pkey FROM identities WHERE client_id = :client_id AND alias = :key), :key)
+AND p.modified_at >= :before
+
 -- name: profile_with_code
 SELECT c.code, p.attrs, p.modified_at FROM profiles p
 JOIN clients c ON c.id = p.client_id
 WHERE p.client_id = ? AND p.pkey = ? AND p.modified_at >= ?
 
 -- name: ids_of_profiles
--- The aliases of a JSON list of stored keys, in link order.
-SELECT alias, pkey FROM identities
+-- The aliases of a JSON list of stored keys, in link order. Without INDEXED BY, SQLite
+-- (no statistics) reads every alias of the client through the primary key instead.
+SELECT alias, pkey FROM identities INDEXED BY identities_profile
 WHERE client_id = ? AND pkey IN (SELECT value FROM json_each(?)) ORDER BY linked_seq
 
 -- name: writes_of
