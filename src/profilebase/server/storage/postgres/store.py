@@ -24,13 +24,15 @@ database, and the database is the only thing they coordinate through:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring as json_string
 from typing import Any, cast
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from profilebase.errors import (
@@ -41,21 +43,27 @@ from profilebase.errors import (
     StorageError,
     StorageFull,
 )
-from profilebase.models import FailedRow
-from profilebase.server.merge import DecodedRow, RowWriter, byte_size, merge_attrs
+from profilebase.models import DAY_MS, SEQ_SPAN, Client, FailedRow, KeyKind, Profile, WriteKind
+from profilebase.server.merge import DecodedRow, RowWriter, byte_size, dump_attrs, merge_attrs
+from profilebase.server.quota import MINUTE_MS
 from profilebase.server.storage import redact, statements
-from profilebase.server.storage.base import UnitSpec
+from profilebase.server.storage.base import UnitSpec, UpdateOutcome, Visit
 from profilebase.server.storage.batch_control import BatchControl
 from profilebase.server.storage.clients import ClientQueries
 from profilebase.server.storage.imports import ImportRow
+from profilebase.server.storage.postgres.groups import Entry, WriteGroups
 from profilebase.server.storage.postgres.imports import PostgresImports
 from profilebase.server.storage.postgres.tables import PostgresTables
 from profilebase.server.storage.profiles import ProfileQueries
 from profilebase.server.storage.queries import Connection
+from profilebase.server.storage.records import build_profile
 
 #: How often applying a unit is tried again after a lost race (a deadlock cannot
 #: happen with the lock order above; a concurrent creation can, rarely).
 APPLY_ATTEMPTS = 8
+
+#: The most online writes one group commits at once (groups.py).
+GROUP_WRITES = 64
 
 #: The named queries of this backend (sql/queries.sql).
 SQL = statements.load("postgres")
@@ -140,6 +148,23 @@ def read_body(db: psycopg.Connection, batch_seq: int, unit_no: int, length: int)
             raise StorageError(f"The lines of unit {batch_seq}/{unit_no} are missing.")
         pieces.append(bytes(found[0]))
     return b"".join(pieces)
+
+
+def shown_pc_id(key: str, stored: str, latest: str | None) -> str | None:
+    """The tntId a single update's reply shows: the key asked for or the stored one if a
+    tntId, else ``latest``, the tntId key linked last (as ``_pc_id_of`` chooses)."""
+    for candidate in (key, stored, latest):
+        if candidate is not None and candidate.startswith(KeyKind.PC_ID.prefix):
+            return candidate[2:]
+    return None
+
+
+class _GroupLost(Exception):
+    """A write failed outside a savepoint: its group's transaction is lost."""
+
+    def __init__(self, entry: Entry[Any]) -> None:
+        super().__init__()
+        self.entry = entry
 
 
 class _Retry(Exception):
@@ -234,6 +259,9 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             name="profilebase",
             open=True,
         )
+        self.groups = WriteGroups(self._run_group, GROUP_WRITES)
+        #: The connection of the group this thread is running, if any (``_write``).
+        self.in_group = threading.local()
 
     def _connect_options(self) -> dict[str, Any]:
         """libpq options bounding how long a connection attempt or a lost peer can hang us.
@@ -278,9 +306,20 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
 
     @contextmanager
     def _write(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection inside a transaction (committed unless an exception escapes)."""
-        with self._connection() as db, db.transaction():
-            yield db
+        """A pooled connection inside a transaction (committed unless an exception escapes).
+
+        Within a group of online writes (``_grouped``), a savepoint of the group's
+        transaction instead: a write that fails undoes only itself."""
+        group: psycopg.Connection | None = getattr(self.in_group, "db", None)
+        if group is None:
+            with self._connection() as db, db.transaction():
+                yield db
+            return
+        try:
+            with group.transaction():
+                yield group
+        except psycopg.OperationalError as exc:
+            raise storage_error(exc, self.url) or exc from exc
 
     def close(self) -> None:
         self.pool.close()
@@ -297,6 +336,147 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
 
     def _run_script(self, db: Connection, script: str) -> None:
         db.execute(script.encode())  # bytes: a script, run as written
+
+    # -- the online path ---------------------------------------------------------------------
+
+    def get_profile(self, client_id: int, key: str, expire_before_ms: int = 0) -> Profile | None:
+        """One statement, ``postgres_profile_document``: a statement sees one snapshot, so
+        it needs no transaction, and a fetch makes one round trip instead of the shared
+        path's six (a read-only transaction of four SELECTs)."""
+        if not self._can_store(key):
+            return None
+        params = {"client": client_id, "key": key, "since": expire_before_ms, "span": SEQ_SPAN}
+        with self._read() as db:
+            row = db.execute(SQL["postgres_profile_document"], params).fetchone()
+        if row is None:
+            return None
+        code, attrs, modified, stored, aliases, seqs, kinds, refs = row
+        writes = dict(zip(seqs or (), zip(kinds or (), refs or (), strict=True), strict=True))
+        return build_profile(code, key, json.loads(attrs), modified, [stored, *aliases], writes)
+
+    def update_profile(
+        self,
+        client: Client,
+        key: str,
+        values: Mapping[str, str],
+        now_ms: int,
+        updates_per_day: int,
+        max_profile_bytes: int,
+        expire_before_ms: int = 0,
+    ) -> UpdateOutcome | None:
+        """In a group of the client's online writes; one statement when nothing is in the
+        way (``postgres_quick_update``), else the shared path, which says what is."""
+        args = (client, key, values, now_ms, updates_per_day, max_profile_bytes)
+        shared = super().update_profile
+
+        def update() -> UpdateOutcome | None:
+            if values and self._can_store(key):
+                self._refuse_unstorable(*values, *values.values())
+                done = self._quick_update(*args, expire_before_ms)
+                if done is not None:
+                    return done
+            return shared(*args, expire_before_ms)
+
+        return self.groups.run(client.id, update, [key])
+
+    def _quick_update(
+        self,
+        client: Client,
+        key: str,
+        values: Mapping[str, str],
+        now_ms: int,
+        updates_per_day: int,
+        max_profile_bytes: int,
+        expire_before_ms: int,
+    ) -> UpdateOutcome | None:
+        """The update in one statement, or None if something needs the shared path: no
+        live profile, the quota full, or a size that needs an exact check."""
+        db = self.in_group.db
+        # The values as stored, with a seq of 20 digits: at least as long as any.
+        bound = byte_size(dump_attrs({name: [v, 10**19, now_ms] for name, v in values.items()}))
+        params = {
+            "client": client.id,
+            "key": key,
+            "since": expire_before_ms,
+            "bound": bound,
+            "max_bytes": max_profile_bytes,
+            "day_start": (now_ms - DAY_MS) // MINUTE_MS,
+            "per_day": updates_per_day,
+            "minute": now_ms // MINUTE_MS,
+            "kind": str(WriteKind.UPDATE),
+            "now": now_ms,
+            "span": SEQ_SPAN,
+            "values": json.dumps(values),
+        }
+        found = db.execute(SQL["postgres_quick_update"], params).fetchone()
+        if found is None or found[1] is None:
+            return None
+        stored, write, latest = found
+        return UpdateOutcome(shown_pc_id(key, stored, latest), int(write) * SEQ_SPAN + 1)
+
+    def visit(
+        self,
+        client_id: int,
+        visit: Visit,
+        now_ms: int,
+        max_profile_bytes: int,
+        expire_before_ms: int = 0,
+    ) -> str:
+        shared = super().visit
+        keys = [KeyKind.PC_ID.key(visit.tnt_id), *visit.aliases]
+        if visit.third_party_id is not None:
+            keys.append(KeyKind.THIRD_PARTY_ID.key(visit.third_party_id))
+        return self.groups.run(
+            client_id,
+            lambda: shared(client_id, visit, now_ms, max_profile_bytes, expire_before_ms),
+            keys,
+        )
+
+    def _run_group(self, client_id: int, entries: list[Entry[Any]]) -> None:
+        """One transaction for a group of a client's online writes (``groups.py``).
+
+        A write that fails in a savepoint of its own (the shared path's ``_write``) undoes
+        only itself. One that fails in a statement outside one (a quick path) aborts the
+        transaction: it keeps its error, and the others run again in a new transaction.
+        """
+        remaining = list(entries)
+        while remaining:
+            lost = self._try_group(client_id, remaining)
+            if lost is None:
+                return
+            remaining.remove(lost)
+            for entry in remaining:
+                entry.result, entry.error = None, None
+
+    def _try_group(self, client_id: int, entries: list[Entry[Any]]) -> Entry[Any] | None:
+        """Run ``entries`` in one transaction and commit; the entry whose failure aborted
+        the transaction (rolled back), or None once committed.
+
+        The client's row and the profiles every write names are locked first, those in
+        key order as a unit locks them: one write after another, the group would otherwise
+        take profile locks out of that order, and a unit waiting the other way would
+        deadlock with it. Each write then locks what it needs again (held already, unless
+        an earlier write of the group moved an id)."""
+        keys = sorted({key for entry in entries for key in entry.keys if self._can_store(key)})
+        with self._connection() as db:
+            try:
+                with db.transaction():
+                    db.execute(SQL["lock_client"], (client_id,))
+                    locking = {"client": client_id, "keys": keys}
+                    db.execute(SQL["postgres_lock_keys"], locking).fetchall()
+                    self.in_group.db = db
+                    for entry in entries:
+                        try:
+                            entry.result = entry.call()
+                        except Exception as exc:  # noqa: BLE001 - its caller gets it
+                            entry.error = exc
+                            if db.info.transaction_status == TransactionStatus.INERROR:
+                                raise _GroupLost(entry) from exc
+            except _GroupLost as lost:
+                return lost.entry
+            finally:
+                self.in_group.db = None
+        return None
 
     # -- units ---------------------------------------------------------------------------
 
