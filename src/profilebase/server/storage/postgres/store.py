@@ -24,11 +24,14 @@ database, and the database is the only thing they coordinate through:
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring as json_string
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -51,6 +54,7 @@ from profilebase.server.storage.base import UnitSpec, UpdateOutcome, Visit
 from profilebase.server.storage.batch_control import BatchControl
 from profilebase.server.storage.clients import ClientQueries
 from profilebase.server.storage.imports import ImportRow
+from profilebase.server.storage.links import plan_link
 from profilebase.server.storage.postgres.groups import Entry, WriteGroups
 from profilebase.server.storage.postgres.imports import PostgresImports
 from profilebase.server.storage.postgres.tables import PostgresTables
@@ -64,6 +68,17 @@ APPLY_ATTEMPTS = 8
 
 #: The most online writes one group commits at once (groups.py).
 GROUP_WRITES = 64
+
+#: A pooled connection that answered within this many seconds is lent without a check
+#: to work that can start over if it was lost meanwhile (``PostgresStore._trusting``).
+TRUSTED_SECONDS = 1.0
+
+#: SQLSTATEs of a session the server ended: shutting down (or told to), starting up.
+SESSION_ENDED = {"57P01", "57P02", "57P03"}
+
+T = TypeVar("T")
+
+log = logging.getLogger("profilebase.server.storage")
 
 #: The named queries of this backend (sql/queries.sql).
 SQL = statements.load("postgres")
@@ -157,6 +172,10 @@ def shown_pc_id(key: str, stored: str, latest: str | None) -> str | None:
         if candidate is not None and candidate.startswith(KeyKind.PC_ID.prefix):
             return candidate[2:]
     return None
+
+
+class _Stale(Exception):
+    """A connection lent without a check was lost before its first statement answered."""
 
 
 class _GroupLost(Exception):
@@ -253,12 +272,18 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             # A connection that broke while idle (the server restarted) is replaced before
             # it is handed out; a failed reconnection is given up after ``timeout`` and
             # tried again by the next request, so service resumes soon after an outage.
-            check=ConnectionPool.check_connection,
+            check=self._check,
             timeout=timeout,
             reconnect_timeout=timeout,
             name="profilebase",
             open=True,
         )
+        #: When each pooled connection last answered (``_check``).
+        self.answered: weakref.WeakKeyDictionary[psycopg.Connection, float] = (
+            weakref.WeakKeyDictionary()
+        )
+        #: ``unchecked.ok``: this thread's next connection may be lent unchecked (``_check``).
+        self.unchecked = threading.local()
         self.groups = WriteGroups(self._run_group, GROUP_WRITES)
         #: The connection of the group this thread is running, if any (``_write``).
         self.in_group = threading.local()
@@ -281,6 +306,7 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         try:
             with self.pool.connection(timeout=self.timeout) as db:
                 yield db
+                self.answered[db] = time.monotonic()
         except PoolTimeout as exc:
             raise DatabaseUnavailable(
                 detail=f"no connection to PostgreSQL at {redact(self.url)} within "
@@ -292,6 +318,50 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             if error is None:
                 raise
             raise error from exc
+
+    def _check(self, db: psycopg.Connection) -> None:
+        """The pool's check of a connection before lending it: a round trip, as much as a
+        fetch's own statement. Skipped for a connection that answered within
+        ``TRUSTED_SECONDS`` when the borrower says it can start over (``_trusting``)."""
+        if getattr(self.unchecked, "ok", False):
+            if time.monotonic() - self.answered.get(db, -TRUSTED_SECONDS) < TRUSTED_SECONDS:
+                return
+        try:
+            ConnectionPool.check_connection(db)
+        except psycopg.Error:
+            self._lost_while_idle()
+            raise
+
+    def _lost_while_idle(self) -> None:
+        """A pooled connection was lost while idle: the server restarted or ended its
+        sessions, most likely every idle one. Checking them all now replaces them at once;
+        lent one at a time, each broken one would fail its check, and the pool backs off
+        a second, then two, four... between failed checks (past ``database_timeout`` with
+        a few broken connections)."""
+        log.info("a pooled connection was lost while idle; checking every idle one")
+        self.pool.check()
+
+    def _trusting(self, work: Callable[[], T]) -> T:
+        """``work`` on a connection lent unchecked if it answered lately (``_check``); run
+        again, on a checked one, if the connection turned out lost before its first statement
+        answered (``_stale``): nothing had reached the database."""
+        self.unchecked.ok = True
+        try:
+            return work()
+        except _Stale:
+            pass
+        finally:
+            self.unchecked.ok = False
+        self._lost_while_idle()
+        return work()
+
+    def _stale(self, db: psycopg.Connection, answered: bool, error: Exception) -> None:
+        """Raise ``_Stale`` if ``error`` says that a connection lent unchecked was lost
+        before it ``answered`` anything (work run by ``_trusting`` then starts over)."""
+        if not answered and getattr(self.unchecked, "ok", False):
+            state = getattr(error, "sqlstate", None) or ""
+            if db.closed or state[:2] in {"", "08"} or state in SESSION_ENDED:
+                raise _Stale() from error
 
     @contextmanager
     def _read(self) -> Iterator[psycopg.Connection]:
@@ -346,8 +416,16 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         if not self._can_store(key):
             return None
         params = {"client": client_id, "key": key, "since": expire_before_ms, "span": SEQ_SPAN}
-        with self._read() as db:
-            row = db.execute(SQL["postgres_profile_document"], params).fetchone()
+
+        def read() -> Any:
+            with self._read() as db:
+                try:
+                    return db.execute(SQL["postgres_profile_document"], params).fetchone()
+                except psycopg.OperationalError as exc:
+                    self._stale(db, False, exc)
+                    raise
+
+        row = self._trusting(read)
         if row is None:
             return None
         code, attrs, modified, stored, aliases, seqs, kinds, refs = row
@@ -422,15 +500,75 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         max_profile_bytes: int,
         expire_before_ms: int = 0,
     ) -> str:
+        """In a group of the client's online writes; two statements for a call that
+        creates, renames and absorbs no profile and carries no ECID or customerIds
+        (``_quick_visit``), else the shared path."""
+        args = (client_id, visit, now_ms, max_profile_bytes, expire_before_ms)
         shared = super().visit
+
+        def page_call() -> str:
+            if not visit.aliases:
+                third = visit.third_party_id or ""
+                self._refuse_unstorable(visit.tnt_id, third, *visit.values, *visit.values.values())
+                done = self._quick_visit(*args)
+                if done is not None:
+                    return done
+            return shared(*args)
+
         keys = [KeyKind.PC_ID.key(visit.tnt_id), *visit.aliases]
         if visit.third_party_id is not None:
             keys.append(KeyKind.THIRD_PARTY_ID.key(visit.third_party_id))
-        return self.groups.run(
-            client_id,
-            lambda: shared(client_id, visit, now_ms, max_profile_bytes, expire_before_ms),
-            keys,
+        return self.groups.run(client_id, page_call, keys)
+
+    def _quick_visit(
+        self,
+        client_id: int,
+        visit: Visit,
+        now_ms: int,
+        max_profile_bytes: int,
+        expire_before_ms: int,
+    ) -> str | None:
+        """The call's stored key once done, or None (nothing written) if it needs the
+        shared path: a profile to create, rename, absorb or expire, or a size to check
+        exactly. Plans with ``plan_link`` from what its ids find (``postgres_keys_found``)."""
+        db = self.in_group.db
+        tnt_key = KeyKind.PC_ID.key(visit.tnt_id)
+        third_key = None
+        if visit.third_party_id is not None:
+            third_key = KeyKind.THIRD_PARTY_ID.key(visit.third_party_id)
+        keys = [tnt_key, *([third_key] if third_key else [])]
+        params = {"client": client_id, "keys": keys, "since": expire_before_ms}
+        found = {row[0]: row[1:] for row in db.execute(SQL["postgres_keys_found"], params)}
+        if any(exists and not live for _, exists, live, _ in found.values()):
+            return None  # an expired profile: the shared path deletes it
+        tnt_stored, _, tnt_live, _ = found[tnt_key]
+        third_exists = (
+            third_key is not None and found[third_key][2] and (found[third_key][0] == third_key)
         )
+        plan = plan_link(tnt_key, tnt_stored if tnt_live else None, third_key, third_exists)
+        if plan.create or plan.rename or plan.absorb:
+            return None
+        size = next(int(size) for stored, _, live, size in found.values() if stored == plan.target)
+        values = visit.values
+        if values:
+            bound = dump_attrs({name: [v, 10**19, now_ms] for name, v in values.items()})
+            if size + byte_size(bound) > max_profile_bytes:
+                return None
+        elif plan.alias is None:
+            self._touch(db, client_id, plan.target, now_ms)
+            return plan.target
+        write = {
+            "client": client_id,
+            "kind": str(WriteKind.DELIVERY),
+            "ref": visit.request_id,
+            "now": now_ms,
+            "alias": plan.alias,
+            "target": plan.target,
+            "span": SEQ_SPAN,
+            "values": json.dumps(values) if values else None,
+        }
+        db.execute(SQL["postgres_quick_visit"], write)
+        return plan.target
 
     def _run_group(self, client_id: int, entries: list[Entry[Any]]) -> None:
         """One transaction for a group of a client's online writes (``groups.py``).
@@ -441,7 +579,7 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         """
         remaining = list(entries)
         while remaining:
-            lost = self._try_group(client_id, remaining)
+            lost = self._trusting(lambda: self._try_group(client_id, remaining))
             if lost is None:
                 return
             remaining.remove(lost)
@@ -458,10 +596,12 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         deadlock with it. Each write then locks what it needs again (held already, unless
         an earlier write of the group moved an id)."""
         keys = sorted({key for entry in entries for key in entry.keys if self._can_store(key)})
+        answered = False
         with self._connection() as db:
             try:
                 with db.transaction():
                     db.execute(SQL["lock_client"], (client_id,))
+                    answered = True
                     locking = {"client": client_id, "keys": keys}
                     db.execute(SQL["postgres_lock_keys"], locking).fetchall()
                     self.in_group.db = db
@@ -474,6 +614,9 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
                                 raise _GroupLost(entry) from exc
             except _GroupLost as lost:
                 return lost.entry
+            except psycopg.OperationalError as exc:
+                self._stale(db, answered, exc)
+                raise
             finally:
                 self.in_group.db = None
         return None

@@ -740,3 +740,43 @@ SELECT t.pkey, (SELECT seq FROM write),
        (SELECT i.alias FROM identities i WHERE i.client_id = %(client)s AND i.pkey = t.pkey
         AND i.alias >= 'p:' AND i.alias < 'p;' ORDER BY i.linked_seq DESC LIMIT 1)
 FROM target t
+
+-- name: postgres_keys_found
+-- For each of a list of keys: the stored key it finds (itself unless an alias), whether
+-- that profile exists, whether it was active since a time, and its size in bytes.
+SELECT k.key, coalesce(i.pkey, k.key), p.pkey IS NOT NULL,
+       coalesce(p.modified_at >= %(since)s, false), octet_length(p.attrs::text)
+FROM unnest(%(keys)s::text[]) AS k(key)
+LEFT JOIN identities i ON i.client_id = %(client)s AND i.alias = k.key
+LEFT JOIN profiles p ON p.client_id = %(client)s AND p.pkey = coalesce(i.pkey, k.key)
+
+-- name: postgres_quick_visit
+-- A page call that creates, renames and absorbs no profile, in one statement: a write
+-- taken, its tntId linked to the call's profile if it is not yet (NULL: linked already),
+-- and the profileParameters merged under the next seq, or (NULL) the profile touched,
+-- as new_write, link_alias, merge_values and touch_profile do. Returns the write's number.
+WITH write AS (
+    INSERT INTO writes (client_id, kind, ref, at)
+    VALUES (%(client)s, %(kind)s, %(ref)s, %(now)s) RETURNING seq
+), linked AS (
+    INSERT INTO identities (client_id, alias, pkey, linked_seq)
+    SELECT %(client)s, %(alias)s::text, %(target)s, w.seq * %(span)s + 1 FROM write w
+    WHERE %(alias)s::text IS NOT NULL
+    ON CONFLICT (client_id, alias) DO UPDATE SET
+        pkey = excluded.pkey, linked_seq = excluded.linked_seq
+), change AS (
+    SELECT w.seq * %(span)s + 2 AS seq,
+           (SELECT jsonb_object_agg(v.key, jsonb_build_array(v.value, w.seq * %(span)s + 2,
+                                                             %(now)s))
+            FROM jsonb_each_text(%(values)s::jsonb) v) AS attrs
+    FROM write w
+), merged AS (
+    UPDATE profiles p SET
+        attrs = CASE WHEN c.attrs IS NULL THEN p.attrs
+                     WHEN p.max_seq < c.seq THEN p.attrs || c.attrs
+                     ELSE pb_merge(p.attrs, c.attrs) END,
+        max_seq = CASE WHEN c.attrs IS NULL THEN p.max_seq ELSE greatest(p.max_seq, c.seq) END,
+        modified_at = greatest(p.modified_at, %(now)s)
+    FROM change c WHERE p.client_id = %(client)s AND p.pkey = %(target)s
+)
+SELECT seq FROM write
