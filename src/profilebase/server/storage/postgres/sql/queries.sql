@@ -671,7 +671,8 @@ SELECT setval(pg_get_serial_sequence(%s, %s), %s)
 -- A fetch in one statement, so in one snapshot without a transaction: the client's code,
 -- the profile a key finds (itself or the profile it is an alias of) if active since a
 -- time, its aliases in link order, and the writes its attributes came from (seq div
--- SEQ_SPAN) as three arrays. No row when no profile is found.
+-- SEQ_SPAN) as three arrays, looked up by primary key (= ANY of an array: IN (subquery)
+-- lets the planner scan every write). No row when no profile is found.
 SELECT c.code, p.attrs::text, p.modified_at, p.pkey,
        ARRAY(SELECT i.alias FROM identities i
              WHERE i.client_id = p.client_id AND i.pkey = p.pkey ORDER BY i.linked_seq),
@@ -681,7 +682,8 @@ JOIN clients c ON c.id = p.client_id
 CROSS JOIN LATERAL (
     SELECT array_agg(w.seq) AS seqs, array_agg(w.kind) AS kinds, array_agg(w.ref) AS refs
     FROM writes w
-    WHERE w.seq IN (SELECT (e.value ->> 1)::bigint / %(span)s FROM jsonb_each(p.attrs) e)
+    WHERE w.seq = ANY(ARRAY(SELECT DISTINCT (e.value ->> 1)::bigint / %(span)s
+                            FROM jsonb_each(p.attrs) e))
 ) w
 WHERE p.client_id = %(client)s AND p.modified_at >= %(since)s
   AND p.pkey = coalesce((SELECT i.pkey FROM identities i
@@ -689,11 +691,13 @@ WHERE p.client_id = %(client)s AND p.modified_at >= %(since)s
 
 -- name: postgres_lock_keys
 -- Locks the profiles a list of keys find (each itself, or the profile it is an alias
--- of), in key order as applying a unit locks them.
+-- of), in key order as applying a unit locks them. Each key is looked up by the primary
+-- key of identities (a join lets the planner read every alias of the client).
 SELECT p.pkey FROM profiles p
-WHERE p.client_id = %(client)s AND p.pkey IN (
-    SELECT coalesce(i.pkey, k.key) FROM unnest(%(keys)s::text[]) AS k(key)
-    LEFT JOIN identities i ON i.client_id = %(client)s AND i.alias = k.key)
+WHERE p.client_id = %(client)s AND p.pkey = ANY(ARRAY(
+    SELECT coalesce((SELECT i.pkey FROM identities i
+                     WHERE i.client_id = %(client)s AND i.alias = k.key), k.key)
+    FROM unnest(%(keys)s::text[]) AS k(key)))
 ORDER BY p.pkey FOR UPDATE
 
 -- name: postgres_quick_update
@@ -744,11 +748,12 @@ FROM target t
 -- name: postgres_keys_found
 -- For each of a list of keys: the stored key it finds (itself unless an alias), whether
 -- that profile exists, whether it was active since a time, and its size in bytes.
-SELECT k.key, coalesce(i.pkey, k.key), p.pkey IS NOT NULL,
+SELECT k.key, k.stored, p.pkey IS NOT NULL,
        coalesce(p.modified_at >= %(since)s, false), octet_length(p.attrs::text)
-FROM unnest(%(keys)s::text[]) AS k(key)
-LEFT JOIN identities i ON i.client_id = %(client)s AND i.alias = k.key
-LEFT JOIN profiles p ON p.client_id = %(client)s AND p.pkey = coalesce(i.pkey, k.key)
+FROM (SELECT key, coalesce((SELECT i.pkey FROM identities i
+                            WHERE i.client_id = %(client)s AND i.alias = key), key) AS stored
+      FROM unnest(%(keys)s::text[]) AS key) AS k
+LEFT JOIN profiles p ON p.client_id = %(client)s AND p.pkey = k.stored
 
 -- name: postgres_quick_visit
 -- A page call that creates, renames and absorbs no profile, in one statement: a write
