@@ -176,7 +176,9 @@ def test_a_group_commits_its_writes_together_and_a_failing_one_fails_alone(datab
     the writes queued meanwhile form the next group, one transaction (one xmin). In it, a
     write the size limit refuses (a savepoint), one the quota refuses, and one the database
     refuses in a quick statement (a trigger; the group starts again without it) fail alone
-    and leave nothing; the others are all applied and counted once."""
+    and leave nothing; the others are all applied and counted once. A page call whose ids
+    an earlier write of the group named plans from what is stored then: it absorbs the
+    profile that write created."""
     url = databases[0]
     store = open_pg(url)
     calls = Calls(store, False)
@@ -208,14 +210,19 @@ def test_a_group_commits_its_writes_together_and_a_failing_one_fails_alone(datab
     try:
         threads = [run("lead", lambda: calls.update("t:XA", {"v": "lead"}, per_day=3))]
         wait_for(lambda: 1 in store.groups.running)
-        threads += [
-            run("ok", lambda: calls.update("t:XB", {"v": "ok"}, per_day=3)),
-            run("large", lambda: calls.update("t:XC", {"v": "x" * 3_000}, per_day=3)),
-            run("trigger", lambda: calls.update("t:XD", {"v": "no"}, at=666, per_day=3)),
-            run("page", lambda: calls.visit("E2", "XE", {"v": "page"})),
-            run("quota", lambda: calls.update("t:XE", {"v": "over"}, per_day=2)),
+        queued: list[tuple[str, Callable[[], Any]]] = [
+            ("ok", lambda: calls.update("t:XB", {"v": "ok"}, per_day=3)),
+            ("large", lambda: calls.update("t:XC", {"v": "x" * 3_000}, per_day=3)),
+            ("trigger", lambda: calls.update("t:XD", {"v": "no"}, at=666, per_day=3)),
+            ("page", lambda: calls.visit("E2", "XE", {"v": "page"})),
+            ("quota", lambda: calls.update("t:XE", {"v": "over"}, per_day=2)),
+            # T9's profile, created by a write of the group, is absorbed by the next.
+            ("anonymous", lambda: calls.visit("T9", None, {"w": "9"})),
+            ("absorb", lambda: calls.visit("T9", "XA", {})),
         ]
-        wait_for(lambda: len(store.groups.queues.get(1, [])) == 5)
+        for count, (name, call) in enumerate(queued, 1):  # queued in this order
+            threads.append(run(name, call))
+            wait_for(lambda count=count: len(store.groups.queues.get(1, [])) == count)  # type: ignore[misc]
     finally:
         holder.rollback()
         holder.close()
@@ -227,6 +234,10 @@ def test_a_group_commits_its_writes_together_and_a_failing_one_fails_alone(datab
     assert isinstance(results["trigger"], psycopg.Error)
     assert "refused by a trigger" in str(results["trigger"])
     assert results["page"] == "t:XE"
+    assert results["anonymous"] == "p:T9" and results["absorb"] == "t:XA"
+    absorbed, through_t9 = store.get_profile(1, "t:XA"), store.get_profile(1, "p:T9")
+    assert absorbed is not None and absorbed.attributes["w"].value == "9"
+    assert through_t9 is not None and through_t9.ids == absorbed.ids
     with psycopg.connect(url) as db:
         rows = dict(
             db.execute(
@@ -234,6 +245,7 @@ def test_a_group_commits_its_writes_together_and_a_failing_one_fails_alone(datab
             ).fetchall()
         )
         assert rows == {"t:XA": "lead", "t:XB": "ok", "t:XC": "0", "t:XD": "0", "t:XE": "page"}
+        assert db.execute("SELECT count(*) FROM profiles WHERE pkey = 'p:T9'").fetchone() == (0,)
         xmins = dict(db.execute("SELECT pkey, xmin::text FROM profiles").fetchall())
         assert xmins["t:XB"] == xmins["t:XE"] != xmins["t:XA"]
         counted = db.execute("SELECT sum(updates) FROM update_counts").fetchone()

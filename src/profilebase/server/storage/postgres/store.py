@@ -285,7 +285,8 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         #: ``unchecked.ok``: this thread's next connection may be lent unchecked (``_check``).
         self.unchecked = threading.local()
         self.groups = WriteGroups(self._run_group, GROUP_WRITES)
-        #: The connection of the group this thread is running, if any (``_write``).
+        #: The connection of the group this thread is running, if any (``_write``), and
+        #: what the group found of the running write's keys, if still true (``_try_group``).
         self.in_group = threading.local()
 
     def _connect_options(self) -> dict[str, Any]:
@@ -537,18 +538,19 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         if visit.third_party_id is not None:
             third_key = KeyKind.THIRD_PARTY_ID.key(visit.third_party_id)
         keys = [tnt_key, *([third_key] if third_key else [])]
-        params = {"client": client_id, "keys": keys, "since": expire_before_ms}
-        found = {row[0]: row[1:] for row in db.execute(SQL["postgres_keys_found"], params)}
-        if any(exists and not live for _, exists, live, _ in found.values()):
+        known = self.in_group.known  # what the group found of its keys, if still true
+        if not all(key in known for key in keys):
+            params = {"client": client_id, "keys": keys}
+            known = {row[0]: row[1:] for row in db.execute(SQL["postgres_keys_found"], params)}
+        found = {key: known[key] for key in keys}
+        if any(exists and modified < expire_before_ms for _, exists, modified, _ in found.values()):
             return None  # an expired profile: the shared path deletes it
-        tnt_stored, _, tnt_live, _ = found[tnt_key]
-        third_exists = (
-            third_key is not None and found[third_key][2] and (found[third_key][0] == third_key)
-        )
+        tnt_stored, tnt_live = found[tnt_key][:2]
+        third_exists = third_key is not None and found[third_key][:2] == (third_key, True)
         plan = plan_link(tnt_key, tnt_stored if tnt_live else None, third_key, third_exists)
         if plan.create or plan.rename or plan.absorb:
             return None
-        size = next(int(size) for stored, _, live, size in found.values() if stored == plan.target)
+        size = next(int(size) for stored, _, _, size in found.values() if stored == plan.target)
         values = visit.values
         if values:
             bound = dump_attrs({name: [v, 10**19, now_ms] for name, v in values.items()})
@@ -603,9 +605,17 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
                     db.execute(SQL["lock_client"], (client_id,))
                     answered = True
                     locking = {"client": client_id, "keys": keys}
-                    db.execute(SQL["postgres_lock_keys"], locking).fetchall()
+                    found = {
+                        row[0]: row[1:] for row in db.execute(SQL["postgres_lock_keys"], locking)
+                    }
                     self.in_group.db = db
+                    named: set[str] = set()  # the keys earlier writes named, and their profiles
                     for entry in entries:
+                        # What the group found of a write's keys holds while no earlier
+                        # write named them or their profiles: writes change only those.
+                        mine = {*entry.keys, *(found[key][0] for key in entry.keys if key in found)}
+                        self.in_group.known = {} if mine & named else found
+                        named |= mine
                         try:
                             entry.result = entry.call()
                         except Exception as exc:  # noqa: BLE001 - its caller gets it
@@ -618,7 +628,7 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
                 self._stale(db, answered, exc)
                 raise
             finally:
-                self.in_group.db = None
+                self.in_group.db, self.in_group.known = None, {}
         return None
 
     # -- units ---------------------------------------------------------------------------

@@ -691,14 +691,20 @@ WHERE p.client_id = %(client)s AND p.modified_at >= %(since)s
 
 -- name: postgres_lock_keys
 -- Locks the profiles a list of keys find (each itself, or the profile it is an alias
--- of), in key order as applying a unit locks them. Each key is looked up by the primary
--- key of identities (a join lets the planner read every alias of the client).
-SELECT p.pkey FROM profiles p
-WHERE p.client_id = %(client)s AND p.pkey = ANY(ARRAY(
-    SELECT coalesce((SELECT i.pkey FROM identities i
-                     WHERE i.client_id = %(client)s AND i.alias = k.key), k.key)
-    FROM unnest(%(keys)s::text[]) AS k(key)))
-ORDER BY p.pkey FOR UPDATE
+-- of), in key order as applying a unit locks them, and returns for each key what
+-- postgres_keys_found does. Each key is looked up by the primary key of identities (a
+-- join lets the planner read every alias of the client).
+WITH k AS MATERIALIZED (
+    SELECT key, coalesce((SELECT i.pkey FROM identities i
+                          WHERE i.client_id = %(client)s AND i.alias = key), key) AS stored
+    FROM unnest(%(keys)s::text[]) AS key
+), locked AS MATERIALIZED (
+    SELECT p.pkey, p.modified_at, octet_length(p.attrs::text) AS size FROM profiles p
+    WHERE p.client_id = %(client)s AND p.pkey = ANY(ARRAY(SELECT stored FROM k))
+    ORDER BY p.pkey FOR UPDATE
+)
+SELECT k.key, k.stored, l.pkey IS NOT NULL, l.modified_at, l.size
+FROM k LEFT JOIN locked l ON l.pkey = k.stored
 
 -- name: postgres_quick_update
 -- A single update in one statement, in a group of online writes that already holds the
@@ -747,9 +753,8 @@ FROM target t
 
 -- name: postgres_keys_found
 -- For each of a list of keys: the stored key it finds (itself unless an alias), whether
--- that profile exists, whether it was active since a time, and its size in bytes.
-SELECT k.key, k.stored, p.pkey IS NOT NULL,
-       coalesce(p.modified_at >= %(since)s, false), octet_length(p.attrs::text)
+-- that profile exists, when it was last active, and its size in bytes.
+SELECT k.key, k.stored, p.pkey IS NOT NULL, p.modified_at, octet_length(p.attrs::text)
 FROM (SELECT key, coalesce((SELECT i.pkey FROM identities i
                             WHERE i.client_id = %(client)s AND i.alias = key), key) AS stored
       FROM unnest(%(keys)s::text[]) AS key) AS k
