@@ -289,7 +289,7 @@ def test_concurrent_single_updates_keep_the_quota_exact(databases: list[str]):
 
 def test_a_pooled_connection_lost_while_idle_does_not_fail_a_request(databases: list[str]):
     """The database ends every pooled connection (as a restart does) just after they
-    answered: the next fetch, single update and page call, lent those connections without
+    answered: the next fetch, single update, page call and quota read, lent them without
     a check, find them lost before anything reached the database and start over on a
     checked one."""
     url = databases[0]
@@ -297,7 +297,7 @@ def test_a_pooled_connection_lost_while_idle_does_not_fail_a_request(databases: 
     calls = Calls(store, False)
     calls.visit("T", "X", {"n": "0"})
     others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    for attempt in range(3):
+    for attempt in range(4):
         # Several pooled connections, all of which answered just now.
         fetches = [threading.Thread(target=store.get_profile, args=(1, "t:X")) for _ in range(8)]
         for thread in fetches:
@@ -313,8 +313,10 @@ def test_a_pooled_connection_lost_while_idle_does_not_fail_a_request(databases: 
             assert store.get_profile(1, "t:X") is not None
         elif attempt == 1:
             assert calls.update("t:X", {"n": "1"}).seq
-        else:
+        elif attempt == 2:
             assert calls.visit("T", "X", {"n": "2"}) == "t:X"
+        else:
+            assert [updates for _, updates in store.recent_updates(1, 0)] == [1]
     profile = store.get_profile(1, "t:X")
     assert profile is not None and profile.attributes["n"].value == "2"
     store.close()

@@ -433,6 +433,22 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         writes = dict(zip(seqs or (), zip(kinds or (), refs or (), strict=True), strict=True))
         return build_profile(code, key, json.loads(attrs), modified, [stored, *aliases], writes)
 
+    def recent_updates(self, client_id: int, since_ms: int) -> list[tuple[int, int]]:
+        """The shared read, on a connection lent unchecked (``_trusting``): a single update's
+        reply reads them for its quota headers. A read can start over whatever failed."""
+        shared = super().recent_updates
+
+        def read() -> list[tuple[int, int]]:
+            try:
+                return shared(client_id, since_ms)
+            except DatabaseUnavailable as exc:
+                lost = isinstance(exc.__cause__, psycopg.OperationalError)
+                if lost and getattr(self.unchecked, "ok", False):
+                    raise _Stale() from exc
+                raise
+
+        return self._trusting(read)
+
     def update_profile(
         self,
         client: Client,
