@@ -24,13 +24,18 @@ database, and the database is the only thing they coordinate through:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring as json_string
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from profilebase.errors import (
@@ -41,21 +46,39 @@ from profilebase.errors import (
     StorageError,
     StorageFull,
 )
-from profilebase.models import FailedRow
-from profilebase.server.merge import DecodedRow, RowWriter, byte_size, merge_attrs
+from profilebase.models import DAY_MS, SEQ_SPAN, Client, FailedRow, KeyKind, Profile, WriteKind
+from profilebase.server.merge import DecodedRow, RowWriter, byte_size, dump_attrs, merge_attrs
+from profilebase.server.quota import MINUTE_MS
 from profilebase.server.storage import redact, statements
-from profilebase.server.storage.base import UnitSpec
+from profilebase.server.storage.base import UnitSpec, UpdateOutcome, Visit
 from profilebase.server.storage.batch_control import BatchControl
 from profilebase.server.storage.clients import ClientQueries
 from profilebase.server.storage.imports import ImportRow
+from profilebase.server.storage.links import plan_link
+from profilebase.server.storage.postgres.groups import Entry, WriteGroups
 from profilebase.server.storage.postgres.imports import PostgresImports
 from profilebase.server.storage.postgres.tables import PostgresTables
 from profilebase.server.storage.profiles import ProfileQueries
 from profilebase.server.storage.queries import Connection
+from profilebase.server.storage.records import build_profile
 
 #: How often applying a unit is tried again after a lost race (a deadlock cannot
 #: happen with the lock order above; a concurrent creation can, rarely).
 APPLY_ATTEMPTS = 8
+
+#: The most online writes one group commits at once (groups.py).
+GROUP_WRITES = 64
+
+#: A pooled connection that answered within this many seconds is lent without a check
+#: to work that can start over if it was lost meanwhile (``PostgresStore._trusting``).
+TRUSTED_SECONDS = 1.0
+
+#: SQLSTATEs of a session the server ended: shutting down (or told to), starting up.
+SESSION_ENDED = {"57P01", "57P02", "57P03"}
+
+T = TypeVar("T")
+
+log = logging.getLogger("profilebase.server.storage")
 
 #: The named queries of this backend (sql/queries.sql).
 SQL = statements.load("postgres")
@@ -140,6 +163,27 @@ def read_body(db: psycopg.Connection, batch_seq: int, unit_no: int, length: int)
             raise StorageError(f"The lines of unit {batch_seq}/{unit_no} are missing.")
         pieces.append(bytes(found[0]))
     return b"".join(pieces)
+
+
+def shown_pc_id(key: str, stored: str, latest: str | None) -> str | None:
+    """The tntId a single update's reply shows: the key asked for or the stored one if a
+    tntId, else ``latest``, the tntId key linked last (as ``_pc_id_of`` chooses)."""
+    for candidate in (key, stored, latest):
+        if candidate is not None and candidate.startswith(KeyKind.PC_ID.prefix):
+            return candidate[2:]
+    return None
+
+
+class _Stale(Exception):
+    """A connection lent without a check was lost before its first statement answered."""
+
+
+class _GroupLost(Exception):
+    """A write failed outside a savepoint: its group's transaction is lost."""
+
+    def __init__(self, entry: Entry[Any]) -> None:
+        super().__init__()
+        self.entry = entry
 
 
 class _Retry(Exception):
@@ -228,12 +272,22 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             # A connection that broke while idle (the server restarted) is replaced before
             # it is handed out; a failed reconnection is given up after ``timeout`` and
             # tried again by the next request, so service resumes soon after an outage.
-            check=ConnectionPool.check_connection,
+            check=self._check,
             timeout=timeout,
             reconnect_timeout=timeout,
             name="profilebase",
             open=True,
         )
+        #: When each pooled connection last answered (``_check``).
+        self.answered: weakref.WeakKeyDictionary[psycopg.Connection, float] = (
+            weakref.WeakKeyDictionary()
+        )
+        #: ``unchecked.ok``: this thread's next connection may be lent unchecked (``_check``).
+        self.unchecked = threading.local()
+        self.groups = WriteGroups(self._run_group, GROUP_WRITES)
+        #: The connection of the group this thread is running, if any (``_write``), and
+        #: what the group found of the running write's keys, if still true (``_try_group``).
+        self.in_group = threading.local()
 
     def _connect_options(self) -> dict[str, Any]:
         """libpq options bounding how long a connection attempt or a lost peer can hang us.
@@ -253,6 +307,7 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         try:
             with self.pool.connection(timeout=self.timeout) as db:
                 yield db
+                self.answered[db] = time.monotonic()
         except PoolTimeout as exc:
             raise DatabaseUnavailable(
                 detail=f"no connection to PostgreSQL at {redact(self.url)} within "
@@ -264,6 +319,50 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             if error is None:
                 raise
             raise error from exc
+
+    def _check(self, db: psycopg.Connection) -> None:
+        """The pool's check of a connection before lending it: a round trip, as much as a
+        fetch's own statement. Skipped for a connection that answered within
+        ``TRUSTED_SECONDS`` when the borrower says it can start over (``_trusting``)."""
+        if getattr(self.unchecked, "ok", False):
+            if time.monotonic() - self.answered.get(db, -TRUSTED_SECONDS) < TRUSTED_SECONDS:
+                return
+        try:
+            ConnectionPool.check_connection(db)
+        except psycopg.Error:
+            self._lost_while_idle()
+            raise
+
+    def _lost_while_idle(self) -> None:
+        """A pooled connection was lost while idle: the server restarted or ended its
+        sessions, most likely every idle one. Checking them all now replaces them at once;
+        lent one at a time, each broken one would fail its check, and the pool backs off
+        a second, then two, four... between failed checks (past ``database_timeout`` with
+        a few broken connections)."""
+        log.info("a pooled connection was lost while idle; checking every idle one")
+        self.pool.check()
+
+    def _trusting(self, work: Callable[[], T]) -> T:
+        """``work`` on a connection lent unchecked if it answered lately (``_check``); run
+        again, on a checked one, if the connection turned out lost before its first statement
+        answered (``_stale``): nothing had reached the database."""
+        self.unchecked.ok = True
+        try:
+            return work()
+        except _Stale:
+            pass
+        finally:
+            self.unchecked.ok = False
+        self._lost_while_idle()
+        return work()
+
+    def _stale(self, db: psycopg.Connection, answered: bool, error: Exception) -> None:
+        """Raise ``_Stale`` if ``error`` says that a connection lent unchecked was lost
+        before it ``answered`` anything (work run by ``_trusting`` then starts over)."""
+        if not answered and getattr(self.unchecked, "ok", False):
+            state = getattr(error, "sqlstate", None) or ""
+            if db.closed or state[:2] in {"", "08"} or state in SESSION_ENDED:
+                raise _Stale() from error
 
     @contextmanager
     def _read(self) -> Iterator[psycopg.Connection]:
@@ -278,9 +377,20 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
 
     @contextmanager
     def _write(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection inside a transaction (committed unless an exception escapes)."""
-        with self._connection() as db, db.transaction():
-            yield db
+        """A pooled connection inside a transaction (committed unless an exception escapes).
+
+        Within a group of online writes (``_grouped``), a savepoint of the group's
+        transaction instead: a write that fails undoes only itself."""
+        group: psycopg.Connection | None = getattr(self.in_group, "db", None)
+        if group is None:
+            with self._connection() as db, db.transaction():
+                yield db
+            return
+        try:
+            with group.transaction():
+                yield group
+        except psycopg.OperationalError as exc:
+            raise storage_error(exc, self.url) or exc from exc
 
     def close(self) -> None:
         self.pool.close()
@@ -297,6 +407,245 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
 
     def _run_script(self, db: Connection, script: str) -> None:
         db.execute(script.encode())  # bytes: a script, run as written
+
+    # -- the online path ---------------------------------------------------------------------
+
+    def get_profile(self, client_id: int, key: str, expire_before_ms: int = 0) -> Profile | None:
+        """One statement, ``postgres_profile_document``: a statement sees one snapshot, so
+        it needs no transaction, and a fetch makes one round trip instead of the shared
+        path's six (a read-only transaction of four SELECTs)."""
+        if not self._can_store(key):
+            return None
+        params = {"client": client_id, "key": key, "since": expire_before_ms, "span": SEQ_SPAN}
+
+        def read() -> Any:
+            with self._read() as db:
+                try:
+                    return db.execute(SQL["postgres_profile_document"], params).fetchone()
+                except psycopg.OperationalError as exc:
+                    self._stale(db, False, exc)
+                    raise
+
+        row = self._trusting(read)
+        if row is None:
+            return None
+        code, attrs, modified, stored, aliases, seqs, kinds, refs = row
+        writes = dict(zip(seqs or (), zip(kinds or (), refs or (), strict=True), strict=True))
+        return build_profile(code, key, json.loads(attrs), modified, [stored, *aliases], writes)
+
+    def recent_updates(self, client_id: int, since_ms: int) -> list[tuple[int, int]]:
+        """The shared read, on a connection lent unchecked (``_trusting``): a single update's
+        reply reads them for its quota headers. A read can start over whatever failed."""
+        shared = super().recent_updates
+
+        def read() -> list[tuple[int, int]]:
+            try:
+                return shared(client_id, since_ms)
+            except DatabaseUnavailable as exc:
+                lost = isinstance(exc.__cause__, psycopg.OperationalError)
+                if lost and getattr(self.unchecked, "ok", False):
+                    raise _Stale() from exc
+                raise
+
+        return self._trusting(read)
+
+    def update_profile(
+        self,
+        client: Client,
+        key: str,
+        values: Mapping[str, str],
+        now_ms: int,
+        updates_per_day: int,
+        max_profile_bytes: int,
+        expire_before_ms: int = 0,
+    ) -> UpdateOutcome | None:
+        """In a group of the client's online writes; one statement when nothing is in the
+        way (``postgres_quick_update``), else the shared path, which says what is."""
+        args = (client, key, values, now_ms, updates_per_day, max_profile_bytes)
+        shared = super().update_profile
+
+        def update() -> UpdateOutcome | None:
+            if values and self._can_store(key):
+                self._refuse_unstorable(*values, *values.values())
+                done = self._quick_update(*args, expire_before_ms)
+                if done is not None:
+                    return done
+            return shared(*args, expire_before_ms)
+
+        return self.groups.run(client.id, update, [key])
+
+    def _quick_update(
+        self,
+        client: Client,
+        key: str,
+        values: Mapping[str, str],
+        now_ms: int,
+        updates_per_day: int,
+        max_profile_bytes: int,
+        expire_before_ms: int,
+    ) -> UpdateOutcome | None:
+        """The update in one statement, or None if something needs the shared path: no
+        live profile, the quota full, or a size that needs an exact check."""
+        db = self.in_group.db
+        # The values as stored, with a seq of 20 digits: at least as long as any.
+        bound = byte_size(dump_attrs({name: [v, 10**19, now_ms] for name, v in values.items()}))
+        params = {
+            "client": client.id,
+            "key": key,
+            "since": expire_before_ms,
+            "bound": bound,
+            "max_bytes": max_profile_bytes,
+            "day_start": (now_ms - DAY_MS) // MINUTE_MS,
+            "per_day": updates_per_day,
+            "minute": now_ms // MINUTE_MS,
+            "kind": str(WriteKind.UPDATE),
+            "now": now_ms,
+            "span": SEQ_SPAN,
+            "values": json.dumps(values),
+        }
+        found = db.execute(SQL["postgres_quick_update"], params).fetchone()
+        if found is None or found[1] is None:
+            return None
+        stored, write, latest = found
+        return UpdateOutcome(shown_pc_id(key, stored, latest), int(write) * SEQ_SPAN + 1)
+
+    def visit(
+        self,
+        client_id: int,
+        visit: Visit,
+        now_ms: int,
+        max_profile_bytes: int,
+        expire_before_ms: int = 0,
+    ) -> str:
+        """In a group of the client's online writes; two statements for a call that
+        creates, renames and absorbs no profile and carries no ECID or customerIds
+        (``_quick_visit``), else the shared path."""
+        args = (client_id, visit, now_ms, max_profile_bytes, expire_before_ms)
+        shared = super().visit
+
+        def page_call() -> str:
+            if not visit.aliases:
+                third = visit.third_party_id or ""
+                self._refuse_unstorable(visit.tnt_id, third, *visit.values, *visit.values.values())
+                done = self._quick_visit(*args)
+                if done is not None:
+                    return done
+            return shared(*args)
+
+        keys = [KeyKind.PC_ID.key(visit.tnt_id), *visit.aliases]
+        if visit.third_party_id is not None:
+            keys.append(KeyKind.THIRD_PARTY_ID.key(visit.third_party_id))
+        return self.groups.run(client_id, page_call, keys)
+
+    def _quick_visit(
+        self,
+        client_id: int,
+        visit: Visit,
+        now_ms: int,
+        max_profile_bytes: int,
+        expire_before_ms: int,
+    ) -> str | None:
+        """The call's stored key once done, or None (nothing written) if it needs the
+        shared path: a profile to create, rename, absorb or expire, or a size to check
+        exactly. Plans with ``plan_link`` from what its ids find (``postgres_keys_found``)."""
+        db = self.in_group.db
+        tnt_key = KeyKind.PC_ID.key(visit.tnt_id)
+        third_key = None
+        if visit.third_party_id is not None:
+            third_key = KeyKind.THIRD_PARTY_ID.key(visit.third_party_id)
+        keys = [tnt_key, *([third_key] if third_key else [])]
+        known = self.in_group.known  # what the group found of its keys, if still true
+        if not all(key in known for key in keys):
+            params = {"client": client_id, "keys": keys}
+            known = {row[0]: row[1:] for row in db.execute(SQL["postgres_keys_found"], params)}
+        found = {key: known[key] for key in keys}
+        if any(exists and modified < expire_before_ms for _, exists, modified, _ in found.values()):
+            return None  # an expired profile: the shared path deletes it
+        tnt_stored, tnt_live = found[tnt_key][:2]
+        third_exists = third_key is not None and found[third_key][:2] == (third_key, True)
+        plan = plan_link(tnt_key, tnt_stored if tnt_live else None, third_key, third_exists)
+        if plan.create or plan.rename or plan.absorb:
+            return None
+        size = next(int(size) for stored, _, _, size in found.values() if stored == plan.target)
+        values = visit.values
+        if values:
+            bound = dump_attrs({name: [v, 10**19, now_ms] for name, v in values.items()})
+            if size + byte_size(bound) > max_profile_bytes:
+                return None
+        elif plan.alias is None:
+            self._touch(db, client_id, plan.target, now_ms)
+            return plan.target
+        write = {
+            "client": client_id,
+            "kind": str(WriteKind.DELIVERY),
+            "ref": visit.request_id,
+            "now": now_ms,
+            "alias": plan.alias,
+            "target": plan.target,
+            "span": SEQ_SPAN,
+            "values": json.dumps(values) if values else None,
+        }
+        db.execute(SQL["postgres_quick_visit"], write)
+        return plan.target
+
+    def _run_group(self, client_id: int, entries: list[Entry[Any]]) -> None:
+        """One transaction for a group of a client's online writes (``groups.py``).
+
+        A write that fails in a savepoint of its own (the shared path's ``_write``) undoes
+        only itself. One that fails in a statement outside one (a quick path) aborts the
+        transaction: it keeps its error, and the others run again in a new transaction.
+        """
+        remaining = list(entries)
+        while remaining:
+            lost = self._trusting(lambda: self._try_group(client_id, remaining))
+            if lost is None:
+                return
+            remaining.remove(lost)
+            for entry in remaining:
+                entry.result, entry.error = None, None
+
+    def _try_group(self, client_id: int, entries: list[Entry[Any]]) -> Entry[Any] | None:
+        """Run ``entries`` in one transaction and commit; the entry whose failure aborted
+        the transaction (rolled back), or None once committed.
+
+        The client's row and the profiles every write names are locked first, those in
+        key order as a unit locks them: one write after another, the group would otherwise
+        take profile locks out of that order, and a unit waiting the other way would
+        deadlock with it. Each write then locks what it needs again (held already, unless
+        an earlier write of the group moved an id)."""
+        keys = sorted({key for entry in entries for key in entry.keys if self._can_store(key)})
+        answered = False
+        with self._connection() as db:
+            try:
+                with db.transaction():
+                    db.execute(SQL["lock_client"], (client_id,))
+                    answered = True
+                    locking = {"client": client_id, "keys": keys}
+                    found = {
+                        row[0]: row[1:] for row in db.execute(SQL["postgres_lock_keys"], locking)
+                    }
+                    self.in_group.db = db
+                    named: set[str] = set()  # the keys earlier writes named, and their profiles
+                    for entry in entries:
+                        # What the group found of a write's keys holds while no earlier
+                        # write named them or their profiles: writes change only those.
+                        mine = {*entry.keys, *(found[key][0] for key in entry.keys if key in found)}
+                        self.in_group.known = {} if mine & named else found
+                        named |= mine
+                        try:
+                            entry.result = entry.call()
+                        except Exception as exc:  # noqa: BLE001 - its caller gets it
+                            entry.error = exc
+                            if db.info.transaction_status == TransactionStatus.INERROR:
+                                raise _GroupLost(entry) from exc
+            except _GroupLost as lost:
+                return lost.entry
+            except psycopg.OperationalError as exc:
+                self._stale(db, answered, exc)
+                raise
+            finally:
+                self.in_group.db, self.in_group.known = None, {}
+        return None
 
     # -- units ---------------------------------------------------------------------------
 

@@ -666,3 +666,127 @@ SELECT pg_sequence_last_value(pg_get_serial_sequence(%s, %s))
 
 -- name: postgres_set_counter
 SELECT setval(pg_get_serial_sequence(%s, %s), %s)
+
+-- name: postgres_profile_document
+-- A fetch in one statement, so in one snapshot without a transaction: the client's code,
+-- the profile a key finds (itself or the profile it is an alias of) if active since a
+-- time, its aliases in link order, and the writes its attributes came from (seq div
+-- SEQ_SPAN) as three arrays, looked up by primary key (= ANY of an array: IN (subquery)
+-- lets the planner scan every write). No row when no profile is found.
+SELECT c.code, p.attrs::text, p.modified_at, p.pkey,
+       ARRAY(SELECT i.alias FROM identities i
+             WHERE i.client_id = p.client_id AND i.pkey = p.pkey ORDER BY i.linked_seq),
+       w.seqs, w.kinds, w.refs
+FROM profiles p
+JOIN clients c ON c.id = p.client_id
+CROSS JOIN LATERAL (
+    SELECT array_agg(w.seq) AS seqs, array_agg(w.kind) AS kinds, array_agg(w.ref) AS refs
+    FROM writes w
+    WHERE w.seq = ANY(ARRAY(SELECT DISTINCT (e.value ->> 1)::bigint / %(span)s
+                            FROM jsonb_each(p.attrs) e))
+) w
+WHERE p.client_id = %(client)s AND p.modified_at >= %(since)s
+  AND p.pkey = coalesce((SELECT i.pkey FROM identities i
+                         WHERE i.client_id = %(client)s AND i.alias = %(key)s), %(key)s)
+
+-- name: postgres_lock_keys
+-- Locks the profiles a list of keys find (each itself, or the profile it is an alias
+-- of), in key order as applying a unit locks them, and returns for each key what
+-- postgres_keys_found does. Each key is looked up by the primary key of identities (a
+-- join lets the planner read every alias of the client).
+WITH k AS MATERIALIZED (
+    SELECT key, coalesce((SELECT i.pkey FROM identities i
+                          WHERE i.client_id = %(client)s AND i.alias = key), key) AS stored
+    FROM unnest(%(keys)s::text[]) AS key
+), locked AS MATERIALIZED (
+    SELECT p.pkey, p.modified_at, octet_length(p.attrs::text) AS size FROM profiles p
+    WHERE p.client_id = %(client)s AND p.pkey = ANY(ARRAY(SELECT stored FROM k))
+    ORDER BY p.pkey FOR UPDATE
+)
+SELECT k.key, k.stored, l.pkey IS NOT NULL, l.modified_at, l.size
+FROM k LEFT JOIN locked l ON l.pkey = k.stored
+
+-- name: postgres_quick_update
+-- A single update in one statement, in a group of online writes that already holds the
+-- client's row lock: the profile a key finds (itself or through an alias), live, locked;
+-- when the day's quota has room and the values surely fit (size + a bound of theirs),
+-- one more update counted, a write taken and the values merged under its seq, as
+-- count_update, new_write and merge_values do. Returns the stored key, the write's
+-- number (NULL when nothing was written: the caller takes the shared path, which says
+-- why) and the tntId linked last; no row when no live profile is found.
+WITH target AS (
+    SELECT p.pkey, octet_length(p.attrs::text) AS size FROM profiles p
+    WHERE p.client_id = %(client)s AND p.modified_at >= %(since)s
+      AND p.pkey = coalesce((SELECT i.pkey FROM identities i
+                             WHERE i.client_id = %(client)s AND i.alias = %(key)s), %(key)s)
+    FOR UPDATE
+), room AS (
+    SELECT t.pkey FROM target t
+    WHERE t.size + %(bound)s <= %(max_bytes)s
+      AND (SELECT coalesce(sum(u.updates), 0) FROM update_counts u
+           WHERE u.client_id = %(client)s AND u.minute >= %(day_start)s) < %(per_day)s
+), counted AS (
+    INSERT INTO update_counts (client_id, minute, updates)
+    SELECT %(client)s, %(minute)s, 1 FROM room
+    ON CONFLICT (client_id, minute) DO UPDATE SET updates = update_counts.updates + 1
+), write AS (
+    INSERT INTO writes (client_id, kind, at) SELECT %(client)s, %(kind)s, %(now)s FROM room
+    RETURNING seq
+), change AS (
+    SELECT r.pkey, w.seq * %(span)s + 1 AS seq,
+           (SELECT jsonb_object_agg(v.key, jsonb_build_array(v.value, w.seq * %(span)s + 1,
+                                                             %(now)s))
+            FROM jsonb_each_text(%(values)s::jsonb) v) AS attrs
+    FROM room r, write w
+), merged AS (
+    UPDATE profiles p SET
+        attrs = CASE WHEN p.max_seq < c.seq THEN p.attrs || c.attrs
+                     ELSE pb_merge(p.attrs, c.attrs) END,
+        max_seq = greatest(p.max_seq, c.seq),
+        modified_at = greatest(p.modified_at, %(now)s)
+    FROM change c WHERE p.client_id = %(client)s AND p.pkey = c.pkey
+)
+SELECT t.pkey, (SELECT seq FROM write),
+       (SELECT i.alias FROM identities i WHERE i.client_id = %(client)s AND i.pkey = t.pkey
+        AND i.alias >= 'p:' AND i.alias < 'p;' ORDER BY i.linked_seq DESC LIMIT 1)
+FROM target t
+
+-- name: postgres_keys_found
+-- For each of a list of keys: the stored key it finds (itself unless an alias), whether
+-- that profile exists, when it was last active, and its size in bytes.
+SELECT k.key, k.stored, p.pkey IS NOT NULL, p.modified_at, octet_length(p.attrs::text)
+FROM (SELECT key, coalesce((SELECT i.pkey FROM identities i
+                            WHERE i.client_id = %(client)s AND i.alias = key), key) AS stored
+      FROM unnest(%(keys)s::text[]) AS key) AS k
+LEFT JOIN profiles p ON p.client_id = %(client)s AND p.pkey = k.stored
+
+-- name: postgres_quick_visit
+-- A page call that creates, renames and absorbs no profile, in one statement: a write
+-- taken, its tntId linked to the call's profile if it is not yet (NULL: linked already),
+-- and the profileParameters merged under the next seq, or (NULL) the profile touched,
+-- as new_write, link_alias, merge_values and touch_profile do. Returns the write's number.
+WITH write AS (
+    INSERT INTO writes (client_id, kind, ref, at)
+    VALUES (%(client)s, %(kind)s, %(ref)s, %(now)s) RETURNING seq
+), linked AS (
+    INSERT INTO identities (client_id, alias, pkey, linked_seq)
+    SELECT %(client)s, %(alias)s::text, %(target)s, w.seq * %(span)s + 1 FROM write w
+    WHERE %(alias)s::text IS NOT NULL
+    ON CONFLICT (client_id, alias) DO UPDATE SET
+        pkey = excluded.pkey, linked_seq = excluded.linked_seq
+), change AS (
+    SELECT w.seq * %(span)s + 2 AS seq,
+           (SELECT jsonb_object_agg(v.key, jsonb_build_array(v.value, w.seq * %(span)s + 2,
+                                                             %(now)s))
+            FROM jsonb_each_text(%(values)s::jsonb) v) AS attrs
+    FROM write w
+), merged AS (
+    UPDATE profiles p SET
+        attrs = CASE WHEN c.attrs IS NULL THEN p.attrs
+                     WHEN p.max_seq < c.seq THEN p.attrs || c.attrs
+                     ELSE pb_merge(p.attrs, c.attrs) END,
+        max_seq = CASE WHEN c.attrs IS NULL THEN p.max_seq ELSE greatest(p.max_seq, c.seq) END,
+        modified_at = greatest(p.modified_at, %(now)s)
+    FROM change c WHERE p.client_id = %(client)s AND p.pkey = %(target)s
+)
+SELECT seq FROM write

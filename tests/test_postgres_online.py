@@ -1,0 +1,322 @@
+"""PostgreSQL's online path: its own statements do what the shared path does, a process's
+online writes of a client commit in groups in which a failing write fails alone, and a
+pooled connection lost while idle is replaced without failing the request.
+
+Equivalence is checked end to end: the same calls on two copies of one database, one
+through ``PostgresStore`` (quick statements, groups) and one through the shared
+``ProfileQueries`` methods, must answer alike and leave the same rows."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import PostgresServer
+
+from profilebase.errors import ProfilebaseError, QuotaExceeded, RequestTooLarge
+from profilebase.models import Client
+from profilebase.server.storage import open_store
+from profilebase.server.storage.base import Visit
+from profilebase.server.storage.postgres import PostgresStore
+from profilebase.server.storage.profiles import ProfileQueries
+
+NOW = 1_800_000_000_000
+BIG = 10**6
+#: The tables the online writes change, each in a stable order.
+DUMPS = [
+    "SELECT client_id, pkey, attrs::text, created_seq, max_seq, modified_at FROM profiles"
+    " ORDER BY 1, 2",
+    "SELECT client_id, alias, pkey, linked_seq FROM identities ORDER BY 1, 2",
+    "SELECT seq, client_id, kind, ref, at FROM writes ORDER BY 1",
+    "SELECT client_id, minute, updates FROM update_counts ORDER BY 1, 2",
+]
+
+
+@pytest.fixture
+def databases(postgres: PostgresServer) -> Iterator[list[str]]:
+    names = [postgres.clone(), postgres.clone()]
+    yield [postgres.with_database(name) for name in names]
+    for name in names:
+        postgres.drop(name)
+
+
+def open_pg(url: str) -> PostgresStore:
+    store = open_store(url)
+    assert isinstance(store, PostgresStore)
+    store.ensure_client("demo")
+    return store
+
+
+def dump(url: str) -> list[list[tuple[Any, ...]]]:
+    with psycopg.connect(url) as db:
+        return [db.execute(sql).fetchall() for sql in DUMPS]  # type: ignore[arg-type]
+
+
+def outcome(call: Callable[[], Any]) -> Any:
+    """What a call answered: its result, or its error's class and message."""
+    try:
+        return call()
+    except ProfilebaseError as exc:
+        return type(exc).__name__, str(exc)
+
+
+class Calls:
+    """Online calls on one store, through its own methods or the shared ones."""
+
+    def __init__(self, store: PostgresStore, shared: bool) -> None:
+        self.store, self.shared = store, shared
+        client = store.get_client("demo")
+        assert client is not None
+        self.client: Client = client
+
+    def visit(
+        self, tnt: str, third: str | None, values: dict[str, str], at: int = NOW,
+        aliases: tuple[str, ...] = (), expire_before: int = 0,
+    ) -> Any:  # fmt: skip
+        call = Visit(tnt, third, values, f"req-{tnt}-{at}", aliases)
+        run = ProfileQueries.visit if self.shared else PostgresStore.visit
+        return outcome(lambda: run(self.store, self.client.id, call, at, 2_000, expire_before))
+
+    def update(
+        self, key: str, values: dict[str, str], at: int = NOW, per_day: int = 4,
+        expire_before: int = 0,
+    ) -> Any:  # fmt: skip
+        run = ProfileQueries.update_profile if self.shared else PostgresStore.update_profile
+        return outcome(
+            lambda: run(self.store, self.client, key, values, at, per_day, 2_000, expire_before)
+        )
+
+
+def scenario(calls: Calls) -> list[Any]:
+    """Page calls and single updates through every rule of links.py, the quota, the size
+    limit and expiry."""
+    big = {"big": "x" * 3_000}
+    return [
+        calls.visit("T1", None, {"a": "1"}),  # a new anonymous profile
+        calls.visit("T1", None, {"b": "2"}),  # values, no change
+        calls.visit("T1", None, {}),  # a touch
+        calls.visit("T1", "X1", {"c": "3"}),  # renamed to X1
+        calls.visit("T2", None, {}),  # another anonymous profile
+        calls.visit("T2", "X1", {}),  # absorbed into X1
+        calls.visit("T3", "X1", {}),  # an unknown tntId linked to X1
+        calls.visit("T3", "X1", {"d": "4"}),  # linked already: values
+        calls.visit("T4", "X2", {"e": "5"}),  # X2 created
+        calls.visit("T3", "X2", {"f": "6"}),  # T3 moves from X1 to X2
+        calls.visit("T5", None, {"g": "7"}, aliases=("m:ECID1",)),  # an ECID alias
+        calls.visit("T6", None, {}, aliases=("m:ECID1",)),  # found through the ECID
+        calls.visit("T1", "X1", big),  # too large
+        calls.update("t:X1", {"u": "1"}),
+        calls.update("p:T3", {"u": "2"}),  # through a tntId alias, shown as pcId
+        calls.update("t:X1", {}),  # nothing to write
+        calls.update("t:nobody", {"u": "3"}),  # not found
+        calls.update("t:X2", big),  # too large
+        calls.update("t:X2", {"u": "4"}),
+        calls.update("t:X2", {"u": "5"}),
+        calls.update("t:X2", {"u": "6"}),  # over the quota of 4 a day
+        calls.update("t:X1", {"u": "7"}, at=NOW + 86_400_000 * 2),  # a new day
+        calls.visit("T7", None, {"h": "8"}),
+        calls.update("p:T7", {"u": "8"}, at=NOW + 10, expire_before=NOW + 1),  # expired
+        calls.visit("T4", None, {"i": "9"}, at=NOW + 20, expire_before=NOW + 15),  # expired
+        calls.visit("T8", "X1", {"j": "10"}, at=NOW + 30),
+    ]
+
+
+def test_quick_statements_answer_and_write_as_the_shared_path(databases: list[str]):
+    """The same calls through PostgresStore's quick statements and groups, and through the
+    shared methods, on two copies of a database: the same answers, the same rows."""
+    stores = [open_pg(url) for url in databases]
+    try:
+        quick, shared = (scenario(Calls(stores[0], False)), scenario(Calls(stores[1], True)))
+        assert quick == shared
+        assert ("RequestTooLarge" in str(quick)) and ("QuotaExceeded" in str(quick))
+        assert dump(databases[0]) == dump(databases[1])
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_fetch_in_one_statement_reads_as_the_shared_path(databases: list[str]):
+    """get_profile's one statement returns what the shared snapshot of four SELECTs does,
+    for stored keys, aliases, unknown keys and with an expiry time."""
+    store = open_pg(databases[0])
+    try:
+        scenario(Calls(store, False))
+        keys = [row[1] for row in dump(databases[0])[0]] + [row[1] for row in dump(databases[0])[1]]
+        assert len(keys) >= 8
+        for key in [*keys, "t:nobody", "p:nobody"]:
+            for before in (0, NOW + 25):
+                mine = store.get_profile(1, key, before)
+                assert mine == ProfileQueries.get_profile(store, 1, key, before), key
+                found = "found" if mine else "none"
+                assert found == "found" or before or key.endswith("nobody"), key
+    finally:
+        store.close()
+
+
+def hold_client_lock(url: str) -> psycopg.Connection[Any]:
+    """Another connection holding the demo client's row lock until it rolls back."""
+    holder = psycopg.connect(url)
+    holder.execute("SELECT 1 FROM clients WHERE code = 'demo' FOR UPDATE")
+    return holder
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_group_commits_its_writes_together_and_a_failing_one_fails_alone(databases: list[str]):
+    """While another transaction holds the client's lock, one write leads a group and waits;
+    the writes queued meanwhile form the next group, one transaction (one xmin). In it, a
+    write the size limit refuses (a savepoint), one the quota refuses, and one the database
+    refuses in a quick statement (a trigger; the group starts again without it) fail alone
+    and leave nothing; the others are all applied and counted once. A page call whose ids
+    an earlier write of the group named plans from what is stored then: it absorbs the
+    profile that write created."""
+    url = databases[0]
+    store = open_pg(url)
+    calls = Calls(store, False)
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(
+            "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.at = 666 THEN RAISE EXCEPTION 'refused by a trigger'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        db.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON writes FOR EACH ROW EXECUTE FUNCTION boom()"
+        )
+    for tnt, third in [("A", "XA"), ("B", "XB"), ("C", "XC"), ("D", "XD"), ("E", "XE")]:
+        calls.visit(tnt, third, {"v": "0"})
+    holder = hold_client_lock(url)
+    results: dict[str, Any] = {}
+
+    def run(name: str, call: Callable[[], Any]) -> threading.Thread:
+        def target() -> None:
+            try:
+                results[name] = call()
+            except Exception as exc:  # the database's own refusal is no ProfilebaseError
+                results[name] = exc
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    try:
+        threads = [run("lead", lambda: calls.update("t:XA", {"v": "lead"}, per_day=3))]
+        wait_for(lambda: 1 in store.groups.running)
+        queued: list[tuple[str, Callable[[], Any]]] = [
+            ("ok", lambda: calls.update("t:XB", {"v": "ok"}, per_day=3)),
+            ("large", lambda: calls.update("t:XC", {"v": "x" * 3_000}, per_day=3)),
+            ("trigger", lambda: calls.update("t:XD", {"v": "no"}, at=666, per_day=3)),
+            ("page", lambda: calls.visit("E2", "XE", {"v": "page"})),
+            ("quota", lambda: calls.update("t:XE", {"v": "over"}, per_day=2)),
+            # T9's profile, created by a write of the group, is absorbed by the next.
+            ("anonymous", lambda: calls.visit("T9", None, {"w": "9"})),
+            ("absorb", lambda: calls.visit("T9", "XA", {})),
+        ]
+        for count, (name, call) in enumerate(queued, 1):  # queued in this order
+            threads.append(run(name, call))
+            wait_for(lambda count=count: len(store.groups.queues.get(1, [])) == count)  # type: ignore[misc]
+    finally:
+        holder.rollback()
+        holder.close()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results["lead"].seq and results["ok"].seq
+    assert results["large"][0] == RequestTooLarge.__name__
+    assert results["quota"][0] == QuotaExceeded.__name__
+    assert isinstance(results["trigger"], psycopg.Error)
+    assert "refused by a trigger" in str(results["trigger"])
+    assert results["page"] == "t:XE"
+    assert results["anonymous"] == "p:T9" and results["absorb"] == "t:XA"
+    absorbed, through_t9 = store.get_profile(1, "t:XA"), store.get_profile(1, "p:T9")
+    assert absorbed is not None and absorbed.attributes["w"].value == "9"
+    assert through_t9 is not None and through_t9.ids == absorbed.ids
+    with psycopg.connect(url) as db:
+        rows = dict(
+            db.execute(
+                "SELECT pkey, attrs -> 'v' ->> 0 FROM profiles WHERE pkey LIKE 't:X_'"
+            ).fetchall()
+        )
+        assert rows == {"t:XA": "lead", "t:XB": "ok", "t:XC": "0", "t:XD": "0", "t:XE": "page"}
+        assert db.execute("SELECT count(*) FROM profiles WHERE pkey = 'p:T9'").fetchone() == (0,)
+        xmins = dict(db.execute("SELECT pkey, xmin::text FROM profiles").fetchall())
+        assert xmins["t:XB"] == xmins["t:XE"] != xmins["t:XA"]
+        counted = db.execute("SELECT sum(updates) FROM update_counts").fetchone()
+        assert counted == (2,)  # lead and ok; the refused ones counted nothing
+    store.close()
+
+
+def test_concurrent_single_updates_keep_the_quota_exact(databases: list[str]):
+    """Eight threads, 40 single updates of one client with room for 25: exactly 25 are
+    applied and counted, the rest refused; every applied one has its own seq, and the
+    value stored is the one of the highest seq (the last applied)."""
+    store = open_pg(databases[0])
+    calls = Calls(store, False)
+    calls.visit("T", "X", {"n": "start"})
+    answers: list[Any] = []
+    lock = threading.Lock()
+
+    def writer(thread: int) -> None:
+        for n in range(5):
+            answer = calls.update("t:X", {"n": f"{thread}-{n}"}, per_day=25)
+            with lock:
+                answers.append((f"{thread}-{n}", answer))
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    applied = [(answer.seq, value) for value, answer in answers if not isinstance(answer, tuple)]
+    refused = [answer for _, answer in answers if isinstance(answer, tuple)]
+    assert len(applied) == 25 and len(refused) == 15
+    assert {name for name, _ in refused} == {QuotaExceeded.__name__}
+    assert len({seq for seq, _ in applied}) == 25
+    profile = store.get_profile(1, "t:X")
+    assert profile is not None
+    assert profile.attributes["n"].value == max(applied)[1]
+    with psycopg.connect(databases[0]) as db:
+        assert db.execute("SELECT sum(updates) FROM update_counts").fetchone() == (25,)
+    store.close()
+
+
+def test_a_pooled_connection_lost_while_idle_does_not_fail_a_request(databases: list[str]):
+    """The database ends every pooled connection (as a restart does) just after they
+    answered: the next fetch, single update, page call and quota read, lent them without
+    a check, find them lost before anything reached the database and start over on a
+    checked one."""
+    url = databases[0]
+    store = open_pg(url)
+    calls = Calls(store, False)
+    calls.visit("T", "X", {"n": "0"})
+    others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    for attempt in range(4):
+        # Several pooled connections, all of which answered just now.
+        fetches = [threading.Thread(target=store.get_profile, args=(1, "t:X")) for _ in range(8)]
+        for thread in fetches:
+            thread.start()
+        for thread in fetches:
+            thread.join()
+        with psycopg.connect(url, autocommit=True) as db:
+            ended = db.execute(f"SELECT count(pg_terminate_backend(pid)) {others}").fetchone()
+            assert ended is not None and ended[0] >= 1
+            # Gone for good before the next call, as after a restart.
+            wait_for(lambda db=db: db.execute(f"SELECT count(*) {others}").fetchone() == (0,))  # type: ignore[misc]
+        if attempt == 0:
+            assert store.get_profile(1, "t:X") is not None
+        elif attempt == 1:
+            assert calls.update("t:X", {"n": "1"}).seq
+        elif attempt == 2:
+            assert calls.visit("T", "X", {"n": "2"}) == "t:X"
+        else:
+            assert [updates for _, updates in store.recent_updates(1, 0)] == [1]
+    profile = store.get_profile(1, "t:X")
+    assert profile is not None and profile.attributes["n"].value == "2"
+    store.close()
