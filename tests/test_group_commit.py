@@ -1,10 +1,10 @@
 """Online writes that wait together (single updates, page calls) keep every guarantee.
 
-On SQLite they share one write transaction (group commit, ``storage/sqlite/writers.py``
-``WriteGroups``), each in a savepoint of its own; on PostgreSQL each has its own
-transaction and they wait on the client's row lock. Each test holds the database's write
-lock (SQLite) or every client's row (PostgreSQL) from outside the server until all its
-requests wait, so that they really wait together, then lets go; real HTTP, real databases.
+They share one write transaction (group commit: on SQLite ``storage/sqlite/writers.py``,
+on PostgreSQL a group per client, ``storage/postgres/groups.py``), each in a savepoint of
+its own. Each test holds the database's write lock (SQLite) or every client's row
+(PostgreSQL) from outside the server until all its requests wait, so that they really wait
+together, then lets go; real HTTP, real databases.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def waiting(store: Store, database_url: str) -> int:
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
             "AND datname = current_database()"
         ).fetchone()
-    return int(found[0]) if found else 0
+    if not found or not found[0]:  # a group's leader waits on the lock for all of it
+        return 0
+    return int(store.groups.waiting())  # type: ignore[attr-defined]
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from profilebase.errors import QuotaExceeded, RequestTooLarge
@@ -30,6 +30,15 @@ from profilebase.server.storage.base import UpdateOutcome, Visit, WouldWait
 from profilebase.server.storage.links import absorb_attrs, plan_link
 from profilebase.server.storage.queries import Connection, SharedQueries
 from profilebase.server.storage.records import WriteRows, build_profile, write_numbers
+
+
+def with_one_more(recent: Iterable[Sequence[int]], now_ms: int) -> tuple[tuple[int, int], ...]:
+    """The quota window's counts (minute, updates) with one more update at ``now_ms``, as
+    ``recent_updates`` gives them: (the minute's end in ms, updates)."""
+    minute = now_ms // MINUTE_MS
+    counts = {int(m): int(n) for m, n in recent}
+    counts[minute] = counts.get(minute, 0) + 1
+    return tuple(((m + 1) * MINUTE_MS, n) for m, n in sorted(counts.items()))
 
 
 class ProfileQueries(SharedQueries):
@@ -162,11 +171,8 @@ class ProfileQueries(SharedQueries):
                 update_quota_message(client.code, updates_per_day, wait, now_ms),
                 retry_after=seconds(wait),
             )
-        minute = now_ms // MINUTE_MS
-        db.execute(self.sql["count_update"], (client.id, minute))
-        counts = {int(m): int(n) for m, n in recent}
-        counts[minute] = counts.get(minute, 0) + 1
-        return tuple(((m + 1) * MINUTE_MS, n) for m, n in sorted(counts.items()))
+        db.execute(self.sql["count_update"], (client.id, now_ms // MINUTE_MS))
+        return with_one_more(recent, now_ms)
 
     def recent_updates(self, client_id: int, since_ms: int) -> list[tuple[int, int]]:
         found = self._all(self.sql["recent_updates"], (client_id, since_ms // MINUTE_MS))

@@ -45,12 +45,27 @@ class WriteGroups:
         self.changed = threading.Condition()
         self.queues: dict[int, list[Entry[Any]]] = {}
         self.running: set[int] = set()
+        #: Writes handed to ``run`` that have not finished (queued or in a running group).
+        self.unfinished = 0
+
+    def waiting(self) -> int:
+        """Writes queued or in a group that has not committed yet."""
+        with self.changed:
+            return self.unfinished
 
     def run(self, key: int, call: Callable[[], T], keys: Sequence[str]) -> T:
         """Run ``call`` in a group of ``key``'s writes; its result once the group committed."""
         entry: Entry[T] = Entry(call, keys)
         with self.changed:
             self.queues.setdefault(key, []).append(entry)
+            self.unfinished += 1
+        try:
+            return self._run(key, entry)
+        finally:
+            with self.changed:
+                self.unfinished -= 1
+
+    def _run(self, key: int, entry: Entry[T]) -> T:
         while True:
             with self.changed:
                 while not entry.done and key in self.running:

@@ -713,7 +713,9 @@ FROM k LEFT JOIN locked l ON l.pkey = k.stored
 -- one more update counted, a write taken and the values merged under its seq, as
 -- count_update, new_write and merge_values do. Returns the stored key, the write's
 -- number (NULL when nothing was written: the caller takes the shared path, which says
--- why) and the tntId linked last; no row when no live profile is found.
+-- why), the tntId linked last and the quota window's counts before this update (pairs
+-- of minute and updates, as update_counts_since reads them); no row when no live
+-- profile is found.
 WITH target AS (
     SELECT p.pkey, octet_length(p.attrs::text) AS size FROM profiles p
     WHERE p.client_id = %(client)s AND p.modified_at >= %(since)s
@@ -748,7 +750,10 @@ WITH target AS (
 )
 SELECT t.pkey, (SELECT seq FROM write),
        (SELECT i.alias FROM identities i WHERE i.client_id = %(client)s AND i.pkey = t.pkey
-        AND i.alias >= 'p:' AND i.alias < 'p;' ORDER BY i.linked_seq DESC LIMIT 1)
+        AND i.alias >= 'p:' AND i.alias < 'p;' ORDER BY i.linked_seq DESC LIMIT 1),
+       (SELECT coalesce(json_agg(json_build_array(u.minute, u.updates)), '[]')::text
+        FROM update_counts u
+        WHERE u.client_id = %(client)s AND u.minute >= %(day_start)s)
 FROM target t
 
 -- name: postgres_keys_found
