@@ -10,6 +10,7 @@ transactions, so the write lock is held only for the database work itself.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -29,6 +30,8 @@ from profilebase.server.storage.queries import Connection
 from profilebase.server.storage.sqlite.imports import SQLiteImports
 from profilebase.server.storage.sqlite.tables import SQLiteTables
 from profilebase.server.storage.sqlite.writers import BATCH_LOCK_SUFFIX, WriterQueue
+
+log = logging.getLogger("profilebase.server.storage")
 
 #: The named queries of this backend (sql/queries.sql).
 SQL = statements.load("sqlite")
@@ -91,6 +94,22 @@ TRANSIENT_CODES = {
 #: part of any worker may take it: they are woken at once but must be scheduled first.
 ONLINE_TURN = 0.002
 
+#: SQLite's default: a commit that leaves more WAL pages than this checkpoints them.
+AUTOCHECKPOINT_PAGES = 1000
+#: A worker checkpoints the WAL after a part at most this often (seconds).
+CHECKPOINT_EVERY = 0.25
+
+
+@contextmanager
+def _no_autocheckpoint(db: sqlite3.Connection) -> Iterator[None]:
+    """Commits on ``db`` leave the WAL as it is while this lasts."""
+    db.execute("PRAGMA wal_autocheckpoint = 0")
+    try:
+        yield
+    finally:
+        db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+
+
 #: Bytes a unit's body is written in through blob I/O.
 BLOB_PIECE = 1 << 20
 
@@ -115,6 +134,18 @@ def read_body(db: sqlite3.Connection, batch_seq: int, unit_no: int) -> bytes:
         return bytes(kept[0])
     with db.blobopen("unit_bodies", "body", found[0], readonly=True) as blob:
         return blob.read()
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE, then COMMIT on success, ROLLBACK otherwise."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")  # an error here is translated by _read
 
 
 class _Writer:
@@ -172,6 +203,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         self._writers = WriterQueue(path, timeout)
         #: Batch parts queue here first: one at a time joins the writers' queue.
         self._batch_writers = WriterQueue(path, timeout, BATCH_LOCK_SUFFIX)
+        self._checkpointed_at = 0.0
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
 
@@ -236,14 +268,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: the writers' turn, then BEGIN IMMEDIATE, COMMIT on success,
         ROLLBACK otherwise; the turn ends with the transaction."""
-        with self._read() as db, self._writers.turn():
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            finally:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")  # an error here is translated by _read
+        with self._read() as db, self._writers.turn(), _transaction(db):
+            yield db
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -277,14 +303,38 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
     # -- units ---------------------------------------------------------------------------
 
     @contextmanager
-    def _batch_part(self) -> Iterator[None]:
+    def _part_write(self) -> Iterator[sqlite3.Connection]:
         """Batch parts take turns among themselves first, so that at most one waits in the
         writers' queue; after a part, writers waiting there go first (``ONLINE_TURN``)
-        rather than the next part (docs/design.md#concurrency-on-sqlite)."""
-        with self._batch_writers.turn():
-            yield
-            if self._writers.others_waiting():
-                time.sleep(ONLINE_TURN)
+        rather than the next part (docs/design.md#concurrency-on-sqlite). A part's commit
+        does not checkpoint the WAL: that waits until the writers' turn is over
+        (``_checkpoint``)."""
+        with self._read() as db:
+            with self._batch_writers.turn():
+                with _no_autocheckpoint(db), self._writers.turn(), _transaction(db):
+                    yield db
+                if self._writers.others_waiting():
+                    time.sleep(ONLINE_TURN)
+            self._checkpoint(db)
+
+    @contextmanager
+    def _bulk_write(self) -> Iterator[sqlite3.Connection]:
+        """Storing a batch's units (tens of MB) does not checkpoint them before the reply:
+        the next parts do (``_checkpoint``), or any later commit."""
+        with self._read() as db, _no_autocheckpoint(db), self._writers.turn(), _transaction(db):
+            yield db
+
+    def _checkpoint(self, db: sqlite3.Connection) -> None:
+        """Copy the WAL into the database (PASSIVE: it neither waits for nor blocks
+        writers) at most every ``CHECKPOINT_EVERY`` seconds of this store."""
+        now = time.monotonic()
+        if now - self._checkpointed_at < CHECKPOINT_EVERY:
+            return
+        self._checkpointed_at = now
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # another checkpoint runs, or the file is unusable
+            log.debug("checkpoint of %s skipped: %s", self.path, exc)
 
     def _store_units(self, db: Connection, seq: int, units: Sequence[UnitSpec]) -> int:
         stored = 0
@@ -315,6 +365,17 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
 
     def _forget_unit_body(self, db: Connection, seq: int, unit_no: int) -> None:
         db.execute(SQL["sqlite_forget_unit_body"], (seq, unit_no))
+
+    def _none_stored(self, db: Connection, client_id: int, keys: Sequence[str]) -> bool:
+        """One index seek over the range of ``keys`` (sorted by code point, which is the
+        order of SQLite's BINARY collation): a batch of new ids, as most large ones are,
+        then skips looking up each key."""
+        return (
+            not keys
+            or not db.execute(
+                SQL["sqlite_profiles_between"], (client_id, keys[0], keys[-1])
+            ).fetchone()
+        )
 
     def _row_writer(
         self, db: Connection, client_id: int, now_ms: int, stored: set[str]

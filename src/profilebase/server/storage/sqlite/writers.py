@@ -41,7 +41,7 @@ log = logging.getLogger("profilebase.server.storage")
 LOCK_SUFFIX = "-writer.lock"
 #: The byte of the lock file a waiting process holds a shared record lock on.
 ANNOUNCE_AT = 0
-#: The file batch parts queue on first (``SQLiteStore._batch_part``).
+#: The file batch parts queue on first (``SQLiteStore._part_write``).
 BATCH_LOCK_SUFFIX = "-batch.lock"
 
 
