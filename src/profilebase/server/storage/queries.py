@@ -530,6 +530,9 @@ class SharedQueries(OverviewQueries, ABC):
     def pending_units(self) -> int:
         return int(self._one(self.sql["pending_units"])[0])
 
+    def latest_batch(self) -> int:
+        return int(self._one(self.sql["latest_batch"])[0])
+
     # -- profiles: what applying a unit shares with the writes that apply at once
 
     def _resolve(self, db: Connection, client_id: int, key: str) -> str:
