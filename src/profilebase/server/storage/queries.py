@@ -103,9 +103,9 @@ class SharedQueries(OverviewQueries, ABC):
 
     # -- what a backend supplies -------------------------------------------------------
 
-    def _part_write(self) -> AbstractContextManager[Connection]:
-        """The write transaction of a part a worker applies. A backend may queue parts
-        among themselves around it (SQLite does)."""
+    def _part_write(self, size: int) -> AbstractContextManager[Connection]:
+        """The write transaction of a part a worker applies, ``size`` bytes of rows. A
+        backend may queue parts among themselves around it (SQLite does)."""
         return self._write()
 
     def _bulk_write(self) -> AbstractContextManager[Connection]:
@@ -344,9 +344,10 @@ class SharedQueries(OverviewQueries, ABC):
         prefix = claim.key_kind.prefix
         keys = sorted({prefix + row.id for row in rows})
         listed = (keys, self._list(keys))
+        size = sum(len(row.attrs) for row in rows)
         for attempt in range(1, self.apply_attempts + 1):
             try:
-                with self._part_write() as db:
+                with self._part_write(size) as db:
                     return self._apply(
                         db,
                         claim,

@@ -96,8 +96,17 @@ ONLINE_TURN = 0.002
 
 #: SQLite's default: a commit that leaves more WAL pages than this checkpoints them.
 AUTOCHECKPOINT_PAGES = 1000
-#: A worker checkpoints the WAL after a part at most this often (seconds).
-CHECKPOINT_EVERY = 0.25
+#: A worker checkpoints the WAL once its parts wrote this many bytes of profiles since
+#: its last checkpoint (as SQLite's own default would, every 1000 pages of 16 KB).
+CHECKPOINT_BYTES = 16 * 1024 * 1024
+
+
+def _checkpoint(db: sqlite3.Connection) -> None:
+    """Copy the WAL into the database; PASSIVE: it neither waits for nor blocks writers."""
+    try:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error as exc:  # another checkpoint runs, or the file is unusable
+        log.debug("checkpoint skipped: %s", exc)
 
 
 @contextmanager
@@ -203,7 +212,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         self._writers = WriterQueue(path, timeout)
         #: Batch parts queue here first: one at a time joins the writers' queue.
         self._batch_writers = WriterQueue(path, timeout, BATCH_LOCK_SUFFIX)
-        self._checkpointed_at = 0.0
+        #: Bytes of profiles this store's parts wrote since its last checkpoint.
+        self._unchecked = 0
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
 
@@ -303,38 +313,31 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
     # -- units ---------------------------------------------------------------------------
 
     @contextmanager
-    def _part_write(self) -> Iterator[sqlite3.Connection]:
+    def _part_write(self, size: int) -> Iterator[sqlite3.Connection]:
         """Batch parts take turns among themselves first, so that at most one waits in the
         writers' queue; after a part, writers waiting there go first (``ONLINE_TURN``)
         rather than the next part (docs/design.md#concurrency-on-sqlite). A part's commit
-        does not checkpoint the WAL: that waits until the writers' turn is over
-        (``_checkpoint``)."""
+        does not checkpoint the WAL inside the writers' turn: the worker does after it,
+        once its parts wrote some ``CHECKPOINT_BYTES`` (``size`` is this part's)."""
         with self._read() as db:
             with self._batch_writers.turn():
                 with _no_autocheckpoint(db), self._writers.turn(), _transaction(db):
                     yield db
                 if self._writers.others_waiting():
                     time.sleep(ONLINE_TURN)
-            self._checkpoint(db)
+            self._unchecked += size
+            if self._unchecked >= CHECKPOINT_BYTES:
+                self._unchecked = 0
+                _checkpoint(db)
 
     @contextmanager
     def _bulk_write(self) -> Iterator[sqlite3.Connection]:
-        """Storing a batch's units (tens of MB) does not checkpoint them before the reply:
-        the next parts do (``_checkpoint``), or any later commit."""
-        with self._read() as db, _no_autocheckpoint(db), self._writers.turn(), _transaction(db):
-            yield db
-
-    def _checkpoint(self, db: sqlite3.Connection) -> None:
-        """Copy the WAL into the database (PASSIVE: it neither waits for nor blocks
-        writers) at most every ``CHECKPOINT_EVERY`` seconds of this store."""
-        now = time.monotonic()
-        if now - self._checkpointed_at < CHECKPOINT_EVERY:
-            return
-        self._checkpointed_at = now
-        try:
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:  # another checkpoint runs, or the file is unusable
-            log.debug("checkpoint of %s skipped: %s", self.path, exc)
+        """Storing a batch's units (tens of MB) checkpoints them after the writers' turn,
+        so that workers may claim them meanwhile."""
+        with self._read() as db:
+            with _no_autocheckpoint(db), self._writers.turn(), _transaction(db):
+                yield db
+            _checkpoint(db)
 
     def _store_units(self, db: Connection, seq: int, units: Sequence[UnitSpec]) -> int:
         stored = 0
