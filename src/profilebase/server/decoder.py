@@ -83,7 +83,8 @@ def sql_string(text: str) -> str:
 def build_query(header: batchfile.Header, trim: str | None) -> str:
     """The query for one key kind and trim mode: $1 = slice bytes, $2 = first line number,
     $3 = seq base, $4 = ',<ms>]', $5 = header width, $6 = the JSON key ``,"name":[`` of
-    each attribute. It returns (line, id, seq, json-or-NULL) per non-blank line."""
+    each attribute. It returns (line, id, seq, json-or-NULL) per non-blank line, in line
+    order (the worker's parts rely on it)."""
 
     def trimmed(cell: str) -> str:
         return cell if trim is None else f"trim({cell}, {sql_string(trim)})"
@@ -126,6 +127,7 @@ def build_query(header: batchfile.Header, trim: str | None) -> str:
             )
         )
     )
+    ORDER BY line_no
     """
 
 

@@ -24,6 +24,8 @@ from profilebase.server.storage.base import NewBatch, Store, UnitSpec
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
 #: The body's first bytes that tell whether it starts with ``batch=`` (after a BOM).
 PREFIX_BYTES = len(batchfile.BOM + batchfile.PREFIX)
+#: The bytes a blank line may hold besides none at all (``batchfile.is_blank``).
+WHITESPACE_BYTES = [bytes([b]) for b in range(256) if batchfile.is_blank(bytes([b]))]
 
 
 class SpooledUnits(Sequence[UnitSpec]):
@@ -103,13 +105,18 @@ class UnitCutter:
         self.unit_first = first_line
         self.units = SpooledUnits(compressed)
 
-    def _take_lines(self, lines: list[bytes]) -> None:
+    def _take_lines(self, lines: list[bytes], plain: bool = False) -> None:
+        """Take complete lines; ``plain`` says that none holds a whitespace byte, so that
+        only an empty line is blank (counted in C rather than line by line)."""
         position = 0
         while position < len(lines):
             room = self.unit_rows - len(self.unit_lines)
             part = lines[position : position + room]
             position += len(part)
-            rows = sum(1 for line in part if not batchfile.is_blank(line))
+            if plain:
+                rows = len(part) - part.count(b"")
+            else:
+                rows = sum(1 for line in part if not batchfile.is_blank(line))
             self.rows += rows
             self.unit_rows_seen += rows
             self.unit_lines.extend(part)
@@ -193,7 +200,9 @@ class Intake(UnitCutter):
         else:
             lines.insert(0, line)
         if lines:
-            self._take_lines(lines)
+            # The lines come from this chunk, and the first one perhaps from earlier ones.
+            plain = not any(byte in chunk or byte in line for byte in WHITESPACE_BYTES)
+            self._take_lines(lines, plain)
 
     def _line_ends(self, chunk: bytes) -> bytes:
         """``chunk`` with each CRLF or lone CR as one LF (a CRLF may span two chunks)."""

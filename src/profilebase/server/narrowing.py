@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 from profilebase import batchfile
 from profilebase.models import Counts, FailedRow
@@ -156,18 +157,30 @@ class UnitApplication:
         """Apply one decoded slice in parts of at most ``PART_ROWS`` items; False if the
         lease was lost (stop: another worker has the unit). Raises ``GiveBack`` when the
         unit must be retried later."""
-        items: list[Item] = sorted([*part.rows, *part.failures], key=lambda item: item.line)
+        # The decoder gives rows in line order; failures are few, and rare.
+        items: Sequence[Item] = part.rows
+        if part.failures:
+            items = sorted([*part.rows, *part.failures], key=lambda item: item.line)
+        rows_only = not part.failures
         for start in range(0, len(items) - PART_ROWS, PART_ROWS):  # all but the last part
             piece = items[start : start + PART_ROWS]
-            if not self._settle(piece, piece[-1].line):
+            if not self._settle(piece, piece[-1].line, rows_only):
                 return False
         last = items[(max(0, len(items) - 1) // PART_ROWS) * PART_ROWS :]
-        return self._settle(last, None if part.final else part.last_line)
+        return self._settle(last, None if part.final else part.last_line, rows_only)
 
-    def _part(self, items: Sequence[Item], through_line: int | None) -> bool:
-        """One transaction: apply ``items``, recording progress up to ``through_line``."""
-        rows = [item for item in items if isinstance(item, DecodedRow)]
-        failures = [item for item in items if isinstance(item, FailedRow)]
+    def _part(
+        self, items: Sequence[Item], through_line: int | None, rows_only: bool = False
+    ) -> bool:
+        """One transaction: apply ``items`` (``rows_only``: no failure among them),
+        recording progress up to ``through_line``."""
+        rows: Sequence[DecodedRow]
+        failures: Sequence[FailedRow] = []
+        if rows_only:
+            rows = cast(Sequence[DecodedRow], items)
+        else:
+            rows = [item for item in items if isinstance(item, DecodedRow)]
+            failures = [item for item in items if isinstance(item, FailedRow)]
         counts = self.store.apply_unit(
             self.claim,
             rows,
@@ -182,9 +195,11 @@ class UnitApplication:
         self.counts = self.counts + counts
         return True
 
-    def _settle(self, items: Sequence[Item], through_line: int | None) -> bool:
+    def _settle(
+        self, items: Sequence[Item], through_line: int | None, rows_only: bool = False
+    ) -> bool:
         try:
-            return self._part(items, through_line)
+            return self._part(items, through_line, rows_only)
         except Exception as error:
             return self._narrow(items, through_line, error)
 

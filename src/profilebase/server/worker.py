@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -50,6 +51,8 @@ log = logging.getLogger("profilebase.server.worker")
 PURGE_EVERY_MS = 3_600_000
 #: How often a worker re-reads the clients' limits; changes apply within this time.
 CLIENTS_REFRESH_MS = 2_000
+#: How often an idle worker looks whether a new batch was accepted (seconds).
+WAKE_CHECK = 0.02
 
 
 class Worker:
@@ -163,10 +166,17 @@ class Worker:
             log.exception("could not release unit %s/%s", claim.batch_seq, claim.unit_no)
 
     def run(self, until_idle: bool = False, stop: threading.Event | None = None) -> None:
-        """Work until ``stop`` is set; with ``until_idle``, return once no unit is claimable."""
+        """Work until ``stop`` is set; with ``until_idle``, return once no unit is claimable.
+
+        An idle worker looks for work again after ``poll_interval``, or as soon as a new
+        batch is accepted: it reads the seq of the latest batch before each claim and,
+        when the claim finds nothing, reads it again every ``WAKE_CHECK`` seconds (a
+        cheap read, where a claim is a write)."""
         stop = stop or threading.Event()
         while not stop.is_set():
+            latest: int | None = None
             try:
+                latest = self.store.latest_batch()
                 busy = self.run_once()
             except Exception:
                 log.exception("worker %s could not claim work", self.name)
@@ -175,7 +185,22 @@ class Worker:
                 if until_idle:
                     return
                 self.housekeeping()
-                stop.wait(self.settings.poll_interval)
+                if latest is None:
+                    stop.wait(self.settings.poll_interval)
+                else:
+                    self._wait_for_batch(stop, latest)
+
+    def _wait_for_batch(self, stop: threading.Event, latest: int) -> None:
+        """Wait ``poll_interval``, or less if a batch after ``latest`` is accepted."""
+        deadline = time.monotonic() + self.settings.poll_interval
+        while not stop.wait(min(WAKE_CHECK, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                return
+            try:
+                if self.store.latest_batch() != latest:
+                    return
+            except Exception:  # the claim that follows says what is wrong
+                return
 
     def housekeeping(self) -> None:
         """Purge statuses past their retention and expired profiles, at most once an hour."""

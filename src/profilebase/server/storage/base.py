@@ -457,3 +457,7 @@ class Store(OverviewReads, Protocol):
     def pending_units(self) -> int:
         """Units not yet done (for draining and metrics)."""
         ...
+
+    def latest_batch(self) -> int:
+        """The seq of the batch accepted last, 0 if none: cheap enough to poll often."""
+        ...

@@ -18,7 +18,8 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
+from operator import attrgetter
 from typing import Any, Protocol, TypeVar
 
 from profilebase.errors import DatabaseUnavailable, StorageFull
@@ -70,12 +71,18 @@ class Connection(Protocol):
     def cursor(self) -> Any: ...
 
 
+#: A row's or failure's line number.
+LINE = attrgetter("line")
+
+
 def not_applied(
     rows: Sequence[DecodedRow], failures: Sequence[FailedRow], applied_through: int | None
 ) -> tuple[Sequence[DecodedRow], Sequence[FailedRow]]:
     """The rows and failures after a unit's recorded progress (all of them if it has none)."""
     if applied_through is None:
         return rows, failures
+    if all(min(map(LINE, items)) > applied_through for items in (rows, failures) if items):
+        return rows, failures  # a later part than the progress recorded
     return (
         [row for row in rows if row.line > applied_through],
         [failure for failure in failures if failure.line > applied_through],
@@ -98,10 +105,14 @@ class SharedQueries(OverviewQueries, ABC):
 
     # -- what a backend supplies -------------------------------------------------------
 
-    def _batch_part(self) -> AbstractContextManager[None]:
-        """Held around each part a worker applies, outside its transaction: a backend
-        may queue parts among themselves here (SQLite does)."""
-        return nullcontext()
+    def _part_write(self, size: int) -> AbstractContextManager[Connection]:
+        """The write transaction of a part a worker applies, ``size`` bytes of rows. A
+        backend may queue parts among themselves around it (SQLite does)."""
+        return self._write()
+
+    def _bulk_write(self) -> AbstractContextManager[Connection]:
+        """The write transaction that stores an accepted batch and its units."""
+        return self._write()
 
     @abstractmethod
     def _read(self) -> AbstractContextManager[Connection]:
@@ -160,6 +171,11 @@ class SharedQueries(OverviewQueries, ABC):
 
     def _forget_unit_body(self, db: Connection, seq: int, unit_no: int) -> None:
         """Drop the lines of a unit that is done, where they are kept apart from its row."""
+
+    def _none_stored(self, db: Connection, client_id: int, keys: Sequence[str]) -> bool:
+        """True if the client has no profile under any of ``keys`` (sorted), told by a
+        cheap look; False when it cannot tell, and the profiles' states are read."""
+        return not keys
 
     def _transient(self, error: BaseException) -> str | None:
         """The backend's part of ``transient_reason``: its driver's transient errors."""
@@ -234,7 +250,7 @@ class SharedQueries(OverviewQueries, ABC):
 
     def accept_batch(self, batch: NewBatch, now_ms: int, limits: Limits) -> tuple[int, str]:
         self._refuse_header(batch.names)
-        with self._write() as db:
+        with self._bulk_write() as db:
             # The client's row lock orders its writes: idempotency key, quota, seq, commit.
             db.execute(self.sql["lock_client"], (batch.client.id,))
             earlier = self._replayed(db, batch)
@@ -337,11 +353,13 @@ class SharedQueries(OverviewQueries, ABC):
     ) -> Counts | None:
         rows, failures = self._storable_rows(rows, failures)
         # Outside the transaction: the lock is held for the database work alone.
-        keys = sorted({claim.key_kind.prefix + row.id for row in rows})
+        prefix = claim.key_kind.prefix
+        keys = sorted({prefix + row.id for row in rows})
         listed = (keys, self._list(keys))
+        size = sum(len(row.attrs) for row in rows)
         for attempt in range(1, self.apply_attempts + 1):
             try:
-                with self._batch_part(), self._write() as db:
+                with self._part_write(size) as db:
                     return self._apply(
                         db,
                         claim,
@@ -377,9 +395,12 @@ class SharedQueries(OverviewQueries, ABC):
         if ours is None:
             return None
         if ours[0] is not None:  # an earlier part applied the lines up to ours[0]
-            rows, failures = not_applied(rows, failures, ours[0])
-            keys = sorted({claim.key_kind.prefix + row.id for row in rows})
-            keys_param = self._list(keys)
+            kept_rows, failures = not_applied(rows, failures, ours[0])
+            if len(kept_rows) != len(rows):  # else the keys are the same
+                rows = kept_rows
+                prefix = claim.key_kind.prefix
+                keys = sorted({prefix + row.id for row in rows})
+                keys_param = self._list(keys)
         aliases: dict[str, str] = {}
         stored_keys, stored_param = keys, keys_param
         # Like tombstones below: one cheap check keeps clients without links fast.
@@ -391,12 +412,14 @@ class SharedQueries(OverviewQueries, ABC):
         if expire_before_ms:
             expired = self._expire_keys(db, client_id, stored_keys, expire_before_ms)
             aliases = {k: v for k, v in aliases.items() if v not in expired}
-        existing = {
-            pkey: ProfileState(created, latest, size)
-            for pkey, created, latest, size in db.execute(
-                self.sql["profile_states"], (client_id, stored_param)
-            )
-        }
+        existing = {}
+        if not self._none_stored(db, client_id, stored_keys):
+            existing = {
+                pkey: ProfileState(created, latest, size)
+                for pkey, created, latest, size in db.execute(
+                    self.sql["profile_states"], (client_id, stored_param)
+                )
+            }
         # Read after the profiles' locks: a delete that held one of them is visible now.
         tombstones: dict[str, list[Tombstone]] = {}
         if db.execute(self.sql["client_has_tombstones"], (client_id,)).fetchone():
@@ -519,6 +542,9 @@ class SharedQueries(OverviewQueries, ABC):
 
     def pending_units(self) -> int:
         return int(self._one(self.sql["pending_units"])[0])
+
+    def latest_batch(self) -> int:
+        return int(self._one(self.sql["latest_batch"])[0])
 
     # -- profiles: what applying a unit shares with the writes that apply at once
 

@@ -14,6 +14,7 @@ commit, ``writers.WriteGroups``); a fetch may be read on the event loop
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -43,6 +44,8 @@ from profilebase.server.storage.sqlite.writers import (
     WriteGroups,
     WriterQueue,
 )
+
+log = logging.getLogger("profilebase.server.storage")
 
 #: The named queries of this backend (sql/queries.sql).
 SQL = statements.load("sqlite")
@@ -116,6 +119,33 @@ TRANSIENT_CODES = {
 #: part of any worker may take it: they are woken at once but must be scheduled first.
 ONLINE_TURN = 0.002
 
+#: SQLite's default: a commit that leaves more WAL pages than this checkpoints them.
+AUTOCHECKPOINT_PAGES = 1000
+#: A worker checkpoints the WAL once its parts wrote this many bytes of profiles since
+#: its last checkpoint: a quarter of SQLite's own 1,000 pages of 16 KB, so that with a few
+#: workers writing (and the pages' overhead) the WAL is checkpointed before a commit of an
+#: online write finds it long enough to checkpoint it itself, inside the writers' turn.
+CHECKPOINT_BYTES = 4 * 1024 * 1024
+
+
+def _checkpoint(db: sqlite3.Connection) -> None:
+    """Copy the WAL into the database; PASSIVE: it neither waits for nor blocks writers."""
+    try:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error as exc:  # another checkpoint runs, or the file is unusable
+        log.debug("checkpoint skipped: %s", exc)
+
+
+@contextmanager
+def _no_autocheckpoint(db: sqlite3.Connection) -> Iterator[None]:
+    """Commits on ``db`` leave the WAL as it is while this lasts."""
+    db.execute("PRAGMA wal_autocheckpoint = 0")
+    try:
+        yield
+    finally:
+        db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+
+
 #: Bytes a unit's body is written in through blob I/O.
 BLOB_PIECE = 1 << 20
 
@@ -140,6 +170,18 @@ def read_body(db: sqlite3.Connection, batch_seq: int, unit_no: int) -> bytes:
         return bytes(kept[0])
     with db.blobopen("unit_bodies", "body", found[0], readonly=True) as blob:
         return blob.read()
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE, then COMMIT on success, ROLLBACK otherwise."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")  # an error here is translated by _read
 
 
 class _Writer:
@@ -202,6 +244,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         #: The connection of the group's transaction, on the writer thread.
         self._group_db: sqlite3.Connection | None = None
         self._group_failure: BaseException | None = None
+        #: Bytes of profiles this store's parts wrote since its last checkpoint.
+        self._unchecked = 0
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
         #: The connection of reads that must not wait (``get_profile_nowait``), and its lock.
@@ -271,14 +315,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         ROLLBACK otherwise; the turn ends with the transaction."""
         if self._groups.on_writer_thread():  # its group holds the turn: this would wait for ever
             raise RuntimeError("a write transaction opened by an online write")
-        with self._read() as db, self._writers.turn():
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            finally:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")  # an error here is translated by _read
+        with self._read() as db, self._writers.turn(), _transaction(db):
+            yield db
 
     def submit_write(self, call: Callable[[], T]) -> Future[T]:
         return self._groups.submit(call)
@@ -471,14 +509,31 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
     # -- units ---------------------------------------------------------------------------
 
     @contextmanager
-    def _batch_part(self) -> Iterator[None]:
+    def _part_write(self, size: int) -> Iterator[sqlite3.Connection]:
         """Batch parts take turns among themselves first, so that at most one waits in the
         writers' queue; after a part, writers waiting there go first (``ONLINE_TURN``)
-        rather than the next part (docs/design.md#concurrency-on-sqlite)."""
-        with self._batch_writers.turn():
-            yield
-            if self._writers.others_waiting():
-                time.sleep(ONLINE_TURN)
+        rather than the next part (docs/design.md#concurrency-on-sqlite). A part's commit
+        does not checkpoint the WAL inside the writers' turn: the worker does after it,
+        once its parts wrote some ``CHECKPOINT_BYTES`` (``size`` is this part's)."""
+        with self._read() as db:
+            with self._batch_writers.turn():
+                with _no_autocheckpoint(db), self._writers.turn(), _transaction(db):
+                    yield db
+                if self._writers.others_waiting():
+                    time.sleep(ONLINE_TURN)
+            self._unchecked += size
+            if self._unchecked >= CHECKPOINT_BYTES:
+                self._unchecked = 0
+                _checkpoint(db)
+
+    @contextmanager
+    def _bulk_write(self) -> Iterator[sqlite3.Connection]:
+        """Storing a batch's units (tens of MB) checkpoints them after the writers' turn,
+        so that workers may claim them meanwhile."""
+        with self._read() as db:
+            with _no_autocheckpoint(db), self._writers.turn(), _transaction(db):
+                yield db
+            _checkpoint(db)
 
     def _store_units(self, db: Connection, seq: int, units: Sequence[UnitSpec]) -> int:
         stored = 0
@@ -509,6 +564,17 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
 
     def _forget_unit_body(self, db: Connection, seq: int, unit_no: int) -> None:
         db.execute(SQL["sqlite_forget_unit_body"], (seq, unit_no))
+
+    def _none_stored(self, db: Connection, client_id: int, keys: Sequence[str]) -> bool:
+        """One index seek over the range of ``keys`` (sorted by code point, which is the
+        order of SQLite's BINARY collation): a batch of new ids, as most large ones are,
+        then skips looking up each key."""
+        return (
+            not keys
+            or not db.execute(
+                SQL["sqlite_profiles_between"], (client_id, keys[0], keys[-1])
+            ).fetchone()
+        )
 
     def _row_writer(
         self, db: Connection, client_id: int, now_ms: int, stored: set[str]

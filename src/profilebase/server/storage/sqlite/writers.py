@@ -50,7 +50,7 @@ Call = tuple[Future[Any], Callable[[], Any]]
 LOCK_SUFFIX = "-writer.lock"
 #: The byte of the lock file a waiting process holds a shared record lock on.
 ANNOUNCE_AT = 0
-#: The file batch parts queue on first (``SQLiteStore._batch_part``).
+#: The file batch parts queue on first (``SQLiteStore._part_write``).
 BATCH_LOCK_SUFFIX = "-batch.lock"
 
 

@@ -336,6 +336,10 @@ WHERE batch_seq = %s AND line > %s ORDER BY line LIMIT %s
 -- name: pending_units
 SELECT count(*) FROM batch_units WHERE state <> 'done'
 
+-- name: latest_batch
+-- The seq of the batch accepted last (0 if none): an idle worker watches it.
+SELECT coalesce(max(seq), 0) FROM batches
+
 -- listing and cancelling batches ------------------------------------------------------
 
 -- name: batch_to_cancel

@@ -227,6 +227,10 @@ WHERE client_id = ? AND alias IN (SELECT value FROM json_each(?))
 SELECT pkey, created_seq, max_seq, length(CAST(attrs AS BLOB))
 FROM profiles WHERE client_id = ? AND pkey IN (SELECT value FROM json_each(?))
 
+-- name: sqlite_profiles_between
+-- Whether the client has any profile with a key in a range (profile_states is skipped if not).
+SELECT 1 FROM profiles WHERE client_id = ? AND pkey BETWEEN ? AND ? LIMIT 1
+
 -- name: tombstones_of_keys
 SELECT pkey, deleted_seq, created_seq FROM tombstones
 WHERE client_id = ? AND pkey IN (SELECT value FROM json_each(?))
@@ -352,6 +356,10 @@ WHERE batch_seq = ? AND line > ? ORDER BY line LIMIT ?
 
 -- name: pending_units
 SELECT count(*) FROM batch_units WHERE state <> 'done'
+
+-- name: latest_batch
+-- The seq of the batch accepted last (0 if none): an idle worker watches it.
+SELECT coalesce(max(seq), 0) FROM batches
 
 -- listing and cancelling batches ------------------------------------------------------
 
