@@ -742,3 +742,111 @@ def test_a_bad_import_body_encoding_is_refused_with_the_reason(http: httpx.Clien
         assert response.status_code == code, response.text
         assert message in response.text, response.text
     assert store.batch_listings(clients.get(store, "demo").id) == []
+
+
+#: Text that tests each check the unit's decoder makes on all lines at once.
+EDGE_TEXT = (
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "  ",
+            ".",
+            "..",
+            "...",
+            "a/b",
+            "a+b",
+            ",",
+            ":",
+            "},{",
+            '"',
+            'x"},{"y',
+            "x\\y",
+            "a\nb",
+            "\n",
+            "\x00",
+            "\x1f",
+            "\x7f",
+            "\x85",
+            "\u2028",
+            "ü",
+            "p.1",
+            "p.1.2",
+            "crm-1",
+            "a" * 256,
+            "a" * 257,
+        ]
+    )
+    | TEXT
+)
+COMPACT_DOCUMENTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "thirdPartyId": EDGE_TEXT,
+        "visitorId": EDGE_TEXT,
+        "tntIds": st.lists(EDGE_TEXT, max_size=2),
+        "modifiedAt": TIMES,
+        "profileAttributes": st.dictionaries(
+            EDGE_TEXT | st.just("profile.x"), EDGE_TEXT, max_size=3
+        ),
+    },
+)
+#: Mostly valid lines, so that whole units take the path where all lines are checked at once.
+GOOD_COMPACT_DOCUMENTS = st.fixed_dictionaries(
+    {"thirdPartyId": st.sampled_from(["a", "b", "crm-1", "ü"]) | THIRD_PARTY},
+    optional={
+        "modifiedAt": st.sampled_from(["2026-01-31T12:00:00.001+00:00", None]),
+        "profileAttributes": st.dictionaries(
+            st.sampled_from(["tier", "city", "ü"]), EDGE_TEXT, max_size=3
+        ),
+    },
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        (GOOD_COMPACT_DOCUMENTS | COMPACT_DOCUMENTS).map(
+            lambda d: json.dumps(d, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        ),
+        min_size=1,
+    )
+)
+def test_a_unit_of_compact_lines_decodes_as_its_lines_do_one_by_one(lines: list[bytes]):
+    """Lines decoded and checked all at once give each line exactly the row (the attributes'
+    text too) or the failure reason it has alone."""
+    rows, failures = profile_import.decode_unit(b"\n".join(lines), 5, 3, 1000)
+    expected_rows, expected_failures = [], []
+    for offset, line in enumerate(lines):
+        number, seq = 5 + offset, 3 * SEQ_SPAN + 5 + offset
+        row = profile_import.fast_line(line, number, seq, 1000, profile_import.Seen())
+        if row is None:
+            try:
+                row = profile_import.decode_line(line, number, seq, 1000)
+            except profile_import.LineError as exc:
+                expected_failures.append((number, str(exc)))
+                continue
+        expected_rows.append(row)
+    assert [row._replace(attrs=json.loads(row.attrs)) for row in rows] == [
+        row._replace(attrs=json.loads(row.attrs)) for row in expected_rows
+    ]
+    assert [(f.line, f.reason) for f in failures] == expected_failures
+    if all(profile_import.fast_line(line, 0, 0, 0, profile_import.Seen()) for line in lines):
+        assert rows == expected_rows  # the attributes' text is msgspec's, as line by line
+
+
+@given(ids=st.lists(EDGE_TEXT, min_size=1, max_size=3))
+def test_third_party_ids_checked_at_once_follow_the_batch_rule(ids: list[str]):
+    assert profile_import.third_party_ids_valid(ids) == all(
+        check_id(KeyKind.THIRD_PARTY_ID, i) is None for i in ids
+    )
+
+
+def test_a_unit_that_is_all_compact_lines_is_decoded_at_once():
+    """The unit's lines are decoded by one call, and lines glued across line breaks are not."""
+    good = [b'{"thirdPartyId":"a","profileAttributes":{"n":"1"}}', b'{"thirdPartyId":"b"}']
+    assert profile_import.unit_documents(good) is not None
+    glued = [b'{"thirdPartyId":"a"}],[{"thirdPartyId":"b","tntIds":["', b'"]}']
+    assert profile_import.unit_documents(glued) is None
+    spread = [b'{"thirdPartyId":"a"}]\n,[{"thirdPartyId":"b"', b"}"]
+    assert profile_import.unit_documents(spread) is None
