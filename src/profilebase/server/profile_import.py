@@ -24,10 +24,7 @@ at the profile's time as its value alone), which this decodes as it decodes the 
 
 from __future__ import annotations
 
-import functools
-import itertools
 import json
-import re
 import zlib
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
@@ -37,7 +34,6 @@ import msgspec
 
 from profilebase import batchfile, profilelines
 from profilebase.errors import BatchTooLarge
-from profilebase.ids import MAX_LENGTH
 from profilebase.models import SEQ_SPAN, Client, Counts, FailedRow, KeyKind, Limits
 from profilebase.server.ingest import SpooledUnits, UnitCutter
 from profilebase.server.merge import dump_attrs
@@ -352,192 +348,24 @@ def fast_line(line: bytes, number: int, seq: int, now_ms: int, seen: Seen) -> Im
     return ImportRow(number, key, tuple(aliases), seq, ENCODE.encode(attrs).decode(), latest)
 
 
-class UnitProfile(msgspec.Struct, gc=False, forbid_unknown_fields=True):
-    """A line in the SDK's compact form: no other field, every attribute plain text.
-
-    (``tntIds`` is a tuple: no list to make, and for the garbage collector to track, per line.)
-    """
-
-    visitorId: str | None = None
-    thirdPartyId: str | None = None
-    tntIds: tuple[str, ...] = ()
-    modifiedAt: str | None = None
-    profileAttributes: dict[str, str] = {}
-
-
-class OneProfile(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
-    """``[profile]``: a list of one profile (a struct, which unlike a tuple the garbage
-    collector does not track)."""
-
-    profile: UnitProfile
-
-
-UNIT_DECODER = msgspec.json.Decoder(list[OneProfile])
-#: A unit whose lines do not all decode at once is tried in runs of this many lines.
-RUN_LINES = 256
-
-
-def unit_documents(lines: list[bytes]) -> list[UnitProfile] | None:
-    """Each line decoded as a ``UnitProfile`` by one msgspec call; None if one of them does not
-    decode alone (each is then judged alone).
-
-    The lines are decoded as ``[[line1]\\n,[line2]\\n,...]``, a list of one-profile lists. That
-    decodes only if each line is exactly one profile: a raw line break cannot be inside a JSON
-    string, so each ``]\\n,[`` between lines closes an array and opens the next; arrays of
-    arrays are only the outer list (``tntIds`` holds text, unknown fields are refused), so each
-    one separates two one-profile lists, and with as many lists as lines each line is one.
-    """
-    try:
-        found = UNIT_DECODER.decode(b"[[" + b"]\n,[".join(lines) + b"]]")
-    except msgspec.DecodeError:
-        return None
-    if len(found) != len(lines):
-        return None
-    return [one.profile for one in found]
-
-
-#: What ``batchfile.check_id`` refuses in a thirdPartyId, for ids joined by line breaks: an
-#: empty id or one of only spaces, '.' or '..', '+' or '/', a control character (but the
-#: line break, which ``joined_ids_valid`` counts) or an unpaired surrogate.
-BAD_THIRD_PARTY_ID = re.compile(r"^ *$|^\.\.?$|[+/\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]", re.M)
-LONGEST_THIRD_PARTY_ID = MAX_LENGTH[KeyKind.THIRD_PARTY_ID]
-
-
-def third_party_ids_valid(ids: list[str]) -> bool:
-    """True if ``batchfile.check_id`` finds no problem in any of these thirdPartyIds (checked
-    all at once; the reason of an invalid one is found alone)."""
-    joined = "\n".join(ids)
-    return (
-        joined.count("\n") == len(ids) - 1
-        and max(map(len, ids), default=0) <= LONGEST_THIRD_PARTY_ID
-        and BAD_THIRD_PARTY_ID.search(joined) is None
-    )
-
-
-def plain_rows(
-    documents: list[UnitProfile], first_line: int, first_seq: int, now_ms: int, seen: Seen
-) -> list[ImportRow] | None:
-    """The rows of a run of decoded lines, checked all at once: each has a valid thirdPartyId,
-    no other tntId, valid times and names; None if one of them does not (each line is then
-    judged alone)."""
-    thirds = [document.thirdPartyId for document in documents]
-    if None in thirds or not third_party_ids_valid(thirds):  # type: ignore[arg-type]
-        return None
-    if any(
-        document.tntIds or document.visitorId not in (None, document.thirdPartyId)
-        for document in documents
-    ):
-        return None
-    times = [document.modifiedAt for document in documents]
-    known: dict[str | None, int] = {None: now_ms}
-    for text in set(times):
-        if text is not None:
-            stamp = seen.ms(text)
-            if stamp is None:
-                return None
-            known[text] = stamp
-    stamps = list(map(known.__getitem__, times))
-    found = [document.profileAttributes for document in documents]
-    if not seen.valid_names(set().union(*found)):
-        return None
-    seqs = range(first_seq, first_seq + len(documents))
-    texts = attrs_texts(found, seqs, stamps)
-    if texts is None:
-        try:
-            texts = [
-                ENCODE.encode({n: [v, seq, ms] for n, v in attrs.items() if v}).decode()
-                for attrs, seq, ms in zip(found, seqs, stamps, strict=True)
-            ]
-        except (UnicodeEncodeError, msgspec.EncodeError):  # e.g. an unpaired surrogate
-            return None
-    keys = ["t:" + third for third in thirds]  # type: ignore[operator]
-    lines = range(first_line, first_line + len(documents))
-    # ImportRow's own constructor is Python code; the tuple's is not.
-    make = functools.partial(tuple.__new__, ImportRow)
-    return list(map(make, zip(lines, keys, itertools.repeat(()), seqs, texts, stamps)))
-
-
-#: Text that ``attrs_texts`` cannot tell from JSON punctuation when it is a whole name or value.
-PUNCTUATION = {",", ":", "},{"}
-
-
-def attrs_texts(found: list[dict[str, str]], seqs: range, stamps: list[int]) -> list[str] | None:
-    """Each row's attributes as ``ENCODE`` writes ``{name: [value, seq, ms]}``, from one
-    encoding of all the rows' ``{name: value}``; None where that cannot be done safely (a
-    row without attributes, an empty value, text with an escape or that is JSON punctuation).
-
-    Without a backslash, every quote in the encoded text opens or closes a string, and
-    ``":"``, ``","`` and ``"},{"`` are JSON punctuation unless a whole name or value is
-    ``:``, ``,`` or ``},{``: each value is followed by a NUL (which no encoded text holds)
-    standing for its ``seq,ms``, and the rows are cut at ``,NUL]},{``.
-    """
-    if not all(found):
-        return None
-    values = set(itertools.chain.from_iterable(map(dict.values, found)))
-    if (
-        "" in values
-        or not PUNCTUATION.isdisjoint(values)
-        or not PUNCTUATION.isdisjoint(itertools.chain.from_iterable(found))
-    ):
-        return None
-    try:
-        text = ENCODE.encode(found).decode()
-    except (UnicodeEncodeError, msgspec.EncodeError):
-        return None
-    if "\\" in text:
-        return None
-    marked = text.replace('":"', '":["').replace('","', '",\x00],"').replace('"},{"', '",\x00]},{"')
-    pieces = marked[2:-2].split(",\x00]},{")
-    if len(pieces) != len(found):
-        return None
-    return [
-        f"{{{piece.replace(NUL, when)},{when}]}}"
-        for piece, when in zip(pieces, map("{},{}".format, seqs, stamps), strict=True)
-    ]
-
-
-NUL = "\x00"
-
-
 def decode_unit(
     body: bytes, first_line: int, batch_seq: int, now_ms: int
 ) -> tuple[list[ImportRow], list[FailedRow]]:
-    """A stored unit's lines as rows to apply, and the lines that fail with their reasons.
-
-    The lines are decoded all at once (``unit_documents``, ``plain_rows``) where they can be,
-    else in runs of ``RUN_LINES``, and a run that cannot be line by line.
-    """
+    """A stored unit's lines as rows to apply, and the lines that fail with their reasons."""
     rows: list[ImportRow] = []
     failures: list[FailedRow] = []
     seen = Seen()
     base = batch_seq * SEQ_SPAN + first_line
-    lines = body.split(b"\n")
-    whole = unit_documents(lines)
-    runs = (
-        [(0, lines, whole)]
-        if whole is not None
-        else [
-            (start, run, unit_documents(run))
-            for start in range(0, len(lines), RUN_LINES)
-            for run in [lines[start : start + RUN_LINES]]
-        ]
-    )
-    for start, run, documents in runs:
-        if documents is not None:
-            found = plain_rows(documents, first_line + start, base + start, now_ms, seen)
-            if found is not None:
-                rows.extend(found)
-                continue
-        for offset, line in enumerate(run, start):
-            fast = fast_line(line, first_line + offset, base + offset, now_ms, seen)
-            if fast is not None:
-                rows.append(fast)
-            elif not batchfile.is_blank(line):  # msgspec decodes no blank line
-                number = first_line + offset
-                try:
-                    rows.append(decode_line(line, number, base + offset, now_ms))
-                except LineError as exc:
-                    failures.append(FailedRow(number, line_id(line), str(exc), raw_text(line)))
+    for offset, line in enumerate(body.split(b"\n")):
+        fast = fast_line(line, first_line + offset, base + offset, now_ms, seen)
+        if fast is not None:
+            rows.append(fast)
+        elif not batchfile.is_blank(line):  # msgspec decodes no blank line
+            number = first_line + offset
+            try:
+                rows.append(decode_line(line, number, base + offset, now_ms))
+            except LineError as exc:
+                failures.append(FailedRow(number, line_id(line), str(exc), raw_text(line)))
     return rows, failures
 
 
