@@ -742,3 +742,94 @@ def test_a_bad_import_body_encoding_is_refused_with_the_reason(http: httpx.Clien
         assert response.status_code == code, response.text
         assert message in response.text, response.text
     assert store.batch_listings(clients.get(store, "demo").id) == []
+
+
+#: Text at the edges of the id, name and value rules, and JSON punctuation.
+EDGE_TEXT = (
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "  ",
+            ".",
+            "..",
+            "...",
+            "a/b",
+            "a+b",
+            ",",
+            ":",
+            "},{",
+            '"',
+            'x"},{"y',
+            "x\\y",
+            "a\nb",
+            "\n",
+            "\x00",
+            "\x1f",
+            "\x7f",
+            "\x85",
+            "\u2028",
+            "ü",
+            "p.1",
+            "p.1.2",
+            "crm-1",
+            "a" * 256,
+            "a" * 257,
+        ]
+    )
+    | TEXT
+)
+COMPACT_DOCUMENTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "thirdPartyId": EDGE_TEXT,
+        "visitorId": EDGE_TEXT,
+        "tntIds": st.lists(EDGE_TEXT, max_size=2),
+        "modifiedAt": TIMES,
+        "profileAttributes": st.dictionaries(
+            EDGE_TEXT | st.just("profile.x"), EDGE_TEXT, max_size=3
+        ),
+    },
+)
+#: Mostly valid lines, so that units repeat names, times and ids.
+GOOD_COMPACT_DOCUMENTS = st.fixed_dictionaries(
+    {"thirdPartyId": st.sampled_from(["a", "b", "crm-1", "ü"]) | THIRD_PARTY},
+    optional={
+        "modifiedAt": st.sampled_from(["2026-01-31T12:00:00.001+00:00", None]),
+        "profileAttributes": st.dictionaries(
+            st.sampled_from(["tier", "city", "ü"]), EDGE_TEXT, max_size=3
+        ),
+    },
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        (GOOD_COMPACT_DOCUMENTS | COMPACT_DOCUMENTS).map(
+            lambda d: json.dumps(d, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        ),
+        min_size=1,
+    )
+)
+def test_a_unit_of_compact_lines_decodes_as_its_lines_do_one_by_one(lines: list[bytes]):
+    """A unit's lines, with names, times and ids at the edges of the rules, get each exactly
+    the row (the attributes' text too) or the failure reason the line has alone."""
+    rows, failures = profile_import.decode_unit(b"\n".join(lines), 5, 3, 1000)
+    expected_rows, expected_failures = [], []
+    for offset, line in enumerate(lines):
+        number, seq = 5 + offset, 3 * SEQ_SPAN + 5 + offset
+        row = profile_import.fast_line(line, number, seq, 1000, profile_import.Seen())
+        if row is None:
+            try:
+                row = profile_import.decode_line(line, number, seq, 1000)
+            except profile_import.LineError as exc:
+                expected_failures.append((number, str(exc)))
+                continue
+        expected_rows.append(row)
+    assert [row._replace(attrs=json.loads(row.attrs)) for row in rows] == [
+        row._replace(attrs=json.loads(row.attrs)) for row in expected_rows
+    ]
+    assert [(f.line, f.reason) for f in failures] == expected_failures
+    if all(profile_import.fast_line(line, 0, 0, 0, profile_import.Seen()) for line in lines):
+        assert rows == expected_rows  # the attributes' text is msgspec's, as line by line
