@@ -26,7 +26,6 @@ ABSENT = [
     "itsdangerous",
     "prometheus_client",
     "pythonjsonlogger",
-    "msgspec",
     "psycopg",
     "psycopg_pool",
 ]
