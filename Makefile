@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/profilebase serve
 
+# Two pytest processes (pytest-xdist), each test file whole in one of them.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # Every performance figure in one table; `make bench ARGS=--quick` for a short run,
 # `make bench ARGS=--database=postgresql://root@127.0.0.1:5432/test` on PostgreSQL.

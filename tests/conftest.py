@@ -13,7 +13,9 @@ in which no PostgreSQL test ran, fails the session instead.
 
 from __future__ import annotations
 
+import itertools
 import os
+import queue
 import socket
 import threading
 import time
@@ -42,6 +44,9 @@ REQUIRE_POSTGRES = os.environ.get("PROFILEBASE_REQUIRE_POSTGRES", "") not in {""
 class PostgresServer:
     """The test PostgreSQL server: a migrated template database and fresh clones of it."""
 
+    #: Migrated clones kept ready.
+    AHEAD = 2
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.prefix = f"pbtest_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -49,15 +54,22 @@ class PostgresServer:
         self.error = ""
         self.ready = False
         self.ran = 0
-        self.clones: list[str] = []
+        self.clones: set[str] = set()
+        self.lock = threading.Lock()
+        self.numbers = itertools.count()
+        #: Migrated clones made ahead, and clones to drop, by a thread of their own: a test
+        #: takes a database at once and leaves its dropping to that thread.
+        self.made: queue.Queue[str] = queue.Queue(maxsize=self.AHEAD)
+        self.dropping: queue.Queue[str | None] = queue.Queue()
+        self.helper: threading.Thread | None = None
+        self.psycopg: Any = None
 
     def with_database(self, name: str) -> str:
         return urllib.parse.urlsplit(self.url)._replace(path=f"/{name}").geturl()
 
     def admin(self, sql: str) -> None:
-        import psycopg
-
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=30) as db:
+        # The module ``started`` imported: a test may hide psycopg from sys.modules meanwhile.
+        with self.psycopg.connect(self.url, autocommit=True, connect_timeout=30) as db:
             db.execute(sql)  # type: ignore[arg-type]
 
     def started(self) -> bool:
@@ -65,8 +77,11 @@ class PostgresServer:
         if self.ready or self.error:
             return self.ready
         try:
+            import psycopg
+
             from profilebase.server.storage.postgres import PostgresStore
 
+            self.psycopg = psycopg
             self.admin(f'CREATE DATABASE "{self.template}"')
         except ImportError as exc:
             self.error = f"psycopg is not installed ({exc})"
@@ -82,22 +97,68 @@ class PostgresServer:
 
     def clone(self, migrated: bool = True) -> str:
         """A new database, a copy of the migrated template (or empty); its name."""
-        name = f"{self.prefix}_{len(self.clones)}"
-        template = self.template if migrated else "template0"
-        self.admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-        self.clones.append(name)
         self.ran += 1
+        if not migrated:
+            return self._create("template0")
+        if self.helper is None:
+            self.helper = threading.Thread(target=self._ahead, name="pg-clones", daemon=True)
+            self.helper.start()
+        while True:
+            try:
+                return self.made.get(timeout=1)
+            except queue.Empty:  # the helper died (the server went away): make one here
+                if not self.helper.is_alive():
+                    return self._create(self.template)
+
+    def _create(self, template: str) -> str:
+        with self.lock:
+            name = f"{self.prefix}_{next(self.numbers)}"
+            self.clones.add(name)
+        self.admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return name
 
+    def _ahead(self) -> None:
+        """Keep ``AHEAD`` migrated clones ready and drop what tests left, until ``stop``.
+        A clone it cannot make ends it (``clone`` then makes its own); one it cannot drop
+        is left to ``stop``."""
+        while True:
+            try:
+                while self.made.qsize() < self.AHEAD:
+                    self.made.put(self._create(self.template))
+            except Exception:
+                return
+            try:
+                name = self.dropping.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if name is None:
+                return
+            try:
+                self._drop_now(name)
+            except Exception:
+                pass
+
     def drop(self, name: str) -> None:
+        """Drop a clone, soon (by the helper thread) if it runs, else now."""
+        if self.helper is not None and self.helper.is_alive():
+            self.dropping.put(name)
+        else:
+            self._drop_now(name)
+
+    def _drop_now(self, name: str) -> None:
         self.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with self.lock:
+            self.clones.discard(name)
 
     def stop(self) -> None:
         if not self.ready:
             return
+        if self.helper is not None:
+            self.dropping.put(None)
+            self.helper.join(60)
         for name in [*self.clones, self.template]:
             try:
-                self.drop(name)
+                self._drop_now(name)
             except Exception:  # the server went away; nothing left to clean
                 pass
 
@@ -145,8 +206,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     server = session.config.stash[postgres_key]
     server.stop()
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller adds up the counts
+        workeroutput["postgres_ran"] = server.ran
+        return
     if REQUIRE_POSTGRES and exitstatus == 0 and not server.ran:
         session.exitstatus = 1  # CI must not pass without the PostgreSQL half
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist's controller: count the PostgreSQL tests a finished worker ran."""
+    node.config.stash[postgres_key].ran += node.workeroutput.get("postgres_ran", 0)
 
 
 def fresh_database(

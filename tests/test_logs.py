@@ -47,16 +47,31 @@ class Server:
         return self.lines()
 
     def stop(self) -> None:
+        """SIGTERM, then wait as long as the parent may wait for its children (the lease and
+        10 s) and more; a server still running then is killed and fails the test with its log."""
         self.process.terminate()
-        self.process.wait(20)
+        try:
+            self.process.wait(90)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(
+                "serve did not stop within 90 s of SIGTERM:\n" + "\n".join(self.lines()[-40:])
+            ) from None
 
 
 @pytest.fixture
 def servers() -> Iterator[list[Server]]:
     started: list[Server] = []
     yield started
-    for server in started:
-        server.stop()
+    errors = []
+    for server in started:  # every one stopped, even after one that would not stop
+        try:
+            server.stop()
+        except AssertionError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def json_lines(lines: list[str]) -> list[dict[str, object]]:
