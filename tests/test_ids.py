@@ -7,6 +7,8 @@ import json
 import urllib.parse
 
 import httpx
+import hypothesis
+import hypothesis.strategies
 import pytest
 from helpers import batch_id_of, deliver, status, submit, update
 
@@ -257,3 +259,26 @@ def test_the_fast_decoder_and_the_reference_agree_on_every_id(kind: KeyKind, ide
         assert rows == [] and [f.reason for f in failures] == [str(expected)]
     else:
         assert failures == [] and [r.id for r in rows] == [expected.id] == [identifier]
+
+
+@hypothesis.given(
+    hypothesis.strategies.one_of(
+        hypothesis.strategies.text(max_size=300),
+        hypothesis.strategies.text(
+            alphabet=hypothesis.strategies.sampled_from(
+                ["a", "é", " ", ".", "+", "/", "\x00", "\t", "\x7f", "\x85", "\ud800", "\U0001f600"]
+            ),
+            max_size=260,
+        ),
+    )
+)
+def test_the_quick_third_party_id_rule_agrees_with_the_full_one(identifier: str):
+    assert ids.is_valid_third_party_id(identifier) == (ids.check_id(TP, identifier) is None)
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    ["", " ", " a", ".", "..", ".a", "a/b", "a+b", "a\x00", "x" * 256, "x" * 257, "a b", "ü"],
+)
+def test_the_quick_third_party_id_rule_at_its_edges(identifier: str):
+    assert ids.is_valid_third_party_id(identifier) == (ids.check_id(TP, identifier) is None)

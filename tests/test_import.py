@@ -833,3 +833,20 @@ def test_a_unit_of_compact_lines_decodes_as_its_lines_do_one_by_one(lines: list[
     assert [(f.line, f.reason) for f in failures] == expected_failures
     if all(profile_import.fast_line(line, 0, 0, 0, profile_import.Seen()) for line in lines):
         assert rows == expected_rows  # the attributes' text is msgspec's, as line by line
+
+
+def test_the_first_part_is_small_and_the_rest_full(tmp_path: Path):
+    """The SDK's parts: the first of at most ``first_rows`` lines, the others of ``max_rows``;
+    blank lines count for no row but keep the file's line numbers; every line goes once."""
+    from profilebase.client.imports import split
+
+    lines = [b'{"thirdPartyId":"p%d"}\n' % i for i in range(23)]
+    lines.insert(4, b"\n")
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"".join(lines))
+    parts = list(split(source, 1_000_000, 10, first_rows=3))
+    assert [p.rows for p in parts] == [3, 10, 10]
+    assert [p.first_line for p in parts] == [1, 4, 15]
+    assert b"".join(p.data for p in parts) == b"".join(lines)
+    assert [p.rows for p in split(source, 1_000_000, 10)] == [10, 10, 3]
+    assert [p.rows for p in split(source, 1_000_000, 2, first_rows=5)][:2] == [2, 2]

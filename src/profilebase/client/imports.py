@@ -13,7 +13,10 @@ from profilebase.errors import InputError
 
 #: Most lines the SDK sends in one part: the server's workers apply a part while the next
 #: is read and sent.
-PART_ROWS = 25_000
+PART_ROWS = 10_000
+#: Most lines of the first part: small, so that the server's workers start while the SDK
+#: still reads and sends the rest.
+FIRST_PART_ROWS = 2_500
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ def split(
     max_bytes: int,
     max_rows: int,
     compact: bool = False,
+    first_rows: int | None = None,
 ) -> Iterator[Part]:
     """The file's lines in parts of fewer than ``max_bytes`` bytes and at most ``max_rows``
     non-blank lines. A line too long for any part is refused before anything is sent.
@@ -86,7 +90,8 @@ def split(
                     f"Line {number} is {len(line):,} bytes: one import request must be smaller "
                     f"than {max_bytes:,} bytes (max_batch_bytes). Nothing was sent."
                 )
-            if lines and (size + len(line) >= max_bytes or (not blank and rows >= max_rows)):
+            limit = max_rows if parts or first_rows is None else min(first_rows, max_rows)
+            if lines and (size + len(line) >= max_bytes or (not blank and rows >= limit)):
                 parts += 1
                 yield Part(parts, first, rows, b"".join(lines))
                 lines, size, rows, first = [], 0, 0, number

@@ -18,7 +18,15 @@ from typing import IO, Any
 
 import httpx
 
-from profilebase.client.imports import PART_ROWS, ImportFailure, ImportResult, Part, ahead, split
+from profilebase.client.imports import (
+    FIRST_PART_ROWS,
+    PART_ROWS,
+    ImportFailure,
+    ImportResult,
+    Part,
+    ahead,
+    split,
+)
 from profilebase.client.replies import BatchStatus, ServerFailure, parse_batch_status_json
 from profilebase.client.retry import RetryPolicy
 from profilebase.errors import ClientError, RemoteRejected, RemoteUnavailable
@@ -180,7 +188,8 @@ class Operations:
         """Import the profiles of a JSON-lines file (what ``export`` writes), ids, links,
         values and modified times included.
 
-        1. The file is cut into parts of at most 25,000 lines within the server's limits
+        1. The file is cut into parts of at most 10,000 lines (the first of 2,500), within
+           the server's limits
            (``max_batch_bytes``, ``max_batch_rows``); a line too long for any part stops
            it before sending. Each line goes in its compact form (``profilelines``),
            which imports exactly as the line; parts are compressed with gzip when the
@@ -196,7 +205,9 @@ class Operations:
         prefix = idempotency_key or uuid.uuid4().hex
         sent: list[tuple[Part, str]] = []
         max_rows = min(info.limits.max_batch_rows, PART_ROWS)
-        parts = split(path, info.limits.max_batch_bytes, max_rows, compact=True)
+        parts = split(
+            path, info.limits.max_batch_bytes, max_rows, compact=True, first_rows=FIRST_PART_ROWS
+        )
         for part, body, coding in ahead(parts, gzip=info.gzip_imports):
             headers = {
                 "Content-Type": "application/x-ndjson",
