@@ -156,7 +156,9 @@ class PostgresServer:
         if self.helper is not None:
             self.dropping.put(None)
             self.helper.join(60)
-        for name in [*self.clones, self.template]:
+        with self.lock:
+            left = [*self.clones, self.template]
+        for name in left:
             try:
                 self._drop_now(name)
             except Exception:  # the server went away; nothing left to clean
@@ -209,6 +211,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # a pytest-xdist worker: the controller adds up the counts
         workeroutput["postgres_ran"] = server.ran
+        workeroutput["postgres_error"] = server.error
         return
     if REQUIRE_POSTGRES and exitstatus == 0 and not server.ran:
         session.exitstatus = 1  # CI must not pass without the PostgreSQL half
@@ -216,8 +219,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object) -> None:
-    """pytest-xdist's controller: count the PostgreSQL tests a finished worker ran."""
-    node.config.stash[postgres_key].ran += node.workeroutput.get("postgres_ran", 0)
+    """pytest-xdist's controller: count the PostgreSQL tests a finished worker ran, and keep
+    why it could not run them, for the summary. A worker that crashed reports nothing (and
+    one stopped by Ctrl-C is reported twice, the second time with an error)."""
+    output = getattr(node, "workeroutput", None)
+    if error is not None or not output:
+        return
+    server = node.config.stash[postgres_key]
+    server.ran += output.get("postgres_ran", 0)
+    server.error = server.error or output.get("postgres_error", "")
 
 
 def fresh_database(

@@ -850,3 +850,15 @@ def test_the_first_part_is_small_and_the_rest_full(tmp_path: Path):
     assert b"".join(p.data for p in parts) == b"".join(lines)
     assert [p.rows for p in split(source, 1_000_000, 10)] == [10, 10, 3]
     assert [p.rows for p in split(source, 1_000_000, 2, first_rows=5)][:2] == [2, 2]
+
+
+def test_no_part_is_made_of_blank_lines_alone(tmp_path: Path):
+    """Blank lines past the byte limit before any profile are not sent as a part of their own
+    (nor with ``first_rows`` of zero); the profile after them keeps its line number."""
+    from profilebase.client.imports import split
+
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n" * 40 + b'{"thirdPartyId":"a"}\n' + b"\n" + b'{"thirdPartyId":"b"}\n')
+    parts = list(split(source, 30, 10, first_rows=0))
+    assert [(p.first_line, p.rows) for p in parts] == [(41, 1), (43, 1)]
+    assert all(p.data.strip() for p in parts)

@@ -47,16 +47,17 @@ class Server:
         return self.lines()
 
     def stop(self) -> None:
-        """SIGTERM, then wait as long as the parent may wait for its children (the lease and
-        10 s) and more; a server still running then is killed and fails the test with its log."""
+        """SIGTERM, then wait up to 180 s (the parent waits up to the lease and 10 s, 40 s,
+        for each child that does not stop, one after another; these servers have at most
+        four); a server still running then is killed and fails the test with its log."""
         self.process.terminate()
         try:
-            self.process.wait(90)
+            self.process.wait(180)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
             raise AssertionError(
-                "serve did not stop within 90 s of SIGTERM:\n" + "\n".join(self.lines()[-40:])
+                "serve did not stop within 180 s of SIGTERM:\n" + "\n".join(self.lines()[-40:])
             ) from None
 
 

@@ -30,7 +30,7 @@ FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 DOT_SEGMENTS = {".", ".."}
 #: A thirdPartyId that is valid for certain: 1 to 256 characters, the first neither a space
 #: nor a dot, none a control character, an unpaired surrogate, ``+`` or ``/``. What it does
-#: not match may still be valid: ``check_id`` decides (``is_plain_third_party_id``).
+#: not match may still be valid: ``check_id`` decides (``is_valid_third_party_id``).
 PLAIN_THIRD_PARTY_ID = re.compile(
     "[^\x00-\x20\x7f-\x9f\ud800-\udfff+/.][^\x00-\x1f\x7f-\x9f\ud800-\udfff+/]{0,255}"
 )

@@ -69,6 +69,9 @@ def split(
     """The file's lines in parts of fewer than ``max_bytes`` bytes and at most ``max_rows``
     non-blank lines. A line too long for any part is refused before anything is sent.
 
+    With ``first_rows``, the first part holds at most that many lines (a small first part
+    lets the server start applying sooner). Blank lines alone are never a part.
+
     With ``compact``, each line is sent in its compact form (``profilelines.compact``), one
     line for one, so that the file's line numbers still hold; sizes count the compact lines.
     """
@@ -91,9 +94,11 @@ def split(
                     f"than {max_bytes:,} bytes (max_batch_bytes). Nothing was sent."
                 )
             limit = max_rows if parts or first_rows is None else min(first_rows, max_rows)
-            if lines and (size + len(line) >= max_bytes or (not blank and rows >= limit)):
-                parts += 1
-                yield Part(parts, first, rows, b"".join(lines))
+            full = size + len(line) >= max_bytes or (not blank and rows >= max(1, limit))
+            if full:  # blank lines alone are no part: dropped, the line numbers kept
+                if rows:
+                    parts += 1
+                    yield Part(parts, first, rows, b"".join(lines))
                 lines, size, rows, first = [], 0, 0, number
             lines.append(line)
             size += len(line)
