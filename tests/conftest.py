@@ -303,10 +303,27 @@ def drain(store: Store, settings: Settings, clock: Callable[[], int]):  # type: 
     return run
 
 
+#: Ports ``free_port`` hands out: below Linux's ephemeral range (32768 and up), where no
+#: outgoing connection takes one between the test's choice and the server's bind, and a
+#: block of its own for each pytest-xdist process, so that two never pick the same.
+PORT_BLOCK = 2_000
+FIRST_PORT = 20_000
+_ports = itertools.count()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port nothing listens on, for a server the test starts."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    block = FIRST_PORT + (int(worker) % 6 if worker.isdigit() else 0) * PORT_BLOCK
+    for _ in range(PORT_BLOCK):
+        port = block + next(_ports) % PORT_BLOCK
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # taken (by another program, or not yet released)
+                continue
+            return port
+    raise RuntimeError(f"no free port in {block}-{block + PORT_BLOCK - 1}")
 
 
 class LiveServer:
