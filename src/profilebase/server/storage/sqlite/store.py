@@ -374,8 +374,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         calls: list[Call] = []
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
-            with self._read() as db, self._writers.turn():
-                db.execute("BEGIN IMMEDIATE")
+            with self._read() as db, self._writers.turn(), _transaction(db):
                 self._group_db, self._group_failure = db, None
                 try:
                     calls = take()
@@ -386,11 +385,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
                             if self._group_failure is not None:
                                 raise self._group_failure from None
                             outcomes.append((future, None, exc))
-                    db.execute("COMMIT")
                 finally:
                     self._group_db = None
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")  # an error here is translated by _read
         except BaseException as exc:
             own = {id(future): error for future, _, error in outcomes if error is not None}
             for future, _ in calls or take():
