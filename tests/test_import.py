@@ -861,4 +861,5 @@ def test_no_part_is_made_of_blank_lines_alone(tmp_path: Path):
     source.write_bytes(b"\n" * 40 + b'{"thirdPartyId":"a"}\n' + b"\n" + b'{"thirdPartyId":"b"}\n')
     parts = list(split(source, 30, 10, first_rows=0))
     assert [(p.first_line, p.rows) for p in parts] == [(41, 1), (43, 1)]
+    assert [(p.first_line, p.rows) for p in split(source, 1000, 0)] == [(1, 1), (43, 1)]
     assert all(p.data.strip() for p in parts)

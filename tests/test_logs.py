@@ -48,8 +48,9 @@ class Server:
 
     def stop(self) -> None:
         """SIGTERM, then wait up to 180 s (the parent waits up to the lease and 10 s, 40 s,
-        for each child that does not stop, one after another; these servers have at most
-        four); a server still running then is killed and fails the test with its log."""
+        for each child that does not stop, one after another: four children, as on a 2-core
+        machine, could take 160 s); a server still running then is killed and fails the test
+        with its log."""
         self.process.terminate()
         try:
             self.process.wait(180)

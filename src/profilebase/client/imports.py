@@ -93,9 +93,9 @@ def split(
                     f"Line {number} is {len(line):,} bytes: one import request must be smaller "
                     f"than {max_bytes:,} bytes (max_batch_bytes). Nothing was sent."
                 )
-            limit = max_rows if parts or first_rows is None else min(first_rows, max_rows)
-            full = size + len(line) >= max_bytes or (not blank and rows >= max(1, limit))
-            if full:  # blank lines alone are no part: dropped, the line numbers kept
+            limit = max(1, max_rows if parts or first_rows is None else min(first_rows, max_rows))
+            if size + len(line) >= max_bytes or (not blank and rows >= limit):
+                # Blank lines alone are no part: dropped, the file's line numbers kept.
                 if rows:
                     parts += 1
                     yield Part(parts, first, rows, b"".join(lines))

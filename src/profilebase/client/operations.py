@@ -188,12 +188,11 @@ class Operations:
         """Import the profiles of a JSON-lines file (what ``export`` writes), ids, links,
         values and modified times included.
 
-        1. The file is cut into parts of at most 10,000 lines (the first of 2,500), within
-           the server's limits
-           (``max_batch_bytes``, ``max_batch_rows``); a line too long for any part stops
-           it before sending. Each line goes in its compact form (``profilelines``),
-           which imports exactly as the line; parts are compressed with gzip when the
-           server takes it, and the next part is read while one is sent.
+        1. The file is cut into parts of at most 10,000 lines (the first of 2,500) within
+           the server's limits (``max_batch_bytes``, ``max_batch_rows``); a line too long
+           for any part stops it before sending. Each line goes in its compact form
+           (``profilelines``), which imports exactly as the line; parts are compressed
+           with gzip when the server takes it, and the next part is read while one is sent.
         2. Parts are sent in order, part N with the idempotency key ``KEY-N``: the same
            key again sends nothing twice. Each becomes an import batch on the server.
         3. Unless ``wait`` is False, the batches are followed to the end
