@@ -81,6 +81,20 @@ def test_a_client_that_hangs_up_mid_upload_is_one_warning_line(
     assert "Traceback" not in log_path.read_text()
 
 
+def quoted_error_id(reply: httpx.Response, message: str) -> str:
+    """The error id a 500's ``message`` quotes; it names no internal, and the id is the
+    request's id, which the reply carries in X-Request-Id too."""
+    assert not INTERNALS.search(reply.text), reply.text
+    found = re.fullmatch(
+        r"Internal server error \(error id ([0-9A-Za-z._-]{1,64})\); the server log has the "
+        r"details\.",
+        message,
+    )
+    assert found, message
+    assert reply.headers["x-request-id"] == found.group(1)
+    return found.group(1)
+
+
 def break_schema(database_url: str) -> None:
     """Damage the schema from outside, as a careless hand might: the batches table is gone."""
     run_sql(database_url, "ALTER TABLE batches RENAME TO batches_moved")
@@ -104,16 +118,7 @@ def test_an_unexpected_error_is_logged_once_and_its_reply_quotes_the_id(
         (json_reply, json_reply.json()["message"]),
         (batch, xml_fields(batch)["message"]),
     ]:
-        assert not INTERNALS.search(reply.text), reply.text
-        found = re.fullmatch(
-            r"Internal server error \(error id ([0-9A-Za-z._-]{1,64})\); the server log has the "
-            r"details\.",
-            message,
-        )
-        assert found, message
-        # The error id is the request's id, which the reply carries in X-Request-Id too.
-        assert reply.headers["x-request-id"] == found.group(1)
-        ids.append(found.group(1))
+        ids.append(quoted_error_id(reply, message))
     log = log_path.read_text()
     assert log.count("Traceback") == 3, log
     assert "Exception in ASGI application" not in log

@@ -33,6 +33,7 @@ from profilebase.server.web import (
 from profilebase.server.web.attempts import FailedAttempts
 from profilebase.server.web.client_cache import ClientCache
 from profilebase.server.web.context import Context, app_context
+from profilebase.server.web.front import Front
 from profilebase.server.web.openapi import JSON, TARGET, ApiRoute, operation, ref, reply
 from profilebase.server.web.responses import JsonResponse
 from profilebase.server.web.sessions import Sessions
@@ -136,6 +137,9 @@ def create_app(
     count = settings.workers if workers is None else workers
     metrics = Metrics()
 
+    def on_error(exc: BaseException) -> None:
+        metrics.database_error(exc, "web")
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
@@ -160,9 +164,10 @@ def create_app(
             if owns_store:
                 the_store.close()
 
+    health = ApiRoute("/healthz", healthz, methods=["GET"], context=app_context, operation=HEALTHZ)
     app = Starlette(
         routes=[
-            ApiRoute("/healthz", healthz, methods=["GET"], context=app_context, operation=HEALTHZ),
+            health,
             ApiRoute("/readyz", readyz, methods=["GET"], context=app_context, operation=READYZ),
             *bulk.routes,
             *update.routes,
@@ -180,8 +185,15 @@ def create_app(
         # Outside the exception handlers: every other exception, and clients that hang up;
         # the observer outside the guard, so that a 500 carries its request id too.
         middleware=[
+            # The routes of every page view: straight to their endpoints (web/front.py).
+            Middleware(
+                Front,
+                routes=[health, *update.routes, *profiles.by_id_routes, *delivery.routes],
+                metrics=metrics,
+                on_error=on_error,
+            ),
             Middleware(observe.RequestObserver, metrics=metrics),
-            Middleware(errors.ErrorGuard, on_error=lambda exc: metrics.database_error(exc, "web")),
+            Middleware(errors.ErrorGuard, on_error=on_error),
         ],
         lifespan=lifespan,
     )

@@ -73,10 +73,21 @@ class RawPathRoute(ApiRoute):
             path = urllib.parse.quote(scope["path"], safe="/")
         else:
             path = raw.split(b"?", 1)[0].decode("latin-1")
-        root = urllib.parse.quote(scope.get("root_path", ""), safe="/")
-        if root and path.startswith(root + "/"):
-            path = path[len(root) :]
-        return super().matches({**scope, "path": path, "root_path": ""})
+        root = scope.get("root_path", "")
+        if root:
+            root = urllib.parse.quote(root, safe="/")
+            if path.startswith(root + "/"):
+                path = path[len(root) :]
+        found = self.path_regex.match(path)
+        if found is None:
+            return Match.NONE, {}
+        params = dict(scope.get("path_params", {}))
+        for name, value in found.groupdict().items():
+            params[name] = self.param_convertors[name].convert(value)
+        child = {"endpoint": self.endpoint, "path_params": params}
+        if self.methods is not None and scope["method"] not in self.methods:
+            return Match.PARTIAL, child
+        return Match.FULL, child
 
 
 def not_found(client_code: str, named: str) -> NotFound:
@@ -301,6 +312,12 @@ def by_id(path: str, param: Schema) -> list[ApiRoute]:
     ]
 
 
+#: Fetch and delete by id: served by the short way in (web/front.py).
+by_id_routes = [
+    *by_id("/rest/v1/profiles/thirdPartyId/{third_party_id}", THIRD_PARTY_ID),
+    *by_id("/rest/v1/profiles/marketingCloudVisitorId/{ecid}", ECID),
+    *by_id("/rest/v1/profiles/{pc_id}", PC_ID),
+]
 routes = [
     ApiRoute(
         "/rest/v1/profiles",
@@ -309,7 +326,5 @@ routes = [
         context=client_named,
         operation=EXPORT,
     ),
-    *by_id("/rest/v1/profiles/thirdPartyId/{third_party_id}", THIRD_PARTY_ID),
-    *by_id("/rest/v1/profiles/marketingCloudVisitorId/{ecid}", ECID),
-    *by_id("/rest/v1/profiles/{pc_id}", PC_ID),
+    *by_id_routes,
 ]

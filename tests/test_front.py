@@ -1,0 +1,250 @@
+"""The short way in (web/front.py): the routes of every page view reach their endpoints
+without Starlette's router, and answer exactly as through it.
+
+The router test compares ``Front``'s choice with the app's own router on paths built from
+the routes' own segments; the served tests run real HTTP against a live server and a real
+``profilebase serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import run_sql, xml_fields
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.routing import Match, Route
+from test_crash import ServerProcess
+from test_error_replies import quoted_error_id
+
+from profilebase.server.metrics import Metrics
+from profilebase.server.settings import Settings
+from profilebase.server.web.app import create_app
+from profilebase.server.web.front import Front
+
+
+def the_app() -> Starlette:
+    return create_app(Settings(database="sqlite:///:memory:", workers=0))
+
+
+def front_of(app: Starlette) -> Front:
+    (middleware,) = [m for m in app.user_middleware if m.cls is Front]
+    return Front(app, middleware.kwargs["routes"], Metrics())
+
+
+APP = the_app()
+FRONT = front_of(APP)
+
+
+def scope_of(method: str, raw_path: str) -> dict[str, object]:
+    """An HTTP scope as uvicorn makes it: ``path`` percent-decoded, ``raw_path`` as sent."""
+    from urllib.parse import unquote
+
+    return {
+        "type": "http",
+        "method": method,
+        "path": unquote(raw_path),
+        "raw_path": raw_path.encode("latin-1"),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+    }
+
+
+def router_choice(scope: dict[str, object]) -> Route | None:
+    """The route the app's router serves ``scope`` with: its first full match."""
+    for route in APP.routes:
+        found, _ = route.matches(dict(scope))
+        if found is Match.FULL:
+            assert isinstance(route, Route)
+            return route
+    return None
+
+
+def test_the_front_serves_only_routes_of_the_app():
+    routes = [route for _, route in FRONT.routes]
+    assert routes, "the front serves no route"
+    for route in routes:
+        assert any(route is own for own in APP.routes), route.path
+    assert {route.path for route in routes} >= {
+        "/healthz",
+        "/rest/v1/profiles/thirdPartyId/{third_party_id}",
+        "/m2/{client}/profile/update",
+        "/rest/v1/delivery",
+    }
+
+
+SEGMENTS = [
+    "rest", "v1", "profiles", "thirdPartyId", "marketingCloudVisitorId", "m2", "demo",
+    "profile", "update", "delivery", "healthz", "batchUpdate", "x%2Fy", "%C3%BC", "", "a b",
+]  # fmt: skip
+METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"]
+
+
+def examples() -> list[tuple[str, str]]:
+    paths = [
+        "/healthz",
+        "/healthz/",
+        "/rest/v1/profiles/thirdPartyId/crm-1",
+        "/rest/v1/profiles/thirdPartyId/a%2Fb",
+        "/rest/v1/profiles/thirdPartyId",
+        "/rest/v1/profiles/thirdPartyId/",
+        "/rest/v1/profiles/marketingCloudVisitorId/123",
+        "/rest/v1/profiles/abc",
+        "/rest/v1/profiles",
+        "/rest/v1/profiles/",
+        "/m2/demo/profile/update",
+        "/m2/demo/profile/batchUpdate",
+        "/m2/demo/v2/profile/batchUpdate",
+        "/rest/v1/delivery",
+        "/rest/v1/delivery/",
+        "/readyz",
+        "/metrics",
+        "/ui",
+    ]
+    return [(method, path) for path in paths for method in METHODS]
+
+
+def assert_same_choice(method: str, path: str) -> None:
+    scope = scope_of(method, path)
+    chosen = FRONT.match(scope)
+    if chosen is not None:  # the front serves it: the router would have chosen the same
+        assert chosen is router_choice(scope_of(method, path)), (method, path)
+        assert scope["route"] is chosen and scope["endpoint"] is chosen.endpoint
+    else:  # left to the app: no route of the front matches it fully
+        for _, route in FRONT.routes:
+            assert route.matches(scope_of(method, path))[0] is not Match.FULL, (method, path)
+
+
+@pytest.mark.parametrize(("method", "path"), examples())
+def test_the_front_chooses_as_the_router_does(method: str, path: str):
+    assert_same_choice(method, path)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(METHODS),
+    st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=6),
+)
+def test_the_front_chooses_as_the_router_does_on_any_path(method: str, segments: list[str]):
+    assert_same_choice(method, "/" + "/".join(segments))
+
+
+def test_the_front_serves_the_routes_it_should():
+    """Not an empty table: the routes of every page view do take the short way."""
+    for method, path in [
+        ("GET", "/healthz"),
+        ("GET", "/rest/v1/profiles/thirdPartyId/crm-1"),
+        ("DELETE", "/rest/v1/profiles/thirdPartyId/crm-1"),
+        ("GET", "/rest/v1/profiles/abc"),
+        ("GET", "/m2/demo/profile/update"),
+        ("POST", "/m2/demo/profile/update"),
+        ("POST", "/rest/v1/delivery"),
+    ]:
+        assert FRONT.match(scope_of(method, path)) is not None, (method, path)
+
+
+def page_call(third_party_id: str) -> dict[str, object]:
+    return {"id": {"thirdPartyId": third_party_id}, "context": {"channel": "web"}}
+
+
+def test_front_routes_answer_with_request_id_log_line_and_metrics(
+    http: httpx.Client, caplog: pytest.LogCaptureFixture
+):
+    """Through the front, as through the app: the caller's request id comes back, one log
+    line names the route's template (the label the metrics count it under too), and errors
+    keep each endpoint's format (JSON, Target's XML for /m2/)."""
+    caplog.set_level(logging.INFO, logger="profilebase.requests")
+    created = http.post(
+        "/rest/v1/delivery", params={"client": "demo", "sessionId": "s1"}, json=page_call("crm-7")
+    )
+    assert created.status_code == 200, created.text
+    ok = http.post(
+        "/m2/demo/profile/update",
+        params={"mbox3rdPartyId": "crm-7", "profile.tier": "gold"},
+        headers={"X-Request-Id": "front-test-1"},
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["x-request-id"] == "front-test-1"
+    fetched = http.get("/rest/v1/profiles/thirdPartyId/crm-7", params={"client": "demo"})
+    assert fetched.status_code == 200
+    assert fetched.json()["profileAttributes"]["tier"]["value"] == "gold"
+    assert re.fullmatch(r"[0-9a-f]{32}", fetched.headers["x-request-id"])
+
+    missing = http.get("/rest/v1/profiles/thirdPartyId/crm-none", params={"client": "demo"})
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "status": 404,
+        "message": "No profile found for client demo with third party id=crm-none",
+    }
+    unknown = http.get("/m2/nobody/profile/update", params={"mbox3rdPartyId": "crm-7"})
+    assert unknown.status_code in {401, 403, 404}
+    assert xml_fields(unknown)["message"], unknown.text  # Target's XML, with a message
+    bad = http.post("/rest/v1/delivery", params={"client": "demo"}, content=b"{not json")
+    assert bad.status_code == 400 and bad.json()["status"] == 400
+    # The app still answers what the front leaves to it.
+    assert http.put("/rest/v1/delivery", params={"client": "demo"}).status_code == 405
+    assert http.get("/healthz/", follow_redirects=False).status_code in {307, 404}
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "profilebase.requests"]
+    assert any(
+        line.startswith("POST /m2/{client}/profile/update 200 ") and "client=demo" in line
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith("GET /rest/v1/profiles/thirdPartyId/{third_party_id} 404 ")
+        for line in lines
+    ), lines
+    assert any(line.startswith("PUT /rest/v1/delivery 405 ") for line in lines), lines
+    records = [r for r in caplog.records if getattr(r, "route", None)]
+    assert any(
+        r.route == "/rest/v1/profiles/thirdPartyId/{third_party_id}" and r.status == 200
+        for r in records
+    )
+
+
+def test_an_unexpected_error_on_a_front_route_is_a_500_quoting_its_id(
+    database_url: str, tmp_path: Path
+):
+    """A real failure under the front's routes (the profiles table renamed away under the
+    server): a fetch, a single update and a page call each answer 500 in their format,
+    quoting an error id that is the request's id, with one ERROR line each; no reply names
+    an internal."""
+    log = tmp_path / "server.log"
+    server = ServerProcess(database_url, log, workers="0")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            assert http.post(
+                "/rest/v1/delivery?client=demo&sessionId=s1", json=page_call("a")
+            ).is_success
+            run_sql(database_url, "ALTER TABLE profiles RENAME TO profiles_moved")
+            replies = [
+                (
+                    fetched := http.get("/rest/v1/profiles/thirdPartyId/a?client=demo"),
+                    fetched.json()["message"] if fetched.status_code == 500 else "",
+                ),
+                (
+                    updated := http.get("/m2/demo/profile/update?mbox3rdPartyId=b&profile.x=1"),
+                    xml_fields(updated)["message"] if updated.status_code == 500 else "",
+                ),
+                (
+                    called := http.post(
+                        "/rest/v1/delivery?client=demo&sessionId=s1",
+                        json=page_call("c"),
+                    ),
+                    called.json()["message"] if called.status_code == 500 else "",
+                ),
+            ]
+    finally:
+        server.kill()
+    text = log.read_text()
+    for reply, message in replies:
+        assert reply.status_code == 500, reply.text
+        error_id = quoted_error_id(reply, message)
+        errors = [line for line in text.splitlines() if error_id in line and "ERROR" in line]
+        assert len(errors) == 1, errors
