@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +28,7 @@ from starlette.responses import Response
 from profilebase.errors import BadRequest
 from profilebase.ids import check_id
 from profilebase.models import KeyKind
+from profilebase.server.randomness import random_bytes
 from profilebase.server.storage.base import Visit
 from profilebase.server.storage.links import customer_id_key, ecid_key
 from profilebase.server.web.context import (
@@ -86,7 +86,7 @@ class DeliveryCall:
 
 def new_tnt_id() -> str:
     """A new tntId: 32 hex digits, without the optional ``.<hint>_<n>`` location suffix."""
-    return uuid.uuid4().hex
+    return random_bytes.hex_id()
 
 
 async def delivery(request: Request, context: ClientContext) -> Response:
@@ -103,7 +103,7 @@ async def delivery(request: Request, context: ClientContext) -> Response:
     tnt_id = call.tnt_id or new_tnt_id()
     request_id = payload.get("requestId")
     if not isinstance(request_id, str) or not request_id:
-        request_id = str(uuid.uuid4())
+        request_id = str(random_bytes.uuid4())
     now = context.clock()
     await context.write_now(
         context.store.visit,

@@ -24,6 +24,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -115,6 +116,7 @@ class RequestObserver:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -146,14 +148,18 @@ class RequestObserver:
     def finished(self, scope: Scope, status: int, seconds: float) -> None:
         method = scope["method"] if scope["method"] in METHODS else "OTHER"
         route = route_of(scope)
-        self.metrics.requests.labels(method, route, str(status)).inc()
-        self.metrics.latency.labels(method, route).observe(seconds)
+        count, latency = self.series(method, route, status)
+        count.inc()
+        latency.observe(seconds)
+        level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
+        if not log.isEnabledFor(level):
+            return
         client = client_of(scope)
         address = scope["client"][0] if scope.get("client") else "-"
         if route == UNMATCHED:  # say which path was not found, safely quoted and cut short
             route = f"{UNMATCHED} {scope.get('path', '')[:200]!r}"
         log.log(
-            logging.DEBUG if route in QUIET_ROUTES else logging.INFO,
+            level,
             "%s %s %d %.1f ms client=%s address=%s",
             method,
             route,
@@ -170,6 +176,19 @@ class RequestObserver:
                 "address": address,
             },
         )
+
+    def series(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        """The request counter's and the latency histogram's series of a request, looked up
+        once (``labels`` validates and locks on every call). Their number is bounded: the
+        methods, route templates and statuses the server has."""
+        key = (method, route, status)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = (
+                self.metrics.requests.labels(method, route, str(status)),
+                self.metrics.latency.labels(method, route),
+            )
+        return found
 
 
 def counting(
