@@ -73,6 +73,72 @@ class Config(uvicorn.Config):
         super().__init__(app, http=GuardedProtocol, **kwargs)
 
 
+#: Bytes of a reply held back for one write at most (a streamed reply past them goes out
+#: at once).
+ONE_WRITE_BYTES = 64 * 1024
+
+
+class OneWrite:
+    """A connection's transport whose writes in one turn of the event loop leave as one.
+
+    uvicorn writes a reply's status line and headers, then its body: two ``send`` system
+    calls, and with Nagle's algorithm off two packets, for every small reply. Held until
+    the end of the turn (``call_soon``), they leave in one; past ``ONE_WRITE_BYTES`` held,
+    or on ``close``, at once, so the order of bytes never changes and nothing waits.
+    Everything else is the wrapped transport's.
+    """
+
+    __slots__ = ("transport", "loop", "held", "size")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.held: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        if not self.held:
+            self.loop.call_soon(self.flush)
+        self.held.append(data)
+        self.size += len(data)
+        if self.size >= ONE_WRITE_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.held:
+            data = self.held[0] if len(self.held) == 1 else b"".join(self.held)
+            self.held.clear()
+            self.size = 0
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.held.clear()
+        self.size = 0
+        self.transport.abort()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def pause_reading(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.transport.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self.size + self.transport.get_write_buffer_size()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """One HTTP connection, closed when its client is too slow or one too many.
 
@@ -120,7 +186,7 @@ class GuardedProtocol(HttpToolsProtocol):
     # -- connection events ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(OneWrite(transport, self.loop))  # type: ignore[arg-type]
         if self.client is None:  # reset before we looked: the address accept() gave is kept
             peer = transport.get_extra_info("peername")
             if isinstance(peer, tuple) and len(peer) >= 2:
