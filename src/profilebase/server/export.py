@@ -21,20 +21,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from profilebase import batchfile
-from profilebase.models import Attribute, KeyKind, Profile, iso_ms
+from profilebase.models import Attribute, KeyKind, Profile, Write, iso_ms
 from profilebase.server.storage.links import CUSTOMER_ID_PREFIX, ECID_PREFIX, customer_id_of
 
 
-def attribute_json(attribute: Attribute) -> dict[str, Any]:
+def attribute_json(
+    attribute: Attribute, sources: dict[Write, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """An attribute's JSON; ``sources`` keeps the ``writtenBy`` of each write made so far,
+    for the attributes of one profile that share it."""
     out: dict[str, Any] = {
         "value": attribute.value,
         "modifiedAt": iso_ms(attribute.modified_at),
     }
     source = attribute.written_by
     if source is not None:
-        written: dict[str, Any] = {"kind": str(source.kind), "id": source.ref}
-        if source.line is not None:
-            written["line"] = source.line
+        written = None if sources is None else sources.get(source)
+        if written is None:
+            written = {"kind": str(source.kind), "id": source.ref}
+            if source.line is not None:
+                written["line"] = source.line
+            if sources is not None:
+                sources[source] = written
         out["writtenBy"] = written
     return out
 
@@ -42,12 +50,13 @@ def attribute_json(attribute: Attribute) -> dict[str, Any]:
 def profile_json(profile: Profile, with_ids: bool = False) -> dict[str, Any]:
     """Target's fetch shape; ``with_ids`` adds the profile's ``thirdPartyId``, ``tntIds``,
     ``marketingCloudVisitorIds`` and ``customerIds`` (``{integrationCode, id}``)."""
+    sources: dict[Write, dict[str, Any]] = {}
     out: dict[str, Any] = {
         "client": profile.client_code,
         "visitorId": profile.visitor_id,
         "modifiedAt": iso_ms(profile.modified_at),
         "profileAttributes": {
-            name: attribute_json(attribute)
+            name: attribute_json(attribute, sources)
             for name, attribute in sorted(profile.attributes.items())
         },
     }

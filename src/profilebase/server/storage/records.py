@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from profilebase.models import (
@@ -58,15 +59,26 @@ def build_profile(
     ids: Sequence[str],
     writes: WriteRows,
 ) -> Profile:
-    """A ``Profile`` looked up by ``key``; ``ids`` are its stored key, then its aliases."""
+    """A ``Profile`` looked up by ``key``; ``ids`` are its stored key, then its aliases.
+
+    Attributes set by one write share its moment and its provenance: each is made once."""
+    moments: dict[int, datetime] = {}
+    sources: dict[int, Write | None] = {}
+    attributes = {}
+    for name, (value, seq, ms) in attrs.items():
+        moment = moments.get(ms)
+        if moment is None:
+            moment = moments[ms] = from_ms(ms)
+        if seq in sources:
+            source = sources[seq]
+        else:
+            source = sources[seq] = provenance(seq, writes)
+        attributes[name] = Attribute(value, moment, seq, source)
     return Profile(
         client_code=client_code,
         key=key,
         modified_at=from_ms(modified_ms),
-        attributes={
-            name: Attribute(value, from_ms(ms), seq, provenance(seq, writes))
-            for name, (value, seq, ms) in attrs.items()
-        },
+        attributes=attributes,
         ids=tuple(ids),
     )
 
