@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,16 @@ moments = st.datetimes(
 def test_iso_ms_prints_what_isoformat_prints(values: list[datetime]):
     for value in values + values:  # the second time from what it kept
         assert iso_ms(value) == value.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def test_iso_ms_tells_apart_local_times_that_differ_only_in_fold():
+    """01:30 on the night New York's clocks go back happens twice, an hour apart; the two
+    moments compare equal and hash alike, so a cache keyed on them would print one twice."""
+    new_york = ZoneInfo("America/New_York")
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=new_york)
+    second = first.replace(fold=1)
+    assert iso_ms(first) == "2026-11-01T05:30:00.000+00:00"
+    assert iso_ms(second) == "2026-11-01T06:30:00.000+00:00"
 
 
 def test_iso_ms_keeps_a_bounded_number_of_texts():

@@ -34,23 +34,24 @@ def the_app() -> Starlette:
 
 def front_of(app: Starlette) -> Front:
     (middleware,) = [m for m in app.user_middleware if m.cls is Front]
-    return Front(app, middleware.kwargs["routes"], Metrics())
+    return Front(app, middleware.kwargs["routes"], Metrics(), middleware.kwargs["handlers"])
 
 
 APP = the_app()
 FRONT = front_of(APP)
 
 
-def scope_of(method: str, raw_path: str) -> dict[str, object]:
-    """An HTTP scope as uvicorn makes it: ``path`` percent-decoded, ``raw_path`` as sent."""
+def scope_of(method: str, raw_path: str, root_path: str = "") -> dict[str, object]:
+    """An HTTP scope as uvicorn makes it: ``path`` percent-decoded, ``raw_path`` as sent,
+    both beginning with ``root_path`` (a proxy's prefix) if there is one."""
     from urllib.parse import unquote
 
     return {
         "type": "http",
         "method": method,
-        "path": unquote(raw_path),
-        "raw_path": raw_path.encode("latin-1"),
-        "root_path": "",
+        "path": root_path + unquote(raw_path),
+        "raw_path": (root_path + raw_path).encode("latin-1"),
+        "root_path": root_path,
         "query_string": b"",
         "headers": [],
     }
@@ -64,6 +65,12 @@ def router_choice(scope: dict[str, object]) -> Route | None:
             assert isinstance(route, Route)
             return route
     return None
+
+
+def test_the_front_answers_errors_with_the_apps_own_handlers():
+    (middleware,) = [m for m in APP.user_middleware if m.cls is Front]
+    assert middleware.kwargs["handlers"] is not None
+    assert dict(middleware.kwargs["handlers"]) == dict(APP.exception_handlers)
 
 
 def test_the_front_serves_only_routes_of_the_app():
@@ -110,20 +117,22 @@ def examples() -> list[tuple[str, str]]:
     return [(method, path) for path in paths for method in METHODS]
 
 
-def assert_same_choice(method: str, path: str) -> None:
-    scope = scope_of(method, path)
+def assert_same_choice(method: str, path: str, root: str = "") -> None:
+    scope = scope_of(method, path, root)
     chosen = FRONT.match(scope)
     if chosen is not None:  # the front serves it: the router would have chosen the same
-        assert chosen is router_choice(scope_of(method, path)), (method, path)
+        assert chosen is router_choice(scope_of(method, path, root)), (method, path)
         assert scope["route"] is chosen and scope["endpoint"] is chosen.endpoint
     else:  # left to the app: no route of the front matches it fully
         for _, route in FRONT.routes:
-            assert route.matches(scope_of(method, path))[0] is not Match.FULL, (method, path)
+            found, _ = route.matches(scope_of(method, path, root))
+            assert found is not Match.FULL, (method, path, root)
 
 
+@pytest.mark.parametrize("root", ["", "/api"])
 @pytest.mark.parametrize(("method", "path"), examples())
-def test_the_front_chooses_as_the_router_does(method: str, path: str):
-    assert_same_choice(method, path)
+def test_the_front_chooses_as_the_router_does(method: str, path: str, root: str):
+    assert_same_choice(method, path, root)
 
 
 @settings(max_examples=400, deadline=None)
@@ -135,8 +144,10 @@ def test_the_front_chooses_as_the_router_does_on_any_path(method: str, segments:
     assert_same_choice(method, "/" + "/".join(segments))
 
 
-def test_the_front_serves_the_routes_it_should():
-    """Not an empty table: the routes of every page view do take the short way."""
+@pytest.mark.parametrize("root", ["", "/api"])
+def test_the_front_serves_the_routes_it_should(root: str):
+    """Not an empty table: the routes of every page view do take the short way, behind a
+    proxy's prefix (``root_path``) too."""
     for method, path in [
         ("GET", "/healthz"),
         ("GET", "/rest/v1/profiles/thirdPartyId/crm-1"),
@@ -146,7 +157,7 @@ def test_the_front_serves_the_routes_it_should():
         ("POST", "/m2/demo/profile/update"),
         ("POST", "/rest/v1/delivery"),
     ]:
-        assert FRONT.match(scope_of(method, path)) is not None, (method, path)
+        assert FRONT.match(scope_of(method, path, root)) is not None, (method, path, root)
 
 
 def page_call(third_party_id: str) -> dict[str, object]:

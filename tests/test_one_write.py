@@ -28,6 +28,9 @@ class Recorded:
     def close(self) -> None:
         self.calls.append(("close", None))
 
+    def write_eof(self) -> None:
+        self.calls.append(("write_eof", None))
+
     def abort(self) -> None:
         self.calls.append(("abort", None))
 
@@ -77,6 +80,15 @@ def test_a_long_reply_leaves_at_once_and_close_sends_what_is_held_first():
         ("write", b"tail"),
         ("close", None),
     ]
+
+
+def test_writelines_and_write_eof_keep_the_order_of_bytes():
+    async def steps(wrapped: OneWrite, recorded: Recorded) -> None:
+        wrapped.write(b"first,")
+        wrapped.writelines([b"second,", b"third"])
+        wrapped.write_eof()
+
+    assert run(steps) == [("write", b"first,second,third"), ("write_eof", None)]
 
 
 def test_abort_drops_what_is_held_and_the_rest_is_the_transports():

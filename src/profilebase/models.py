@@ -402,17 +402,20 @@ def from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-#: The texts ``iso_ms`` made lately: a profile's attributes mostly share a few moments (those
-#: of the writes that set them), and a fetch prints each one. Emptied when full.
+#: The texts ``iso_ms`` made lately of UTC moments (``from_ms``'s): a profile's attributes
+#: mostly share a few moments (those of the writes that set them), and a fetch prints each
+#: one. Emptied when full.
 _ISO_TEXTS: dict[datetime, str] = {}
 _ISO_TEXTS_MOST = 4096
 
 
 def iso_ms(moment: datetime) -> str:
     """ISO-8601 with milliseconds and a numeric UTC offset, as Target prints timestamps."""
+    if moment.tzinfo is not UTC:  # kept for UTC only: equal local times may differ in fold
+        return moment.astimezone(UTC).isoformat(timespec="milliseconds")
     text = _ISO_TEXTS.get(moment)
     if text is None:
-        text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
+        text = moment.isoformat(timespec="milliseconds")
         if len(_ISO_TEXTS) >= _ISO_TEXTS_MOST:
             _ISO_TEXTS.clear()
         _ISO_TEXTS[moment] = text

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+import weakref
 
 #: Bytes read from the kernel at once.
 CHUNK = 4096
@@ -23,11 +24,19 @@ class RandomBytes:
 
     def __init__(self, chunk: int = CHUNK) -> None:
         self.chunk = chunk
-        self._lock = threading.Lock()
         self._empty()
-        os.register_at_fork(after_in_child=self._empty)
+        me = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: RandomBytes._empty_in_child(me))
+
+    @staticmethod
+    def _empty_in_child(me: weakref.ref[RandomBytes]) -> None:
+        pool = me()
+        if pool is not None:
+            pool._empty()
 
     def _empty(self) -> None:
+        """No bytes held, and a new lock (a thread of the parent may have held the old)."""
+        self._lock = threading.Lock()
         self._buffer = b""
         self._at = 0
 
@@ -43,8 +52,8 @@ class RandomBytes:
             return taken
 
     def hex_id(self) -> str:
-        """128 random bits as 32 lower-case hex digits (``uuid4().hex``'s shape)."""
-        return self.take(16).hex()
+        """A version-4 UUID as 32 lower-case hex digits, as ``uuid4().hex`` makes one."""
+        return self.uuid4().hex
 
     def uuid4(self) -> uuid.UUID:
         """A version-4 UUID, as ``uuid.uuid4()`` makes one."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from anyio import CapacityLimiter, to_thread
 from starlette.applications import Starlette
@@ -164,6 +165,10 @@ def create_app(
             if owns_store:
                 the_store.close()
 
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        ProfilebaseError: observe.counting(errors.profilebase_error),
+        HTTPException: errors.http_error,
+    }
     health = ApiRoute("/healthz", healthz, methods=["GET"], context=app_context, operation=HEALTHZ)
     app = Starlette(
         routes=[
@@ -178,10 +183,7 @@ def create_app(
             *observe.routes,
             *dashboard.routes,
         ],
-        exception_handlers={
-            ProfilebaseError: observe.counting(errors.profilebase_error),
-            HTTPException: errors.http_error,
-        },
+        exception_handlers=handlers,
         # Outside the exception handlers: every other exception, and clients that hang up;
         # the observer outside the guard, so that a 500 carries its request id too.
         middleware=[
@@ -190,6 +192,7 @@ def create_app(
                 Front,
                 routes=[health, *update.routes, *profiles.by_id_routes, *delivery.routes],
                 metrics=metrics,
+                handlers=handlers,
                 on_error=on_error,
             ),
             Middleware(observe.RequestObserver, metrics=metrics),

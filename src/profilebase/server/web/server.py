@@ -35,6 +35,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Iterable
 from typing import Any
 
 import uvicorn
@@ -111,9 +112,22 @@ class OneWrite:
             self.size = 0
             self.transport.write(data)
 
-    def close(self) -> None:
+    def writelines(self, lines: Iterable[bytes]) -> None:
+        for data in lines:
+            self.write(data)
+
+    def write_eof(self) -> None:
         self.flush()
-        self.transport.close()
+        self.transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self.transport.can_write_eof()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.transport.close()
 
     def abort(self) -> None:
         self.held.clear()
