@@ -61,7 +61,30 @@ GOALS = {
     "single update": (0.5, 25.0),
     "page call": (0.5, 25.0),
     "single update during the largest batch": (None, 100.0),
+    "single update after a day of updates": (0.5, 25.0),
 }
+
+
+def add_a_day_of_updates(database: str, client: str = "demo") -> None:
+    """Count one single update in each minute of the last day for ``client``, as a client
+    that updates all day has them: the quota's window then holds 1,440 minute rows."""
+    now_minute = int(time.time() * 1000) // 60_000
+    rows = [(now_minute - m,) for m in range(1, 1440)]
+    insert = "INSERT INTO update_counts (client_id, minute, updates) VALUES ({0}, {1}, 1) "
+    insert += "ON CONFLICT (client_id, minute) DO NOTHING"
+    if database.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(database.removeprefix("sqlite:///"), timeout=60) as db:
+            (client_id,) = db.execute("SELECT id FROM clients WHERE code = ?", (client,)).fetchone()
+            db.executemany(insert.format(client_id, "?"), rows)
+        return
+    import psycopg
+
+    with psycopg.connect(database, autocommit=True) as db:
+        (client_id,) = db.execute("SELECT id FROM clients WHERE code = %s", (client,)).fetchone()
+        with db.cursor() as cursor:
+            cursor.executemany(insert.format(client_id, "%s"), rows)
 
 
 @dataclass

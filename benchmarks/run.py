@@ -272,9 +272,8 @@ def big_database_rows(
     step(f"loading {BIG_DATABASE:,} profiles, then {LARGEST:,} more")
     batch = generate_batch(args.reference, LARGEST, ATTRIBUTES, workdir)
     body = batch.read_bytes()
-    process, url = start_server(
-        databases.fresh("big"), 2, workdir / "big.log", rows_per_day=str(BIG_DATABASE * 2)
-    )
+    big = databases.fresh("big")
+    process, url = start_server(big, 2, workdir / "big.log", rows_per_day=str(BIG_DATABASE * 2))
     try:
         with httpx.Client(base_url=url, timeout=600) as http:
             started = time.perf_counter()
@@ -288,6 +287,12 @@ def big_database_rows(
             (name, online.run_wrk(url, online.ROUTES[name], LARGEST, args.seconds, 32, BIG_IDS))
             for name in ("GET /healthz", "fetch by thirdPartyId", "single update")
         ]
+        # A client that updates all day has a day of minutes in its quota's window.
+        online.add_a_day_of_updates(big)
+        after_a_day = online.run_wrk(
+            url, online.ROUTES["single update"], LARGEST, args.seconds, 32, BIG_IDS
+        )
+        online_results.append(("single update after a day of updates", after_a_day))
         peak = max(peak_rss_by_process(process.pid).values())
     finally:
         stop_server(process)

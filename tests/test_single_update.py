@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
-from helpers import attributes, batch_id_of, deliver, submit, update, xml_fields
+from helpers import attributes, batch_id_of, deliver, run_sql, submit, update, xml_fields
 
 from profilebase.server import clients
 from profilebase.server.settings import Settings
@@ -262,6 +264,39 @@ class TestLimits:
         refused = update(crm, mbox3rdPartyId="crm-1", profile_a="4")
         assert refused.status_code == 429 and headers(refused) == ("3", "0", True)
         assert "at 20" in xml_fields(refused)["message"]  # says when, as an ISO time
+
+
+class TestAFullDayOfUpdates:
+    """A client that updated every minute of the last day has 1,430 minute rows in the
+    quota's window (read as a sum in the database, not row by row): the headers and the
+    refusal count every one of them, and no row older than the window."""
+
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return Settings(database=database_url, workers=0, updates_per_day=1530)
+
+    def test_the_window_counts_every_minute_of_the_day(self, crm: httpx.Client, database_url: str):
+        now_minute = time.time_ns() // 60_000_000_000
+        # 1 update in each of the last 1,429 minutes, 100 in the one before; 9,999 in a
+        # minute a day and more ago, outside the window.
+        counts = [(now_minute - m, 1) for m in range(1, 1430)]
+        counts += [(now_minute - 1430, 100), (now_minute - 1500, 9_999)]
+        (client_id,) = run_sql(database_url, "SELECT id FROM clients WHERE code = 'demo'")[0]
+        rows = ", ".join(f"({client_id}, {minute}, {n})" for minute, n in counts)
+        run_sql(
+            database_url, f"INSERT INTO update_counts (client_id, minute, updates) VALUES {rows}"
+        )
+        applied = update(crm, mbox3rdPartyId="crm-1", profile_a="1")
+        assert applied.status_code == 200
+        assert applied.headers["x-ratelimit-limit"] == "1530"
+        assert applied.headers["x-ratelimit-remaining"] == "0"  # 1,529 + this one
+        # The oldest minute of the window (100 updates) leaves it 11 minutes from now,
+        # less the seconds of the current minute gone.
+        assert 600 <= int(applied.headers["x-ratelimit-reset"]) <= 661
+        refused = update(crm, mbox3rdPartyId="crm-1", profile_a="2")
+        assert refused.status_code == 429
+        assert 600 <= int(refused.headers["retry-after"]) <= 661
+        assert attributes(crm, "crm-1")["a"] == "1"
 
 
 def test_limits_are_configurable_per_client(crm: httpx.Client, store: Store):

@@ -123,8 +123,9 @@ class UpdateOutcome:
     pc_id: str | None
     #: The update's seq; None when there was no attribute to write.
     seq: int | None
-    #: The client's single updates counted in the quota's window, this one included, as
-    #: ``Store.recent_updates`` gives them; None when the update counted none.
+    #: The client's single updates counted in the quota's window, this one included, in
+    #: the shape ``Store.recent_updates`` gives (minute's end, updates), summed into one
+    #: pair dated by the window's oldest minute; None when the update counted none.
     recent: tuple[tuple[int, int], ...] | None = None
 
 

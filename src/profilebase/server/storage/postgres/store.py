@@ -58,7 +58,7 @@ from profilebase.server.storage.links import plan_link
 from profilebase.server.storage.postgres.groups import Entry, WriteGroups
 from profilebase.server.storage.postgres.imports import PostgresImports
 from profilebase.server.storage.postgres.tables import PostgresTables
-from profilebase.server.storage.profiles import ProfileQueries, with_one_more
+from profilebase.server.storage.profiles import ProfileQueries, window_with_one_more
 from profilebase.server.storage.queries import Connection
 from profilebase.server.storage.records import build_profile
 
@@ -507,10 +507,11 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         if found is None or found[1] is None:
             return None
         stored, write, latest, before = found
+        used, oldest = json.loads(before)
         return UpdateOutcome(
             shown_pc_id(key, stored, latest),
             int(write) * SEQ_SPAN + 1,
-            with_one_more(json.loads(before), now_ms),
+            window_with_one_more(int(used), oldest, now_ms),
         )
 
     def visit(

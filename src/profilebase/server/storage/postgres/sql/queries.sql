@@ -463,6 +463,12 @@ WHERE client_id = %(client_id)s AND pkey = %(pkey)s
 -- A page call counts as activity, like a visit in Target.
 UPDATE profiles SET modified_at = greatest(modified_at, %s) WHERE client_id = %s AND pkey = %s
 
+-- name: update_window
+-- The quota window of single updates as its sum and oldest minute, summed here: a day of
+-- minutes is 1,440 rows.
+SELECT coalesce(sum(updates), 0), min(minute) FROM update_counts
+WHERE client_id = %s AND minute >= %s
+
 -- name: update_counts_since
 SELECT minute, updates FROM update_counts WHERE client_id = %s AND minute >= %s
 
@@ -717,9 +723,8 @@ FROM k LEFT JOIN locked l ON l.pkey = k.stored
 -- one more update counted, a write taken and the values merged under its seq, as
 -- count_update, new_write and merge_values do. Returns the stored key, the write's
 -- number (NULL when nothing was written: the caller takes the shared path, which says
--- why), the tntId linked last and the quota window's counts before this update (pairs
--- of minute and updates, as update_counts_since reads them); no row when no live
--- profile is found.
+-- why), the tntId linked last and the quota window before this update as its sum and
+-- oldest minute (as update_window reads them); no row when no live profile is found.
 WITH target AS (
     SELECT p.pkey, octet_length(p.attrs::text) AS size FROM profiles p
     WHERE p.client_id = %(client)s AND p.modified_at >= %(since)s
@@ -755,7 +760,7 @@ WITH target AS (
 SELECT t.pkey, (SELECT seq FROM write),
        (SELECT i.alias FROM identities i WHERE i.client_id = %(client)s AND i.pkey = t.pkey
         AND i.alias >= 'p:' AND i.alias < 'p;' ORDER BY i.linked_seq DESC LIMIT 1),
-       (SELECT coalesce(json_agg(json_build_array(u.minute, u.updates)), '[]')::text
+       (SELECT json_build_array(coalesce(sum(u.updates), 0), min(u.minute))::text
         FROM update_counts u
         WHERE u.client_id = %(client)s AND u.minute >= %(day_start)s)
 FROM target t

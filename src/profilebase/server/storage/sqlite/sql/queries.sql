@@ -484,6 +484,12 @@ WHERE client_id = :client_id AND pkey = :pkey
 -- A page call counts as activity, like a visit in Target.
 UPDATE profiles SET modified_at = max(modified_at, ?) WHERE client_id = ? AND pkey = ?
 
+-- name: update_window
+-- The quota window of single updates as its sum and oldest minute, summed here: a day of
+-- minutes is 1,440 rows.
+SELECT coalesce(sum(updates), 0), min(minute) FROM update_counts
+WHERE client_id = ? AND minute >= ?
+
 -- name: update_counts_since
 SELECT minute, updates FROM update_counts WHERE client_id = ? AND minute >= ?
 
