@@ -731,11 +731,12 @@ WITH target AS (
       AND p.pkey = coalesce((SELECT i.pkey FROM identities i
                              WHERE i.client_id = %(client)s AND i.alias = %(key)s), %(key)s)
     FOR UPDATE
+), window_ AS (  -- read once: the room's check and the reply both use it
+    SELECT coalesce(sum(u.updates), 0) AS used, min(u.minute) AS oldest FROM update_counts u
+    WHERE u.client_id = %(client)s AND u.minute >= %(day_start)s
 ), room AS (
-    SELECT t.pkey FROM target t
-    WHERE t.size + %(bound)s <= %(max_bytes)s
-      AND (SELECT coalesce(sum(u.updates), 0) FROM update_counts u
-           WHERE u.client_id = %(client)s AND u.minute >= %(day_start)s) < %(per_day)s
+    SELECT t.pkey FROM target t, window_ w
+    WHERE t.size + %(bound)s <= %(max_bytes)s AND w.used < %(per_day)s
 ), counted AS (
     INSERT INTO update_counts (client_id, minute, updates)
     SELECT %(client)s, %(minute)s, 1 FROM room
@@ -760,9 +761,7 @@ WITH target AS (
 SELECT t.pkey, (SELECT seq FROM write),
        (SELECT i.alias FROM identities i WHERE i.client_id = %(client)s AND i.pkey = t.pkey
         AND i.alias >= 'p:' AND i.alias < 'p;' ORDER BY i.linked_seq DESC LIMIT 1),
-       (SELECT json_build_array(coalesce(sum(u.updates), 0), min(u.minute))::text
-        FROM update_counts u
-        WHERE u.client_id = %(client)s AND u.minute >= %(day_start)s)
+       (SELECT json_build_array(w.used, w.oldest)::text FROM window_ w)
 FROM target t
 
 -- name: postgres_keys_found
