@@ -13,7 +13,9 @@ One run, one machine, one table of figure, value, baseline, ratio and goal:
 4. the largest batch into a database that already holds 5,000,000 profiles (loaded
    through the server: ten largest batches, ids changed per batch), beside the same
    batch into an empty one; then fetches and single updates of random profiles among
-   those 5,500,000 under wrk, beside the same server's `/healthz`.
+   those 5,500,000 under wrk, beside the same server's `/healthz`, and single updates
+   again once the client's quota window holds a day of minutes (1,439 minute rows
+   added, as a client that updates all day has them).
 
 `--quick` skips 3 and 4 and makes the largest batch 50,000 rows. Every server starts
 on a fresh database: SQLite files in a temporary directory, or, with `--database`,
