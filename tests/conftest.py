@@ -33,7 +33,7 @@ from profilebase.client import Client
 from profilebase.models import now_ms
 from profilebase.server.settings import Settings
 from profilebase.server.storage import Store, open_store
-from profilebase.server.web import create_app
+from profilebase.server.web import create_app, server
 from profilebase.server.web.app import prepare
 from profilebase.server.worker import Worker
 
@@ -327,7 +327,8 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """uvicorn serving the app on a real loopback socket, in a background thread."""
+    """uvicorn serving the app on a real loopback socket, in a background thread, with the
+    server's own protocol."""
 
     def __init__(
         self,
@@ -341,8 +342,15 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(settings, store, workers=workers, clock=clock)
         # ``wrap`` puts ASGI middleware of a test's own around the app (server-side faults).
-        config = uvicorn.Config(
-            wrap(app) if wrap else app, host="127.0.0.1", port=self.port, log_level="warning"
+        # The server's own protocol (web/server.py: its limits, one write per reply), as
+        # `profilebase serve` runs it.
+        config = server.Config(
+            wrap(app) if wrap else app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            client_timeout=settings.client_timeout,
+            max_connections=settings.max_connections,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
