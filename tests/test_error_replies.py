@@ -5,6 +5,7 @@ their logs captured."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import struct
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import LiveServer
 from helpers import run_sql, xml_fields
 from test_crash import ServerProcess, wait_until
 
@@ -136,3 +138,38 @@ def test_not_found_and_bad_requests_still_answer_plainly(server: ServerProcess):
     assert "No endpoint at /no/such/path" in missing.json()["message"]
     assert bad.status_code == 400
     assert "error id" not in bad.text
+
+
+def unreadable_reply(port: int, path: str) -> tuple[str, dict[str, str], bytes]:
+    """Send a request the HTTP parser cannot read (a Content-Length that is no number) and
+    read the reply to the close: status line, headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nContent-Length: #x\r\n\r\n".encode())
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return status, headers, body
+
+
+def test_a_request_the_parser_cannot_read_is_answered_in_the_endpoints_format(
+    live_server: LiveServer,
+):
+    """400 in JSON, or in Target's XML under /m2/ (with batchStatus on a batchUpdate), as
+    every other refusal of those endpoints; never the HTTP library's plain text."""
+    status, headers, body = unreadable_reply(live_server.port, "/rest/v1/delivery?client=demo")
+    assert status == "HTTP/1.1 400 Bad Request" and headers["content-type"] == "application/json"
+    reply = json.loads(body)
+    assert reply["status"] == 400 and "not valid HTTP/1.1" in reply["message"]
+    assert int(headers["content-length"]) == len(body)
+    for path, batch_status in [
+        ("/m2/demo/profile/update?mbox3rdPartyId=a", False),
+        ("/m2/demo/v2/profile/batchUpdate", True),
+    ]:
+        status, headers, body = unreadable_reply(live_server.port, path)
+        assert status == "HTTP/1.1 400 Bad Request", path
+        assert headers["content-type"] == "application/xml", path
+        assert b"<success>false</success>" in body and b"not valid HTTP/1.1" in body
+        assert (b"<batchStatus" in body) is batch_status, body

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import dataclasses
+import json
 import logging
 import multiprocessing
 import resource
@@ -48,12 +49,19 @@ from profilebase.server import secret as server_secret
 from profilebase.server.settings import Settings, http_processes, trusted_proxies
 from profilebase.server.storage import Store, open_settings_store
 from profilebase.server.supervisor import SPAWN, Child, Supervisor
+from profilebase.server.web import xml
 from profilebase.server.web.app import create_app, prepare
 from profilebase.server.web.errors import TIMED_OUT, printable, request_line
 from profilebase.server.worker import run_process
 
 log = logging.getLogger("profilebase.server.web")
 
+#: The reply to a request the HTTP parser cannot read.
+UNREADABLE = (
+    "The request is not valid HTTP/1.1: its request line or a header cannot be read (a "
+    "control character in a header, a Content-Length that is not a number). Fix the "
+    "request and send it again."
+)
 #: Most bytes of a request line plus headers (nginx allows 32 KB, Node 16 KB).
 MAX_HEAD_BYTES = 64 * 1024
 #: Slowest average a request body may arrive at, in bytes per second, over each
@@ -370,12 +378,35 @@ class GuardedProtocol(HttpToolsProtocol):
             retry_after=1,
         )
 
-    def reply_and_close(self, status: int, message: str, retry_after: int | None = None) -> None:
-        """Write a plain-text reply straight to the socket, then close it."""
-        body = (message + "\n").encode("utf-8")
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser cannot read (uvicorn has logged it): 400 in the format of
+        the endpoint its path names, as ``errors.error_response`` answers (Target's XML
+        under ``/m2/``, JSON elsewhere), not uvicorn's plain text; then close."""
+        path = self.url.split(b"?", 1)[0]
+        if path.startswith(b"/m2/"):
+            children = xml.rejected(UNREADABLE, with_batch_status=path.endswith(b"/batchUpdate"))
+            body = xml.document(children).encode("utf-8")
+            media_type = xml.MEDIA_TYPE.encode()
+        else:
+            body = json.dumps({"status": 400, "message": UNREADABLE}).encode()
+            media_type = b"application/json"
+        self.reply_and_close(400, body=body, media_type=media_type)
+
+    def reply_and_close(
+        self,
+        status: int,
+        message: str = "",
+        retry_after: int | None = None,
+        body: bytes | None = None,
+        media_type: bytes = b"text/plain; charset=utf-8",
+    ) -> None:
+        """Write a reply straight to the socket (``message`` as plain text, or ``body``),
+        then close it."""
+        if body is None:
+            body = (message + "\n").encode("utf-8")
         head = [
             STATUS_LINE[status],
-            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-type: %s\r\n" % media_type,
             b"content-length: %d\r\n" % len(body),
             b"connection: close\r\n",
         ]
