@@ -140,36 +140,51 @@ def test_not_found_and_bad_requests_still_answer_plainly(server: ServerProcess):
     assert "error id" not in bad.text
 
 
-def unreadable_reply(port: int, path: str) -> tuple[str, dict[str, str], bytes]:
-    """Send a request the HTTP parser cannot read (a Content-Length that is no number) and
-    read the reply to the close: status line, headers, body."""
+#: Request heads the HTTP parser cannot read, each after a request line.
+UNREADABLE_HEADS = {
+    "content-length-no-number": b"Content-Length: #x\r\n",
+    "nul-in-a-header": b"X-Note: a\x00b\r\n",
+    "bare-cr": b"X-Note: a\rb\r\n",
+    "header-without-colon": b"no colon here\r\n",
+    "space-in-a-header-name": b"X Note: a\r\n",
+}
+
+
+def unreadable_reply(port: int, path: bytes, head: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send ``GET path`` with ``head`` (a header the HTTP parser cannot read) and read the
+    reply to the close: status line, headers, body."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nContent-Length: #x\r\n\r\n".encode())
+        sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n" + head + b"\r\n")
         reply = b""
         while chunk := sock.recv(4096):
             reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
-    status, *lines = head.decode("latin-1").split("\r\n")
+    head_text, _, body = reply.partition(b"\r\n\r\n")
+    status, *lines = head_text.decode("latin-1").split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
     return status, headers, body
 
 
+@pytest.mark.parametrize("head", UNREADABLE_HEADS.values(), ids=UNREADABLE_HEADS.keys())
 def test_a_request_the_parser_cannot_read_is_answered_in_the_endpoints_format(
-    live_server: LiveServer,
+    live_server: LiveServer, head: bytes
 ):
     """400 in JSON, or in Target's XML under /m2/ (with batchStatus on a batchUpdate), as
-    every other refusal of those endpoints; never the HTTP library's plain text."""
-    status, headers, body = unreadable_reply(live_server.port, "/rest/v1/delivery?client=demo")
-    assert status == "HTTP/1.1 400 Bad Request" and headers["content-type"] == "application/json"
-    reply = json.loads(body)
-    assert reply["status"] == 400 and "not valid HTTP/1.1" in reply["message"]
-    assert int(headers["content-length"]) == len(body)
+    every other refusal of those endpoints; never the HTTP library's plain text. A path of
+    invalid UTF-8 or 1,000 times the usual length changes nothing; the server serves on."""
+    for path in [b"/rest/v1/delivery?client=demo", b"/rest/v1/profiles/%FF\xff", b"/x" * 20_000]:
+        status, headers, body = unreadable_reply(live_server.port, path, head)
+        assert status == "HTTP/1.1 400 Bad Request", path[:40]
+        assert headers["content-type"] == "application/json"
+        reply = json.loads(body)
+        assert reply["status"] == 400 and "not valid HTTP/1.1" in reply["message"]
+        assert int(headers["content-length"]) == len(body)
     for path, batch_status in [
-        ("/m2/demo/profile/update?mbox3rdPartyId=a", False),
-        ("/m2/demo/v2/profile/batchUpdate", True),
+        (b"/m2/demo/profile/update?mbox3rdPartyId=a", False),
+        (b"/m2/demo/v2/profile/batchUpdate", True),
     ]:
-        status, headers, body = unreadable_reply(live_server.port, path)
+        status, headers, body = unreadable_reply(live_server.port, path, head)
         assert status == "HTTP/1.1 400 Bad Request", path
         assert headers["content-type"] == "application/xml", path
         assert b"<success>false</success>" in body and b"not valid HTTP/1.1" in body
         assert (b"<batchStatus" in body) is batch_status, body
+    assert httpx.get(f"{live_server.url}/healthz").status_code == 200

@@ -41,7 +41,8 @@ class RandomBytes:
         self._at = 0
 
     def take(self, size: int) -> bytes:
-        """``size`` random bytes (at most ``chunk``) never handed out before."""
+        """``size`` random bytes never handed out before (a slice of the buffer; a new
+        buffer of ``chunk`` bytes, or of ``size`` if larger, when it runs short)."""
         with self._lock:
             end = self._at + size
             if end > len(self._buffer):

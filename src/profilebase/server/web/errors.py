@@ -41,7 +41,14 @@ LOG_TEXT_LIMIT = 200
 def error_response(
     request: Request, status: int, message: str, headers: dict[str, str] | None = None
 ) -> Response:
-    path = request.url.path
+    return error_reply(request.url.path, status, message, headers)
+
+
+def error_reply(
+    path: str, status: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    """An error in the format of the endpoint at ``path``: Target's XML under ``/m2/``,
+    JSON elsewhere."""
     if path.startswith("/m2/"):
         return xml.xml_response(
             xml.rejected(message, with_batch_status=path.endswith("/batchUpdate")),

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import dataclasses
-import json
 import logging
 import multiprocessing
 import resource
@@ -49,9 +48,8 @@ from profilebase.server import secret as server_secret
 from profilebase.server.settings import Settings, http_processes, trusted_proxies
 from profilebase.server.storage import Store, open_settings_store
 from profilebase.server.supervisor import SPAWN, Child, Supervisor
-from profilebase.server.web import xml
 from profilebase.server.web.app import create_app, prepare
-from profilebase.server.web.errors import TIMED_OUT, printable, request_line
+from profilebase.server.web.errors import TIMED_OUT, error_reply, printable, request_line
 from profilebase.server.worker import run_process
 
 log = logging.getLogger("profilebase.server.web")
@@ -380,17 +378,12 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """A request the parser cannot read (uvicorn has logged it): 400 in the format of
-        the endpoint its path names, as ``errors.error_response`` answers (Target's XML
-        under ``/m2/``, JSON elsewhere), not uvicorn's plain text; then close."""
-        path = self.url.split(b"?", 1)[0]
-        if path.startswith(b"/m2/"):
-            children = xml.rejected(UNREADABLE, with_batch_status=path.endswith(b"/batchUpdate"))
-            body = xml.document(children).encode("utf-8")
-            media_type = xml.MEDIA_TYPE.encode()
-        else:
-            body = json.dumps({"status": 400, "message": UNREADABLE}).encode()
-            media_type = b"application/json"
-        self.reply_and_close(400, body=body, media_type=media_type)
+        the endpoint its path names (``errors.error_reply``), not uvicorn's plain text;
+        then close."""
+        path = self.url.split(b"?", 1)[0].decode("latin-1")
+        reply = error_reply(path, 400, UNREADABLE)
+        media_type = reply.headers["content-type"].encode("latin-1")
+        self.reply_and_close(400, body=bytes(reply.body), media_type=media_type)
 
     def reply_and_close(
         self,
