@@ -3,10 +3,11 @@
 Starts `profilebase serve` on a fresh database (SQLite by default, `--database` for
 PostgreSQL), loads `--profiles` profiles with one batch from the reference generator,
 then runs wrk (32 connections, `--seconds` per route) against `/healthz`, a fetch by
-thirdPartyId, a single profile update and a page call (`/rest/v1/delivery`), each on
-random profiles, and prints one table: requests/s, ratio to `/healthz`, p99 latency,
-errors and time-outs. With `--during-batch` it also measures single updates while the
-largest batch is applied. Figures are printed, never asserted: compare ratios of one run.
+thirdPartyId (twice: the second run finds the replies the first left kept), a single
+profile update and a page call (`/rest/v1/delivery`), each on random profiles, and prints
+one table: requests/s, ratio to `/healthz`, p99 latency, errors and time-outs. With
+`--during-batch` it also measures single updates while the largest batch is applied.
+Figures are printed, never asserted: compare ratios of one run.
 
 usage: python benchmarks/online.py [--database URL] [--profiles 10000] [--seconds 10]
                                    [--connections 32] [--during-batch] [--processes N]
@@ -55,9 +56,15 @@ request = function()
     {["Content-Type"] = "application/json"}, body)
 end""",
 }
+FETCH = "fetch by thirdPartyId"
+#: The same fetches right after the first run, nothing written in between: each HTTP
+#: process sends the replies it kept again (fetch_cache_mb, SQLite), where the first run
+#: reads most profiles for the first time.
+FETCH_AGAIN = "fetch by thirdPartyId, again"
 #: The goals of the online path: (least ratio to /healthz, most p99 in ms).
 GOALS = {
-    "fetch by thirdPartyId": (0.7, 15.0),
+    FETCH: (0.7, 15.0),
+    FETCH_AGAIN: (0.7, 15.0),
     "single update": (0.5, 25.0),
     "page call": (0.5, 25.0),
     "single update during the largest batch": (None, 100.0),
@@ -189,6 +196,8 @@ def measure(
             seed(http, reference, profiles, workdir)
             for name, script in ROUTES.items():
                 rows.append((name, run_wrk(url, script, profiles, seconds, connections)))
+                if name == FETCH:  # again, with the replies the first run left kept
+                    rows.append((FETCH_AGAIN, run_wrk(url, script, profiles, seconds, connections)))
             if during is not None:
                 batch_id = post_batch(http, during)
                 result = run_wrk(

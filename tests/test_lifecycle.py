@@ -186,6 +186,18 @@ class TestExpiry:
         ).text.splitlines()
         assert len(lines) == 1 and '"recent"' in lines[0]
 
+    def test_a_kept_reply_is_not_sent_once_its_profile_expired(
+        self, http: httpx.Client, store: Store, clock: FakeClock
+    ):
+        client = store.get_client("demo")
+        assert client is not None
+        store.visit(client.id, Visit("ageing", None, {"a": "1"}, "r"), clock.ms, 10_000)
+        assert attributes(http, "ageing", third_party=False) == {"a": "1"}
+        clock.advance(14 * DAY_MS / 1000 - 1)  # fetched once: kept (SQLite)
+        assert attributes(http, "ageing", third_party=False) == {"a": "1"}
+        clock.advance(2)  # nothing written: only time passed
+        assert attributes(http, "ageing", third_party=False) is None
+
     def test_writes_after_expiry_start_a_new_profile(self, http: httpx.Client, drain, old):
         deliver(
             http,

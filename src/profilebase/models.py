@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from profilebase import business_hours
@@ -400,6 +400,15 @@ def now_ms() -> int:
 
 def from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def to_ms(moment: datetime) -> int:
+    """``from_ms``'s inverse: the milliseconds since the epoch of ``moment``, exactly."""
+    return (moment - _EPOCH) // _MILLISECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 #: The texts ``iso_ms`` made lately of UTC moments (``from_ms``'s): a profile's attributes

@@ -53,6 +53,14 @@ SETTINGS: tuple[Setting, ...] = (
         Bound.ZERO_OR_MORE,
     ),
     Setting(
+        "fetch_cache_mb",
+        16,
+        "Megabytes of fetch replies an HTTP process keeps to send again while nothing at all "
+        "was written to the database (SQLite only; the first commit anywhere forgets them); "
+        "0 keeps none.",
+        Bound.ZERO_OR_MORE,
+    ),
+    Setting(
         "client_timeout",
         30.0,
         "Seconds a connection may go without sending a byte while its request is incomplete; "
@@ -242,6 +250,7 @@ class Settings:
     database: str = _default("database")
     database_timeout: float = _default("database_timeout")
     client_cache_seconds: float = _default("client_cache_seconds")
+    fetch_cache_mb: int = _default("fetch_cache_mb")
     client_timeout: float = _default("client_timeout")
     max_connections: int = _default("max_connections")
     forwarded_allow_ips: str = _default("forwarded_allow_ips")

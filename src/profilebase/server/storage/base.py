@@ -2,9 +2,10 @@
 
 Two backends implement it, ``storage/sqlite/`` and ``storage/postgres/``; one contract
 suite (tests/test_store_contract.py) runs against both. Methods are
-synchronous; the web layer calls them from a thread pool, except the two made for the
+synchronous; the web layer calls them from a thread pool, except the three made for the
 event loop: ``submit_write`` (hands a write to the store's own writer thread, if it has
-one) and ``get_profile_nowait`` (a fetch that never waits, if the backend can make one).
+one), ``get_profile_nowait`` (a fetch that never waits, if the backend can make one) and
+``changes_nowait`` (whether anything was committed since it was last asked).
 
 Ordering guarantee, shared by every backend: each stored attribute carries the
 seq of the row that wrote it, and a write never replaces an attribute that
@@ -382,6 +383,13 @@ class Store(OverviewReads, Protocol):
         """``get_profile``, if the backend can answer at once without waiting for
         anything (a lock, the network, a large profile); else ``WouldWait``, and the caller
         asks ``get_profile`` from a thread. Callable from the event loop."""
+        ...
+
+    def changes_nowait(self) -> object:
+        """A value that differs from the last one read whenever anything was committed to
+        the database in between, by any connection of any process: replies read since the
+        last one are still the database's. ``WouldWait`` if the backend cannot tell at once
+        (then nothing read may be kept). Callable from the event loop."""
         ...
 
     def update_profile(

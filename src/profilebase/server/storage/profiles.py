@@ -98,6 +98,9 @@ class ProfileQueries(SharedQueries):
     ) -> Profile | None:
         raise WouldWait  # a backend whose reads may be made on the event loop says so
 
+    def changes_nowait(self) -> object:
+        raise WouldWait  # a backend that can tell at once says so
+
     def _read_profile(
         self, db: Connection, client_id: int, key: str, expire_before_ms: int
     ) -> Profile | None:

@@ -18,7 +18,7 @@ from profilebase.errors import DatabaseUnavailable, ProfilebaseError
 from profilebase.models import now_ms
 from profilebase.server import secret as server_secret
 from profilebase.server.metrics import Metrics
-from profilebase.server.settings import Settings
+from profilebase.server.settings import MB, Settings
 from profilebase.server.storage import Store, open_settings_store
 from profilebase.server.web import (
     authentication,
@@ -34,6 +34,7 @@ from profilebase.server.web import (
 from profilebase.server.web.attempts import FailedAttempts
 from profilebase.server.web.client_cache import ClientCache
 from profilebase.server.web.context import Context, app_context
+from profilebase.server.web.fetch_replies import FetchReplies
 from profilebase.server.web.front import Front
 from profilebase.server.web.openapi import JSON, TARGET, ApiRoute, operation, ref, reply
 from profilebase.server.web.responses import JsonResponse
@@ -155,6 +156,8 @@ def create_app(
             sessions=Sessions(settings.session_secret),
             readiness_limiter=CapacityLimiter(READINESS_THREADS),
             clients=ClientCache(settings.client_cache_seconds),
+            fetch_replies=FetchReplies(settings.fetch_cache_mb * MB),
+            client_contexts={},
         )
         pool = WorkerPool(the_store, settings, count, clock, metrics)
         pool.start()

@@ -60,11 +60,14 @@ from profilebase.server.settings import Settings, client_limits
 from profilebase.server.storage.base import Store
 from profilebase.server.web.attempts import FailedAttempts
 from profilebase.server.web.client_cache import CachedClients, ClientCache, NotCached
+from profilebase.server.web.fetch_replies import FetchReplies
 from profilebase.server.web.openapi import query
 from profilebase.server.web.sessions import Sessions
 
 log = logging.getLogger("profilebase.server.web")
 T = TypeVar("T")
+#: ``ClientContext``s kept at most (``Context.for_client``); past it, it starts again empty.
+MAX_CLIENT_CONTEXTS = 1024
 
 
 @dataclass(frozen=True)
@@ -87,14 +90,23 @@ class Context:
     readiness_limiter: CapacityLimiter
     #: Clients read recently, by code and organization id (``client_cache_seconds``).
     clients: ClientCache
+    #: Fetch replies kept while nothing is committed (``fetch_cache_mb``).
+    fetch_replies: FetchReplies
+    #: The ``ClientContext`` made for each client object lately (``for_client``), by its id.
+    client_contexts: dict[int, ClientContext]
 
     def client_limits(self, client: Client) -> Limits:
         """The limits in force for ``client``: its overrides, else the server's settings."""
         return client_limits(self.settings, client.limits)
 
     def for_client(self, client: Client) -> ClientContext:
-        """This context with the request's client (found and authorized) and its limits."""
-        return ClientContext(
+        """This context with the request's client (found and authorized) and its limits;
+        the same one for the same client object (the client cache hands out one while it
+        keeps it), so that a request doesn't work out its limits again."""
+        kept = self.client_contexts.get(id(client))
+        if kept is not None and kept.client is client:
+            return kept
+        made = ClientContext(
             self.store,
             self.settings,
             self.clock,
@@ -104,9 +116,15 @@ class Context:
             self.sessions,
             self.readiness_limiter,
             self.clients,
+            self.fetch_replies,
+            self.client_contexts,
             client,
             self.client_limits(client),
         )
+        if len(self.client_contexts) >= MAX_CLIENT_CONTEXTS:
+            self.client_contexts.clear()
+        self.client_contexts[id(client)] = made  # holds the client: its id is not reused
+        return made
 
 
 @dataclass(frozen=True)

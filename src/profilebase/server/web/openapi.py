@@ -24,6 +24,7 @@ import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -201,7 +202,28 @@ def query(request: Request, name: str, default: str | None = None) -> str | None
     """The query parameter ``name`` as sent, else ``default``; ``name`` must be one the route's
     operation declares, so that the document lists every parameter a handler reads."""
     declared(request, name)
-    return request.query_params.get(name, default)
+    return query_params(request).get(name, default)
+
+
+#: Query strings parsed lately (``query_params``); past ``QUERIES_MOST`` it starts again empty.
+_QUERIES: dict[bytes, QueryParams] = {}
+QUERIES_MOST = 1024
+#: Longest query string kept parsed: the repeated ones (``?client=acme``) are short.
+QUERY_KEPT_BYTES = 256
+
+
+def query_params(request: Request) -> QueryParams:
+    """``request.query_params``, parsed once per distinct short query string: most calls of a
+    site send the same one (a fetch's ``?client=acme``), and parsing is most of reading it."""
+    raw: bytes = request.scope["query_string"]
+    parsed = _QUERIES.get(raw)
+    if parsed is None:
+        parsed = request.query_params
+        if len(raw) <= QUERY_KEPT_BYTES:
+            if len(_QUERIES) >= QUERIES_MOST:
+                _QUERIES.clear()
+            _QUERIES[raw] = parsed
+    return parsed
 
 
 def declared(request: Request, name: str) -> None:

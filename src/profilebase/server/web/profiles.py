@@ -22,7 +22,7 @@ from starlette.types import Scope
 
 from profilebase import ids
 from profilebase.errors import BadRequest, NotFound
-from profilebase.models import KeyKind
+from profilebase.models import KeyKind, Profile, to_ms
 from profilebase.server import export
 from profilebase.server.storage.base import ProfileExport, WouldWait
 from profilebase.server.storage.links import ecid_key
@@ -31,6 +31,7 @@ from profilebase.server.web.context import (
     client_named,
     client_named_checked_in_thread,
 )
+from profilebase.server.web.fetch_replies import ARRIVED
 from profilebase.server.web.openapi import (
     CLIENT_FROM_OUTSIDE,
     EXTENSION,
@@ -49,7 +50,7 @@ from profilebase.server.web.openapi import (
     ref,
     reply,
 )
-from profilebase.server.web.responses import JsonResponse
+from profilebase.server.web.responses import JsonResponse, json_bytes
 
 #: Profiles read per database round trip while exporting.
 EXPORT_PAGE = 500
@@ -138,24 +139,49 @@ async def fetch(request: Request, context: ClientContext) -> Response:
     """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from.
 
     On the event loop when nothing is left to check and the store can read the profile
-    without waiting (``get_profile_nowait``: SQLite); otherwise everything, the token check
+    without waiting (``fetch_nowait``: SQLite); otherwise everything, the token check
     first, in one trip to a thread (``in_thread``)."""
     if context.pending is None:
         try:
-            return read_profile(request, context, nowait=True)
+            return fetch_nowait(request, context)
         except WouldWait:
             pass
     return await context.in_thread(read_profile, request, context)
 
 
-def read_profile(request: Request, context: ClientContext, nowait: bool = False) -> Response:
+def fetch_nowait(request: Request, context: ClientContext) -> Response:
+    """The fetch on the event loop: the reply kept since nothing was committed
+    (``FetchReplies``, by the path as sent), else the profile read without waiting
+    (``WouldWait`` if it can't)."""
+    client, store, replies = context.client, context.store, context.fetch_replies
+    before = context.limits.expire_before_ms(context.clock())
+    if not replies.most_bytes:
+        key, named = identify(request)
+        return reply_of(store.get_profile_nowait(client.id, key, before), client.code, named)
+    replies.refresh(request.scope.get(ARRIVED), store.changes_nowait)
+    path = request.scope.get("raw_path") or request.scope["path"].encode()
+    body = replies.get(client.id, path, before)
+    if body is None:
+        key, named = identify(request)
+        profile = store.get_profile_nowait(client.id, key, before)
+        if profile is None:
+            raise not_found(client.code, named)
+        body = json_bytes(export.profile_json(profile))
+        replies.put(client.id, path, to_ms(profile.modified_at), body)
+    return Response(body, media_type=JsonResponse.media_type)
+
+
+def read_profile(request: Request, context: ClientContext) -> Response:
     client = context.client
     key, named = identify(request)
     before = context.limits.expire_before_ms(context.clock())
-    read = context.store.get_profile_nowait if nowait else context.store.get_profile
-    profile = read(client.id, key, before)
+    return reply_of(context.store.get_profile(client.id, key, before), client.code, named)
+
+
+def reply_of(profile: Profile | None, client_code: str, named: str) -> Response:
+    """The fetch's reply: the profile in Target's shape, or its 404."""
     if profile is None:
-        raise not_found(client.code, named)
+        raise not_found(client_code, named)
     return JsonResponse(export.profile_json(profile))
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import msgspec
 from starlette.responses import Response
 
-_encode = msgspec.json.Encoder().encode
+#: The bytes of ``JsonResponse``'s body for ``content``.
+json_bytes = msgspec.json.Encoder().encode
 
 
 class JsonResponse(Response):
@@ -22,4 +23,4 @@ class JsonResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return _encode(content)
+        return json_bytes(content)

@@ -35,6 +35,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,6 +51,7 @@ from profilebase.server.storage import Store, open_settings_store
 from profilebase.server.supervisor import SPAWN, Child, Supervisor
 from profilebase.server.web.app import create_app, prepare
 from profilebase.server.web.errors import TIMED_OUT, error_reply, printable, request_line
+from profilebase.server.web.fetch_replies import ARRIVED
 from profilebase.server.worker import run_process
 
 log = logging.getLogger("profilebase.server.web")
@@ -254,6 +256,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.window_started = self.loop.time()
+        # FetchReplies.refresh: the clock it reads (a key of our own: not in the TypedDict)
+        self.scope[ARRIVED] = time.monotonic()  # type: ignore[literal-required]
         self.window_bytes = 0
         super().on_headers_complete()
 

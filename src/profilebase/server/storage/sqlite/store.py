@@ -251,6 +251,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         #: The connection of reads that must not wait (``get_profile_nowait``), and its lock.
         self._nowait_db: sqlite3.Connection | None = None
         self._nowait = threading.Lock()
+        #: Connections opened as ``_nowait_db`` so far (``changes_nowait``).
+        self._nowait_opened = 0
 
     # -- connections -------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -440,6 +442,21 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         recovery rewrites the WAL's index), and one caller at a time. Busy, another
         caller, any error or a large profile: ``WouldWait``, and the thread's path reads
         it (and reports an outage as that path does)."""
+        return self._on_nowait_connection(
+            lambda db: self._profile_document(
+                db, client_id, key, expire_before_ms, NOWAIT_PROFILE_CHARS
+            )
+        )
+
+    def changes_nowait(self) -> tuple[int, int]:
+        """SQLite's ``data_version`` on the connection of ``get_profile_nowait``, which
+        never writes: it changes when any connection of any process commits. With it, the
+        number of that connection (a new one counts again from 1)."""
+        return self._on_nowait_connection(
+            lambda db: (self._nowait_opened, db.execute("PRAGMA data_version").fetchone()[0])
+        )
+
+    def _on_nowait_connection(self, read: Callable[[sqlite3.Connection], T]) -> T:
         if not self._nowait.acquire(blocking=False):
             raise WouldWait
         try:
@@ -451,9 +468,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
                     db = self._nowait_db = sqlite3.connect(
                         self.path, isolation_level=None, check_same_thread=False, timeout=0
                     )
-                return self._profile_document(
-                    db, client_id, key, expire_before_ms, NOWAIT_PROFILE_CHARS
-                )
+                    self._nowait_opened += 1
+                return read(db)
             except (sqlite3.Error, StorageError):
                 self._nowait_db = None
                 if db is not None:

@@ -1,0 +1,90 @@
+"""``FetchReplies``: the fetch replies of one HTTP process, kept while the database is unchanged.
+
+A fetch on the event loop (SQLite) first asks the store whether anything was committed since
+it last asked (``Store.changes_nowait``: SQLite's ``data_version``, which any commit of any
+connection of any process changes). While nothing was, a reply read before is still the
+database's, byte for byte, and is sent again without reading the profile or encoding it. The
+first commit anywhere forgets every kept reply, so a fetch always sees every answered write
+(read-your-writes across processes).
+
+The one thing that changes a reply without a commit is time: a profile last active before
+the client's ``profile_expiry_days`` is gone. A kept reply carries its profile's
+``modifiedAt``, and is sent only while that is not before the expiry moment of the request,
+the rule the database's read applies.
+
+Kept replies take at most ``fetch_cache_mb`` of memory (the oldest read is forgotten first;
+0 keeps none), per HTTP process.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+#: The scope key of the moment (``time.monotonic``) the server had a request's head: set by
+#: the server's protocol (``web/server.py``), read by ``FetchReplies.refresh``.
+ARRIVED = "profilebase.arrived"
+
+#: Bytes a kept reply counts beyond its body: the key, the tuple and the dict's slot.
+OVERHEAD = 200
+
+
+class FetchReplies:
+    """Reply bodies by client id and the path as sent (the same path names the same profile
+    while nothing is committed), valid while the store's ``changes_nowait`` keeps the value
+    it had when they were read. Used on the event loop's thread only."""
+
+    def __init__(self, most_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.most_bytes = most_bytes
+        self.clock = clock
+        self._changes: object = None
+        #: When ``_changes`` was read (``clock``): the database had it then.
+        self._checked_at = -math.inf
+        #: (client id, path as sent) -> (the profile's modified_at in ms, the reply's body).
+        self._replies: dict[tuple[int, bytes], tuple[int, bytes]] = {}
+        self._bytes = 0
+
+    def refresh(self, arrived: float | None, changes: Callable[[], object]) -> None:
+        """Make what is kept the database's for a request that ``arrived`` then (``clock``;
+        None: unknown): ask ``changes`` (the store's ``changes_nowait``) unless it was asked
+        since, and forget everything if it moved. A write answered before the request was
+        sent was committed before it arrived, so a value read since then has seen it."""
+        if arrived is not None and arrived <= self._checked_at:
+            return
+        checked_at = self.clock()  # before asking: the answer is at least that recent
+        now = changes()
+        self._checked_at = checked_at
+        if now != self._changes:
+            self._replies.clear()
+            self._bytes = 0
+            self._changes = now
+
+    def get(self, client_id: int, path: bytes, expire_before_ms: int) -> bytes | None:
+        """The body kept for ``path``, unless its profile has expired; call ``refresh``
+        first."""
+        kept = self._replies.get((client_id, path))
+        if kept is None or kept[0] < expire_before_ms:
+            return None
+        return kept[1]
+
+    def put(self, client_id: int, path: bytes, modified_ms: int, body: bytes) -> None:
+        """Keep ``body``, read after the last ``refresh`` (with no ``refresh`` between: a
+        commit after that one makes the next forget it)."""
+        size = len(body) + len(path) + OVERHEAD
+        if size > self.most_bytes:
+            return
+        replaced = self._replies.pop((client_id, path), None)
+        if replaced is not None:
+            self._bytes -= len(replaced[1]) + len(path) + OVERHEAD
+        while self._replies and self._bytes + size > self.most_bytes:
+            oldest = next(iter(self._replies))
+            _, dropped = self._replies.pop(oldest)
+            self._bytes -= len(dropped) + len(oldest[1]) + OVERHEAD
+        self._replies[(client_id, path)] = (modified_ms, body)
+        self._bytes += size
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Replies kept and the bytes they count."""
+        return len(self._replies), self._bytes
