@@ -9,9 +9,11 @@ nothing, and must answer the same)."""
 from __future__ import annotations
 
 import dataclasses
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +26,8 @@ from starlette.requests import Request
 from profilebase.server import clients
 from profilebase.server.settings import Settings
 from profilebase.server.storage import Store
-from profilebase.server.web.fetch_replies import OVERHEAD, FetchReplies
+from profilebase.server.storage.sqlite.store import SQLiteStore
+from profilebase.server.web.fetch_replies import ARRIVED, OVERHEAD, FetchReplies
 from profilebase.server.web.openapi import QUERY_KEPT_BYTES, query_params
 
 
@@ -74,13 +77,17 @@ def test_a_request_that_arrived_before_the_last_check_does_not_ask_again():
     assert changes.asked == 1  # checked at 10.0
     replies.put(1, b"/p/a", 5, b"old")
     changes.value = 2  # committed after the check
-    replies.refresh(10.0, changes)  # arrived no later than the check: its answer holds
+    replies.refresh(9.5, changes)  # arrived before the check: its answer holds
     assert changes.asked == 1 and replies.get(1, b"/p/a", 0) == b"old"
+    replies.refresh(10.0, changes)  # at the same moment: the commit may lie between
+    assert changes.asked == 2 and replies.get(1, b"/p/a", 0) is None
+    replies.put(1, b"/p/a", 5, b"new")
+    changes.value = 3
     clock.now = 11.0
     replies.refresh(10.5, changes)  # arrived after it: the commit may be one it waits for
-    assert changes.asked == 2 and replies.get(1, b"/p/a", 0) is None
+    assert changes.asked == 3 and replies.get(1, b"/p/a", 0) is None
     replies.refresh(None, changes)  # arrival unknown: always asks
-    assert changes.asked == 3
+    assert changes.asked == 4
 
 
 def test_the_check_s_moment_is_taken_before_it_asks():
@@ -152,6 +159,7 @@ def test_a_fetch_sees_every_write_answered_before_it(
         assert update(http, mbox3rdPartyId="crm-1", profile_n=str(n)).status_code == 200
         assert attributes(http, "crm-1") == {"n": str(n)}
         assert attributes(http, "crm-1") == {"n": str(n)}  # the second from memory (SQLite)
+        assert kept(live_server).size[0] == (1 if database_url.startswith("sqlite") else 0)
         assert attributes(http, "t1", third_party=False) == {"n": str(n)}
     payload = {"id": {"tntId": "t1"}, "execute": {"pageLoad": {"profileParameters": {"m": "1"}}}}
     assert deliver(http, payload).status_code == 200
@@ -166,6 +174,53 @@ def test_a_fetch_sees_every_write_answered_before_it(
         assert kept(live_server).size[0] == 1
     else:
         assert kept(live_server).size[0] == 0  # PostgreSQL can't tell at once: nothing kept
+
+
+def test_a_new_connection_never_repeats_the_value_of_the_one_before(store: Store):
+    """SQLite's data_version counts per connection: one opened after an error could say
+    what the one before said, with commits between. The connection's number is part of
+    the value."""
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("PostgreSQL keeps no replies")
+    before = store.changes_nowait()
+    assert store.changes_nowait() == before  # nothing committed
+    db = store._nowait_db
+    assert db is not None
+    store._nowait_db = None  # as _on_nowait_connection does after an error
+    db.close()
+    after = store.changes_nowait()
+    assert after != before and after == store.changes_nowait()
+
+
+def test_a_pipelined_request_is_stamped_when_it_is_served(settings: Settings, store: Store):
+    """A request sent on a connection behind another waits for that one's response: it is
+    stamped once that is complete, not when its head was read (a write ahead of a fetch in
+    one pipeline was answered before the fetch was served)."""
+    seen: list[tuple[float, float]] = []
+
+    def recording(app: Any) -> Any:
+        async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+            async def last_sent(message: Any) -> None:
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    seen.append((scope[ARRIVED], time.monotonic()))  # before its last part
+                await send(message)
+
+            await app(scope, receive, last_sent if scope["type"] == "http" else send)
+
+        return wrapped
+
+    with LiveServer(settings, store, workers=0, wrap=recording) as server:
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            conn.sendall(request * 3)  # one send: uvicorn reads all three heads at once
+            received = b""
+            while received.count(b"HTTP/1.1 200") < 3:
+                chunk = conn.recv(65536)
+                assert chunk, received
+                received += chunk
+    assert len(seen) == 3
+    for (_, finished), (started, _) in zip(seen, seen[1:], strict=False):
+        assert started >= finished
 
 
 def test_a_write_by_another_process_is_seen_at_once(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -395,7 +396,7 @@ class Profile:
 
 def now_ms() -> int:
     """Milliseconds since the epoch, the unit every stored timestamp uses."""
-    return int(datetime.now(UTC).timestamp() * 1000)
+    return time.time_ns() // 1_000_000
 
 
 def from_ms(ms: int) -> datetime:

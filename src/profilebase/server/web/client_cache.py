@@ -39,10 +39,11 @@ class ClientCache:
         self.clock = clock
         self._entries: dict[tuple[str, str], tuple[float, Client | None]] = {}
         self._generation = clients.generation()
+        self._cached = CachedClients(self, None)
 
     def cached(self) -> CachedClients:
         """Lookups answered from memory only: ``NotCached`` when the database is needed."""
-        return CachedClients(self, None)
+        return self._cached
 
     def reading(self, store: Store) -> CachedClients:
         """Lookups answered from memory, else from ``store`` (blocking: run in a thread)."""

@@ -103,10 +103,22 @@ class Context:
         """This context with the request's client (found and authorized) and its limits;
         the same one for the same client object (the client cache hands out one while it
         keeps it), so that a request doesn't work out its limits again."""
+        if self.clients.seconds <= 0:  # every request reads a new client object
+            return self._client_context(client)
         kept = self.client_contexts.get(id(client))
         if kept is not None and kept.client is client:
             return kept
-        made = ClientContext(
+        made = self._client_context(client)
+        if len(self.client_contexts) >= MAX_CLIENT_CONTEXTS:
+            self.client_contexts.clear()
+        # Holds the client, so its id is not reused while kept. Shared with the threads
+        # that find clients (``resolved``): each dict operation is atomic, and a race at
+        # worst makes a context twice.
+        self.client_contexts[id(client)] = made
+        return made
+
+    def _client_context(self, client: Client) -> ClientContext:
+        return ClientContext(
             self.store,
             self.settings,
             self.clock,
@@ -121,10 +133,6 @@ class Context:
             client,
             self.client_limits(client),
         )
-        if len(self.client_contexts) >= MAX_CLIENT_CONTEXTS:
-            self.client_contexts.clear()
-        self.client_contexts[id(client)] = made  # holds the client: its id is not reused
-        return made
 
 
 @dataclass(frozen=True)
@@ -250,7 +258,7 @@ async def resolved(
     no token (no trip to a thread); otherwise in one trip, reading what the cache lacks.
     With ``defer``, a cached client's token check is left to the handler's ``in_thread``,
     which makes it before the handler's work, in the same trip."""
-    context = await app_context(request)
+    context: Context = request.app.state.context  # app_context's, without its await
     try:
         client = enabled(find(request, context, context.clients.cached()))
         if not (authorize_it and client.require_auth):

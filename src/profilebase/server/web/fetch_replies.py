@@ -4,15 +4,21 @@ A fetch on the event loop (SQLite) first asks the store whether anything was com
 it last asked (``Store.changes_nowait``: SQLite's ``data_version``, which any commit of any
 connection of any process changes). While nothing was, a reply read before is still the
 database's, byte for byte, and is sent again without reading the profile or encoding it. The
-first commit anywhere forgets every kept reply, so a fetch always sees every answered write
-(read-your-writes across processes).
+first check after a commit anywhere forgets every kept reply.
+
+A request needs a check made after it was sent: a write answered before that was committed
+before it. The server stamps each request when it starts serving it (``ARRIVED``, by
+``web/server.py``; a request pipelined behind another, once that one's response is
+complete); a request stamped before the last check takes that check's answer, and any
+other (or one without a stamp) checks again. Under load, the requests read in one turn of
+the event loop mostly share one check.
 
 The one thing that changes a reply without a commit is time: a profile last active before
 the client's ``profile_expiry_days`` is gone. A kept reply carries its profile's
 ``modifiedAt``, and is sent only while that is not before the expiry moment of the request,
 the rule the database's read applies.
 
-Kept replies take at most ``fetch_cache_mb`` of memory (the oldest read is forgotten first;
+Kept replies take at most ``fetch_cache_mb`` of memory (the first kept is forgotten first;
 0 keeps none), per HTTP process.
 """
 
@@ -22,18 +28,21 @@ import math
 import time
 from collections.abc import Callable
 
-#: The scope key of the moment (``time.monotonic``) the server had a request's head: set by
-#: the server's protocol (``web/server.py``), read by ``FetchReplies.refresh``.
+#: The scope key of the moment (``time.monotonic``) the server started serving a request:
+#: set by the server's protocol (``web/server.py``), read by ``FetchReplies.refresh``.
 ARRIVED = "profilebase.arrived"
 
-#: Bytes a kept reply counts beyond its body: the key, the tuple and the dict's slot.
-OVERHEAD = 200
+#: Bytes a kept reply counts beyond its body and path: the bytes objects' headers, the
+#: key's and the value's tuples, the int and the dict's slot (about 280 by tracemalloc).
+OVERHEAD = 300
 
 
 class FetchReplies:
     """Reply bodies by client id and the path as sent (the same path names the same profile
     while nothing is committed), valid while the store's ``changes_nowait`` keeps the value
-    it had when they were read. Used on the event loop's thread only."""
+    it had when they were read. Used on the event loop's thread only (the fetch's thread
+    path neither reads nor keeps replies). Past its bytes, the reply kept first goes first;
+    sending one again does not move it."""
 
     def __init__(self, most_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.most_bytes = most_bytes
@@ -48,10 +57,10 @@ class FetchReplies:
     def refresh(self, arrived: float | None, changes: Callable[[], object]) -> None:
         """Make what is kept the database's for a request that ``arrived`` then (``clock``;
         None: unknown): ask ``changes`` (the store's ``changes_nowait``) unless it was asked
-        since, and forget everything if it moved. A write answered before the request was
-        sent was committed before it arrived, so a value read since then has seen it."""
-        if arrived is not None and arrived <= self._checked_at:
-            return
+        after that, and forget everything if it moved. A write answered before the request
+        was sent was committed before it arrived, so a value read later has seen it."""
+        if arrived is not None and arrived < self._checked_at:  # equal: the commit may
+            return  # have come between on a coarse clock
         checked_at = self.clock()  # before asking: the answer is at least that recent
         now = changes()
         self._checked_at = checked_at

@@ -205,11 +205,14 @@ def query(request: Request, name: str, default: str | None = None) -> str | None
     return query_params(request).get(name, default)
 
 
-#: Query strings parsed lately (``query_params``); past ``QUERIES_MOST`` it starts again empty.
+#: Query strings parsed lately (``query_params``); past ``QUERIES_MOST`` it starts again
+#: empty. Shared by every thread (a request's client may be found in a worker thread): each
+#: dict operation is atomic, and a race at worst clears it once more.
 _QUERIES: dict[bytes, QueryParams] = {}
-QUERIES_MOST = 1024
-#: Longest query string kept parsed: the repeated ones (``?client=acme``) are short.
-QUERY_KEPT_BYTES = 256
+QUERIES_MOST = 256
+#: Longest query string kept parsed: the repeated ones (``?client=acme``) are short, and
+#: the cache stays under about a megabyte whatever the strings hold.
+QUERY_KEPT_BYTES = 128
 
 
 def query_params(request: Request) -> QueryParams:

@@ -50,7 +50,7 @@ from profilebase.server.web.openapi import (
     ref,
     reply,
 )
-from profilebase.server.web.responses import JsonResponse, json_bytes
+from profilebase.server.web.responses import JsonBytesResponse, JsonResponse, json_bytes
 
 #: Profiles read per database round trip while exporting.
 EXPORT_PAGE = 500
@@ -168,7 +168,7 @@ def fetch_nowait(request: Request, context: ClientContext) -> Response:
             raise not_found(client.code, named)
         body = json_bytes(export.profile_json(profile))
         replies.put(client.id, path, to_ms(profile.modified_at), body)
-    return Response(body, media_type=JsonResponse.media_type)
+    return JsonBytesResponse(body)
 
 
 def read_profile(request: Request, context: ClientContext) -> Response:

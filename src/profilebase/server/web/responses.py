@@ -24,3 +24,17 @@ class JsonResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return json_bytes(content)
+
+
+class JsonBytesResponse(JsonResponse):
+    """A 200 whose JSON body is already encoded (a kept fetch reply): ``JsonResponse``'s
+    headers, without rendering or working them out again."""
+
+    def __init__(self, body: bytes) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"content-length", b"%d" % len(body)),
+            (b"content-type", b"application/json"),
+        ]

@@ -256,10 +256,18 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.window_started = self.loop.time()
-        # FetchReplies.refresh: the clock it reads (a key of our own: not in the TypedDict)
-        self.scope[ARRIVED] = time.monotonic()  # type: ignore[literal-required]
         self.window_bytes = 0
         super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """uvicorn starts serving a request here: at once, or, pipelined behind another on
+        the connection, once that one's response is complete. Stamped with that moment
+        (``FetchReplies.refresh``: a write answered before this request was sent, or
+        before the one ahead of it was answered, was committed before it); a uvicorn that
+        starts requests elsewhere leaves them unstamped, and every fetch checks."""
+        # A key of our own, not in uvicorn's TypedDict of the scope.
+        cycle.scope[ARRIVED] = time.monotonic()
+        super()._start_asgi_task(cycle, app)
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)

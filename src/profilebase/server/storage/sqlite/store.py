@@ -451,12 +451,15 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
     def changes_nowait(self) -> tuple[int, int]:
         """SQLite's ``data_version`` on the connection of ``get_profile_nowait``, which
         never writes: it changes when any connection of any process commits. With it, the
-        number of that connection (a new one counts again from 1)."""
+        number of that connection (a new one starts again from a small number)."""
         return self._on_nowait_connection(
             lambda db: (self._nowait_opened, db.execute("PRAGMA data_version").fetchone()[0])
         )
 
     def _on_nowait_connection(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """``read`` on the connection of reads that never wait. Every read made there must
+        run its statements to the end (``fetchall``, or a statement of one row): one left
+        unfinished keeps its snapshot open, and ``data_version`` would stop moving."""
         if not self._nowait.acquire(blocking=False):
             raise WouldWait
         try:
