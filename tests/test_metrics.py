@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 from conftest import FakeClock, LiveServer, free_port
-from helpers import batch_id_of, status, submit
+from helpers import batch_id_of, deliver, status, submit, update
 from prometheus_client.parser import text_string_to_metric_families
 
 from profilebase.models import now_ms
@@ -407,3 +407,19 @@ def test_a_metrics_port_in_use_is_one_clear_line(settings: Settings):
     assert result.returncode == 1
     assert f"Cannot serve metrics on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fetches_on_the_event_loop_are_counted_by_where_their_reply_came_from(
+    http: httpx.Client, database_url: str
+):
+    """A second fetch with nothing written between sends the kept reply (SQLite); a write
+    makes the next one read again. PostgreSQL reads every fetch in a thread: none counted."""
+    deliver(http, {"id": {"thirdPartyId": "crm-m"}, "execute": {"pageLoad": {}}})
+    for _ in range(2):
+        assert http.get("/rest/v1/profiles/thirdPartyId/crm-m?client=demo").status_code == 200
+    update(http, mbox3rdPartyId="crm-m", profile_a="1")
+    assert http.get("/rest/v1/profiles/thirdPartyId/crm-m?client=demo").status_code == 200
+    text = scrape(http)
+    on_sqlite = database_url.startswith("sqlite")
+    assert value(text, "profilebase_fetches_on_event_loop_total", reply="kept") == on_sqlite
+    assert value(text, "profilebase_fetches_on_event_loop_total", reply="read") == 2 * on_sqlite

@@ -134,6 +134,15 @@ class Metrics:
             ["client"],
             registry=r,
         )
+        fetches = Counter(
+            "profilebase_fetches_on_event_loop",
+            "Fetches answered on the event loop (SQLite), by whether the reply was kept "
+            "(fetch_cache_mb) or read from the database.",
+            ["reply"],
+            registry=r,
+        )
+        self.fetch_kept = fetches.labels("kept")
+        self.fetch_read = fetches.labels("read")
         self.database_errors = Counter(
             "profilebase_database_errors",
             "Errors from the database, by where they happened (web or worker).",

@@ -157,17 +157,22 @@ def fetch_nowait(request: Request, context: ClientContext) -> Response:
     before = context.limits.expire_before_ms(context.clock())
     if not replies.most_bytes:
         key, named = identify(request)
-        return reply_of(store.get_profile_nowait(client.id, key, before), client.code, named)
+        profile = store.get_profile_nowait(client.id, key, before)
+        context.metrics.fetch_read.inc()
+        return reply_of(profile, client.code, named)
     replies.refresh(request.scope.get(ARRIVED), store.changes_nowait)
     path = request.scope.get("raw_path") or request.scope["path"].encode()
     body = replies.get(client.id, path, before)
     if body is None:
         key, named = identify(request)
         profile = store.get_profile_nowait(client.id, key, before)
+        context.metrics.fetch_read.inc()
         if profile is None:
             raise not_found(client.code, named)
         body = json_bytes(export.profile_json(profile))
         replies.put(client.id, path, to_ms(profile.modified_at), body)
+    else:
+        context.metrics.fetch_kept.inc()
     return JsonBytesResponse(body)
 
 
