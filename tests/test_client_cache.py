@@ -13,7 +13,7 @@ from profilebase.models import now_ms
 from profilebase.server import clients, tokens
 from profilebase.server.settings import Settings
 from profilebase.server.storage import Store
-from profilebase.server.web.client_cache import ClientCache, NotCached
+from profilebase.server.web.client_cache import MAX_KEY_CHARS, ClientCache, NotCached
 
 BOUND = 0.3
 
@@ -80,6 +80,27 @@ def test_organization_ids_are_cached_apart_from_codes(store: Store):
     assert cache.cached().find_client_by_org(org) == by_org
     with pytest.raises(NotCached):
         cache.cached().get_client("acme")
+
+
+def test_a_name_longer_than_any_client_s_is_read_each_time_never_kept():
+    """A caller may send names of 60,000 characters; keeping 4,096 of them took hundreds of
+    megabytes. Past MAX_KEY_CHARS a name is looked up each time (and names no client)."""
+    cache = ClientCache(60.0, Monotonic())
+    reads: list[str] = []
+
+    def read() -> None:
+        reads.append("read")
+
+    long = "x" * (MAX_KEY_CHARS + 1)
+    for kind in ("code", "org"):
+        assert cache.find(kind, long, read) is None
+        assert cache.find(kind, long, read) is None
+        with pytest.raises(NotCached):
+            cache.find(kind, long, None)
+    assert len(reads) == 4
+    edge = "x" * MAX_KEY_CHARS  # at the bound: kept as any other
+    assert cache.find("code", edge, read) is None and cache.find("code", edge, None) is None
+    assert len(reads) == 5
 
 
 def test_zero_seconds_reads_the_database_every_time(store: Store):

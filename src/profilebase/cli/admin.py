@@ -16,7 +16,8 @@ from profilebase.cli.stores import opened
 def clients() -> None:
     """Manage clients (tenants): credentials, authorization, limits.
 
-    A running server sees every change at its next request (workers within seconds).
+    A running server sees every change within client_cache_seconds (1 s by default; 0: at
+    its next request), its workers within seconds.
     """
 
 

@@ -25,6 +25,9 @@ from profilebase.server.storage.base import Store
 #: Entries a cache holds; past it, it starts again empty (codes that name no client are
 #: cached too, and a caller may send any number of them).
 MAX_ENTRIES = 4096
+#: Longest code or organization id cached (a code has at most 64 characters): a longer one
+#: a caller sends is looked up each time, so that the cache stays within a few megabytes.
+MAX_KEY_CHARS = 256
 
 
 class NotCached(Exception):
@@ -55,6 +58,10 @@ class ClientCache:
         if generation != self._generation:
             self._entries.clear()
             self._generation = generation
+        if len(key) > MAX_KEY_CHARS:
+            if read is None:
+                raise NotCached
+            return read()
         now = self.clock()
         entry = self._entries.get((kind, key))
         if entry is not None and entry[0] > now:
