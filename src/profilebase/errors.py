@@ -65,10 +65,19 @@ class UnknownClient(ProfilebaseError):
 
     status = 404
 
+    #: Characters of the name sent that the message quotes: a code has at most 64.
+    QUOTED = 64
+
     def __init__(self, client: str) -> None:
         self.client = client
+        shown = repr(client)
+        if len(client) > self.QUOTED:  # a caller may send 60,000: not echoed back in full
+            shown = (
+                f"{client[: self.QUOTED]!r}… ({len(client):,} characters; a client code has at "
+                f"most {self.QUOTED})"
+            )
         super().__init__(
-            f"Unknown client {client!r}: no client with this code exists on this server. "
+            f"Unknown client {shown}: no client with this code exists on this server. "
             "Check the client code in the URL (the fresh database has the client `demo`)."
         )
 
