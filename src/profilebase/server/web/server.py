@@ -12,7 +12,8 @@ httptools protocol with:
   (rules in ``GuardedProtocol``). The handler reading the body sees the client gone
   and frees what it held;
 - ``max_connections``: one more connection is answered 503 at once and closed;
-- ``MAX_HEAD_BYTES``: a request line and headers longer than this are answered 431.
+- ``MAX_HEAD_BYTES``: a request line and headers longer than this are answered 431,
+  however they arrive (after the replies to requests pipelined ahead of them).
 
 ``serve(app, settings)`` runs it in this process. ``serve_processes(settings)`` runs
 several on one port (``processes``): the parent binds one listening socket per HTTP
@@ -36,7 +37,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import uvicorn
@@ -161,6 +162,10 @@ class OneWrite:
         return getattr(self.transport, name)
 
 
+class HeadTooLong(Exception):
+    """Raised in a parser callback to stop reading a head longer than ``MAX_HEAD_BYTES``."""
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """One HTTP connection, closed when its client is too slow or one too many.
 
@@ -197,7 +202,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self.max_connections = config.max_connections
         self.incomplete = True  # a request is owed
         self.in_head = True  # ... and its line and headers are not complete
-        self.head_bytes = 0
+        self.head_bytes = 0  # bytes read while the head was incomplete
+        self.head_parsed = 0  # bytes of the head the parser has handed over
+        self.head_too_long = False
+        #: A refusal owed once the responses ahead of it are sent (pipelining).
+        self.pending_refusal: Callable[[], None] | None = None
         self.head_started = 0.0
         self.body_bytes = 0
         self.last_byte = 0.0
@@ -224,7 +233,12 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.transport.is_closing():
+        """Count the head's bytes two ways, so that a head longer than ``MAX_HEAD_BYTES``
+        is answered 431 however it arrives: the bytes read while it is incomplete (a head
+        that never ends), and the bytes the parser hands over (``on_url``,
+        ``on_header``: a head that ends in the read that takes it past the limit, which
+        ``on_headers_complete`` refuses before any handler starts)."""
+        if self.transport.is_closing() or self.pending_refusal is not None:
             return  # refused or timed out: nothing more is read
         if self.incomplete:
             self.last_byte = self.loop.time()
@@ -232,16 +246,22 @@ class GuardedProtocol(HttpToolsProtocol):
             self.head_bytes += len(data)
         super().data_received(data)
         if self.in_head and self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
-            log.warning(
-                "client %s sent more than %s bytes of request line and headers; answered 431",
-                self.client_text(),
-                f"{MAX_HEAD_BYTES:,}",
-            )
-            self.reply_and_close(
-                431,
-                f"The request line and headers are longer than {MAX_HEAD_BYTES:,} bytes; "
-                "send long data in the body.",
-            )
+            self.refuse_head()
+
+    def refuse_head(self) -> None:
+        if self.owes_response():
+            self.refuse_later(self.refuse_head)
+            return
+        log.warning(
+            "client %s sent more than %s bytes of request line and headers; answered 431",
+            self.client_text(),
+            f"{MAX_HEAD_BYTES:,}",
+        )
+        self.reply_and_close(
+            431,
+            f"The request line and headers are longer than {MAX_HEAD_BYTES:,} bytes; "
+            "send long data in the body.",
+        )
 
     # -- parser events (httptools) -------------------------------------------------------
 
@@ -253,7 +273,22 @@ class GuardedProtocol(HttpToolsProtocol):
             self.arm(self.client_timeout)
         self.body_bytes = 0
 
+    def on_url(self, url: bytes) -> None:
+        self.head_parsed += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_parsed += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        # The request line's method, spaces, version and CRLF, and the blank line: the
+        # count is exact for a head written plainly (one space after each colon).
+        method = self.parser.get_method()
+        if self.head_parsed + len(method) + len(" HTTP/1.1\r\n\r\n") + 1 > MAX_HEAD_BYTES:
+            # Stop the parser: httptools raises, uvicorn calls send_400_response.
+            self.head_too_long = True
+            raise HeadTooLong
         self.in_head = False
         self.window_started = self.loop.time()
         self.window_bytes = 0
@@ -269,6 +304,13 @@ class GuardedProtocol(HttpToolsProtocol):
         cycle.scope[ARRIVED] = time.monotonic()
         super()._start_asgi_task(cycle, app)
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.pending_refusal is not None and not self.owes_response():
+            refusal, self.pending_refusal = self.pending_refusal, None
+            if not self.transport.is_closing():
+                refusal()
+
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
         self.window_bytes += len(body)
@@ -277,7 +319,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self.incomplete = False
         self.in_head = True  # the next request's head, if one comes
-        self.head_bytes = 0
+        self.head_bytes = self.head_parsed = 0
         self.disarm()
         super().on_message_complete()
 
@@ -391,11 +433,28 @@ class GuardedProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """A request the parser cannot read (uvicorn has logged it): 400 in the format of
         the endpoint its path names (``errors.error_reply``), not uvicorn's plain text;
-        then close."""
+        then close. A head refused for its length is answered 431 instead."""
+        if self.head_too_long:
+            self.refuse_head()
+            return
+        if self.owes_response():
+            self.refuse_later(lambda: self.send_400_response(msg))
+            return
         path = self.url.split(b"?", 1)[0].decode("latin-1")
         reply = error_reply(path, 400, UNREADABLE)
         media_type = reply.headers["content-type"].encode("latin-1")
         self.reply_and_close(400, body=bytes(reply.body), media_type=media_type)
+
+    def owes_response(self) -> bool:
+        """Whether a request read before is still being answered or waits its turn."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
+    def refuse_later(self, refusal: Callable[[], None]) -> None:
+        """Answer a request the parser refused once the responses ahead of it are sent
+        (``on_response_complete``), so that each pipelined request gets its own reply in
+        order; read nothing more meanwhile."""
+        self.pending_refusal = refusal
+        self.flow.pause_reading()
 
     def reply_and_close(
         self,
