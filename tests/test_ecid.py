@@ -179,6 +179,13 @@ def test_batches_still_take_only_pc_id_and_third_party_id(http: httpx.Client):
             {"customerIds": [{"id": "c", "integrationCode": "x", "authenticatedState": "yes"}]},
             "authenticatedState must be one of authenticated, logged_out, unknown",
         ),
+        *[
+            (
+                {"customerIds": [{"id": "c", "integrationCode": "x", "authenticatedState": s}]},
+                "authenticatedState must be one of authenticated, logged_out, unknown",
+            )
+            for s in (["authenticated"], {"a": 1}, 1, True)  # a list was a 500 (schemathesis)
+        ],
     ],
 )
 def test_invalid_ecids_and_customer_ids_are_400_and_change_nothing(

@@ -226,7 +226,7 @@ def customer_id_keys(raw: Any) -> list[str]:
             True,
         )
         state = entry.get("authenticatedState")
-        if state is not None and state not in AUTHENTICATED_STATES:
+        if state is not None and (not isinstance(state, str) or state not in AUTHENTICATED_STATES):
             raise BadRequest(
                 f"{where}.authenticatedState must be one of "
                 f"{', '.join(sorted(AUTHENTICATED_STATES))}."
