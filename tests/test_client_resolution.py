@@ -213,3 +213,61 @@ def test_clients_set_org_id(settings: Settings, store: Store):
     assert store.find_client_by_org(ACME_ORG) is None
     assert run("clients", "set", "beta", "--org-id", ACME_ORG).exit_code == 0
     assert store.find_client_by_org(ACME_ORG).code == "beta"  # type: ignore[union-attr]
+
+
+@pytest.mark.usefixtures("orgs")
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("http://acme.tt.omtrdc.net/rest/v1/delivery?sessionId=s1", "acme"),
+        ("HTTPS://user@ACME.tt.omtrdc.net:443/rest/v1/delivery?sessionId=s1", "acme"),
+        ("http://nobody.example/rest/v1/delivery?sessionId=s1", "demo"),
+        ("/rest/v1/delivery?sessionId=s1", "beta"),  # origin form: the Host header
+        ("http://acme.tt.omtrdc.net?client=demo", None),  # no path: / (405 for a POST), not 400
+    ],
+)
+def test_an_absolute_request_target_names_the_client_before_the_host_header(
+    live_server, target: str, expected: str | None
+):
+    """RFC 9112 3.2.2: a server takes the host of an absolute-form target and ignores the
+    Host header, as Target's edge would."""
+    import json
+    import socket
+
+    body = b"{}"
+    request = (
+        f"POST {target} HTTP/1.1\r\nHost: beta.tt.omtrdc.net\r\nContent-Type: application/json"
+        f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    if expected is None:
+        assert head.startswith(b"HTTP/1.1 405 "), reply[:500]
+        return
+    assert head.startswith(b"HTTP/1.1 200 "), reply[:500]
+    assert json.loads(payload)["client"] == expected
+
+
+@pytest.mark.parametrize(
+    ("target", "absolute"),
+    [
+        (b"/rest/v1/delivery", None),
+        (b"*", None),
+        (b"http://acme.x", (b"acme.x", b"/")),
+        (b"http://acme.x:8080/p?q=http://other.y/", (b"acme.x:8080", b"/p?q=http://other.y/")),
+        (b"http://u:pw@acme.x/p", (b"acme.x", b"/p")),
+        (b"http://acme.x?client=b", (b"acme.x", b"/?client=b")),
+        (b"HTTP://[::1]:80/p", (b"[::1]:80", b"/p")),
+        (b"http:///p", None),
+        (b"ftp://acme.x/p", None),
+        (b"/p?next=http://other.y/", None),
+    ],
+)
+def test_absolute_target(target: bytes, absolute: tuple[bytes, bytes] | None):
+    from profilebase.server.web.server import absolute_target
+
+    assert absolute_target(target) == absolute

@@ -162,6 +162,21 @@ class OneWrite:
         return getattr(self.transport, name)
 
 
+def absolute_target(target: bytes) -> tuple[bytes, bytes] | None:
+    """An absolute-form request target (``GET http://acme.x/p?q``) as its host (and port,
+    without user information) and its origin form (``/p?q``; ``/`` for no path); None for
+    the usual origin form (``GET /p?q``)."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return None
+    end = min((i for i in map(rest.find, (b"/", b"?", b"#")) if i >= 0), default=len(rest))
+    authority = rest[:end].rpartition(b"@")[2]
+    if not authority:
+        return None
+    origin = rest[end:]
+    return authority, origin if origin.startswith(b"/") else b"/" + origin
+
+
 class HeadTooLong(Exception):
     """Raised in a parser callback to stop reading a head longer than ``MAX_HEAD_BYTES``."""
 
@@ -205,6 +220,13 @@ class GuardedProtocol(HttpToolsProtocol):
         self.head_bytes = 0  # bytes read while the head was incomplete
         self.head_parsed = 0  # bytes of the head the parser has handed over
         self.head_too_long = False
+        self.content_seen = False
+        #: The request whose handler runs (or ran last) on this connection.
+        self.serving: Any = None
+        #: Bytes of a body's framing and trailers since its last byte of content, and
+        #: whether they went past ``MAX_HEAD_BYTES`` (``refuse_trailers``).
+        self.unread_bytes = 0
+        self.trailers_too_long = False
         #: A refusal owed once the responses ahead of it are sent (pipelining).
         self.pending_refusal: Callable[[], None] | None = None
         self.head_started = 0.0
@@ -244,9 +266,19 @@ class GuardedProtocol(HttpToolsProtocol):
             self.last_byte = self.loop.time()
         if self.in_head:  # counted before parsing: after it, all of it was head if still in it
             self.head_bytes += len(data)
+        in_body = not self.in_head
+        self.content_seen = False
         super().data_received(data)
-        if self.in_head and self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+        if self.transport.is_closing() or self.pending_refusal is not None:
+            return
+        if self.in_head and self.head_bytes > MAX_HEAD_BYTES:
             self.refuse_head()
+        elif in_body and not self.in_head and not self.content_seen:
+            # A read of a body with no byte of content: chunk sizes, extensions and
+            # trailers, the last of which httptools keeps until they end.
+            self.unread_bytes += len(data)
+            if self.unread_bytes > MAX_HEAD_BYTES:
+                self.refuse_trailers()
 
     def refuse_head(self) -> None:
         if self.owes_response():
@@ -278,7 +310,14 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_parsed += len(name) + len(value) + 4  # ": " and CRLF
+        size = len(name) + len(value) + 3  # at least ":" and CRLF
+        if self.in_head:
+            self.head_parsed += size
+        elif self.content_seen:  # a trailer in a read with content (else counted whole)
+            self.unread_bytes += size
+            if self.unread_bytes > MAX_HEAD_BYTES:
+                self.trailers_too_long = True
+                raise HeadTooLong
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -289,6 +328,12 @@ class GuardedProtocol(HttpToolsProtocol):
             # Stop the parser: httptools raises, uvicorn calls send_400_response.
             self.head_too_long = True
             raise HeadTooLong
+        absolute = absolute_target(self.url)
+        if absolute:  # RFC 9112 3.2.2: the target's host, not the Host header's
+            authority, self.url = absolute
+            # In place: the request's scope holds this list.
+            self.headers[:] = [(n, v) for n, v in self.headers if n != b"host"]
+            self.headers.append((b"host", authority))
         self.in_head = False
         self.window_started = self.loop.time()
         self.window_bytes = 0
@@ -302,16 +347,23 @@ class GuardedProtocol(HttpToolsProtocol):
         starts requests elsewhere leaves them unstamped, and every fetch checks."""
         # A key of our own, not in uvicorn's TypedDict of the scope.
         cycle.scope[ARRIVED] = time.monotonic()
+        self.serving = cycle
         super()._start_asgi_task(cycle, app)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.pending_refusal is not None and not self.owes_response():
-            refusal, self.pending_refusal = self.pending_refusal, None
-            if not self.transport.is_closing():
-                refusal()
+        super().on_response_complete()  # resumes reading
+        if self.pending_refusal is None:
+            return
+        if self.owes_response():
+            self.flow.pause_reading()  # still nothing more is read
+            return
+        refusal, self.pending_refusal = self.pending_refusal, None
+        if not self.transport.is_closing():
+            refusal()
 
     def on_body(self, body: bytes) -> None:
+        self.content_seen = True
+        self.unread_bytes = 0
         self.body_bytes += len(body)
         self.window_bytes += len(body)
         super().on_body(body)
@@ -319,7 +371,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self.incomplete = False
         self.in_head = True  # the next request's head, if one comes
-        self.head_bytes = self.head_parsed = 0
+        self.head_bytes = self.head_parsed = self.unread_bytes = 0
+        self.content_seen = True  # the rest of this read is the next request's
         self.disarm()
         super().on_message_complete()
 
@@ -337,8 +390,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def check_timeout(self) -> None:
         """Apply the three rules of the class docstring; close, or look again later."""
         self.timer = None
-        if self.transport.is_closing() or not self.incomplete:
-            return
+        if self.transport.is_closing() or not self.incomplete or self.pending_refusal:
+            return  # (a refused request waits for the replies ahead of it, not for its client)
         now = self.loop.time()
         limit = self.client_timeout
         if self.flow.read_paused:  # we are not reading: the wait is ours, not the client's
@@ -437,17 +490,67 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.head_too_long:
             self.refuse_head()
             return
-        if self.owes_response():
-            self.refuse_later(lambda: self.send_400_response(msg))
+        if self.trailers_too_long:
+            self.refuse_trailers()
             return
         path = self.url.split(b"?", 1)[0].decode("latin-1")
         reply = error_reply(path, 400, UNREADABLE)
         media_type = reply.headers["content-type"].encode("latin-1")
-        self.reply_and_close(400, body=bytes(reply.body), media_type=media_type)
+
+        def answer() -> None:
+            self.reply_and_close(400, body=bytes(reply.body), media_type=media_type)
+
+        if self.reading_body():  # its head was complete: a chunked body that cannot be read
+            self.refuse_body(answer)
+        elif self.owes_response():
+            self.refuse_later(answer)
+        else:
+            answer()
+
+    def reading_body(self) -> bool:
+        """Whether the parser is in the body of the request ``self.cycle`` is."""
+        return not self.in_head and self.cycle is not None and self.cycle.scope is self.scope
+
+    def refuse_body(self, answer: Callable[[], None]) -> None:
+        """Refuse the request whose body is being read: its handler sees the client gone;
+        ``answer`` once the replies ahead of it are sent (it waits in the pipeline, and
+        never starts now), or at once if its own reply has not started; else close."""
+        cycle = self.cycle
+        if not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if self.pipeline and self.pipeline[0][0] is cycle:
+            self.pipeline.popleft()
+            self.refuse_later(answer)
+        elif cycle.response_started:
+            self.transport.close()
+        else:
+            answer()
+
+    def refuse_trailers(self) -> None:
+        """A chunked body whose framing or trailers run past ``MAX_HEAD_BYTES`` without a
+        byte of content: refused as ``refuse_body`` does, with 431."""
+        log.warning(
+            "client %s sent more than %s bytes of chunk sizes, extensions or trailers in a "
+            "row; refused (431, or closed if its reply had started)",
+            self.client_text(),
+            f"{MAX_HEAD_BYTES:,}",
+        )
+
+        def answer() -> None:
+            self.reply_and_close(
+                431,
+                f"The chunked body's sizes, extensions or trailers run past "
+                f"{MAX_HEAD_BYTES:,} bytes; send data in the chunks.",
+            )
+
+        self.refuse_body(answer)
 
     def owes_response(self) -> bool:
         """Whether a request read before is still being answered or waits its turn."""
-        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+        return bool(self.pipeline) or (
+            self.serving is not None and not self.serving.response_complete
+        )
 
     def refuse_later(self, refusal: Callable[[], None]) -> None:
         """Answer a request the parser refused once the responses ahead of it are sent
@@ -455,6 +558,7 @@ class GuardedProtocol(HttpToolsProtocol):
         order; read nothing more meanwhile."""
         self.pending_refusal = refusal
         self.flow.pause_reading()
+        self.disarm()
 
     def reply_and_close(
         self,
