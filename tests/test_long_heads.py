@@ -268,3 +268,30 @@ def test_a_read_that_ends_one_request_and_starts_the_next_is_not_counted_as_trai
         pause=0.05,
     )
     assert status_lines(reply) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK"], reply[:600]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"\x00", b"\r", b"\xff\xfe"],
+    ids=["NUL", "bare CR", "invalid UTF-8"],
+)
+@pytest.mark.parametrize("size", [1_000, MAX_HEAD_BYTES + 1, 200_000])
+def test_bad_bytes_in_a_head_of_any_length_are_refused_or_served_never_a_500(
+    server: ServerProcess, log: Path, bad: bytes, size: int
+) -> None:
+    """A bad byte in a header value: the parser refuses NUL and a bare CR (400); invalid
+    UTF-8 is only bytes to it (served within the limit). Past the limit, never served."""
+    head = head_of(size)
+    at = head.index(b"X-Pad:") + 10
+    request = head[:at] + bad + head[at + len(bad) :]
+    statuses = status_lines(exchange(server, request))
+    assert len(statuses) == 1, statuses
+    status = statuses[0][9:12]
+    if size > MAX_HEAD_BYTES:
+        assert status in (b"400", b"431"), statuses
+    elif bad == b"\xff\xfe":
+        assert status == b"200", statuses
+    else:
+        assert status == b"400", statuses
+    assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
+    assert "Traceback" not in log.read_text()

@@ -281,6 +281,8 @@ class GuardedProtocol(HttpToolsProtocol):
                 self.refuse_trailers()
 
     def refuse_head(self) -> None:
+        """Answer 431 to a head past ``MAX_HEAD_BYTES`` and close, after the replies owed
+        ahead of it."""
         if self.owes_response():
             self.refuse_later(self.refuse_head)
             return
@@ -322,7 +324,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         # The request line's method, spaces, version and CRLF, and the blank line: the
-        # count is exact for a head written plainly (one space after each colon).
+        # count is exact for a head written tightly (no space after a colon), and never
+        # more than the bytes sent.
         method = self.parser.get_method()
         if self.head_parsed + len(method) + len(" HTTP/1.1\r\n\r\n") + 1 > MAX_HEAD_BYTES:
             # Stop the parser: httptools raises, uvicorn calls send_400_response.
