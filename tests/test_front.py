@@ -8,12 +8,15 @@ the routes' own segments; the served tests run real HTTP against a live server a
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import re
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import LiveServer
 from helpers import run_sql, xml_fields
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,6 +25,7 @@ from starlette.routing import Match, Route
 from test_crash import ServerProcess
 from test_error_replies import quoted_error_id
 
+from profilebase.server.merge import dump_attrs
 from profilebase.server.metrics import Metrics
 from profilebase.server.settings import Settings
 from profilebase.server.web.app import create_app
@@ -265,3 +269,22 @@ def test_an_unexpected_error_on_a_front_route_is_a_500_quoting_its_id(
         error_id = quoted_error_id(reply, message)
         errors = [line for line in text.splitlines() if error_id in line and "ERROR" in line]
         assert len(errors) == 1, errors
+
+
+def test_what_start_up_made_is_out_of_the_collectors_sight(settings: Settings, store):
+    """The app freezes what exists once it has started (``gc.freeze``): a full collection
+    then skips the modules, routes and caches every request would otherwise wait on."""
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    with LiveServer(settings, store, workers=0) as server:
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        assert gc.get_freeze_count() > 10_000
+
+
+@given(value=st.text())
+@settings(max_examples=300)
+def test_attributes_are_encoded_as_json_dumps_would(value: str):
+    """``dump_attrs`` (msgspec) writes the very bytes ``json.dumps`` did: stored sizes and
+    the profile size limit stay as they were."""
+    attrs: dict[str, list[object]] = {value: [value, 10**18 + 7, 1_700_000_000_000]}
+    assert dump_attrs(attrs) == json.dumps(attrs, ensure_ascii=False, separators=(",", ":"))

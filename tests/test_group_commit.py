@@ -9,11 +9,13 @@ together, then lets go; real HTTP, real databases.
 
 from __future__ import annotations
 
+import functools
+import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,11 @@ import psycopg
 import pytest
 from helpers import attributes, deliver, update, xml_fields
 
-from profilebase.models import DAY_MS, now_ms
+from profilebase.models import DAY_MS, SEQ_SPAN, KeyKind, now_ms
 from profilebase.server import clients
 from profilebase.server.settings import Settings
 from profilebase.server.storage import Store
+from profilebase.server.storage.base import Visit
 from profilebase.server.storage.sqlite import SQLiteStore
 from profilebase.server.storage.sqlite.store import SQL
 
@@ -241,3 +244,143 @@ def test_sqlite_reads_of_a_profiles_aliases_use_an_index_of_the_profile(tmp_path
         assert all(any(way in step for way in by_profile) for step in identities), plan
     finally:
         store.close()
+
+
+# -- what a SQLite group holds back until its commit (storage/sqlite/held.py) --------------
+
+
+@contextmanager
+def one_group(store: SQLiteStore) -> Iterator[list[Future[Any]]]:
+    """The writes submitted in the block run as one group: the write lock is held from
+    outside until the block ends, so the writer thread takes all of them at once."""
+    futures: list[Future[Any]] = []
+    with writes_held(f"sqlite:///{store.path}"):
+        yield futures
+        deadline = time.monotonic() + 30
+        while store._groups.waiting() < len(futures) - 1:  # the first one may be taken
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    the_store = SQLiteStore(str(tmp_path / "held.db"), timeout=30)
+    the_store.migrate()
+    yield the_store
+    the_store.close()
+
+
+def in_writer(store: SQLiteStore, futures: list[Future[Any]], call: Callable[[], Any]) -> None:
+    futures.append(store.submit_write(call))
+
+
+def seqs_of(store: SQLiteStore, client_id: int, key: str) -> dict[str, int]:
+    """Each attribute's seq, as stored."""
+    with sqlite3.connect(store.path) as db:
+        (attrs,) = db.execute(
+            "SELECT attrs FROM profiles WHERE client_id = ? AND pkey = ?", (client_id, key)
+        ).fetchone()
+    return {name: entry[1] for name, entry in json.loads(attrs).items()}
+
+
+def writes_rows(store: SQLiteStore) -> list[tuple[int, str]]:
+    with sqlite3.connect(store.path) as db:
+        return [
+            (int(s), str(k)) for s, k in db.execute("SELECT seq, kind FROM writes ORDER BY seq")
+        ]
+
+
+def test_updates_in_a_group_share_writes_until_another_write_takes_a_seq(
+    sqlite_store: SQLiteStore,
+):
+    """Single updates of one client in a row share one writes row, each under a seq of
+    its own; a page call between them ends the run, so an update after it gets a larger
+    seq and wins the attribute they both set; another client's update starts its own."""
+    store, now = sqlite_store, now_ms()
+    demo, other = store.ensure_client("demo"), store.ensure_client("other")
+    for client in (demo, other):
+        store.visit(client.id, Visit("tnt-a", "a", {}, "r0"), now, 10_000)
+    key = KeyKind.THIRD_PARTY_ID.key("a")
+    before = len(writes_rows(store))
+
+    def update_a(client: Any, value: str) -> Callable[[], Any]:
+        return functools.partial(store.update_profile, client, key, {"x": value}, now, 100, 10_000)
+
+    with one_group(store) as futures:
+        in_writer(store, futures, update_a(demo, "1"))
+        in_writer(store, futures, update_a(demo, "2"))
+        in_writer(
+            store,
+            futures,
+            functools.partial(
+                store.visit, demo.id, Visit("tnt-a", "a", {"x": "page"}, "r1"), now, 10_000
+            ),
+        )
+        in_writer(store, futures, update_a(demo, "3"))
+        in_writer(store, futures, update_a(other, "o"))
+    outcomes = [f.result() for f in futures]
+
+    seqs = [o.seq for o in outcomes if o is not None and not isinstance(o, str)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+    # Two runs of demo's updates around the page call's write, one of other's.
+    added = writes_rows(store)[before:]
+    assert [kind for _, kind in added] == ["update", "delivery", "update", "update"]
+    assert seqs[0] // SEQ_SPAN == seqs[1] // SEQ_SPAN == added[0][0]
+    assert seqs[2] // SEQ_SPAN == added[2][0] > added[1][0]
+    profile = store.get_profile(demo.id, key)
+    assert profile is not None and profile.attributes["x"].value == "3"
+    assert seqs_of(store, demo.id, key)["x"] == seqs[2]
+
+
+def test_a_group_counts_its_updates_once_and_exactly(sqlite_store: SQLiteStore):
+    """The quota's counts of a group are written at its end, per minute, beside those
+    stored before; with updates_per_day 5 and 2 counted before, 3 of 5 updates waiting
+    together are applied, the refusals say when the next one fits, and an update that
+    fails after it was counted (over the size limit) gives its count back."""
+    store = sqlite_store
+    demo = store.ensure_client("demo")
+    start = (now_ms() // 60_000) * 60_000 + 59_000  # a second before a minute ends
+    for n in range(6):
+        store.visit(demo.id, Visit(f"tnt-{n}", f"p{n}", {}, f"r{n}"), start, 10_000)
+    for n in range(2):  # counted in an earlier group
+        key = KeyKind.THIRD_PARTY_ID.key(f"p{n}")
+        assert store.update_profile(demo, key, {"a": "0"}, start - 120_000, 5, 10_000)
+
+    with one_group(store) as futures:
+        for n, at in [(0, start), (1, start), (2, start + 2_000), (3, start + 2_000)]:
+            key = KeyKind.THIRD_PARTY_ID.key(f"p{n}")
+            values = {"big": "x" * 200} if n == 1 else {"a": str(n)}
+            call = functools.partial(store.update_profile, demo, key, values, at, 5, 150)
+            in_writer(store, futures, call)
+        for n in (4, 5):
+            key = KeyKind.THIRD_PARTY_ID.key(f"p{n}")
+            call = functools.partial(
+                store.update_profile, demo, key, {"a": "x"}, start + 3_000, 5, 10_000
+            )
+            in_writer(store, futures, call)
+
+    results: list[Any] = []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except Exception as exc:  # the refusals
+            results.append(exc)
+    assert [type(r).__name__ for r in results] == [
+        "UpdateOutcome",
+        "RequestTooLarge",
+        "UpdateOutcome",
+        "UpdateOutcome",
+        "QuotaExceeded",
+        "QuotaExceeded",
+    ]
+    # The window each reply's headers come from: 3, 4, 5 updates with this one.
+    assert [r.recent[0][1] for r in (results[0], results[2], results[3])] == [3, 4, 5]
+    assert results[4].retry_after > 0 and "updates_per_day" in results[4].message
+    minute = start // 60_000
+    found = store.recent_updates(demo.id, start - DAY_MS)
+    assert found == [
+        ((minute - 2 + 1) * 60_000, 2),
+        ((minute + 1) * 60_000, 1),
+        ((minute + 1 + 1) * 60_000, 2),
+    ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from profilebase.errors import QuotaExceeded, RequestTooLarge
@@ -44,6 +44,36 @@ def window_with_one_more(
     return (((oldest + 1) * MINUTE_MS, used + 1),)
 
 
+def quota_refusal(
+    client: Client, minutes: Iterable[tuple[int, int]], updates_per_day: int, now_ms: int
+) -> QuotaExceeded:
+    """The refusal of a single update when the client's window, ``minutes`` as (minute,
+    updates), is full; it says when the next one may come."""
+    # A minute's updates leave the window a day after the minute ends.
+    ends = [((m + 1) * MINUTE_MS, n) for m, n in minutes]
+    wait = retry_after_ms(ends, 1, updates_per_day, now_ms)
+    return QuotaExceeded(
+        update_quota_message(client.code, updates_per_day, wait, now_ms),
+        retry_after=seconds(wait),
+    )
+
+
+def shown_pc_id(key: str, stored: str) -> str | None:
+    """The tntId a single update shows when the key it names or the stored key is one."""
+    for candidate in (key, stored):
+        if candidate.startswith(KeyKind.PC_ID.prefix):
+            return candidate[2:]
+    return None
+
+
+def profile_too_large(size: int, max_profile_bytes: int) -> RequestTooLarge:
+    """The refusal of values that would take a profile to ``size`` bytes, over its limit."""
+    return RequestTooLarge(
+        f"The profile would grow to {size:,} bytes, over the limit of "
+        f"{max_profile_bytes:,} bytes (max_profile_bytes); send fewer or shorter attributes."
+    )
+
+
 class ProfileQueries(SharedQueries):
     """Profiles, on the connections of the store that inherits this."""
 
@@ -67,9 +97,9 @@ class ProfileQueries(SharedQueries):
 
     def _pc_id_of(self, db: Connection, client_id: int, key: str, stored: str) -> str | None:
         """The tntId to show for a profile: the one asked for, else the latest linked one."""
-        for candidate in (key, stored):
-            if candidate.startswith(KeyKind.PC_ID.prefix):
-                return candidate[2:]
+        shown = shown_pc_id(key, stored)
+        if shown is not None:
+            return shown
         found = db.execute(self.sql["latest_tnt_alias"], (client_id, stored)).fetchone()
         return None if found is None else str(found[0])[2:]
 
@@ -125,6 +155,20 @@ class ProfileQueries(SharedQueries):
 
     # -- profiles: writes that apply at once ---------------------------------------------
 
+    def _find_to_update(
+        self, db: Connection, client_id: int, key: str, expire_before_ms: int
+    ) -> tuple[str, str | None] | None:
+        """The stored key of the live profile ``key`` finds and the tntId to show for it
+        (``_live_key``, ``_pc_id_of``), or None."""
+        stored = self._live_key(db, client_id, key, expire_before_ms)
+        if stored is None:
+            return None
+        return stored, self._pc_id_of(db, client_id, key, stored)
+
+    def _update_seq(self, db: Connection, client_id: int, now_ms: int) -> int:
+        """The seq of a single update's values: a write of its own."""
+        return self._new_write(db, client_id, WriteKind.UPDATE, None, now_ms) * SEQ_SPAN + 1
+
     def _new_write(
         self, db: Connection, client_id: int, kind: WriteKind, ref: str | None, now_ms: int
     ) -> int:
@@ -145,21 +189,21 @@ class ProfileQueries(SharedQueries):
         """Write ``values`` into an existing, locked profile under ``seq``, within its size
         limit."""
         attrs = dump_attrs({name: [value, seq, now_ms] for name, value in values.items()})
+        params = {"client_id": client_id, "pkey": stored, "attrs": attrs, "seq": seq}
+        self._merge_values(db, {**params, "now_ms": now_ms}, max_profile_bytes)
+
+    def _merge_values(self, db: Connection, params: dict[str, Any], max_profile_bytes: int) -> None:
+        """``merge_values``, once sure the profile stays within its limit: the stored size
+        plus the new values' bounds it; only a profile that may outgrow it is merged in
+        Python first, to know."""
         current, size = db.execute(
-            self.sql["profile_attrs_and_size"], (client_id, stored)
+            self.sql["profile_attrs_and_size"], (params["client_id"], params["pkey"])
         ).fetchone()
-        if int(size) + byte_size(attrs) > max_profile_bytes:
-            exact = byte_size(merge_attrs(current, attrs))
+        if int(size) + byte_size(params["attrs"]) > max_profile_bytes:
+            exact = byte_size(merge_attrs(current, params["attrs"]))
             if exact > max_profile_bytes:
-                raise RequestTooLarge(
-                    f"The profile would grow to {exact:,} bytes, over the limit of "
-                    f"{max_profile_bytes:,} bytes (max_profile_bytes); send fewer or "
-                    "shorter attributes."
-                )
-        db.execute(
-            self.sql["merge_values"],
-            {"client_id": client_id, "pkey": stored, "attrs": attrs, "seq": seq, "now_ms": now_ms},
-        )
+                raise profile_too_large(exact, max_profile_bytes)
+        db.execute(self.sql["merge_values"], params)
 
     def _take_update_quota(
         self, db: Connection, client: Client, now_ms: int, updates_per_day: int
@@ -173,14 +217,8 @@ class ProfileQueries(SharedQueries):
         day_start = (now_ms - DAY_MS) // MINUTE_MS
         used, oldest = db.execute(self.sql["update_window"], (client.id, day_start)).fetchone()
         if int(used) + 1 > updates_per_day:
-            # A minute's updates leave the window a day after the minute ends.
             recent = db.execute(self.sql["update_counts_since"], (client.id, day_start))
-            ends = [((m + 1) * MINUTE_MS, n) for m, n in recent.fetchall()]
-            wait = retry_after_ms(ends, 1, updates_per_day, now_ms)
-            raise QuotaExceeded(
-                update_quota_message(client.code, updates_per_day, wait, now_ms),
-                retry_after=seconds(wait),
-            )
+            raise quota_refusal(client, recent.fetchall(), updates_per_day, now_ms)
         db.execute(self.sql["count_update"], (client.id, now_ms // MINUTE_MS))
         return window_with_one_more(int(used), oldest, now_ms)
 
@@ -208,14 +246,14 @@ class ProfileQueries(SharedQueries):
 
         def write(db: Connection) -> UpdateOutcome | None:
             self._lock_for_write(db, client.id, [key])
-            stored = self._live_key(db, client.id, key, expire_before_ms)
-            if stored is None:
+            found = self._find_to_update(db, client.id, key, expire_before_ms)
+            if found is None:
                 return None
-            pc_id = self._pc_id_of(db, client.id, key, stored)
+            stored, pc_id = found
             if not values:
                 return UpdateOutcome(pc_id, None)
             recent = self._take_update_quota(db, client, now_ms, updates_per_day)
-            seq = self._new_write(db, client.id, WriteKind.UPDATE, None, now_ms) * SEQ_SPAN + 1
+            seq = self._update_seq(db, client.id, now_ms)
             self._apply_values(db, client.id, stored, values, seq, now_ms, max_profile_bytes)
             return UpdateOutcome(pc_id, seq, recent)
 

@@ -27,15 +27,23 @@ from typing import Any, TypeVar, cast
 import msgspec
 
 from profilebase.errors import ConfigError, DatabaseUnavailable, StorageError, StorageFull
-from profilebase.models import Profile
+from profilebase.models import DAY_MS, Client, Profile, WriteKind
 from profilebase.server.merge import DecodedRow, RowWriter, byte_size, merge_attrs
+from profilebase.server.quota import MINUTE_MS
 from profilebase.server.storage import migrations, statements
 from profilebase.server.storage.base import UnitSpec, WouldWait
 from profilebase.server.storage.batch_control import BatchControl
 from profilebase.server.storage.clients import ClientQueries
-from profilebase.server.storage.profiles import ProfileQueries
+from profilebase.server.storage.profiles import (
+    ProfileQueries,
+    profile_too_large,
+    quota_refusal,
+    shown_pc_id,
+    window_with_one_more,
+)
 from profilebase.server.storage.queries import Connection
 from profilebase.server.storage.records import build_profile
+from profilebase.server.storage.sqlite.held import HeldWrites
 from profilebase.server.storage.sqlite.imports import SQLiteImports
 from profilebase.server.storage.sqlite.tables import SQLiteTables
 from profilebase.server.storage.sqlite.writers import (
@@ -243,6 +251,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         self._groups = WriteGroups(self._run_group, GROUP_MOST)
         #: The connection of the group's transaction, on the writer thread.
         self._group_db: sqlite3.Connection | None = None
+        #: What the group's single updates hold back until its commit (``held.py``).
+        self._held: HeldWrites | None = None
         self._group_failure: BaseException | None = None
         #: Bytes of profiles this store's parts wrote since its last checkpoint.
         self._unchecked = 0
@@ -331,6 +341,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         db = self._group_db
         if db is None:
             raise RuntimeError("an online write ran on the writer thread outside a group")
+        held = self._held
+        mark = held.mark() if held is not None else None
         db.execute("SAVEPOINT online_write")
         try:
             result = work(db)
@@ -341,6 +353,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
                 raise
             db.execute("ROLLBACK TO online_write")
             db.execute("RELEASE online_write")
+            if held is not None and mark is not None:
+                held.undo(mark)
             raise
         db.execute("RELEASE online_write")
         return result
@@ -353,17 +367,111 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         stored, modified = db.execute(
             SQL["sqlite_live_key"], {"client_id": client_id, "key": key}
         ).fetchone()
+        return (
+            str(stored) if self._alive(db, client_id, stored, modified, expire_before_ms) else None
+        )
+
+    def _alive(
+        self,
+        db: Connection,
+        client_id: int,
+        stored: str,
+        modified: int | None,
+        expire_before_ms: int,
+    ) -> bool:
+        """Whether the profile ``stored`` (last active at ``modified``, None if there is
+        none) is live; an expired one is deleted."""
         if modified is None:
-            return None
-        if modified < expire_before_ms and self._expire_keys(
-            db, client_id, [stored], expire_before_ms
-        ):
-            return None
-        return str(stored)
+            return False
+        return not (
+            modified < expire_before_ms
+            and self._expire_keys(db, client_id, [stored], expire_before_ms)
+        )
 
     def _lock_for_write(self, db: Connection, client_id: int, keys: Sequence[str]) -> None:
         """Nothing to lock: ``BEGIN IMMEDIATE`` made this transaction the only writer, so
         the client's writes are ordered and its profiles stay as read until the commit."""
+
+    # -- single updates in a group (held.py) -----------------------------------------------
+
+    def _in_group(self, db: Connection) -> HeldWrites | None:
+        """The group's held-back rows, if ``db`` runs the group's transaction."""
+        return self._held if db is self._group_db else None
+
+    def _find_to_update(
+        self, db: Connection, client_id: int, key: str, expire_before_ms: int
+    ) -> tuple[str, str | None] | None:
+        """As the shared one, in one statement where nothing expires."""
+        stored, modified, latest = db.execute(
+            SQL["sqlite_find_to_update"], {"client_id": client_id, "key": key}
+        ).fetchone()
+        if not self._alive(db, client_id, stored, modified, expire_before_ms):
+            return None
+        shown = shown_pc_id(key, stored)
+        if shown is None and latest is not None:
+            shown = str(latest)[2:]
+        return str(stored), shown
+
+    def _new_write(
+        self, db: Connection, client_id: int, kind: WriteKind, ref: str | None, now_ms: int
+    ) -> int:
+        """As the shared one; a run of single updates sharing a write ends here."""
+        held = self._in_group(db)
+        if held is not None:
+            held.end_run()
+        return super()._new_write(db, client_id, kind, ref, now_ms)
+
+    def _update_seq(self, db: Connection, client_id: int, now_ms: int) -> int:
+        """The next row of the group's run of this client's single updates, or the first
+        row of a new write that starts one."""
+        held = self._in_group(db)
+        if held is None:
+            return super()._update_seq(db, client_id, now_ms)
+        seq = held.next_in_run(client_id)
+        if seq is None:
+            seq = super()._update_seq(db, client_id, now_ms)
+            held.start_run(client_id, seq)
+        return seq
+
+    def _take_update_quota(
+        self, db: Connection, client: Client, now_ms: int, updates_per_day: int
+    ) -> tuple[tuple[int, int], ...]:
+        """As the shared one, with the stored window read once per group and client, and
+        the updates counted written at the group's end (``_write_held``)."""
+        held = self._in_group(db)
+        if held is None:
+            return super()._take_update_quota(db, client, now_ms, updates_per_day)
+        day_start = (now_ms - DAY_MS) // MINUTE_MS
+        stored = held.windows.get((client.id, day_start))
+        if stored is None:
+            used, oldest = db.execute(SQL["update_window"], (client.id, day_start)).fetchone()
+            stored = held.windows[(client.id, day_start)] = (int(used), oldest)
+        mine = list(held.counted_since(client.id, day_start))
+        stored_used, stored_oldest = stored
+        used = stored_used + len(mine)
+        oldest = min(
+            [*mine, *([] if stored_oldest is None else [int(stored_oldest)])], default=None
+        )
+        if used + 1 > updates_per_day:
+            rows = db.execute(SQL["update_counts_since"], (client.id, day_start)).fetchall()
+            rows += [(minute, 1) for minute in mine]
+            raise quota_refusal(client, rows, updates_per_day, now_ms)
+        held.counted.append((client.id, now_ms // MINUTE_MS))
+        return window_with_one_more(used, oldest, now_ms)
+
+    def _merge_values(self, db: Connection, params: dict[str, Any], max_profile_bytes: int) -> None:
+        """In one statement: the merge returns the profile's size, and one over its limit
+        raises after it. Every online write on SQLite runs in a savepoint of its group
+        (``_write_at_once``), which then undoes the merge."""
+        found = db.execute(SQL["merge_values"], params).fetchone()
+        if found is not None and found[0] > max_profile_bytes:
+            raise profile_too_large(found[0], max_profile_bytes)
+
+    def _write_held(self, db: sqlite3.Connection, held: HeldWrites) -> None:
+        """Write what the group held back: its updates' counts, one row per minute."""
+        totals = held.totals()
+        if totals:
+            db.executemany(SQL["sqlite_count_updates"], totals)
 
     def _run_group(self, take: Callable[[], list[Call]]) -> None:
         """One group's transaction (``WriteGroups``, on the writer thread): the writers'
@@ -377,7 +485,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
             with self._read() as db, self._writers.turn(), _transaction(db):
-                self._group_db, self._group_failure = db, None
+                held = HeldWrites()
+                self._group_db, self._group_failure, self._held = db, None, held
                 try:
                     calls = take()
                     for future, call in calls:
@@ -387,8 +496,9 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
                             if self._group_failure is not None:
                                 raise self._group_failure from None
                             outcomes.append((future, None, exc))
+                    self._write_held(db, held)
                 finally:
-                    self._group_db = None
+                    self._group_db, self._held = None, None
         except BaseException as exc:
             own = {id(future): error for future, _, error in outcomes if error is not None}
             for future, _ in calls or take():

@@ -472,13 +472,15 @@ INSERT INTO writes (client_id, kind, ref, at) VALUES (?, ?, ?, ?) RETURNING seq
 SELECT attrs, length(CAST(attrs AS BLOB)) FROM profiles WHERE client_id = ? AND pkey = ?
 
 -- name: merge_values
--- Values written at once into an existing profile, attribute by attribute by seq.
+-- Values written at once into an existing profile, attribute by attribute by seq; returns
+-- the profile's size in bytes once merged (SQLiteStore._merge_values checks it).
 UPDATE profiles SET
     attrs = CASE WHEN max_seq < :seq THEN json_patch(attrs, :attrs)
                  ELSE pb_merge(attrs, :attrs) END,
     max_seq = max(max_seq, :seq),
     modified_at = max(modified_at, :now_ms)
 WHERE client_id = :client_id AND pkey = :pkey
+RETURNING length(CAST(attrs AS BLOB))
 
 -- name: touch_profile
 -- A page call counts as activity, like a visit in Target.
@@ -548,6 +550,23 @@ DELETE FROM profiles WHERE client_id = ? AND modified_at < ?
 DELETE FROM identities WHERE client_id = ? AND NOT EXISTS (
     SELECT 1 FROM profiles p WHERE p.client_id = identities.client_id
     AND p.pkey = identities.pkey)
+
+-- name: sqlite_find_to_update
+-- As sqlite_live_key, with the tntId linked last to the profile when its stored key is not
+-- one (as latest_tnt_alias): what a single update needs, in one statement.
+SELECT k.pkey, p.modified_at,
+    CASE WHEN k.pkey >= 'p:' AND k.pkey < 'p;' THEN NULL ELSE (
+        SELECT alias FROM identities INDEXED BY identities_profile
+        WHERE client_id = :client_id AND pkey = k.pkey AND alias >= 'p:' AND alias < 'p;'
+        ORDER BY linked_seq DESC LIMIT 1) END
+FROM (SELECT coalesce(
+    (SELECT pkey FROM identities WHERE client_id = :client_id AND alias = :key), :key) AS pkey) k
+LEFT JOIN profiles p ON p.client_id = :client_id AND p.pkey = k.pkey
+
+-- name: sqlite_count_updates
+-- The single updates a group counted in one minute of its client, added at its end.
+INSERT INTO update_counts (client_id, minute, updates) VALUES (?, ?, ?)
+ON CONFLICT (client_id, minute) DO UPDATE SET updates = updates + excluded.updates
 
 -- name: sqlite_live_key
 -- The stored key a key finds (itself unless an alias) and, if that profile exists, when it
