@@ -61,8 +61,13 @@ def test_null_parts_are_absent_parts(http: httpx.Client):
 
 
 def test_null_items_are_empty_items(http: httpx.Client):
-    """A ``null`` mbox or view is read as an empty one and echoed so, not a server error."""
-    payload = {"execute": {"mboxes": [None, {"name": "hero"}]}, "prefetch": {"views": [None]}}
+    """A ``null`` mbox, view or notification is read as an empty one and echoed so, not a
+    server error."""
+    payload = {
+        "execute": {"mboxes": [None, {"name": "hero"}]},
+        "prefetch": {"views": [None]},
+        "notifications": [None, {"id": "n1"}],
+    }
     response = deliver(http, payload)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -71,6 +76,7 @@ def test_null_items_are_empty_items(http: httpx.Client):
         {"index": 1, "name": "hero", "options": []},
     ]
     assert body["prefetch"]["views"] == [{"options": []}]
+    assert body["notifications"] == [{}, {"id": "n1"}]
 
 
 def test_profile_parameters_from_every_part_apply_later_parts_winning(http: httpx.Client):

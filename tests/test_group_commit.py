@@ -25,6 +25,7 @@ import psycopg
 import pytest
 from helpers import attributes, deliver, update, xml_fields
 
+from profilebase.errors import RequestTooLarge
 from profilebase.models import DAY_MS, SEQ_SPAN, KeyKind, now_ms
 from profilebase.server import clients
 from profilebase.server.settings import Settings
@@ -291,12 +292,17 @@ def writes_rows(store: SQLiteStore) -> list[tuple[int, str]]:
         ]
 
 
+#: A profile size limit no test here reaches.
+BIG = 10_000
+
+
 def test_updates_in_a_group_share_writes_until_another_write_takes_a_seq(
     sqlite_store: SQLiteStore,
 ):
     """Single updates of one client in a row share one writes row, each under a seq of
-    its own; a page call between them ends the run, so an update after it gets a larger
-    seq and wins the attribute they both set; another client's update starts its own."""
+    its own and with a writtenBy id of its own; a page call between them ends the run, so
+    an update after it gets a larger seq and wins the attribute they both set; another
+    client's update starts its own run."""
     store, now = sqlite_store, now_ms()
     demo, other = store.ensure_client("demo"), store.ensure_client("other")
     for client in (demo, other):
@@ -304,12 +310,12 @@ def test_updates_in_a_group_share_writes_until_another_write_takes_a_seq(
     key = KeyKind.THIRD_PARTY_ID.key("a")
     before = len(writes_rows(store))
 
-    def update_a(client: Any, value: str) -> Callable[[], Any]:
-        return functools.partial(store.update_profile, client, key, {"x": value}, now, 100, 10_000)
+    def update_a(client: Any, value: str, name: str = "x") -> Callable[[], Any]:
+        return functools.partial(store.update_profile, client, key, {name: value}, now, 100, BIG)
 
     with one_group(store) as futures:
-        in_writer(store, futures, update_a(demo, "1"))
-        in_writer(store, futures, update_a(demo, "2"))
+        in_writer(store, futures, update_a(demo, "1", "y"))
+        in_writer(store, futures, update_a(demo, "2", "z"))
         in_writer(
             store,
             futures,
@@ -331,6 +337,40 @@ def test_updates_in_a_group_share_writes_until_another_write_takes_a_seq(
     profile = store.get_profile(demo.id, key)
     assert profile is not None and profile.attributes["x"].value == "3"
     assert seqs_of(store, demo.id, key)["x"] == seqs[2]
+    ids = [profile.attributes[name].written_by for name in ("y", "z", "x")]
+    assert [w.ref if w else None for w in ids] == [
+        f"update-{added[0][0]}",
+        f"update-{added[0][0]}-2",
+        f"update-{added[2][0]}",
+    ]
+
+
+def test_an_update_that_starts_a_run_and_fails_leaves_no_write_behind(
+    sqlite_store: SQLiteStore,
+):
+    """The first update of a run fails (over the size limit) after it took its write: its
+    savepoint takes the write back, the next update starts a run of its own, and every
+    attribute names a write that exists."""
+    store, now = sqlite_store, now_ms()
+    demo = store.ensure_client("demo")
+    for name in ("a", "b"):
+        store.visit(demo.id, Visit(f"tnt-{name}", name, {}, f"r-{name}"), now, BIG)
+    before = writes_rows(store)
+    key_a, key_b = (KeyKind.THIRD_PARTY_ID.key(name) for name in ("a", "b"))
+    with one_group(store) as futures:
+        for key, values in [(key_a, {"big": "x" * 500}), (key_b, {"ok": "1"})]:
+            call = functools.partial(store.update_profile, demo, key, values, now, 100, 300)
+            in_writer(store, futures, call)
+    with pytest.raises(RequestTooLarge):
+        futures[0].result()
+    outcome = futures[1].result()
+    added = writes_rows(store)[len(before) :]
+    assert [kind for _, kind in added] == ["update"]
+    assert outcome.seq == added[0][0] * SEQ_SPAN + 1
+    profile = store.get_profile(demo.id, key_b)
+    assert profile is not None
+    written = profile.attributes["ok"].written_by
+    assert written is not None and written.ref == f"update-{added[0][0]}"
 
 
 def test_a_group_counts_its_updates_once_and_exactly(sqlite_store: SQLiteStore):

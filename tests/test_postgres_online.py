@@ -8,19 +8,22 @@ through ``PostgresStore`` (quick statements, groups) and one through the shared
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
-from conftest import PostgresServer
+from conftest import LiveServer, PostgresServer, free_port
 
-from profilebase.errors import ProfilebaseError, QuotaExceeded, RequestTooLarge
+from profilebase.errors import DatabaseUnavailable, ProfilebaseError, QuotaExceeded, RequestTooLarge
 from profilebase.models import Client
+from profilebase.server.settings import Settings
 from profilebase.server.storage import open_store
-from profilebase.server.storage.base import Visit
+from profilebase.server.storage.base import Visit, WouldWait
 from profilebase.server.storage.postgres import PostgresStore
 from profilebase.server.storage.profiles import ProfileQueries
 
@@ -153,6 +156,77 @@ def test_a_fetch_in_one_statement_reads_as_the_shared_path(databases: list[str])
                 assert mine == ProfileQueries.get_profile(store, 1, key, before), key
                 found = "found" if mine else "none"
                 assert found == "found" or before or key.endswith("nobody"), key
+
+        async def on_the_loop() -> list[Any]:  # the same statement, awaited on a loop
+            try:
+                return [
+                    await store.get_profile_async(1, key, before)
+                    for key in [*keys, "t:nobody", "p:nobody"]
+                    for before in (0, NOW + 25)
+                ]
+            finally:
+                await store.close_async()
+
+        threads = [
+            store.get_profile(1, key, before)
+            for key in [*keys, "t:nobody", "p:nobody"]
+            for before in (0, NOW + 25)
+        ]
+        assert asyncio.run(on_the_loop()) == threads
+    finally:
+        store.close()
+
+
+def test_a_fetch_on_the_loop_reports_an_outage_once_and_then_rests(databases: list[str]):
+    """The loop's connections cannot reach the database (a port nobody listens on): the
+    fetch answers 503's error after the store's timeout, as a thread would, and the path
+    rests: the next fetch steps aside at once, to a thread."""
+    store = open_pg(databases[0])
+    try:
+        store.loop_reads.url = f"postgresql://root@127.0.0.1:{free_port()}/nowhere"
+        store.loop_reads.timeout = 1.0
+
+        async def twice() -> tuple[float, float]:
+            start = time.monotonic()
+            with pytest.raises(DatabaseUnavailable) as refused:
+                await store.get_profile_async(1, "t:crm-1")
+            assert "within 1 s (database_timeout)" in refused.value.detail
+            middle = time.monotonic()
+            with pytest.raises(WouldWait):
+                await store.get_profile_async(1, "t:crm-1")
+            end = time.monotonic()
+            await store.close_async()
+            return middle - start, end - middle
+
+        first, second = asyncio.run(twice())
+        assert 0.9 < first < 5 and second < 0.1
+    finally:
+        store.close()
+
+
+def test_a_fetch_whose_loop_connection_was_lost_is_answered_from_a_thread(
+    databases: list[str],
+):
+    """Every connection to the database is ended behind the server's back: the next fetch
+    over HTTP is still answered (the loop's path steps aside, the thread's starts over on
+    a new connection) and the loop's path rests."""
+    store = open_pg(databases[0])
+    try:
+        store.visit(1, Visit("tnt-1", "crm-1", {"a": "1"}, "r1"), NOW, BIG)
+        with LiveServer(Settings(database=databases[0], workers=0), store, workers=0) as server:
+            path = f"{server.url}/rest/v1/profiles/thirdPartyId/crm-1?client=demo"
+            assert httpx.get(path).status_code == 200
+            assert store.loop_reads.resting_until == 0.0  # answered on the loop
+            with psycopg.connect(databases[0], autocommit=True) as admin:
+                ended = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchone()
+            assert ended is not None and ended[0] >= 1
+            reply = httpx.get(path)
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["profileAttributes"]["a"]["value"] == "1"
+            assert store.loop_reads.resting_until > time.monotonic()
     finally:
         store.close()
 

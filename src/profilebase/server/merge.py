@@ -113,7 +113,7 @@ def dump_attrs(attrs: dict[str, list[object]]) -> str:
     """``{name: [value, seq, ms]}`` as compact JSON text, non-ASCII characters as they are."""
     try:
         return _encode(attrs).decode()
-    except (UnicodeEncodeError, OverflowError):  # a lone surrogate, an integer past 64 bits
+    except (UnicodeEncodeError, OverflowError, TypeError):  # a lone surrogate, a str subclass
         return json.dumps(attrs, ensure_ascii=False, separators=(",", ":"))
 
 

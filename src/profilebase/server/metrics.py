@@ -136,8 +136,8 @@ class Metrics:
         )
         fetches = Counter(
             "profilebase_fetches_on_event_loop",
-            "Fetches answered on the event loop (SQLite), by whether the reply was kept "
-            "(fetch_cache_mb) or read from the database.",
+            "Fetches answered on the event loop, by whether the reply was kept "
+            "(fetch_cache_mb, SQLite) or read from the database.",
             ["reply"],
             registry=r,
         )

@@ -385,6 +385,19 @@ class Store(OverviewReads, Protocol):
         asks ``get_profile`` from a thread. Callable from the event loop."""
         ...
 
+    async def get_profile_async(
+        self, client_id: int, key: str, expire_before_ms: int = 0
+    ) -> Profile | None:
+        """``get_profile``, awaited on the event loop, if the backend has a driver that
+        can (PostgreSQL); else, or on any error, ``WouldWait``, and the caller asks
+        ``get_profile`` from a thread, which reports an outage as usual."""
+        ...
+
+    async def close_async(self) -> None:
+        """Close what the store opened on the running event loop (``get_profile_async``);
+        called before the loop ends."""
+        ...
+
     def changes_nowait(self) -> object:
         """A value that differs from the last one read whenever anything was committed to
         the database in between, by any connection of any process: replies read since the

@@ -128,6 +128,14 @@ class ProfileQueries(SharedQueries):
     ) -> Profile | None:
         raise WouldWait  # a backend whose reads may be made on the event loop says so
 
+    async def get_profile_async(
+        self, client_id: int, key: str, expire_before_ms: int = 0
+    ) -> Profile | None:
+        raise WouldWait  # a backend with a driver for the event loop says so
+
+    async def close_async(self) -> None:
+        return None
+
     def changes_nowait(self) -> object:
         raise WouldWait  # a backend that can tell at once says so
 

@@ -48,6 +48,8 @@ def provenance(seq: int, writes: WriteRows) -> Write | None:
         return None
     kind = WriteKind(found[0])
     ref = found[1] or f"{kind}-{number}"
+    if kind is WriteKind.UPDATE and line > 1:  # a later update of a run sharing the write
+        ref = f"{ref}-{line}"
     return Write(kind, ref, line if kind is WriteKind.BATCH else None)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +20,7 @@ from profilebase.server import secret as server_secret
 from profilebase.server.metrics import Metrics
 from profilebase.server.settings import MB, Settings
 from profilebase.server.storage import Store, open_settings_store
+from profilebase.server.supervisor import freeze_start_up
 from profilebase.server.web import (
     authentication,
     bulk,
@@ -130,10 +130,13 @@ def create_app(
     workers: int | None = None,
     clock: Callable[[], int] = now_ms,
     startup: Callable[[Store, Settings], None] = prepare,
+    freeze: bool = False,
 ) -> Starlette:
     """Build the ASGI app. ``workers`` batch threads run inside it (default: settings.workers);
     ``clock`` gives milliseconds since the epoch to the app and its workers; ``startup`` runs
-    (in a thread) before the app serves: ``prepare``, unless a parent process did that."""
+    (in a thread) before the app serves: ``prepare``, unless a parent process did that.
+    With ``freeze`` (a process of ``serve``, which runs nothing else), what exists once it
+    has started is put out of the garbage collector's sight (``freeze_start_up``)."""
     settings = settings or Settings.from_env()
     owns_store = store is None
     the_store = store or open_settings_store(settings)
@@ -162,17 +165,17 @@ def create_app(
         )
         pool = WorkerPool(the_store, settings, count, clock, metrics)
         pool.start()
-        # What start-up made lives as long as the process: out of the collector's sight,
-        # a full collection no longer stops every request for 10-30 ms (design.md). The
-        # garbage goes first, or it would be kept for good.
-        gc.collect()
-        gc.freeze()
+        if freeze:
+            freeze_start_up()
         try:
             yield
         finally:
-            await run_in_threadpool(pool.close)
-            if owns_store:
-                the_store.close()
+            try:
+                await the_store.close_async()
+            finally:
+                await run_in_threadpool(pool.close)
+                if owns_store:
+                    the_store.close()
 
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         ProfilebaseError: observe.counting(errors.profilebase_error),

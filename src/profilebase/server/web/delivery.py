@@ -293,7 +293,8 @@ def echo(payload: dict[str, Any]) -> dict[str, Any]:
         out[section] = part
     if payload.get("notifications") is not None:
         out["notifications"] = [
-            {"id": item["id"]} if "id" in item else {} for item in payload["notifications"]
+            {"id": item["id"]} if item is not None and "id" in item else {}
+            for item in payload["notifications"]
         ]
     return out
 

@@ -139,14 +139,30 @@ async def fetch(request: Request, context: ClientContext) -> Response:
     """Target's fetch shape; each attribute adds ``writtenBy``, the write its value came from.
 
     On the event loop when nothing is left to check and the store can read the profile
-    without waiting (``fetch_nowait``: SQLite); otherwise everything, the token check
-    first, in one trip to a thread (``in_thread``)."""
+    without waiting (``fetch_nowait``: SQLite) or await it there (``fetch_async``:
+    PostgreSQL); otherwise everything, the token check first, in one trip to a thread
+    (``in_thread``)."""
     if context.pending is None:
         try:
             return fetch_nowait(request, context)
         except WouldWait:
             pass
+        try:
+            return await fetch_async(request, context)
+        except WouldWait:
+            pass
     return await context.in_thread(read_profile, request, context)
+
+
+async def fetch_async(request: Request, context: ClientContext) -> Response:
+    """The fetch awaited on the event loop (``WouldWait`` if the store cannot: SQLite reads
+    without waiting instead, and any error sends PostgreSQL's to a thread)."""
+    client = context.client
+    key, named = identify(request)
+    before = context.limits.expire_before_ms(context.clock())
+    profile = await context.store.get_profile_async(client.id, key, before)
+    context.metrics.fetch_read.inc()
+    return reply_of(profile, client.code, named)
 
 
 def fetch_nowait(request: Request, context: ClientContext) -> Response:

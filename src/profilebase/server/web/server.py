@@ -699,7 +699,8 @@ def run_http_process(
 ) -> None:
     """One HTTP process of ``serve_processes``: the app without batch workers, on ``sock``."""
     logs.configure(log_level.upper(), settings.log_format)
-    serve(create_app(settings, workers=0, startup=start_line), settings, log_level, sock)
+    app = create_app(settings, workers=0, startup=start_line, freeze=True)
+    serve(app, settings, log_level, sock)
 
 
 def serve_processes(settings: Settings, log_level: str = "info") -> None:

@@ -57,6 +57,7 @@ from profilebase.server.storage.imports import ImportRow
 from profilebase.server.storage.links import plan_link
 from profilebase.server.storage.postgres.groups import Entry, WriteGroups
 from profilebase.server.storage.postgres.imports import PostgresImports
+from profilebase.server.storage.postgres.loop_reads import LoopReads
 from profilebase.server.storage.postgres.tables import PostgresTables
 from profilebase.server.storage.profiles import ProfileQueries, window_with_one_more
 from profilebase.server.storage.queries import Connection
@@ -68,6 +69,9 @@ APPLY_ATTEMPTS = 8
 
 #: The most online writes one group commits at once (groups.py).
 GROUP_WRITES = 64
+#: Connections a process opens for fetches on its event loop (``loop_reads.py``), beside
+#: its pool of ``postgres_pool_size``: four served as many fetches as eight.
+LOOP_CONNECTIONS = 4
 
 #: A pooled connection that answered within this many seconds is lent without a check
 #: to work that can start over if it was lost meanwhile (``PostgresStore._trusting``).
@@ -285,6 +289,8 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         #: ``unchecked.ok``: this thread's next connection may be lent unchecked (``_check``).
         self.unchecked = threading.local()
         self.groups = WriteGroups(self._run_group, GROUP_WRITES)
+        #: Fetches awaited on the event loop, over connections of their own.
+        self.loop_reads = LoopReads(url, LOOP_CONNECTIONS, timeout, self._connect_options())
         #: The connection of the group this thread is running, if any (``_write``), and
         #: what the group found of the running write's keys, if still true (``_try_group``).
         self.in_group = threading.local()
@@ -426,7 +432,25 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
                     self._stale(db, False, exc)
                     raise
 
-        row = self._trusting(read)
+        return self._document_profile(key, self._trusting(read))
+
+    async def get_profile_async(
+        self, client_id: int, key: str, expire_before_ms: int = 0
+    ) -> Profile | None:
+        """The fetch's statement on the event loop (``loop_reads.py``): ``WouldWait`` on any
+        error, and the fetch is made from a thread."""
+        if not self._can_store(key):
+            return None
+        params = {"client": client_id, "key": key, "since": expire_before_ms, "span": SEQ_SPAN}
+        row = await self.loop_reads.one_row(SQL["postgres_profile_document"], params)
+        return self._document_profile(key, row)
+
+    async def close_async(self) -> None:
+        await self.loop_reads.close()
+
+    @staticmethod
+    def _document_profile(key: str, row: Any) -> Profile | None:
+        """The profile of a row of ``postgres_profile_document`` (None: no row)."""
         if row is None:
             return None
         code, attrs, modified, stored, aliases, seqs, kinds, refs = row

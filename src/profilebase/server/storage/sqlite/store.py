@@ -351,8 +351,12 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
             if outage or not db.in_transaction:  # the group fails with it (_run_group)
                 self._group_failure = exc
                 raise
-            db.execute("ROLLBACK TO online_write")
-            db.execute("RELEASE online_write")
+            try:
+                db.execute("ROLLBACK TO online_write")
+                db.execute("RELEASE online_write")
+            except sqlite3.Error as undo_failed:  # the group fails with it, nothing written
+                self._group_failure = undo_failed
+                raise undo_failed from exc
             if held is not None and mark is not None:
                 held.undo(mark)
             raise
