@@ -316,3 +316,17 @@ def test_a_client_s_context_is_made_once_per_client_read(
     deliver(http, {"id": {"thirdPartyId": "crm-q"}, "execute": {"pageLoad": {}}})
     codes = [update(http, mbox3rdPartyId="crm-q", profile_a="1").status_code for _ in range(3)]
     assert codes == [200, 200, 429]
+
+
+def test_replies_dropped_by_the_hundred_thousand_leave_the_newest_kept_and_counted():
+    """Past its bytes, every new reply drops the oldest: after 100,000 replies with room
+    for 100, the last 100 are kept, in full, and the bytes counted are theirs."""
+    body = b"z" * 50
+    each = len(body) + len(b"/p/000000") + OVERHEAD
+    replies, changes = FetchReplies(100 * each), Changes()
+    replies.refresh(None, changes)
+    for n in range(100_000):
+        replies.put(1, b"/p/%06d" % n, n, body)
+    assert replies.size == (100, 100 * each)
+    kept = [n for n in range(99_800, 100_000) if replies.get(1, b"/p/%06d" % n, 0) is not None]
+    assert kept == list(range(99_900, 100_000))

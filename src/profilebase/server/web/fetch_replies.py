@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 #: The scope key of the moment (``time.monotonic``) the server started serving a request:
@@ -50,8 +51,11 @@ class FetchReplies:
         self._changes: object = None
         #: When ``_changes`` was read (``clock``): the database had it then.
         self._checked_at = -math.inf
-        #: (client id, path as sent) -> (the profile's modified_at in ms, the reply's body).
-        self._replies: dict[tuple[int, bytes], tuple[int, bytes]] = {}
+        #: (client id, path as sent) -> (the profile's modified_at in ms, the reply's body),
+        #: oldest first. An OrderedDict: a dict whose first items are popped one by one
+        #: leaves their slots behind for ``iter`` to skip, and keeping a reply cost 20 µs
+        #: once a few hundred thousand had been dropped (fetches of 5.5M profiles).
+        self._replies: OrderedDict[tuple[int, bytes], tuple[int, bytes]] = OrderedDict()
         self._bytes = 0
 
     def refresh(self, arrived: float | None, changes: Callable[[], object]) -> None:
@@ -87,8 +91,7 @@ class FetchReplies:
         if replaced is not None:
             self._bytes -= len(replaced[1]) + len(path) + OVERHEAD
         while self._replies and self._bytes + size > self.most_bytes:
-            oldest = next(iter(self._replies))
-            _, dropped = self._replies.pop(oldest)
+            oldest, (_, dropped) = self._replies.popitem(last=False)
             self._bytes -= len(dropped) + len(oldest[1]) + OVERHEAD
         self._replies[(client_id, path)] = (modified_ms, body)
         self._bytes += size
