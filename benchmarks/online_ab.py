@@ -2,13 +2,15 @@
 
 On a machine shared with other work, two runs of `online.py` minutes apart see different
 loads. This starts one server from each tree (`--before SRC`, `--after SRC`: the `src`
-folders; default after: this checkout's), on fresh SQLite databases seeded alike, then runs
+folders; default after: this checkout's), on fresh databases seeded alike (SQLite files, or
+with `--database` PostgreSQL databases created beside that one and dropped), then runs
 wrk on each route against one and the other in turn (before, after, after, before, …),
 `--rounds` times, and prints the median of each: requests/s, ratio to the same server's
 `/healthz` measured in the same round, p99. Figures are printed, never asserted.
 
 usage: python benchmarks/online_ab.py --before /path/to/old/src [--after src] [--rounds 3]
                                       [--seconds 3] [--processes N] [--profiles 10000]
+                                      [--database postgresql://...]
 """
 
 from __future__ import annotations
@@ -23,19 +25,25 @@ from pathlib import Path
 import httpx
 from bulk import HERE, start_server, stop_server
 from online import ROUTES, WrkResult, run_wrk, seed
+from run import Databases
 
 
 def started(
-    src: Path, workdir: Path, name: str, processes: int | None, reference: Path, profiles: int
+    src: Path,
+    workdir: Path,
+    name: str,
+    processes: int | None,
+    reference: Path,
+    profiles: int,
+    database: str,
 ):
-    """A server running the code of ``src``, seeded with ``profiles`` profiles."""
+    """A server running the code of ``src`` on ``database``, seeded with ``profiles``
+    profiles."""
     extra = {"processes": str(processes)} if processes else {}
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(src)
     try:
-        process, url = start_server(
-            f"sqlite:///{workdir}/{name}.db", 2, workdir / f"{name}.log", **extra
-        )
+        process, url = start_server(database, 2, workdir / f"{name}.log", **extra)
     finally:
         if old is None:
             del os.environ["PYTHONPATH"]
@@ -58,14 +66,27 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--reference", type=Path, default=HERE.parent.parent / "shared" / "bench")
+    parser.add_argument(
+        "--database",
+        default=None,
+        help="postgresql://... : both servers on PostgreSQL, in databases created beside "
+        "this one and dropped (default: fresh SQLite files)",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="profilebase-online-ab-"))
+    databases = Databases(args.database, workdir)
     servers = {}
     results: dict[tuple[str, str], list[tuple[WrkResult, float]]] = {}
     try:
         for name, src in (("before", args.before), ("after", args.after)):
             servers[name] = started(
-                src.resolve(), workdir, name, args.processes, args.reference, args.profiles
+                src.resolve(),
+                workdir,
+                name,
+                args.processes,
+                args.reference,
+                args.profiles,
+                databases.fresh(name),
             )
         for round_no in range(args.rounds):
             order = ["before", "after"] if round_no % 2 == 0 else ["after", "before"]
@@ -84,10 +105,11 @@ def main() -> None:
     finally:
         for process, _ in servers.values():
             stop_server(process)
+        databases.close()
         shutil.rmtree(workdir, ignore_errors=True)
     print(
-        f"{args.rounds} rounds interleaved, {args.seconds} s per route, {args.connections} "
-        f"connections, processes {args.processes or 'default'}; medians"
+        f"{databases.kind}, {args.rounds} rounds interleaved, {args.seconds} s per route, "
+        f"{args.connections} connections, processes {args.processes or 'default'}; medians"
     )
     print(f"{'route':<24} {'before: req/s ratio p99 ms':>30} {'after: req/s ratio p99 ms':>30}")
     for route in ROUTES:
