@@ -294,3 +294,10 @@ def test_attributes_are_encoded_as_json_dumps_would(value: str):
     the profile size limit stay as they were."""
     attrs: dict[str, list[object]] = {value: [value, 10**18 + 7, 1_700_000_000_000]}
     assert dump_attrs(attrs) == json.dumps(attrs, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_attributes_msgspec_cannot_encode_are_encoded_by_json_dumps():
+    """A lone surrogate (a JSON body may send ``\\ud800``) falls back to ``json.dumps``,
+    which keeps it as it did before."""
+    attrs: dict[str, list[object]] = {"a": ["\ud800x", 1, 2]}
+    assert dump_attrs(attrs) == json.dumps(attrs, ensure_ascii=False, separators=(",", ":"))

@@ -45,7 +45,7 @@ from profilebase.server.narrowing import (
 from profilebase.server.settings import Settings, client_limits
 from profilebase.server.storage import open_settings_store
 from profilebase.server.storage.base import Store, UnitClaim
-from profilebase.server.supervisor import Child, Supervisor, freeze_start_up, stop_on_signals
+from profilebase.server.supervisor import Child, Supervisor, stop_on_signals
 
 log = logging.getLogger("profilebase.server.worker")
 PURGE_EVERY_MS = 3_600_000
@@ -266,7 +266,6 @@ def run_process(settings: Settings, log_level: int = logging.INFO) -> None:
     store = open_settings_store(settings)
     try:
         worker = Worker(store, settings, metrics=Metrics())
-        freeze_start_up()
         log.info("worker %s started", worker.name)
         worker.run(stop=stop)
     finally:

@@ -197,8 +197,14 @@ class ProfileQueries(SharedQueries):
         """Write ``values`` into an existing, locked profile under ``seq``, within its size
         limit."""
         attrs = dump_attrs({name: [value, seq, now_ms] for name, value in values.items()})
-        params = {"client_id": client_id, "pkey": stored, "attrs": attrs, "seq": seq}
-        self._merge_values(db, {**params, "now_ms": now_ms}, max_profile_bytes)
+        params = {
+            "client_id": client_id,
+            "pkey": stored,
+            "attrs": attrs,
+            "seq": seq,
+            "now_ms": now_ms,
+        }
+        self._merge_values(db, params, max_profile_bytes)
 
     def _merge_values(self, db: Connection, params: dict[str, Any], max_profile_bytes: int) -> None:
         """``merge_values``, once sure the profile stays within its limit: the stored size

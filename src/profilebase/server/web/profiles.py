@@ -155,8 +155,8 @@ async def fetch(request: Request, context: ClientContext) -> Response:
 
 
 async def fetch_async(request: Request, context: ClientContext) -> Response:
-    """The fetch awaited on the event loop (``WouldWait`` if the store cannot: SQLite reads
-    without waiting instead, and any error sends PostgreSQL's to a thread)."""
+    """The fetch awaited on the event loop (PostgreSQL; ``WouldWait`` if the store cannot,
+    or its driver failed: the caller reads from a thread)."""
     client = context.client
     key, named = identify(request)
     before = context.limits.expire_before_ms(context.clock())

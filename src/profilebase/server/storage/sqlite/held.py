@@ -21,6 +21,7 @@ gives them back: ``mark`` before it, ``undo`` after its rollback.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -69,7 +70,4 @@ class HeldWrites:
 
     def totals(self) -> list[tuple[int, int, int]]:
         """(client id, minute, updates) for every minute this group counted updates in."""
-        sums: dict[tuple[int, int], int] = {}
-        for key in self.counted:
-            sums[key] = sums.get(key, 0) + 1
-        return [(client, minute, n) for (client, minute), n in sums.items()]
+        return [(client, minute, n) for (client, minute), n in Counter(self.counted).items()]

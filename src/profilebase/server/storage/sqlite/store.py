@@ -341,8 +341,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         db = self._group_db
         if db is None:
             raise RuntimeError("an online write ran on the writer thread outside a group")
-        held = self._held
-        mark = held.mark() if held is not None else None
+        mark = self._held_of(db).mark()
         db.execute("SAVEPOINT online_write")
         try:
             result = work(db)
@@ -357,8 +356,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
             except sqlite3.Error as undo_failed:  # the group fails with it, nothing written
                 self._group_failure = undo_failed
                 raise undo_failed from exc
-            if held is not None and mark is not None:
-                held.undo(mark)
+            self._held_of(db).undo(mark)
             raise
         db.execute("RELEASE online_write")
         return result
@@ -398,9 +396,12 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
 
     # -- single updates in a group (held.py) -----------------------------------------------
 
-    def _in_group(self, db: Connection) -> HeldWrites | None:
-        """The group's held-back rows, if ``db`` runs the group's transaction."""
-        return self._held if db is self._group_db else None
+    def _held_of(self, db: Connection) -> HeldWrites:
+        """The held-back rows of the group whose transaction ``db`` runs: every online
+        write on SQLite runs in one (``_write_at_once``)."""
+        if self._held is None or db is not self._group_db:
+            raise RuntimeError("an online write ran outside its group's transaction")
+        return self._held
 
     def _find_to_update(
         self, db: Connection, client_id: int, key: str, expire_before_ms: int
@@ -420,17 +421,13 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         self, db: Connection, client_id: int, kind: WriteKind, ref: str | None, now_ms: int
     ) -> int:
         """As the shared one; a run of single updates sharing a write ends here."""
-        held = self._in_group(db)
-        if held is not None:
-            held.end_run()
+        self._held_of(db).end_run()
         return super()._new_write(db, client_id, kind, ref, now_ms)
 
     def _update_seq(self, db: Connection, client_id: int, now_ms: int) -> int:
         """The next row of the group's run of this client's single updates, or the first
         row of a new write that starts one."""
-        held = self._in_group(db)
-        if held is None:
-            return super()._update_seq(db, client_id, now_ms)
+        held = self._held_of(db)
         seq = held.next_in_run(client_id)
         if seq is None:
             seq = super()._update_seq(db, client_id, now_ms)
@@ -442,9 +439,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
     ) -> tuple[tuple[int, int], ...]:
         """As the shared one, with the stored window read once per group and client, and
         the updates counted written at the group's end (``_write_held``)."""
-        held = self._in_group(db)
-        if held is None:
-            return super()._take_update_quota(db, client, now_ms, updates_per_day)
+        held = self._held_of(db)
         day_start = (now_ms - DAY_MS) // MINUTE_MS
         stored = held.windows.get((client.id, day_start))
         if stored is None:
