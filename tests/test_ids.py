@@ -10,7 +10,7 @@ import httpx
 import hypothesis
 import hypothesis.strategies
 import pytest
-from helpers import batch_id_of, deliver, status, submit, update
+from helpers import attributes, batch_id_of, deliver, status, submit, update
 
 from profilebase import batchfile, ids
 from profilebase.models import KeyKind
@@ -242,6 +242,45 @@ def test_an_unpaired_surrogate_in_json_is_refused(http: httpx.Client, kind: KeyK
     )
     assert refused.status_code == 400, refused.text
     assert "surrogate" in message(refused)
+
+
+@pytest.mark.parametrize("where", ["value", "name"])
+def test_an_unpaired_surrogate_in_a_json_attribute_is_refused_and_a_pair_is_kept(
+    http: httpx.Client, where: str
+):
+    """An attribute's value or name spelled with a lone surrogate (\\udc00) in a page
+    call's or a single update's JSON body: 400 that names it, nothing written (it was a
+    500); the same attribute with a surrogate pair (\\ud83d\\ude00, one character) is
+    applied."""
+
+    def attribute(text: str, prefix: str = "") -> str:
+        return f'"{prefix}{text}": "v"' if where == "name" else f'"{prefix}a": "{text}"'
+
+    def page_call(text: str) -> httpx.Response:
+        body = '{"id": {"thirdPartyId": "s1"}, "execute": {"pageLoad": {"profileParameters": {'
+        return http.post(
+            "/rest/v1/delivery",
+            params={"client": "demo", "sessionId": "s1"},
+            content=(body + attribute(text) + "}}}}").encode(),
+            headers={"content-type": "application/json"},
+        )
+
+    def single_update(text: str) -> httpx.Response:
+        return http.post(
+            "/m2/demo/profile/update",
+            content=('{"mbox3rdPartyId": "s1", ' + attribute(text, "profile.") + "}").encode(),
+            headers={"content-type": "application/json"},
+        )
+
+    for send in (page_call, single_update):
+        refused = send("x\\udc00")
+        assert refused.status_code == 400, refused.text
+        assert "lone UTF-16 surrogate" in message(refused)
+    assert attributes(http, "s1") is None  # the refused page call created nothing
+    for send in (page_call, single_update):
+        assert send("x\\ud83d\\ude00").status_code == 200
+    kept = attributes(http, "s1") or {}
+    assert kept == ({"x\U0001f600": "v"} if where == "name" else {"a": "x\U0001f600"}), kept
 
 
 @pytest.mark.parametrize(

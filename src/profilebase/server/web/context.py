@@ -31,6 +31,7 @@ import concurrent.futures
 import functools
 import json
 import logging
+import re
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
@@ -461,6 +462,31 @@ async def optional_headers(headers: Callable[[], Awaitable[dict[str, str]]]) -> 
     except StorageError as exc:
         log.warning("reply sent without its quota headers: %s (%s)", exc.message, exc.detail)
         return {}
+
+
+#: A JSON escape of a UTF-16 surrogate (``\ud800``-``\udfff``): a body that has one may
+#: spell a lone surrogate, which no UTF-8 can hold and no database stores.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def json_body(body: bytes, refusal: str) -> Any:
+    """``body`` parsed as JSON; ``BadRequest(refusal)`` if it is not JSON, and a 400 that
+    says so if a string in it is a lone surrogate (looked for only in a body that escapes
+    one: a pair stands for one character beyond U+FFFF and is fine)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(refusal) from None
+    if SURROGATE_ESCAPE.search(body):
+        try:
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(
+                "The JSON body escapes a lone UTF-16 surrogate (\\ud800 to \\udfff without its "
+                "pair), which is no character: send the text as UTF-8, or escape a character "
+                "beyond U+FFFF as its surrogate pair."
+            ) from None
+    return document
 
 
 def scalar_text(value: object) -> str | None:

@@ -17,7 +17,6 @@ were configured with, which is the right one: profilebase has no edges.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from profilebase.server.storage.links import customer_id_key, ecid_key
 from profilebase.server.web.context import (
     ClientContext,
     client_named_without_token,
+    json_body,
     read_body,
     scalar_text,
 )
@@ -94,11 +94,7 @@ async def delivery(request: Request, context: ClientContext) -> Response:
     client, limits = context.client, context.limits
     check_session_id(query(request, "sessionId"))
     body = await read_body(request, limits.max_delivery_bytes, "max_delivery_bytes")
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("The request body is not valid JSON.") from None
-    payload = as_object(payload, "the request body")
+    payload = as_object(json_body(body, "The request body is not valid JSON."), "the request body")
     call = parse_call(payload)
     tnt_id = call.tnt_id or new_tnt_id()
     request_id = payload.get("requestId")

@@ -54,6 +54,7 @@ from profilebase.server.web.context import (
     address_of,
     app_context,
     client_in_path,
+    json_body,
     presented_tokens,
     read_body,
 )
@@ -283,12 +284,9 @@ def requested_by(body: bytes) -> str:
     """The ``by`` of a cancel request's JSON body ("" when there is no body)."""
     if not body.strip():
         return ""
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest(
-            'The body of a cancel request must be JSON, e.g. {"by": "alice"}, or empty.'
-        ) from None
+    document = json_body(
+        body, 'The body of a cancel request must be JSON, e.g. {"by": "alice"}, or empty.'
+    )
     if not isinstance(document, dict):
         raise BadRequest('The body of a cancel request must be a JSON object: {"by": "alice"}.')
     by = document.get("by", "")

@@ -8,7 +8,6 @@ The update applies before the reply, so a fetch right after it sees it.
 
 from __future__ import annotations
 
-import json
 import logging
 import urllib.parse
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from profilebase.server.web import xml
 from profilebase.server.web.context import (
     ClientContext,
     client_in_path_or_named,
+    json_body,
     read_body,
     scalar_text,
 )
@@ -164,10 +164,7 @@ def form_pairs(raw: bytes, where: str) -> list[tuple[str, str]]:
 
 def json_pairs(body: bytes) -> list[tuple[str, str]]:
     """A JSON object of parameters; numbers and booleans become text, null is no change."""
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("The JSON body cannot be parsed; send a JSON object.") from None
+    document = json_body(body, "The JSON body cannot be parsed; send a JSON object.")
     if not isinstance(document, dict):
         raise BadRequest("The JSON body must be an object of parameter names and values.")
     pairs = []
