@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from profilebase.server.settings import Settings
 from profilebase.server.storage import open_store
 from profilebase.server.storage.base import Visit, WouldWait
 from profilebase.server.storage.postgres import PostgresStore
+from profilebase.server.storage.postgres.store import GROUP_LEADERS
 from profilebase.server.storage.profiles import ProfileQueries
 
 NOW = 1_800_000_000_000
@@ -359,6 +361,99 @@ def test_concurrent_single_updates_keep_the_quota_exact(databases: list[str]):
     with psycopg.connect(databases[0]) as db:
         assert db.execute("SELECT sum(updates) FROM update_counts").fetchone() == (25,)
     store.close()
+
+
+def test_writes_handed_over_wait_in_no_thread_and_commit_in_pipelines(databases: list[str]):
+    """Sixty writes handed over as the event loop does (``submit_write``, which does not
+    wait) while another transaction holds the client's lock wait in no thread of their
+    own. Once it is released they commit in at most two groups (the first write's, then
+    everything queued behind it), their quick statements sent in pipelines: each is
+    applied once, in order for one profile, with the values as sent; one too large takes
+    the shared path from inside a pipeline run and is refused, one with a NUL is refused
+    before anything is sent, and a write whose caller gave up before its group started is
+    not applied."""
+    url = databases[0]
+    store = open_pg(url)
+    calls = Calls(store, False)
+    for n in range(44):
+        calls.visit(f"T{n}", f"X{n}", {"v": "0"})
+    client = calls.client
+    LATER = NOW + 1_000  # noqa: N806
+    holder = hold_client_lock(url)
+    threads_before = threading.active_count()
+    try:
+        submitted: dict[str, Future[Any]] = {}
+        for n in range(40):  # distinct profiles: one pipeline run
+            submitted[f"u{n}"] = store.submit_write(  # type: ignore[assignment]
+                store.update_profile, client, f"t:X{n}", {"v": f"u{n}"}, LATER, BIG, 2_000
+            )
+        for n in range(10):  # page calls on profiles of their own, then one named again
+            visit = Visit(f"T{n + 100}", None, {"w": f"p{n}"}, f"req-{n}")
+            submitted[f"p{n}"] = store.submit_write(store.visit, client.id, visit, LATER, 2_000)  # type: ignore[assignment]
+        for name, key, values in [
+            ("again", "t:X1", {"v": "again"}),  # named before: after the run, in order
+            ("large", "t:X41", {"big": "x" * 3_000}),  # no key named before
+            ("nul", "t:X42", {"v": "a\x00b"}),
+            ("gone", "t:X43", {"v": "gone"}),
+            ("last", "t:X1", {"v": "last"}),
+        ]:
+            submitted[name] = store.submit_write(  # type: ignore[assignment]
+                store.update_profile, client, key, values, LATER, BIG, 2_000
+            )
+        assert submitted["gone"].cancel()
+        assert not any(future.done() for name, future in submitted.items() if name != "gone")
+        assert threading.active_count() <= threads_before + GROUP_LEADERS  # no more
+    finally:
+        holder.rollback()
+        holder.close()
+    outcomes = {}
+    for name, future in submitted.items():
+        if name == "gone":
+            continue
+        try:
+            outcomes[name] = future.result(timeout=60)
+        except Exception as exc:  # noqa: BLE001 - the refusals, checked below
+            outcomes[name] = exc
+    assert isinstance(outcomes.pop("large"), RequestTooLarge)
+    assert "U+0000" in str(outcomes.pop("nul"))
+    seqs = [outcome.seq for name, outcome in outcomes.items() if name[0] in "ual"]
+    assert len(set(seqs)) == len(seqs) == 42
+    assert outcomes["u1"].seq < outcomes["again"].seq < outcomes["last"].seq
+    assert [outcomes[f"p{n}"] for n in range(10)] == [f"p:T{n + 100}" for n in range(10)]
+    with psycopg.connect(url) as db:
+        rows = dict(
+            db.execute("SELECT pkey, attrs -> 'v' ->> 0 FROM profiles WHERE pkey LIKE 't:X%'")
+        )
+        assert rows == {
+            **{f"t:X{n}": f"u{n}" for n in range(40)},
+            "t:X1": "last",
+            "t:X40": "0",
+            "t:X41": "0",
+            "t:X42": "0",
+            "t:X43": "0",
+        }
+        made = db.execute("SELECT count(*) FROM profiles WHERE pkey LIKE 'p:T1__'").fetchone()
+        assert made == (10,)
+        # Rows a quick statement wrote carry their transaction's id (a savepoint's rows,
+        # its own): the single updates of profiles no other write named.
+        xmins = {row[0] for row in db.execute("SELECT xmin::text FROM profiles WHERE "
+                                               "pkey ~ '^t:X([5-9]|[1-3][0-9])$'")}  # fmt: skip
+        assert len(xmins) <= 2
+        counted = db.execute("SELECT sum(updates) FROM update_counts").fetchone()
+        assert counted == (42,)  # u0-u39, again and last
+    store.close()
+
+
+def test_a_write_handed_over_after_close_fails_and_runs_nothing(databases: list[str]):
+    store = open_pg(databases[0])
+    calls = Calls(store, False)
+    calls.visit("T", "X", {"v": "0"})
+    store.close()
+    future = store.submit_write(
+        store.update_profile, calls.client, "t:X", {"v": "1"}, NOW, BIG, 2_000
+    )
+    assert future is not None and isinstance(future.exception(timeout=10), RuntimeError)
+    assert store.groups.waiting() == 0 and not store.groups.running
 
 
 def ended_all(db: psycopg.Connection[Any], others: str) -> bool:

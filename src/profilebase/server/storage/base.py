@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from profilebase.models import Batch, Client, Counts, FailedRow, KeyKind, Limits, Profile, Token
 from profilebase.server.merge import DecodedRow
@@ -369,12 +369,13 @@ class Store(OverviewReads, Protocol):
         """The profile ``key`` ('p:' or 't:' prefixed) finds, with provenance, or None."""
         ...
 
-    def submit_write(self, call: Callable[[], T]) -> Future[T] | None:
-        """Run ``call``, a call of this store's ``update_profile``, ``visit`` or
-        ``delete_profile``, on the store's own writer thread and return its future; None
-        if the backend has none (then make the call from a thread). SQLite's writer thread
-        runs the online writes waiting together in one transaction (group commit).
-        Callable from the event loop."""
+    def submit_write(self, call: Callable[..., T], *args: Any) -> Future[T] | None:
+        """Hand ``call(*args)``, where ``call`` is this store's ``update_profile``,
+        ``visit`` or ``delete_profile``, to the store's own threads and return its future;
+        None if the backend has none for it (then make the call from a thread). SQLite's
+        writer thread runs the online writes waiting together in one transaction; on
+        PostgreSQL, a leader thread runs a client's waiting single updates and page calls
+        in one (group commit). Callable from the event loop: does not wait."""
         ...
 
     def get_profile_nowait(

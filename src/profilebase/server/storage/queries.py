@@ -129,7 +129,7 @@ class SharedQueries(OverviewQueries, ABC):
         with self._write() as db:
             return work(db)
 
-    def submit_write(self, call: Callable[[], T]) -> Future[T] | None:
+    def submit_write(self, call: Callable[..., T], *args: Any) -> Future[T] | None:
         return None  # no writer thread of its own: the caller's thread makes the call
 
     @abstractmethod

@@ -164,7 +164,7 @@ class ClientContext(Context):
         ``delete_profile``), on the store's writer thread if it has one (SQLite: the writes
         waiting together share a transaction, and no request thread waits for them),
         else in a worker thread."""
-        future = self.store.submit_write(functools.partial(call, *args))
+        future = self.store.submit_write(call, *args)
         if future is None:
             return await run_in_threadpool(call, *args)
         return cast(T, await _Settler.of(asyncio.get_running_loop()).watch(future))

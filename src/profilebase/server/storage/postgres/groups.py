@@ -3,92 +3,146 @@
 A client's online writes run one at a time: each holds the client's row lock until it
 commits (``lock_client``), and a commit waits for the WAL to reach the disk. Run one
 transaction each, a client's writes therefore cost a disk flush each, one after another.
-``WriteGroups`` lets the writes waiting in a process share one: the first thread to find
-no group of its client running leads one, runs every write queued by then (its own
-included) in one transaction, each in a savepoint of its own (so one that fails undoes
-only itself), and commits once; every write's caller gets its result only after that
-commit. Writes meanwhile queue for the next group.
+``WriteGroups`` lets the writes waiting in a process share one: a write is queued under its
+client (``submit``, which does not wait: the event loop hands writes over with it), and a
+leader thread of the process takes every write of that client queued by then and runs them
+in one transaction (``PostgresStore._run_group``: one that fails fails alone), committed
+once; every write's future is settled only after that commit. Writes meanwhile queue for
+the next group, which runs once the group before committed.
+
+No thread waits for a write but its caller, if it wants to (its future's ``result``): the
+writes waiting in a group are a list, not threads. A few leader threads serve every
+client; one that committed a group of a client whose next group is queued goes behind the
+other clients waiting for a leader.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
+#: What an entry's ``finish`` (or ``send``) returns when the write needs its ``shared`` call.
+SHARED = object()
+
 
 class Entry(Generic[T]):
-    """A write waiting in a group: what it runs, the keys it names, and how it ended."""
+    """A write waiting in a group: what it runs, the keys it names, and how it ended.
 
-    __slots__ = ("call", "keys", "done", "result", "error")
+    ``call`` runs the write. A write that can also run in a pipeline gives ``send``, which
+    sends its statements without waiting for their answers and returns ``finish``, which
+    reads them: its result, or ``SHARED`` when the write needs ``shared`` instead (so does
+    a ``send`` that returns ``SHARED``)."""
 
-    def __init__(self, call: Callable[[], T], keys: Sequence[str]) -> None:
+    __slots__ = ("call", "keys", "send", "shared", "future", "result", "error")
+
+    def __init__(
+        self,
+        call: Callable[[], T],
+        keys: Sequence[str],
+        send: Callable[[], Callable[[], object] | object] | None = None,
+        shared: Callable[[], T] | None = None,
+    ) -> None:
         self.call = call
         self.keys = keys
-        self.done = False
+        self.send = send
+        self.shared = shared
+        self.future: Future[T] = Future()
         self.result: T | None = None
         self.error: BaseException | None = None
 
 
 class WriteGroups:
-    """Queues of writes per group key (a client id); ``run_group`` runs one group.
+    """Queues of writes per group key (a client id), run a group at a time per key by
+    ``leaders`` threads; ``run_group`` runs one group.
 
     ``run_group(key, entries)`` must set each entry's ``result`` or ``error``; an entry
     whose group raised gets that error unless it has its own.
     """
 
-    def __init__(self, run_group: Callable[[int, list[Entry[Any]]], None], most: int) -> None:
+    def __init__(
+        self, run_group: Callable[[int, list[Entry[Any]]], None], most: int, leaders: int
+    ) -> None:
         self.run_group = run_group
         self.most = most
-        self.changed = threading.Condition()
+        self.lock = threading.Lock()
         self.queues: dict[int, list[Entry[Any]]] = {}
+        #: Keys with a leader: running a group, or waiting for a thread to run the next.
         self.running: set[int] = set()
-        #: Writes handed to ``run`` that have not finished (queued or in a running group).
+        #: Writes handed to ``submit`` that have not finished (queued or in a group).
         self.unfinished = 0
+        self.leaders = ThreadPoolExecutor(leaders, thread_name_prefix="profilebase-group")
 
     def waiting(self) -> int:
         """Writes queued or in a group that has not committed yet."""
-        with self.changed:
+        with self.lock:
             return self.unfinished
 
-    def run(self, key: int, call: Callable[[], T], keys: Sequence[str]) -> T:
-        """Run ``call`` in a group of ``key``'s writes; its result once the group committed."""
-        entry: Entry[T] = Entry(call, keys)
-        with self.changed:
+    def submit(
+        self,
+        key: int,
+        call: Callable[[], T],
+        keys: Sequence[str],
+        send: Callable[[], Callable[[], object] | object] | None = None,
+        shared: Callable[[], T] | None = None,
+    ) -> Future[T]:
+        """Queue ``call`` in a group of ``key``'s writes; its future, settled once the
+        group committed (cancelled, it is not run unless its group had started). ``send``
+        and ``shared``: see ``Entry``. Does not wait."""
+        entry: Entry[T] = Entry(call, keys, send, shared)
+        with self.lock:
             self.queues.setdefault(key, []).append(entry)
             self.unfinished += 1
-        try:
-            return self._run(key, entry)
-        finally:
-            with self.changed:
-                self.unfinished -= 1
+            lead = key not in self.running
+            self.running.add(key)
+        if lead:
+            self._lead_later(key)
+        return entry.future
 
-    def _run(self, key: int, entry: Entry[T]) -> T:
-        while True:
-            with self.changed:
-                while not entry.done and key in self.running:
-                    self.changed.wait()
-                if entry.done:
-                    break
-                self.running.add(key)
-                queue = self.queues[key]
-                group, queue[:] = queue[: self.most], queue[self.most :]
-                if not queue:
-                    del self.queues[key]
-            try:
+    def close(self) -> None:
+        """Let the groups queued finish, then end the leader threads."""
+        self.leaders.shutdown(wait=True)
+
+    def _lead_later(self, key: int) -> None:
+        try:
+            self.leaders.submit(self._lead, key)
+        except RuntimeError as exc:  # shut down: no group will run
+            with self.lock:
+                queue = self.queues.pop(key, [])
+                self.running.discard(key)
+                self.unfinished -= len(queue)
+            for entry in queue:
+                if entry.future.set_running_or_notify_cancel():
+                    entry.future.set_exception(exc)
+
+    def _lead(self, key: int) -> None:
+        """Run the next group of ``key``: the writes queued by now (at most ``most``)."""
+        with self.lock:
+            queue = self.queues[key]
+            taken, queue[:] = queue[: self.most], queue[self.most :]
+        # A write whose caller gave up before its group started is not run.
+        group = [entry for entry in taken if entry.future.set_running_or_notify_cancel()]
+        try:
+            if group:
                 self.run_group(key, group)
-            except BaseException as exc:  # each member's caller sees it, ours too if ours
-                for member in group:
-                    if member.error is None:
-                        member.error = exc
-            finally:
-                with self.changed:
-                    for member in group:
-                        member.done = True
+        except BaseException as exc:  # each member's caller sees it
+            for member in group:
+                if member.error is None:
+                    member.error = exc
+        finally:
+            with self.lock:
+                self.unfinished -= len(taken)
+                more = bool(self.queues[key])
+                if not more:
+                    del self.queues[key]
                     self.running.discard(key)
-                    self.changed.notify_all()
-        if entry.error is not None:
-            raise entry.error
-        return entry.result  # type: ignore[return-value]
+            for member in group:
+                if member.error is not None:
+                    member.future.set_exception(member.error)
+                else:
+                    member.future.set_result(member.result)
+        if more:  # behind the other clients waiting for a leader
+            self._lead_later(key)

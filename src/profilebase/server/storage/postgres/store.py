@@ -29,7 +29,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
+from functools import partial
 from json.encoder import encode_basestring as json_string
 from typing import Any, TypeVar, cast
 
@@ -55,7 +57,7 @@ from profilebase.server.storage.batch_control import BatchControl
 from profilebase.server.storage.clients import ClientQueries
 from profilebase.server.storage.imports import ImportRow
 from profilebase.server.storage.links import plan_link
-from profilebase.server.storage.postgres.groups import Entry, WriteGroups
+from profilebase.server.storage.postgres.groups import SHARED, Entry, WriteGroups
 from profilebase.server.storage.postgres.imports import PostgresImports
 from profilebase.server.storage.postgres.loop_reads import LoopReads
 from profilebase.server.storage.postgres.tables import PostgresTables
@@ -69,6 +71,10 @@ APPLY_ATTEMPTS = 8
 
 #: The most online writes one group commits at once (groups.py).
 GROUP_WRITES = 64
+#: Threads of a process that run groups of online writes, one client's at a time each
+#: (groups.py): a client's groups run one after another whatever their number. With the
+#: request threads (``REQUEST_THREADS``, 8), they fit the default pool of ten connections.
+GROUP_LEADERS = 2
 #: Connections a process opens for fetches on its event loop (``loop_reads.py``), beside
 #: its pool of ``postgres_pool_size``: four served as many fetches as eight.
 LOOP_CONNECTIONS = 4
@@ -190,6 +196,10 @@ class _GroupLost(Exception):
         self.entry = entry
 
 
+class _PipelineLost(Exception):
+    """A statement failed in a pipeline of a group: the group runs again without them."""
+
+
 class _Retry(Exception):
     """A profile this transaction took for new was created by another one meanwhile."""
 
@@ -288,7 +298,7 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         )
         #: ``unchecked.ok``: this thread's next connection may be lent unchecked (``_check``).
         self.unchecked = threading.local()
-        self.groups = WriteGroups(self._run_group, GROUP_WRITES)
+        self.groups = WriteGroups(self._run_group, GROUP_WRITES, GROUP_LEADERS)
         #: Fetches awaited on the event loop, over connections of their own.
         self.loop_reads = LoopReads(url, LOOP_CONNECTIONS, timeout, self._connect_options())
         #: The connection of the group this thread is running, if any (``_write``), and
@@ -399,6 +409,7 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             raise storage_error(exc, self.url) or exc from exc
 
     def close(self) -> None:
+        self.groups.close()
         self.pool.close()
 
     def _export_connection(self) -> psycopg.Connection:
@@ -483,22 +494,54 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         max_profile_bytes: int,
         expire_before_ms: int = 0,
     ) -> UpdateOutcome | None:
-        """In a group of the client's online writes; one statement when nothing is in the
-        way (``postgres_quick_update``), else the shared path, which says what is."""
+        """In a group of the client's online writes (``_submit_update``)."""
+        args = (client, key, values, now_ms, updates_per_day, max_profile_bytes)
+        return self._submit_update(*args, expire_before_ms).result()
+
+    def submit_write(self, call: Callable[..., T], *args: Any) -> Future[T] | None:
+        """Single updates and page calls are queued in a group of their client's online
+        writes, which a leader thread runs (``groups.py``); anything else is made from a
+        thread (None)."""
+        if call == self.update_profile:
+            return cast("Future[T]", self._submit_update(*args))
+        if call == self.visit:
+            return cast("Future[T]", self._submit_visit(*args))
+        return None
+
+    def _submit_update(
+        self,
+        client: Client,
+        key: str,
+        values: Mapping[str, str],
+        now_ms: int,
+        updates_per_day: int,
+        max_profile_bytes: int,
+        expire_before_ms: int = 0,
+    ) -> Future[UpdateOutcome | None]:
+        """``update_profile`` queued in a group of the client's online writes: one
+        statement when nothing is in the way (``postgres_quick_update``), sent in a
+        pipeline with the group's others, else the shared path, which says what is."""
         args = (client, key, values, now_ms, updates_per_day, max_profile_bytes)
         shared = super().update_profile
 
+        def send() -> Callable[[], object] | object:
+            if not (values and self._can_store(key)):
+                return SHARED
+            self._refuse_unstorable(*values, *values.values())
+            return self._send_quick_update(*args, expire_before_ms)
+
         def update() -> UpdateOutcome | None:
-            if values and self._can_store(key):
-                self._refuse_unstorable(*values, *values.values())
-                done = self._quick_update(*args, expire_before_ms)
-                if done is not None:
-                    return done
+            finish = send()
+            done = finish() if callable(finish) else SHARED
+            if done is not SHARED:
+                return cast("UpdateOutcome | None", done)
             return shared(*args, expire_before_ms)
 
-        return self.groups.run(client.id, update, [key])
+        return self.groups.submit(
+            client.id, update, [key], send, lambda: shared(*args, expire_before_ms)
+        )
 
-    def _quick_update(
+    def _send_quick_update(
         self,
         client: Client,
         key: str,
@@ -507,9 +550,10 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         updates_per_day: int,
         max_profile_bytes: int,
         expire_before_ms: int,
-    ) -> UpdateOutcome | None:
-        """The update in one statement, or None if something needs the shared path: no
-        live profile, the quota full, or a size that needs an exact check."""
+    ) -> Callable[[], object]:
+        """Send the update as one statement; return what reads its answer: the outcome, or
+        ``SHARED`` (nothing written) if something needs the shared path: no live profile,
+        the quota full, or a size that needs an exact check."""
         db = self.in_group.db
         # The values as stored, with a seq of 20 digits: at least as long as any.
         bound = byte_size(dump_attrs({name: [v, 10**19, now_ms] for name, v in values.items()}))
@@ -527,16 +571,21 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             "span": SEQ_SPAN,
             "values": json.dumps(values),
         }
-        found = db.execute(SQL["postgres_quick_update"], params).fetchone()
-        if found is None or found[1] is None:
-            return None
-        stored, write, latest, before = found
-        used, oldest = json.loads(before)
-        return UpdateOutcome(
-            shown_pc_id(key, stored, latest),
-            int(write) * SEQ_SPAN + 1,
-            window_with_one_more(int(used), oldest, now_ms),
-        )
+        cursor = db.execute(SQL["postgres_quick_update"], params)
+
+        def finish() -> object:
+            found = cursor.fetchone()
+            if found is None or found[1] is None:
+                return SHARED
+            stored, write, latest, before = found
+            used, oldest = json.loads(before)
+            return UpdateOutcome(
+                shown_pc_id(key, stored, latest),
+                int(write) * SEQ_SPAN + 1,
+                window_with_one_more(int(used), oldest, now_ms),
+            )
+
+        return finish
 
     def visit(
         self,
@@ -546,25 +595,42 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         max_profile_bytes: int,
         expire_before_ms: int = 0,
     ) -> str:
-        """In a group of the client's online writes; two statements for a call that
-        creates, renames and absorbs no profile and carries no ECID or customerIds
-        (``_quick_visit``), else the shared path."""
+        """In a group of the client's online writes (``_submit_visit``)."""
+        return self._submit_visit(
+            client_id, visit, now_ms, max_profile_bytes, expire_before_ms
+        ).result()
+
+    def _submit_visit(
+        self,
+        client_id: int,
+        visit: Visit,
+        now_ms: int,
+        max_profile_bytes: int,
+        expire_before_ms: int = 0,
+    ) -> Future[str]:
+        """``visit`` queued in a group of the client's online writes: two statements for
+        a call that creates, renames and absorbs no profile and carries no ECID or
+        customerIds (``_quick_visit``), else the shared path."""
         args = (client_id, visit, now_ms, max_profile_bytes, expire_before_ms)
         shared = super().visit
 
+        def send() -> Callable[[], object] | object:
+            if visit.aliases:
+                return SHARED
+            third = visit.third_party_id or ""
+            self._refuse_unstorable(visit.tnt_id, third, *visit.values, *visit.values.values())
+            done = self._quick_visit(*args)  # its answer says nothing: the key is known
+            return SHARED if done is None else lambda: done
+
         def page_call() -> str:
-            if not visit.aliases:
-                third = visit.third_party_id or ""
-                self._refuse_unstorable(visit.tnt_id, third, *visit.values, *visit.values.values())
-                done = self._quick_visit(*args)
-                if done is not None:
-                    return done
-            return shared(*args)
+            finish = send()
+            done = finish() if callable(finish) else SHARED
+            return shared(*args) if done is SHARED else cast(str, done)
 
         keys = [KeyKind.PC_ID.key(visit.tnt_id), *visit.aliases]
         if visit.third_party_id is not None:
             keys.append(KeyKind.THIRD_PARTY_ID.key(visit.third_party_id))
-        return self.groups.run(client_id, page_call, keys)
+        return self.groups.submit(client_id, page_call, keys, send, lambda: shared(*args))
 
     def _quick_visit(
         self,
@@ -620,20 +686,35 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
     def _run_group(self, client_id: int, entries: list[Entry[Any]]) -> None:
         """One transaction for a group of a client's online writes (``groups.py``).
 
+        The writes that can send their statements in a pipeline (``Entry.send``) and name
+        no key an earlier write of the group named do, a run of them at a time, waiting
+        for the server once per run rather than once per write (``_run_pipeline``).
+
         A write that fails in a savepoint of its own (the shared path's ``_write``) undoes
         only itself. One that fails in a statement outside one (a quick path) aborts the
         transaction: it keeps its error, and the others run again in a new transaction.
+        A statement that fails in a pipeline cannot be told from the others of its run:
+        the whole group then runs again without pipelines, where one that fails again is
+        found.
         """
         remaining = list(entries)
+        pipelined = True
         while remaining:
-            lost = self._trusting(lambda: self._try_group(client_id, remaining))
-            if lost is None:
-                return
-            remaining.remove(lost)
+            try:
+                lost = self._trusting(partial(self._try_group, client_id, remaining, pipelined))
+            except _PipelineLost:
+                pipelined = False
+                lost = None
+            else:
+                if lost is None:
+                    return
+                remaining.remove(lost)
             for entry in remaining:
                 entry.result, entry.error = None, None
 
-    def _try_group(self, client_id: int, entries: list[Entry[Any]]) -> Entry[Any] | None:
+    def _try_group(
+        self, client_id: int, entries: list[Entry[Any]], pipelined: bool
+    ) -> Entry[Any] | None:
         """Run ``entries`` in one transaction and commit; the entry whose failure aborted
         the transaction (rolled back), or None once committed.
 
@@ -655,18 +736,21 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
                     }
                     self.in_group.db = db
                     named: set[str] = set()  # the keys earlier writes named, and their profiles
+                    run: list[Entry[Any]] = []  # writes to send in one pipeline
                     for entry in entries:
                         # What the group found of a write's keys holds while no earlier
                         # write named them or their profiles: writes change only those.
                         mine = {*entry.keys, *(found[key][0] for key in entry.keys if key in found)}
-                        self.in_group.known = {} if mine & named else found
+                        again = bool(mine & named)
                         named |= mine
-                        try:
-                            entry.result = entry.call()
-                        except Exception as exc:  # noqa: BLE001 - its caller gets it
-                            entry.error = exc
-                            if db.info.transaction_status == TransactionStatus.INERROR:
-                                raise _GroupLost(entry) from exc
+                        if pipelined and entry.send is not None and not again:
+                            run.append(entry)
+                            continue
+                        self._run_pipeline(db, run, found)
+                        run = []
+                        self.in_group.known = {} if again else found
+                        self._run_entry(db, entry, entry.call)
+                    self._run_pipeline(db, run, found)
             except _GroupLost as lost:
                 return lost.entry
             except psycopg.OperationalError as exc:
@@ -675,6 +759,50 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             finally:
                 self.in_group.db, self.in_group.known = None, {}
         return None
+
+    def _run_pipeline(self, db: psycopg.Connection, run: list[Entry[Any]], found: Any) -> None:
+        """Send the statements of ``run`` (writes whose keys no other write of the group
+        named before) in one pipeline, read their answers, then run the shared call of
+        each that needs it. Raises ``_PipelineLost`` if a statement failed."""
+        if not run:
+            return
+        self.in_group.known = found
+        sent: list[object] = []
+        try:
+            with db.pipeline() as pipeline:
+                for entry in run:
+                    try:
+                        sent.append(cast(Callable[[], object], entry.send)())
+                    except psycopg.Error:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - refused before any statement
+                        entry.error = exc
+                        sent.append(None)
+                pipeline.sync()
+                outcomes = [finish() if callable(finish) else finish for finish in sent]
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            raise _PipelineLost() from exc
+        self.in_group.known = {}
+        for entry, outcome in zip(run, outcomes, strict=True):
+            if entry.error is not None:
+                continue
+            if outcome is SHARED:
+                self._run_entry(db, entry, cast(Callable[[], object], entry.shared))
+            else:
+                entry.result = outcome
+
+    @staticmethod
+    def _run_entry(db: psycopg.Connection, entry: Entry[Any], call: Callable[[], Any]) -> None:
+        """``entry.result = call()``, or its error; raises ``_GroupLost`` if that error
+        aborted the transaction."""
+        try:
+            entry.result = call()
+        except Exception as exc:  # noqa: BLE001 - its caller gets it
+            entry.error = exc
+            if db.info.transaction_status == TransactionStatus.INERROR:
+                raise _GroupLost(entry) from exc
 
     # -- units ---------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ commit, ``writers.WriteGroups``); a fetch may be read on the event loop
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -330,8 +331,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         with self._read() as db, self._writers.turn(), _transaction(db):
             yield db
 
-    def submit_write(self, call: Callable[[], T]) -> Future[T]:
-        return self._groups.submit(call)
+    def submit_write(self, call: Callable[..., T], *args: Any) -> Future[T]:
+        return self._groups.submit(functools.partial(call, *args))
 
     def _write_at_once(self, work: Callable[[Any], T]) -> T:
         """An online write: on the writer thread, in a savepoint of its group's transaction;
