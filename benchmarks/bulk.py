@@ -208,10 +208,13 @@ def main() -> None:
     parser.add_argument("--no-floor", action="store_true")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="profilebase-bench-"))
+    from run import Databases  # here: run.py imports this module
+
+    databases = Databases(args.database, workdir)  # fresh ones, dropped at the end
     try:
         batch = generate_batch(args.reference, args.rows, args.attrs, workdir)
         size_mb = batch.stat().st_size / 1e6
-        database = args.database or f"sqlite:///{workdir}/bench.db"
+        database = databases.fresh("bulk")
         result = run_server(batch, database, args.workers, workdir)
         print(f"batch: {result['rows']:,} rows, {size_mb:.1f} MB, {args.attrs} attributes")
         print(
@@ -226,10 +229,11 @@ def main() -> None:
             f"median {result['fetch_median_ms']:.1f} ms, max {result['fetch_max_ms']:.1f} ms"
         )
         if not args.no_floor:
-            floor = run_floor(args.reference, batch, workdir)
-            print(f"floor_sqlite: {floor:.2f} s")
+            floor = run_floor(args.reference, batch, workdir, databases.fresh("floor"))
+            print(f"floor_{databases.kind.removesuffix('ql')}: {floor:.2f} s")
             print(f"ratio profilebase/floor: {result['seconds'] / floor:.2f}x")
     finally:
+        databases.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -87,3 +87,33 @@ def test_a_row_holding_nul_fails_with_its_reason(pg_store: Store):
     assert failure.id == "y" and "U+0000" in failure.reason
     assert values(pg_store, "x") == {"a": "1"} and values(pg_store, "y") is None
     assert pg_store.get_profile(1, "t:\x00") is None
+
+
+def test_new_profiles_are_found_in_the_keys_order_whatever_the_database_collation(
+    postgres: PostgresServer,
+):
+    """On a database whose default collation is ICU's en-US ('a' sorts before 'B'), a unit
+    whose keys are 'B' and 'a' (code point order, as Python and the `pkey` column's "C"
+    collation sort them) still finds the stored profile 'a' in its key range: it is merged,
+    not copied in again (which would fail the unit over and over)."""
+    name = f"{postgres.prefix}_icu_{time.monotonic_ns()}"
+    postgres.admin(
+        f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
+        "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+    )
+    url = postgres.with_database(name)
+    store = open_store(url)
+    try:
+        prepare(store, Settings(database=url))
+        with psycopg.connect(url) as db:
+            assert db.execute("SELECT 'a' < 'B'").fetchone() == (True,)  # en-US, not "C"
+        for body in (b"batch=thirdPartyId,x\na,1\n", b"batch=thirdPartyId,y\nB,2\na,3\n"):
+            accept(store, body, unit_rows=10)
+            claim = store.claim_unit("w1", 0, 10**15)
+            assert claim is not None
+            assert apply(store, claim) is not None
+        assert values(store, "a") == {"x": "1", "y": "3"}
+        assert values(store, "B") == {"y": "2"}
+    finally:
+        store.close()
+        postgres.admin(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -116,7 +116,7 @@ def test_every_query_prepares_on_its_backend(database_url: str):
                 )
                 for number, (name, sql) in enumerate(order):
                     try:
-                        if name == "postgres_copy_units":
+                        if sql.startswith("COPY") and "FROM STDIN" in sql:
                             with db.cursor().copy(sql):
                                 pass  # no rows
                         elif POSTGRES_RUN.match(sql):

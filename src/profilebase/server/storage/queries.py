@@ -173,9 +173,18 @@ class SharedQueries(OverviewQueries, ABC):
         """Drop the lines of a unit that is done, where they are kept apart from its row."""
 
     def _none_stored(self, db: Connection, client_id: int, keys: Sequence[str]) -> bool:
-        """True if the client has no profile under any of ``keys`` (sorted), told by a
-        cheap look; False when it cannot tell, and the profiles' states are read."""
-        return not keys
+        """True if the client has no profile under any of ``keys`` (sorted by code point,
+        the order of both backends' key collation), told by one index seek over their
+        range: a batch of new ids, as most large ones are, then skips looking up (and on
+        PostgreSQL locking) each key. A profile created in the range meanwhile is found as
+        any other created meanwhile is: SQLite has one writer, and PostgreSQL's copy of
+        the new profiles fails on it and the unit starts again."""
+        return (
+            not keys
+            or not db.execute(
+                self.sql["profiles_between"], (client_id, keys[0], keys[-1])
+            ).fetchone()
+        )
 
     def _transient(self, error: BaseException) -> str | None:
         """The backend's part of ``transient_reason``: its driver's transient errors."""

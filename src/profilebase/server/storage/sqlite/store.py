@@ -690,17 +690,6 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
     def _forget_unit_body(self, db: Connection, seq: int, unit_no: int) -> None:
         db.execute(SQL["sqlite_forget_unit_body"], (seq, unit_no))
 
-    def _none_stored(self, db: Connection, client_id: int, keys: Sequence[str]) -> bool:
-        """One index seek over the range of ``keys`` (sorted by code point, which is the
-        order of SQLite's BINARY collation): a batch of new ids, as most large ones are,
-        then skips looking up each key."""
-        return (
-            not keys
-            or not db.execute(
-                SQL["sqlite_profiles_between"], (client_id, keys[0], keys[-1])
-            ).fetchone()
-        )
-
     def _row_writer(
         self, db: Connection, client_id: int, now_ms: int, stored: set[str]
     ) -> RowWriter:

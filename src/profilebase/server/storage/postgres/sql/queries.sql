@@ -217,6 +217,11 @@ SELECT pkey, created_seq, max_seq, octet_length(attrs::text)
 FROM profiles WHERE client_id = %s AND pkey = ANY(%b)
 ORDER BY pkey FOR UPDATE
 
+-- name: profiles_between
+-- Whether the client has any profile with a key in a range (profile_states is skipped if not),
+-- compared in the column's collation, "C": the order of code points.
+SELECT 1 FROM profiles WHERE client_id = %s AND pkey BETWEEN %s AND %s LIMIT 1
+
 -- name: tombstones_of_keys
 SELECT pkey, deleted_seq, created_seq FROM tombstones
 WHERE client_id = %s AND pkey = ANY(%b) ORDER BY pkey, deleted_seq
@@ -627,15 +632,10 @@ COPY batch_units (batch_seq, unit_no, first_line, row_count, body) FROM STDIN (F
 -- A piece of a unit's lines (libpq keeps its buffer as large as the largest message).
 SELECT substring(body FROM %s FOR %s) FROM batch_units WHERE batch_seq = %s AND unit_no = %s
 
--- name: postgres_insert_profiles
--- Step 2 of applying a unit: insert the new profiles in key order. A unit's changes
--- travel as one JSON array of [pkey, attrs, min seq, max seq].
-INSERT INTO profiles (client_id, pkey, attrs, created_seq, max_seq, modified_at)
-SELECT %s, c.value ->> 0, c.value -> 1, (c.value ->> 2)::bigint, (c.value ->> 3)::bigint, %s
-FROM jsonb_array_elements(%s::jsonb) AS c
-ORDER BY (c.value ->> 0) COLLATE "C"
-ON CONFLICT (client_id, pkey) DO NOTHING
-RETURNING pkey
+-- name: postgres_copy_profiles
+-- Step 2 of applying a unit: the new profiles, copied in key order (client_id, pkey, attrs,
+-- created_seq, max_seq, modified_at). A profile that exists already fails the copy.
+COPY profiles (client_id, pkey, attrs, created_seq, max_seq, modified_at) FROM STDIN
 
 -- name: postgres_update_profiles
 -- Step 3: update the locked profiles, merging per attribute (pb_merge, or plain ||

@@ -227,7 +227,7 @@ WHERE client_id = ? AND alias IN (SELECT value FROM json_each(?))
 SELECT pkey, created_seq, max_seq, length(CAST(attrs AS BLOB))
 FROM profiles WHERE client_id = ? AND pkey IN (SELECT value FROM json_each(?))
 
--- name: sqlite_profiles_between
+-- name: profiles_between
 -- Whether the client has any profile with a key in a range (profile_states is skipped if not).
 SELECT 1 FROM profiles WHERE client_id = ? AND pkey BETWEEN ? AND ? LIMIT 1
 
