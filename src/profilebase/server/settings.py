@@ -56,7 +56,7 @@ SETTINGS: tuple[Setting, ...] = (
         "fetch_cache_mb",
         16,
         "Megabytes of fetch replies an HTTP process keeps to send again while nothing at all "
-        "was written to the database (SQLite only; the first commit anywhere forgets them); "
+        "was written to the database (the first commit anywhere forgets them); "
         "0 keeps none.",
         Bound.ZERO_OR_MORE,
     ),

@@ -406,6 +406,11 @@ class Store(OverviewReads, Protocol):
         (then nothing read may be kept). Callable from the event loop."""
         ...
 
+    async def changes_async(self) -> object:
+        """``changes_nowait``, awaited on the event loop, for a backend that must ask its
+        server (PostgreSQL); ``WouldWait`` if it cannot (then nothing read may be kept)."""
+        ...
+
     def update_profile(
         self,
         client: Client,

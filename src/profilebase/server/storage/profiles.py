@@ -139,6 +139,9 @@ class ProfileQueries(SharedQueries):
     def changes_nowait(self) -> object:
         raise WouldWait  # a backend that can tell at once says so
 
+    async def changes_async(self) -> object:
+        raise WouldWait  # a backend that can tell over the event loop says so
+
     def _read_profile(
         self, db: Connection, client_id: int, key: str, expire_before_ms: int
     ) -> Profile | None:

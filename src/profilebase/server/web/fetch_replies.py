@@ -24,10 +24,13 @@ Kept replies take at most ``fetch_cache_mb`` of memory (the first kept is forgot
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+from profilebase.server.storage.base import WouldWait
 
 #: The scope key of the moment (``time.monotonic``) the server started serving a request:
 #: set by the server's protocol (``web/server.py``), read by ``FetchReplies.refresh``.
@@ -57,6 +60,11 @@ class FetchReplies:
         #: once a few hundred thousand had been dropped (fetches of 5.5M profiles).
         self._replies: OrderedDict[tuple[int, bytes], tuple[int, bytes]] = OrderedDict()
         self._bytes = 0
+        #: The check in flight (``refresh_async``), if any: its result says whether it
+        #: was answered.
+        self._asking: asyncio.Future[bool] | None = None
+        #: How many times a check's answer moved: a reply read in between is not kept.
+        self.generation = 0
 
     def refresh(self, arrived: float | None, changes: Callable[[], object]) -> None:
         """Make what is kept the database's for a request that ``arrived`` then (``clock``;
@@ -68,10 +76,44 @@ class FetchReplies:
         checked_at = self.clock()  # before asking: the answer is at least that recent
         now = changes()
         self._checked_at = checked_at
+        self._answer(now)
+
+    async def refresh_async(
+        self, arrived: float | None, changes: Callable[[], Awaitable[object]]
+    ) -> None:
+        """``refresh`` for a store that asks its server (``changes_async``: PostgreSQL).
+        Requests share checks: one that arrived before a check in flight was sent waits for
+        its answer; any other waits for the check in flight, if any, then asks again (at
+        most one in flight). ``WouldWait`` if the check it waited for could not be made."""
+        if arrived is None:
+            arrived = self.clock()  # unknown: a check sent from now on answers for it
+        while arrived >= self._checked_at:
+            asking = self._asking
+            if asking is not None:
+                if not await asyncio.shield(asking):
+                    raise WouldWait
+                continue
+            checked_at = self.clock()  # before asking: the answer is at least that recent
+            self._asking = asyncio.get_running_loop().create_future()
+            answered = False
+            try:
+                now = await changes()
+                answered = True
+            finally:
+                asked, self._asking = self._asking, None
+                asked.set_result(answered)
+            if checked_at > self._checked_at:
+                self._checked_at = checked_at
+                self._answer(now)
+            return
+
+    def _answer(self, now: object) -> None:
+        """A check's answer: if it moved, forget everything (a new generation)."""
         if now != self._changes:
             self._replies.clear()
             self._bytes = 0
             self._changes = now
+            self.generation += 1
 
     def get(self, client_id: int, path: bytes, expire_before_ms: int) -> bytes | None:
         """The body kept for ``path``, unless its profile has expired; call ``refresh``
@@ -81,11 +123,13 @@ class FetchReplies:
             return None
         return kept[1]
 
-    def put(self, client_id: int, path: bytes, modified_ms: int, body: bytes) -> None:
-        """Keep ``body``, read after the last ``refresh`` (with no ``refresh`` between: a
-        commit after that one makes the next forget it)."""
+    def put(
+        self, client_id: int, path: bytes, modified_ms: int, body: bytes, generation: int
+    ) -> None:
+        """Keep ``body``, read after a refresh that left ``generation``; not if a check
+        answered a change since (read over the network, the reply may predate it)."""
         size = len(body) + len(path) + OVERHEAD
-        if size > self.most_bytes:
+        if size > self.most_bytes or generation != self.generation:
             return
         replaced = self._replies.pop((client_id, path), None)
         if replaced is not None:

@@ -155,14 +155,27 @@ async def fetch(request: Request, context: ClientContext) -> Response:
 
 
 async def fetch_async(request: Request, context: ClientContext) -> Response:
-    """The fetch awaited on the event loop (PostgreSQL; ``WouldWait`` if the store cannot,
-    or its driver failed: the caller reads from a thread)."""
-    client = context.client
-    key, named = identify(request)
+    """The fetch awaited on the event loop (PostgreSQL): the reply kept since nothing was
+    committed (``FetchReplies``, checked with ``changes_async``), else the profile read
+    there; ``WouldWait`` if the store cannot, or its driver failed: the caller reads from a
+    thread."""
+    client, store, replies = context.client, context.store, context.fetch_replies
     before = context.limits.expire_before_ms(context.clock())
-    profile = await context.store.get_profile_async(client.id, key, before)
-    context.metrics.fetch_read.inc()
-    return reply_of(profile, client.code, named)
+    if not replies.most_bytes:
+        key, named = identify(request)
+        profile = await store.get_profile_async(client.id, key, before)
+        context.metrics.fetch_read.inc()
+        return reply_of(profile, client.code, named)
+    await replies.refresh_async(request.scope.get(ARRIVED), store.changes_async)
+    body = kept_reply(request, context, before)
+    if body is None:
+        key, named = identify(request)
+        # Another fetch's check may answer a commit while this one reads: its reply is
+        # then sent, not kept (it may not show that commit).
+        generation = replies.generation
+        profile = await store.get_profile_async(client.id, key, before)
+        body = keep_reply(request, context, named, profile, generation)
+    return JsonBytesResponse(body)
 
 
 def fetch_nowait(request: Request, context: ClientContext) -> Response:
@@ -177,19 +190,40 @@ def fetch_nowait(request: Request, context: ClientContext) -> Response:
         context.metrics.fetch_read.inc()
         return reply_of(profile, client.code, named)
     replies.refresh(request.scope.get(ARRIVED), store.changes_nowait)
-    path = request.scope.get("raw_path") or request.scope["path"].encode()
-    body = replies.get(client.id, path, before)
+    body = kept_reply(request, context, before)
     if body is None:
         key, named = identify(request)
         profile = store.get_profile_nowait(client.id, key, before)
-        context.metrics.fetch_read.inc()
-        if profile is None:
-            raise not_found(client.code, named)
-        body = json_bytes(export.profile_json(profile))
-        replies.put(client.id, path, to_ms(profile.modified_at), body)
-    else:
-        context.metrics.fetch_kept.inc()
+        body = keep_reply(request, context, named, profile, replies.generation)
     return JsonBytesResponse(body)
+
+
+def kept_reply(request: Request, context: ClientContext, before: int) -> bytes | None:
+    """The reply kept for the request's path, if any (counted as such); after a refresh."""
+    path = request.scope.get("raw_path") or request.scope["path"].encode()
+    body = context.fetch_replies.get(context.client.id, path, before)
+    if body is not None:
+        context.metrics.fetch_kept.inc()
+    return body
+
+
+def keep_reply(
+    request: Request,
+    context: ClientContext,
+    named: str,
+    profile: Profile | None,
+    generation: int,
+) -> bytes:
+    """The reply body of ``profile``, just read (counted as such), kept for the path if
+    no check answered a change since the read began (``generation``); ``not_found`` if
+    there is none."""
+    context.metrics.fetch_read.inc()
+    if profile is None:
+        raise not_found(context.client.code, named)
+    body = json_bytes(export.profile_json(profile))
+    path = request.scope.get("raw_path") or request.scope["path"].encode()
+    context.fetch_replies.put(context.client.id, path, to_ms(profile.modified_at), body, generation)
+    return body
 
 
 def read_profile(request: Request, context: ClientContext) -> Response:

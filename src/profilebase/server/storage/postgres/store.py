@@ -52,7 +52,7 @@ from profilebase.models import DAY_MS, SEQ_SPAN, Client, FailedRow, KeyKind, Pro
 from profilebase.server.merge import DecodedRow, RowWriter, byte_size, dump_attrs, merge_attrs
 from profilebase.server.quota import MINUTE_MS
 from profilebase.server.storage import redact, statements
-from profilebase.server.storage.base import UnitSpec, UpdateOutcome, Visit
+from profilebase.server.storage.base import UnitSpec, UpdateOutcome, Visit, WouldWait
 from profilebase.server.storage.batch_control import BatchControl
 from profilebase.server.storage.clients import ClientQueries
 from profilebase.server.storage.imports import ImportRow
@@ -461,6 +461,19 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         params = {"client": client_id, "key": key, "since": expire_before_ms, "span": SEQ_SPAN}
         row = await self.loop_reads.one_row(SQL["postgres_profile_document"], params)
         return self._document_profile(key, row)
+
+    async def changes_async(self) -> str:
+        """The server's current snapshot (``pg_current_snapshot``: the oldest transaction
+        still running, the next id to be given, and those running in between). A transaction
+        that writes takes an id, and a snapshot taken after it committed differs from one
+        taken before: that one listed it as running, or its id was not yet given (then the
+        next id moved). Equal snapshots mean no writing transaction committed between
+        them, in any database of the server: any of them changes it, so it errs on the side
+        of reading again."""
+        row = await self.loop_reads.one_row(SQL["postgres_changes"], {})
+        if row is None:
+            raise WouldWait
+        return cast(str, row[0])
 
     async def close_async(self) -> None:
         await self.loop_reads.close()

@@ -764,6 +764,11 @@ SELECT t.pkey, (SELECT seq FROM write),
        (SELECT json_build_array(w.used, w.oldest)::text FROM window_ w)
 FROM target t
 
+-- name: postgres_changes
+-- The current snapshot, as text: it differs from one taken before whenever a transaction
+-- that wrote anything committed in between (PostgresStore.changes_async).
+SELECT pg_current_snapshot()::text
+
 -- name: postgres_keys_found
 -- For each of a list of keys: the stored key it finds (itself unless an alias), whether
 -- that profile exists, when it was last active, and its size in bytes.
