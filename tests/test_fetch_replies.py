@@ -24,6 +24,7 @@ from conftest import LiveServer
 from helpers import attributes, deliver, update
 from starlette.requests import Request
 
+from profilebase.errors import DatabaseUnavailable
 from profilebase.server import clients
 from profilebase.server.settings import Settings
 from profilebase.server.storage import Store
@@ -122,6 +123,18 @@ class AskedOverTheNetwork:
         return self.value
 
 
+def checked_by_hand() -> tuple[Seconds, FetchReplies, AskedOverTheNetwork]:
+    """A clock, replies on it, and a check the test answers by hand."""
+    clock = Seconds()
+    return clock, FetchReplies(1 << 20, clock), AskedOverTheNetwork(clock)
+
+
+async def turns() -> None:
+    """Let the event loop run what is ready (a check's task starts, its waiters wake)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
 def test_requests_share_the_checks_they_wait_for():
     """PostgreSQL's check is a round trip (``refresh_async``): requests that arrived before
     a check was sent take its answer; one that arrived after waits for it, then sends one
@@ -129,20 +142,18 @@ def test_requests_share_the_checks_they_wait_for():
     request asks again."""
 
     async def scenario() -> None:
-        clock = Seconds()
-        replies = FetchReplies(1 << 20, clock)
-        changes = AskedOverTheNetwork(clock)
+        clock, replies, changes = checked_by_hand()
         first = [asyncio.create_task(replies.refresh_async(9.0, changes)) for _ in range(5)]
-        await asyncio.sleep(0)
+        await turns()
         assert len(changes.asked) == 1  # sent at 10.0 for all five
         clock.now = 11.0
         later = asyncio.create_task(replies.refresh_async(10.5, changes))  # after it was sent
-        await asyncio.sleep(0)
+        await turns()
         assert len(changes.asked) == 1  # waits for the one in flight before sending its own
         changes.asked[0].set_result(None)
         await asyncio.gather(*first)
         replies.put(1, b"/p/a", 5, b"old", replies.generation)
-        await asyncio.sleep(0)
+        await turns()
         assert len(changes.asked) == 2 and not later.done()
         changes.value = 2  # a commit the first check did not see
         changes.asked[1].set_result(None)
@@ -152,16 +163,43 @@ def test_requests_share_the_checks_they_wait_for():
         assert len(changes.asked) == 2
         clock.now = 12.0
         failing = [asyncio.create_task(replies.refresh_async(11.5, changes)) for _ in range(3)]
-        await asyncio.sleep(0)
+        await turns()
         assert len(changes.asked) == 3
         changes.asked[2].set_exception(WouldWait())
         results = await asyncio.gather(*failing, return_exceptions=True)
         assert all(isinstance(result, WouldWait) for result in results)
         again = asyncio.create_task(replies.refresh_async(11.5, changes))
-        await asyncio.sleep(0)
+        await turns()
         assert len(changes.asked) == 4  # the failed check answered nothing: asked again
         changes.asked[3].set_result(None)
         await again
+
+    asyncio.run(scenario())
+
+
+def test_a_check_outlives_the_request_that_sent_it():
+    """The request that sent a check may give up (its client went away): the check goes
+    on, and those waiting for it get its answer. A database found unavailable is reported
+    to each of them as such (503), not sent to a thread to wait again."""
+
+    async def scenario() -> None:
+        clock, replies, changes = checked_by_hand()
+        asker = asyncio.create_task(replies.refresh_async(9.0, changes))
+        await turns()
+        waiter = asyncio.create_task(replies.refresh_async(9.5, changes))
+        await turns()
+        asker.cancel()
+        await turns()
+        assert not waiter.done() and len(changes.asked) == 1
+        changes.asked[0].set_result(None)
+        await waiter
+        assert len(changes.asked) == 1
+        clock.now = 12.0
+        waiting = [asyncio.create_task(replies.refresh_async(11.0, changes)) for _ in range(2)]
+        await turns()
+        changes.asked[1].set_exception(DatabaseUnavailable(detail="down"))
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(result, DatabaseUnavailable) for result in results)
 
     asyncio.run(scenario())
 
@@ -172,18 +210,16 @@ def test_a_reply_read_while_a_check_answered_a_change_is_not_kept():
     kept, so a request that takes the later check's answer does not get it."""
 
     async def scenario() -> None:
-        clock = Seconds()
-        replies = FetchReplies(1 << 20, clock)
-        changes = AskedOverTheNetwork(clock)
+        clock, replies, changes = checked_by_hand()
         first = asyncio.create_task(replies.refresh_async(9.0, changes))
-        await asyncio.sleep(0)
+        await turns()
         changes.asked[0].set_result(None)
         await first
         generation = replies.generation  # the fetch starts its read here
         clock.now = 12.0
         changes.value = 2  # a write commits, and is answered
         other = asyncio.create_task(replies.refresh_async(11.0, changes))  # sent after it
-        await asyncio.sleep(0)
+        await turns()
         changes.asked[1].set_result(None)
         await other
         replies.put(1, b"/p/a", 5, b"maybe before the write", generation)  # the read returns

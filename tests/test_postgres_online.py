@@ -285,7 +285,8 @@ def test_a_group_commits_its_writes_together_and_a_failing_one_fails_alone(datab
 
     try:
         threads = [run("lead", lambda: calls.update("t:XA", {"v": "lead"}, per_day=3))]
-        wait_for(lambda: 1 in store.groups.running)
+        # Its leader took it from the queue (and waits for the client's lock).
+        wait_for(lambda: 1 in store.groups.running and not store.groups.queues.get(1))
         queued: list[tuple[str, Callable[[], Any]]] = [
             ("ok", lambda: calls.update("t:XB", {"v": "ok"}, per_day=3)),
             ("large", lambda: calls.update("t:XC", {"v": "x" * 3_000}, per_day=3)),
@@ -444,6 +445,56 @@ def test_writes_handed_over_wait_in_no_thread_and_commit_in_pipelines(databases:
     store.close()
 
 
+def test_a_statement_cancelled_in_a_pipeline_fails_its_write_alone(databases: list[str]):
+    """psycopg reports a cancelled statement (``statement_timeout``) as an operational
+    error, though the connection is fine: in a pipeline run it makes the group run again
+    without pipelines, where that write fails alone and the others commit."""
+    url = databases[0]
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.at = 777 THEN PERFORM pg_sleep(5); END IF; RETURN NEW; END $$"
+        )
+        db.execute(
+            "CREATE TRIGGER slow BEFORE INSERT ON writes FOR EACH ROW EXECUTE FUNCTION slow()"
+        )
+        name = db.execute("SELECT current_database()").fetchone()
+        assert name is not None
+        db.execute(f"ALTER DATABASE \"{name[0]}\" SET statement_timeout = '300ms'")
+    store = open_pg(url)  # its connections start with the timeout
+    calls = Calls(store, False)
+    for n in range(4):
+        calls.visit(f"T{n}", f"X{n}", {"v": "0"})
+    holder = hold_client_lock(url)
+    try:
+        futures = [
+            store.submit_write(
+                store.update_profile, calls.client, f"t:X{n}", {"v": "new"},
+                777 if n == 2 else NOW + 1, BIG, 2_000,
+            )
+            for n in range(4)
+        ]  # fmt: skip
+        wait_for(lambda: store.groups.waiting() == 4)
+    finally:
+        holder.rollback()
+        holder.close()
+    outcomes = []
+    for future in futures:
+        assert future is not None
+        try:
+            outcomes.append(future.result(timeout=60))
+        except psycopg.Error as exc:
+            outcomes.append(exc)
+    assert isinstance(outcomes[2], psycopg.errors.QueryCanceled)
+    assert all(outcome.seq for n, outcome in enumerate(outcomes) if n != 2)
+    with psycopg.connect(url) as db:
+        rows = dict(
+            db.execute("SELECT pkey, attrs -> 'v' ->> 0 FROM profiles WHERE pkey LIKE 't:X_'")
+        )
+    assert rows == {"t:X0": "new", "t:X1": "new", "t:X2": "0", "t:X3": "new"}
+    store.close()
+
+
 def test_a_write_handed_over_after_close_fails_and_runs_nothing(databases: list[str]):
     store = open_pg(databases[0])
     calls = Calls(store, False)
@@ -452,7 +503,7 @@ def test_a_write_handed_over_after_close_fails_and_runs_nothing(databases: list[
     future = store.submit_write(
         store.update_profile, calls.client, "t:X", {"v": "1"}, NOW, BIG, 2_000
     )
-    assert future is not None and isinstance(future.exception(timeout=10), RuntimeError)
+    assert future is not None and isinstance(future.exception(timeout=10), DatabaseUnavailable)
     assert store.groups.waiting() == 0 and not store.groups.running
 
 

@@ -48,9 +48,9 @@ DEMO_CLIENT = "demo"
 #: Threads that may run the database calls of requests at once (anyio's default is 40).
 #: SQLite has one writer: past a few, more threads only queue on its write lock, whose
 #: waiters poll with growing sleeps, so under load the slowest wait seconds (measured:
-#: single updates under wrk, p99 1.3 s with 40 threads, 70-90 ms with 4-8). Eight, with the
-#: two threads that commit PostgreSQL's online writes (``GROUP_LEADERS``), fit its default
-#: pool of ten connections per process.
+#: single updates under wrk, p99 1.3 s with 40 threads, 70-90 ms with 4-8). Eight also fit
+#: PostgreSQL's default pool of ten connections per process (whose online writes run in
+#: threads of their own, ``GROUP_LEADERS``).
 REQUEST_THREADS = 8
 
 #: Threads that may run readiness checks at once: their own, so that /readyz answers

@@ -30,6 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+from profilebase.errors import DatabaseUnavailable
 from profilebase.server.storage.base import WouldWait
 
 #: The scope key of the moment (``time.monotonic``) the server started serving a request:
@@ -60,9 +61,9 @@ class FetchReplies:
         #: once a few hundred thousand had been dropped (fetches of 5.5M profiles).
         self._replies: OrderedDict[tuple[int, bytes], tuple[int, bytes]] = OrderedDict()
         self._bytes = 0
-        #: The check in flight (``refresh_async``), if any: its result says whether it
-        #: was answered.
-        self._asking: asyncio.Future[bool] | None = None
+        #: The outcome of the check in flight (``refresh_async``), if any, and its task.
+        self._asking: asyncio.Future[Exception | None] | None = None
+        self._task: asyncio.Task[None] | None = None
         #: How many times a check's answer moved: a reply read in between is not kept.
         self.generation = 0
 
@@ -83,29 +84,42 @@ class FetchReplies:
     ) -> None:
         """``refresh`` for a store that asks its server (``changes_async``: PostgreSQL).
         Requests share checks: one that arrived before a check in flight was sent waits for
-        its answer; any other waits for the check in flight, if any, then asks again (at
-        most one in flight). ``WouldWait`` if the check it waited for could not be made."""
+        its answer; any other waits for the check in flight, if any, then sends the next
+        (at most one in flight). A check runs as a task of its own, so a request that gives
+        up does not take it with it. If the check it waited for failed: that error when the
+        database was unavailable, else ``WouldWait``."""
         if arrived is None:
             arrived = self.clock()  # unknown: a check sent from now on answers for it
         while arrived >= self._checked_at:
-            asking = self._asking
-            if asking is not None:
-                if not await asyncio.shield(asking):
-                    raise WouldWait
-                continue
-            checked_at = self.clock()  # before asking: the answer is at least that recent
-            self._asking = asyncio.get_running_loop().create_future()
-            answered = False
+            asking = self._asking or self._ask(changes)
+            failed = await asyncio.shield(asking)
+            if failed is not None:
+                raise failed if isinstance(failed, DatabaseUnavailable) else WouldWait
+
+    def _ask(self, changes: Callable[[], Awaitable[object]]) -> asyncio.Future[Exception | None]:
+        """Send a check; the future of its outcome (None once answered, else its error)."""
+        loop = asyncio.get_running_loop()
+        checked_at = self.clock()  # before asking: the answer is at least that recent
+        outcome: asyncio.Future[Exception | None] = loop.create_future()
+
+        async def check() -> None:
             try:
                 now = await changes()
-                answered = True
+            except Exception as exc:  # noqa: BLE001 - handed to those waiting
+                outcome.set_result(exc)
+            else:
+                if checked_at > self._checked_at:
+                    self._checked_at = checked_at
+                    self._answer(now)
+                outcome.set_result(None)
             finally:
-                asked, self._asking = self._asking, None
-                asked.set_result(answered)
-            if checked_at > self._checked_at:
-                self._checked_at = checked_at
-                self._answer(now)
-            return
+                self._asking = None
+                if not outcome.done():  # cancelled: the loop is closing
+                    outcome.set_result(WouldWait())
+
+        self._asking = outcome
+        self._task = loop.create_task(check())
+        return outcome
 
     def _answer(self, now: object) -> None:
         """A check's answer: if it moved, forget everything (a new generation)."""

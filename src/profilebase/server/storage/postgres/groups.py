@@ -11,17 +11,21 @@ once; every write's future is settled only after that commit. Writes meanwhile q
 the next group, which runs once the group before committed.
 
 No thread waits for a write but its caller, if it wants to (its future's ``result``): the
-writes waiting in a group are a list, not threads. A few leader threads serve every
-client; one that committed a group of a client whose next group is queued goes behind the
-other clients waiting for a leader.
+writes waiting in a group are a list, not threads. Leader threads serve every client, as
+many as request threads used to make writes (a client whose group waits for a lock holds
+one, and the others go on); one that committed a group of a client whose next group is
+queued goes behind the other clients waiting for a leader.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
+
+from profilebase.errors import DatabaseUnavailable
 
 T = TypeVar("T")
 
@@ -75,6 +79,8 @@ class WriteGroups:
         #: Writes handed to ``submit`` that have not finished (queued or in a group).
         self.unfinished = 0
         self.leaders = ThreadPoolExecutor(leaders, thread_name_prefix="profilebase-group")
+        #: Set by ``close``: leaders finish what is queued in their own thread.
+        self.closing = False
 
     def waiting(self) -> int:
         """Writes queued or in a group that has not committed yet."""
@@ -102,24 +108,43 @@ class WriteGroups:
             self._lead_later(key)
         return entry.future
 
-    def close(self) -> None:
-        """Let the groups queued finish, then end the leader threads."""
-        self.leaders.shutdown(wait=True)
+    def close(self, timeout: float) -> None:
+        """Let the groups queued finish (waiting at most ``timeout`` seconds), then end the
+        leader threads; a write submitted after this fails at once (``DatabaseUnavailable``)."""
+        self.closing = True
+        self.leaders.shutdown(wait=False)
+        deadline = time.monotonic() + timeout
+        while self.waiting() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _lead_later(self, key: int) -> None:
         try:
             self.leaders.submit(self._lead, key)
-        except RuntimeError as exc:  # shut down: no group will run
+        except RuntimeError:  # closed: no group will run
             with self.lock:
                 queue = self.queues.pop(key, [])
                 self.running.discard(key)
                 self.unfinished -= len(queue)
             for entry in queue:
                 if entry.future.set_running_or_notify_cancel():
-                    entry.future.set_exception(exc)
+                    entry.future.set_exception(
+                        DatabaseUnavailable(detail="the server is shutting down")
+                    )
 
     def _lead(self, key: int) -> None:
-        """Run the next group of ``key``: the writes queued by now (at most ``most``)."""
+        """Run the groups of ``key``: the writes queued by now (at most ``most``), then,
+        behind the other clients waiting for a leader, the next; while closing, every
+        group left, in this thread."""
+        while self._run_next(key):
+            if not self.closing:
+                try:
+                    self.leaders.submit(self._lead, key)
+                    return
+                except RuntimeError:  # closing meanwhile: finish them here
+                    pass
+
+    def _run_next(self, key: int) -> bool:
+        """Run the next group of ``key``; True if more of its writes are queued."""
         with self.lock:
             queue = self.queues[key]
             taken, queue[:] = queue[: self.most], queue[self.most :]
@@ -144,5 +169,4 @@ class WriteGroups:
                     member.future.set_exception(member.error)
                 else:
                     member.future.set_result(member.result)
-        if more:  # behind the other clients waiting for a leader
-            self._lead_later(key)
+        return more

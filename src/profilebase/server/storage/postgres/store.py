@@ -72,9 +72,10 @@ APPLY_ATTEMPTS = 8
 #: The most online writes one group commits at once (groups.py).
 GROUP_WRITES = 64
 #: Threads of a process that run groups of online writes, one client's at a time each
-#: (groups.py): a client's groups run one after another whatever their number. With the
-#: request threads (``REQUEST_THREADS``, 8), they fit the default pool of ten connections.
-GROUP_LEADERS = 2
+#: (groups.py): a client's groups run one after another whatever their number. As many as
+#: the request threads that used to make the writes (``REQUEST_THREADS``): a client whose
+#: group waits for its lock (a batch being stored, another node's group) holds one.
+GROUP_LEADERS = 8
 #: Connections a process opens for fetches on its event loop (``loop_reads.py``), beside
 #: its pool of ``postgres_pool_size``: four served as many fetches as eight.
 LOOP_CONNECTIONS = 4
@@ -159,6 +160,12 @@ TRANSIENT_STATES = {
 #: as the largest message a connection ever received, for as long as the connection
 #: lives, and the pool keeps connections for a long time.
 BODY_PIECE = 4 << 20
+
+
+def connection_lost(db: psycopg.Connection, error: psycopg.Error) -> bool:
+    """Whether ``error`` lost the connection (rather than refusing a statement on it)."""
+    state = error.sqlstate or ""
+    return db.closed or db.broken or state[:2] in {"", "08"} or state in SESSION_ENDED
 
 
 def read_body(db: psycopg.Connection, batch_seq: int, unit_no: int, length: int) -> bytes:
@@ -382,8 +389,7 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         """Raise ``_Stale`` if ``error`` says that a connection lent unchecked was lost
         before it ``answered`` anything (work run by ``_trusting`` then starts over)."""
         if not answered and getattr(self.unchecked, "ok", False):
-            state = getattr(error, "sqlstate", None) or ""
-            if db.closed or state[:2] in {"", "08"} or state in SESSION_ENDED:
+            if isinstance(error, psycopg.Error) and connection_lost(db, error):
                 raise _Stale() from error
 
     @contextmanager
@@ -428,7 +434,7 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             yield db
 
     def close(self) -> None:
-        self.groups.close()
+        self.groups.close(self.timeout)
         self.pool.close()
 
     def _export_connection(self) -> psycopg.Connection:
@@ -477,12 +483,12 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
 
     async def changes_async(self) -> str:
         """The server's current snapshot (``pg_current_snapshot``: the oldest transaction
-        still running, the next id to be given, and those running in between). A transaction
-        that writes takes an id, and a snapshot taken after it committed differs from one
-        taken before: that one listed it as running, or its id was not yet given (then the
-        next id moved). Equal snapshots mean no writing transaction committed between
-        them, in any database of the server: any of them changes it, so it errs on the side
-        of reading again."""
+        still running, one past the newest that has ended, and those running in between).
+        A transaction that writes takes an id. A snapshot taken while it runs has it listed
+        as running or at or past its end bound; one taken after it committed has that bound
+        past it and does not list it. So equal snapshots mean that no writing transaction
+        committed between them, in any database of the server: a write elsewhere makes the
+        replies be read again for nothing, on the safe side. ``WouldWait`` on a standby."""
         row = await self.loop_reads.one_row(SQL["postgres_changes"], {})
         if row is None:
             raise WouldWait
@@ -812,9 +818,12 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
                         sent.append(None)
                 pipeline.sync()
                 outcomes = [finish() if callable(finish) else finish for finish in sent]
-        except psycopg.OperationalError:
-            raise
-        except psycopg.Error as exc:
+        except Exception as exc:
+            if isinstance(exc, psycopg.Error) and connection_lost(db, exc):
+                raise
+            # A statement refused (psycopg files a cancelled statement, a lock or
+            # deadlock, a value past a limit under OperationalError too), or an answer
+            # not understood: which write it was cannot be told here.
             raise _PipelineLost() from exc
         self.in_group.known = {}
         for entry, outcome in zip(run, outcomes, strict=True):

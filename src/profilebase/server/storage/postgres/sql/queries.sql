@@ -771,8 +771,9 @@ FROM target t
 
 -- name: postgres_changes
 -- The current snapshot, as text: it differs from one taken before whenever a transaction
--- that wrote anything committed in between (PostgresStore.changes_async).
-SELECT pg_current_snapshot()::text
+-- that wrote anything committed in between (PostgresStore.changes_async). No row on a
+-- standby, whose snapshots do not list the transactions running.
+SELECT pg_current_snapshot()::text WHERE NOT pg_is_in_recovery()
 
 -- name: postgres_keys_found
 -- For each of a list of keys: the stored key it finds (itself unless an alias), whether
