@@ -11,9 +11,7 @@ import pytest
 from conftest import PostgresServer
 from test_store_contract import accept, apply, values
 
-from profilebase import batchfile
-from profilebase.models import SEQ_SPAN, Counts, now_ms
-from profilebase.server.decoder import decode_unit
+from profilebase.models import SEQ_SPAN, Counts
 from profilebase.server.settings import Settings
 from profilebase.server.storage import Store, open_store
 from profilebase.server.web.app import prepare
@@ -119,38 +117,3 @@ def test_new_profiles_are_found_in_the_keys_order_whatever_the_database_collatio
     finally:
         store.close()
         postgres.admin(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-def test_a_unit_s_parts_but_its_last_commit_without_waiting_for_the_disk(
-    pg_store: Store, database: str
-):
-    """A part that is not the last of its unit commits with ``synchronous_commit`` off (a
-    part lost in a crash is applied again from the stored unit); the last part, which
-    marks the unit done and may complete its batch, commits as the server is set to. A
-    trigger records the setting each part's transaction ran with."""
-    with psycopg.connect(database, autocommit=True) as db:
-        db.execute("CREATE TABLE seen (pkey text, setting text)")
-        db.execute(
-            "CREATE FUNCTION record_setting() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "INSERT INTO seen VALUES (NEW.pkey, current_setting('synchronous_commit')); "
-            "RETURN NEW; END $$"
-        )
-        db.execute(
-            "CREATE TRIGGER record_setting AFTER INSERT ON profiles FOR EACH ROW "
-            "EXECUTE FUNCTION record_setting()"
-        )
-        server_setting = db.execute("SHOW synchronous_commit").fetchone()
-    _, batch_id = accept(pg_store, b"batch=thirdPartyId,a\nfirst,1\nlast,2\n", unit_rows=10)
-    claim = pg_store.claim_unit("w1", 0, 10**15)
-    assert claim is not None
-    header = batchfile.Header(claim.key_kind, claim.names)
-    now = now_ms()
-    rows, failures = decode_unit(claim.body, claim.first_line, header, claim.batch_seq, now)
-    assert [row.id for row in rows] == ["first", "last"] and not failures
-    assert pg_store.apply_unit(claim, rows[:1], [], now, 10**6, 0, rows[0].line) is not None
-    assert pg_store.apply_unit(claim, rows[1:], [], now, 10**6, 0, None) is not None
-    with psycopg.connect(database) as db:
-        seen = dict(db.execute("SELECT pkey, setting FROM seen").fetchall())
-    assert server_setting is not None and server_setting[0] != "off"
-    assert seen == {"t:first": "off", "t:last": server_setting[0]}
-    assert pg_store.get_batch(1, batch_id).state.value == "complete"  # type: ignore[union-attr]

@@ -83,7 +83,7 @@ def postgres_prepared(sql: str) -> str:
 
 #: Statements PostgreSQL cannot PREPARE (utility statements): they are run instead, on the
 #: test's own fresh database, where they change nothing that matters.
-POSTGRES_RUN = re.compile(r"^(BEGIN|COMMIT|CREATE|DROP|COPY|SET)\b")
+POSTGRES_RUN = re.compile(r"^(BEGIN|COMMIT|CREATE|DROP|COPY)\b")
 
 
 def test_every_query_prepares_on_its_backend(database_url: str):

@@ -105,12 +105,9 @@ class SharedQueries(OverviewQueries, ABC):
 
     # -- what a backend supplies -------------------------------------------------------
 
-    def _part_write(self, size: int, last: bool) -> AbstractContextManager[Connection]:
-        """The write transaction of a part a worker applies, ``size`` bytes of rows; the
-        ``last`` part of its unit marks the unit done. A backend may queue parts among
-        themselves around it (SQLite does), or commit a part that is not the last without
-        waiting for the disk (PostgreSQL: a part lost with its commit is applied again
-        from the stored unit, and the last part's commit makes every earlier one durable)."""
+    def _part_write(self, size: int) -> AbstractContextManager[Connection]:
+        """The write transaction of a part a worker applies, ``size`` bytes of rows. A
+        backend may queue parts among themselves around it (SQLite does)."""
         return self._write()
 
     def _bulk_write(self) -> AbstractContextManager[Connection]:
@@ -371,7 +368,7 @@ class SharedQueries(OverviewQueries, ABC):
         size = sum(len(row.attrs) for row in rows)
         for attempt in range(1, self.apply_attempts + 1):
             try:
-                with self._part_write(size, through_line is None) as db:
+                with self._part_write(size) as db:
                     return self._apply(
                         db,
                         claim,

@@ -420,19 +420,6 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         except psycopg.OperationalError as exc:
             raise storage_error(exc, self.url) or exc from exc
 
-    @contextmanager
-    def _part_write(self, size: int, last: bool) -> Iterator[psycopg.Connection]:
-        """A part that is not the last of its unit commits without waiting for the WAL to
-        reach the disk (``synchronous_commit`` off for its transaction alone): lost in a
-        crash of PostgreSQL with its unit's progress, it is applied again from the unit's
-        stored lines. The last part's commit waits as any other does, and with it every
-        earlier commit in the WAL: a unit is done, and a batch complete, only once all it
-        wrote is on disk."""
-        with self._write() as db:
-            if not last:
-                db.execute(SQL["postgres_commit_without_waiting"])
-            yield db
-
     def close(self) -> None:
         self.groups.close(self.timeout)
         self.pool.close()

@@ -634,7 +634,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
     # -- units ---------------------------------------------------------------------------
 
     @contextmanager
-    def _part_write(self, size: int, last: bool) -> Iterator[sqlite3.Connection]:
+    def _part_write(self, size: int) -> Iterator[sqlite3.Connection]:
         """Batch parts take turns among themselves first, so that at most one waits in the
         writers' queue; after a part, writers waiting there go first (``ONLINE_TURN``)
         rather than the next part (docs/design.md#concurrency-on-sqlite). A part's commit

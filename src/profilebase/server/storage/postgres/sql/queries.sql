@@ -632,11 +632,6 @@ COPY batch_units (batch_seq, unit_no, first_line, row_count, body) FROM STDIN (F
 -- A piece of a unit's lines (libpq keeps its buffer as large as the largest message).
 SELECT substring(body FROM %s FOR %s) FROM batch_units WHERE batch_seq = %s AND unit_no = %s
 
--- name: postgres_commit_without_waiting
--- A part of a unit that is not its last: its commit does not wait for the disk (a part
--- lost in a crash is applied again from the unit's stored lines).
-SET LOCAL synchronous_commit = off
-
 -- name: postgres_copy_profiles
 -- Step 2 of applying a unit: the new profiles, copied in key order (client_id, pkey, attrs,
 -- created_seq, max_seq, modified_at). A profile that exists already fails the copy.
