@@ -14,6 +14,7 @@ from test_store_contract import accept, apply, values
 from profilebase.models import SEQ_SPAN, Counts
 from profilebase.server.settings import Settings
 from profilebase.server.storage import Store, open_store
+from profilebase.server.storage.postgres import PostgresStore
 from profilebase.server.web.app import prepare
 from profilebase.server.worker import Worker
 
@@ -117,3 +118,17 @@ def test_new_profiles_are_found_in_the_keys_order_whatever_the_database_collatio
     finally:
         store.close()
         postgres.admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_sessions_run_without_jit_and_keep_the_options_of_the_url(database: str):
+    """The store's connections turn JIT off (compiling a statement cost 250 ms among 5
+    million profiles not yet analyzed) and keep the options the URL gives."""
+    url = database + ("&" if "?" in database else "?") + "options=-c%20statement_timeout%3D12345"
+    store = open_store(url)
+    try:
+        assert isinstance(store, PostgresStore)
+        with store.pool.connection() as db:
+            assert db.execute("SHOW jit").fetchone() == ("off",)
+            assert db.execute("SHOW statement_timeout").fetchone() == ("12345ms",)
+    finally:
+        store.close()
