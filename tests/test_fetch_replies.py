@@ -180,7 +180,8 @@ def test_requests_share_the_checks_they_wait_for():
 def test_a_check_outlives_the_request_that_sent_it():
     """The request that sent a check may give up (its client went away): the check goes
     on, and those waiting for it get its answer. A database found unavailable is reported
-    to each of them as such (503), not sent to a thread to wait again."""
+    to each of them as such (503), not sent to a thread to wait again, and what was kept is
+    forgotten (a crash of the database may lie between two answers)."""
 
     async def scenario() -> None:
         clock, replies, changes = checked_by_hand()
@@ -194,12 +195,14 @@ def test_a_check_outlives_the_request_that_sent_it():
         changes.asked[0].set_result(None)
         await waiter
         assert len(changes.asked) == 1
+        replies.put(1, b"/p/a", 5, b"kept", replies.generation)
         clock.now = 12.0
         waiting = [asyncio.create_task(replies.refresh_async(11.0, changes)) for _ in range(2)]
         await turns()
         changes.asked[1].set_exception(DatabaseUnavailable(detail="down"))
         results = await asyncio.gather(*waiting, return_exceptions=True)
         assert all(isinstance(result, DatabaseUnavailable) for result in results)
+        assert replies.get(1, b"/p/a", 0) is None  # what lies between is unknown: forgotten
 
     asyncio.run(scenario())
 

@@ -175,8 +175,8 @@ def create_app(
                 await the_store.close_async()
             finally:
                 await run_in_threadpool(pool.close)
-                if owns_store:
-                    the_store.close()
+                if owns_store:  # it may wait for writes queued (PostgreSQL's groups)
+                    await run_in_threadpool(the_store.close)
 
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         ProfilebaseError: observe.counting(errors.profilebase_error),

@@ -94,7 +94,9 @@ class FetchReplies:
             asking = self._asking or self._ask(changes)
             failed = await asyncio.shield(asking)
             if failed is not None:
-                raise failed if isinstance(failed, DatabaseUnavailable) else WouldWait
+                if isinstance(failed, DatabaseUnavailable):
+                    raise DatabaseUnavailable(detail=failed.detail) from failed
+                raise WouldWait
 
     def _ask(self, changes: Callable[[], Awaitable[object]]) -> asyncio.Future[Exception | None]:
         """Send a check; the future of its outcome (None once answered, else its error)."""
@@ -106,6 +108,7 @@ class FetchReplies:
             try:
                 now = await changes()
             except Exception as exc:  # noqa: BLE001 - handed to those waiting
+                self._answer(None)  # unknown: forget what is kept (a crash may lie between)
                 outcome.set_result(exc)
             else:
                 if checked_at > self._checked_at:

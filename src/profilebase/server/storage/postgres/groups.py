@@ -99,6 +99,9 @@ class WriteGroups:
         group committed (cancelled, it is not run unless its group had started). ``send``
         and ``shared``: see ``Entry``. Does not wait."""
         entry: Entry[T] = Entry(call, keys, send, shared)
+        if self.closing:
+            entry.future.set_exception(DatabaseUnavailable(detail="the server is shutting down"))
+            return entry.future
         with self.lock:
             self.queues.setdefault(key, []).append(entry)
             self.unfinished += 1

@@ -164,10 +164,13 @@ TRANSIENT_STATES = {
 BODY_PIECE = 4 << 20
 
 
-def connection_lost(db: psycopg.Connection, error: psycopg.Error) -> bool:
-    """Whether ``error`` lost the connection (rather than refusing a statement on it)."""
+def connection_lost(db: psycopg.Connection, error: psycopg.Error, unsure: bool = True) -> bool:
+    """Whether ``error`` lost the connection (rather than refusing a statement on it); an
+    error with no SQLSTATE on a connection still open counts as ``unsure`` says."""
     state = error.sqlstate or ""
-    return db.closed or db.broken or state[:2] in {"", "08"} or state in SESSION_ENDED
+    if db.closed or db.broken or state[:2] == "08" or state in SESSION_ENDED:
+        return True
+    return unsure and not state
 
 
 def read_body(db: psycopg.Connection, batch_seq: int, unit_no: int, length: int) -> bytes:
@@ -817,7 +820,7 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
                 pipeline.sync()
                 outcomes = [finish() if callable(finish) else finish for finish in sent]
         except Exception as exc:
-            if isinstance(exc, psycopg.Error) and connection_lost(db, exc):
+            if isinstance(exc, psycopg.Error) and connection_lost(db, exc, unsure=False):
                 raise
             # A statement refused (psycopg files a cancelled statement, a lock or
             # deadlock, a value past a limit under OperationalError too), or an answer
