@@ -767,12 +767,12 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         with self._connection() as db:
             try:
                 with db.transaction():
-                    db.execute(SQL["lock_client"], (client_id,))
-                    answered = True
                     locking = {"client": client_id, "keys": keys}
-                    found = {
-                        row[0]: row[1:] for row in db.execute(SQL["postgres_lock_keys"], locking)
-                    }
+                    with db.pipeline():  # one round trip for both locks
+                        db.execute(SQL["lock_client"], (client_id,))
+                        locked = db.execute(SQL["postgres_lock_keys"], locking)
+                    answered = True
+                    found = {row[0]: row[1:] for row in locked}
                     self.in_group.db = db
                     named: set[str] = set()  # the keys earlier writes named, and their profiles
                     run: list[Entry[Any]] = []  # writes to send in one pipeline
