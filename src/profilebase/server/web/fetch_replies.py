@@ -110,10 +110,9 @@ class FetchReplies:
             except Exception as exc:  # noqa: BLE001 - handed to those waiting
                 self._answer(None)  # unknown: forget what is kept (a crash may lie between)
                 outcome.set_result(exc)
-            else:
-                if checked_at > self._checked_at:
-                    self._checked_at = checked_at
-                    self._answer(now)
+            else:  # one check in flight at a time: the latest answer
+                self._checked_at = checked_at
+                self._answer(now)
                 outcome.set_result(None)
             finally:
                 self._asking = None

@@ -34,29 +34,33 @@ SHARED = object()
 
 
 class Entry(Generic[T]):
-    """A write waiting in a group: what it runs, the keys it names, and how it ended.
+    """A write waiting in a group: how it runs, the keys it names, and how it ended.
 
-    ``call`` runs the write. A write that can also run in a pipeline gives ``send``, which
-    sends its statements without waiting for their answers and returns ``finish``, which
-    reads them: its result, or ``SHARED`` when the write needs ``shared`` instead (so does
-    a ``send`` that returns ``SHARED``)."""
+    ``send`` sends the write's statements without waiting for their answers and returns
+    ``finish``, which reads them: its result, or ``SHARED`` when the write needs ``shared``
+    instead (so does a ``send`` that returns ``SHARED``). In a pipeline, the group sends a
+    run of writes, then finishes them; one at a time, ``one_at_a_time``."""
 
-    __slots__ = ("call", "keys", "send", "shared", "future", "result", "error")
+    __slots__ = ("keys", "send", "shared", "future", "result", "error")
 
     def __init__(
         self,
-        call: Callable[[], T],
         keys: Sequence[str],
-        send: Callable[[], Callable[[], object] | object] | None = None,
-        shared: Callable[[], T] | None = None,
+        send: Callable[[], Callable[[], object] | object],
+        shared: Callable[[], T],
     ) -> None:
-        self.call = call
         self.keys = keys
         self.send = send
         self.shared = shared
         self.future: Future[T] = Future()
         self.result: T | None = None
         self.error: BaseException | None = None
+
+    def one_at_a_time(self) -> object:
+        """The write on its own: sent, its answer read, and its shared call if needed."""
+        finish = self.send()
+        done = finish() if callable(finish) else SHARED
+        return self.shared() if done is SHARED else done
 
 
 class WriteGroups:
@@ -90,15 +94,14 @@ class WriteGroups:
     def submit(
         self,
         key: int,
-        call: Callable[[], T],
         keys: Sequence[str],
-        send: Callable[[], Callable[[], object] | object] | None = None,
-        shared: Callable[[], T] | None = None,
+        send: Callable[[], Callable[[], object] | object],
+        shared: Callable[[], T],
     ) -> Future[T]:
-        """Queue ``call`` in a group of ``key``'s writes; its future, settled once the
-        group committed (cancelled, it is not run unless its group had started). ``send``
-        and ``shared``: see ``Entry``. Does not wait."""
-        entry: Entry[T] = Entry(call, keys, send, shared)
+        """Queue a write (``Entry``) in a group of ``key``'s writes; its future, settled
+        once the group committed (cancelled, it is not run unless its group had started).
+        Does not wait."""
+        entry: Entry[T] = Entry(keys, send, shared)
         if self.closing:
             entry.future.set_exception(DatabaseUnavailable(detail="the server is shutting down"))
             return entry.future

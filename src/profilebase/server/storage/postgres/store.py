@@ -569,16 +569,7 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             self._refuse_unstorable(*values, *values.values())
             return self._send_quick_update(*args, expire_before_ms)
 
-        def update() -> UpdateOutcome | None:
-            finish = send()
-            done = finish() if callable(finish) else SHARED
-            if done is not SHARED:
-                return cast("UpdateOutcome | None", done)
-            return shared(*args, expire_before_ms)
-
-        return self.groups.submit(
-            client.id, update, [key], send, lambda: shared(*args, expire_before_ms)
-        )
+        return self.groups.submit(client.id, [key], send, lambda: shared(*args, expire_before_ms))
 
     def _send_quick_update(
         self,
@@ -661,15 +652,10 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             done = self._quick_visit(*args)  # its answer says nothing: the key is known
             return SHARED if done is None else lambda: done
 
-        def page_call() -> str:
-            finish = send()
-            done = finish() if callable(finish) else SHARED
-            return shared(*args) if done is SHARED else cast(str, done)
-
         keys = [KeyKind.PC_ID.key(visit.tnt_id), *visit.aliases]
         if visit.third_party_id is not None:
             keys.append(KeyKind.THIRD_PARTY_ID.key(visit.third_party_id))
-        return self.groups.submit(client_id, page_call, keys, send, lambda: shared(*args))
+        return self.groups.submit(client_id, keys, send, lambda: shared(*args))
 
     def _quick_visit(
         self,
@@ -725,9 +711,10 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
     def _run_group(self, client_id: int, entries: list[Entry[Any]]) -> None:
         """One transaction for a group of a client's online writes (``groups.py``).
 
-        The writes that can send their statements in a pipeline (``Entry.send``) and name
-        no key an earlier write of the group named do, a run of them at a time, waiting
-        for the server once per run rather than once per write (``_run_pipeline``).
+        The writes that name no key an earlier write of the group named send their
+        statements in a pipeline (``Entry.send``), a run of them at a time, waiting for the
+        server once per run rather than once per write (``_run_pipeline``); the others run
+        one at a time.
 
         A write that fails in a savepoint of its own (the shared path's ``_write``) undoes
         only itself. One that fails in a statement outside one (a quick path) aborts the
@@ -782,13 +769,13 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
                         mine = {*entry.keys, *(found[key][0] for key in entry.keys if key in found)}
                         again = bool(mine & named)
                         named |= mine
-                        if pipelined and entry.send is not None and not again:
+                        if pipelined and not again:
                             run.append(entry)
                             continue
                         self._run_pipeline(db, run, found)
                         run = []
                         self.in_group.known = {} if again else found
-                        self._run_entry(db, entry, entry.call)
+                        self._run_entry(db, entry, entry.one_at_a_time)
                     self._run_pipeline(db, run, found)
             except _GroupLost as lost:
                 return lost.entry
@@ -811,7 +798,7 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             with db.pipeline() as pipeline:
                 for entry in run:
                     try:
-                        sent.append(cast(Callable[[], object], entry.send)())
+                        sent.append(entry.send())
                     except psycopg.Error:
                         raise
                     except Exception as exc:  # noqa: BLE001 - refused before any statement
@@ -831,7 +818,7 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
             if entry.error is not None:
                 continue
             if outcome is SHARED:
-                self._run_entry(db, entry, cast(Callable[[], object], entry.shared))
+                self._run_entry(db, entry, entry.shared)
             else:
                 entry.result = outcome
 
