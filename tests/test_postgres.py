@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import pytest
 from conftest import PostgresServer
@@ -132,3 +133,22 @@ def test_sessions_run_without_jit_and_keep_the_options_of_the_url(database: str)
             assert db.execute("SHOW statement_timeout").fetchone() == ("12345ms",)
     finally:
         store.close()
+
+
+def test_new_profiles_copied_in_keep_ids_and_values_that_copy_s_text_format_escapes(
+    pg_store: Store,
+):
+    """New profiles go in with COPY's text format, where a backslash, ``\\N`` (its NULL),
+    ``\\.`` (its old end of data), a tab, CR and LF mean something: ids (which hold no
+    control character) and values holding them are stored as sent."""
+    odd = {"back\\slash": "a\\b", "\\N": "\\N", "\\.": "\\.", "tab": "a\tb", "lines": "cr\rlf\n"}
+    lines = "".join(
+        f"{quote(key, safe='')},{quote(value, safe='')}\n" for key, value in odd.items()
+    )
+    accept(pg_store, f"batch=thirdPartyId,v\n{lines}".encode(), unit_rows=10)
+    claim = pg_store.claim_unit("w1", 0, 10**15)
+    assert claim is not None
+    counts = apply(pg_store, claim)
+    assert counts is not None and counts.successful == len(odd), counts
+    for key, value in odd.items():
+        assert values(pg_store, key) == {"v": value}
