@@ -26,6 +26,7 @@ from profilebase.server.settings import Settings
 from profilebase.server.storage import open_store
 from profilebase.server.storage.base import Visit, WouldWait
 from profilebase.server.storage.postgres import PostgresStore
+from profilebase.server.storage.postgres import store as postgres_store
 from profilebase.server.storage.postgres.store import GROUP_LEADERS
 from profilebase.server.storage.profiles import ProfileQueries
 
@@ -493,6 +494,79 @@ def test_a_statement_cancelled_in_a_pipeline_fails_its_write_alone(databases: li
         )
     assert rows == {"t:X0": "new", "t:X1": "new", "t:X2": "0", "t:X3": "new"}
     store.close()
+
+
+@pytest.mark.parametrize("attempts", [3, 1])
+@pytest.mark.parametrize("write", ["page call", "delete"])
+def test_a_write_the_database_undoes_to_break_a_deadlock_runs_again(
+    databases: list[str], attempts: int, write: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Another transaction holds a profile that an online write waits for, then asks for
+    what the write holds (a page call's group: the other profile it names; a delete: its
+    client's row): the database undoes the write to break the deadlock. The write runs
+    again once the other transaction is gone and succeeds; allowed one attempt only, it
+    answers 503 (busy, nothing changed) rather than the database's error."""
+    monkeypatch.setattr(postgres_store, "ONLINE_ATTEMPTS", attempts)
+    url = databases[0]
+    with psycopg.connect(url, autocommit=True) as db:
+        name = db.execute("SELECT current_database()").fetchone()
+        assert name is not None
+        # The store's sessions look for a deadlock after 5 s of waiting, the other one's
+        # never within the test: the write's transaction is the one undone.
+        db.execute(f"ALTER DATABASE \"{name[0]}\" SET deadlock_timeout = '5s'")
+    store = open_pg(url)
+    calls = Calls(store, False)
+    calls.visit("T1", None, {"v": "0"})
+    calls.visit("T2", "X2", {"v": "0"})
+    other = psycopg.connect(url)
+    other.execute("SET deadlock_timeout = '10min'")
+    other.execute("SELECT 1 FROM profiles WHERE pkey = 't:X2' FOR UPDATE")
+    if write == "page call":
+        visit = Visit("T1", "X2", {"v": "1"}, "req-both")
+        future = store.submit_write(store.visit, calls.client.id, visit, NOW + 1, BIG)
+        closing = "SELECT 1 FROM profiles WHERE pkey = 'p:T1' FOR UPDATE"
+    else:
+        future = Future()
+        thread = threading.Thread(
+            target=lambda: future.set_result(
+                outcome(lambda: store.delete_profile(calls.client.id, "t:X2", NOW + 1))
+            )
+        )
+        thread.start()
+        closing = "SELECT 1 FROM clients WHERE code = 'demo' FOR UPDATE"
+    assert future is not None
+    with psycopg.connect(url, autocommit=True) as watch:
+        wait_for(lambda: watch.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                 .fetchone() == (1,))  # fmt: skip
+    other.execute(closing)  # the deadlock
+    other.commit()
+    other.close()
+    values = "SELECT pkey, attrs -> 'v' ->> 0 FROM profiles ORDER BY 1"
+    if attempts > 1:
+        answer = future.result(timeout=60)
+        if write == "page call":
+            assert answer is not None
+            assert "1" in dict(dump_rows(url, values)).values()
+        else:
+            assert answer is True
+            assert dict(dump_rows(url, values)) == {"p:T1": "0"}
+    else:
+        error = future.exception(timeout=60) if write == "page call" else None
+        if write == "delete":
+            kind, message = future.result(timeout=60)
+            assert kind == "DatabaseUnavailable"
+        else:
+            assert isinstance(error, DatabaseUnavailable) and error.status == 503
+            assert "deadlock" in error.detail
+            message = str(error)
+        assert "busy" in message and "nothing was changed" in message
+        assert dict(dump_rows(url, values)) == {"p:T1": "0", "t:X2": "0"}
+    store.close()
+
+
+def dump_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as db:
+        return db.execute(sql).fetchall()  # type: ignore[arg-type]
 
 
 def test_a_write_handed_over_after_close_fails_and_runs_nothing(databases: list[str]):

@@ -78,6 +78,9 @@ GROUP_WRITES = 64
 #: the request threads that used to make the writes (``REQUEST_THREADS``): a client whose
 #: group waits for its lock (a batch being stored, another node's group) holds one.
 GROUP_LEADERS = 8
+#: How often an online write (a group of them, or a delete) is run again after the
+#: database undid its transaction to break a deadlock (class 40), before it answers 503.
+ONLINE_ATTEMPTS = 3
 #: Connections a process opens for fetches on its event loop (``loop_reads.py``), beside
 #: its pool of ``postgres_pool_size``: four served as many fetches as eight.
 LOOP_CONNECTIONS = 4
@@ -156,6 +159,23 @@ TRANSIENT_STATES = {
     "55P03": "the database was busy",  # lock_not_available (lock_timeout)
     "57014": "a database statement timed out",  # query_canceled (statement_timeout)
 }
+
+
+def undone(error: BaseException | None) -> bool:
+    """Whether ``error`` is the database undoing a transaction to break a deadlock or a
+    serialization failure (class 40; psycopg files them under ``OperationalError``)."""
+    return isinstance(error, psycopg.Error) and (error.sqlstate or "").startswith("40")
+
+
+def busy_error(exc: psycopg.Error, url: str) -> DatabaseUnavailable:
+    """What an online write answers once the database undid it to break a deadlock (or a
+    serialization failure, class 40) ``ONLINE_ATTEMPTS`` times: nothing of it was written."""
+    return DatabaseUnavailable(
+        "The database was busy: this write and others waited for each other's locks, and "
+        "the database undid this one; nothing was changed. Send it again.",
+        retry_after=1,
+        detail=f"PostgreSQL at {redact(url)}: {str(exc).strip()} (SQLSTATE {exc.sqlstate})",
+    )
 
 
 #: A unit's lines are read in pieces of this size: libpq keeps its input buffer as large
@@ -722,21 +742,43 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         A statement that fails in a pipeline cannot be told from the others of its run:
         the whole group then runs again without pipelines, where one that fails again is
         found.
+
+        A transaction the database undid to break a deadlock (class 40: a unit or another
+        node's group locking the other way, or a program of the operator's) is no write's
+        fault: the group runs again, ``ONLINE_ATTEMPTS`` times in all, then its writes
+        answer 503 (``busy_error``). A write undone so in its own savepoint answers 503
+        alone.
         """
         remaining = list(entries)
         pipelined = True
+        attempts = 1  # transactions the database undid to break a deadlock, plus one
         while remaining:
             try:
                 lost = self._trusting(partial(self._try_group, client_id, remaining, pipelined))
             except _PipelineLost:
                 pipelined = False
                 lost = None
+            except psycopg.OperationalError as exc:
+                if not undone(exc):
+                    raise
+                attempts += 1  # a deadlock: no write's own fault
+                if attempts > ONLINE_ATTEMPTS:
+                    for entry in remaining:
+                        entry.result, entry.error = None, busy_error(exc, self.url)
+                    return
+                lost = None
             else:
                 if lost is None:
-                    return
-                remaining.remove(lost)
+                    break
+                if undone(lost.error) and attempts < ONLINE_ATTEMPTS:
+                    attempts += 1  # undone outside a savepoint: it runs again too
+                else:
+                    remaining.remove(lost)
             for entry in remaining:
                 entry.result, entry.error = None, None
+        for entry in entries:  # a write undone in its own savepoint, the others kept
+            if undone(entry.error):
+                entry.error = busy_error(cast(psycopg.Error, entry.error), self.url)
 
     def _try_group(
         self, client_id: int, entries: list[Entry[Any]], pipelined: bool
@@ -834,6 +876,23 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
                 raise _GroupLost(entry) from exc
 
     # -- units ---------------------------------------------------------------------------
+
+    def _write_at_once(self, work: Callable[[Any], T]) -> T:
+        """An online write outside a group (a delete): run again if the database undid it
+        to break a deadlock, ``ONLINE_ATTEMPTS`` times in all, then 503 (``busy_error``).
+        In a group, ``_run_group`` decides."""
+        if getattr(self.in_group, "db", None) is not None:
+            return super()._write_at_once(work)
+        for attempt in range(1, ONLINE_ATTEMPTS + 1):
+            try:
+                return super()._write_at_once(work)
+            except psycopg.OperationalError as exc:
+                if not undone(exc):
+                    raise
+                if attempt == ONLINE_ATTEMPTS:
+                    raise busy_error(exc, self.url) from exc
+                log.info("an online write was undone to break a deadlock (%s); again", exc)
+        raise AssertionError("unreachable")
 
     def _store_units(self, db: Connection, seq: int, units: Sequence[UnitSpec]) -> int:
         stored = 0
