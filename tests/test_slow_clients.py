@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import xml_fields
+from helpers import batch_id_of, status, submit, xml_fields
 from test_crash import ServerProcess, wait_until
 
 pytestmark = pytest.mark.slow
@@ -229,3 +229,74 @@ def test_connections_past_max_connections_are_answered_503_at_once(database: str
         assert response.status_code == 200
     finally:
         server.kill()
+
+
+@pytest.fixture
+def exporting(tmp_path: Path) -> Iterator[tuple[ServerProcess, httpx.Client]]:
+    """A server holding 20,000 profiles (an export of about 20 MB), and a client of it
+    that keeps no connection alive (the tests count the server's sockets)."""
+    server = ServerProcess(
+        f"sqlite:///{tmp_path}/unread.db",
+        tmp_path / "server.log",
+        processes="1",
+        client_timeout=str(TIMEOUT),
+    )
+    no_keep_alive = httpx.Limits(max_keepalive_connections=0)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60, limits=no_keep_alive) as http:
+            value = "v" * 250
+            rows = "".join(f"crm-{n},{value},{value},{value}\n" for n in range(20_000))
+            batch_id = batch_id_of(submit(http, f"batch=thirdPartyId,a,b,c\n{rows}".encode()))
+            wait_until(lambda: status(http, batch_id)["status"] == "complete")
+            yield server, http
+    finally:
+        server.kill()
+
+
+def ask_for_export(server: ServerProcess) -> socket.socket:
+    """A connection with a 4 KB receive window that asks for the export."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(b"GET /rest/v1/profiles?client=demo&format=jsonl HTTP/1.1\r\nHost: t\r\n\r\n")
+    return sock
+
+
+def test_a_reply_the_client_does_not_read_is_aborted(exporting, tmp_path: Path):
+    """A client asks for the export and reads nothing of it (a small receive window, as a
+    stalled reader has). Once the server's send buffers are full it has client_timeout to
+    read some, then the connection is reset: its socket is freed, the export's snapshot
+    with it, and one line says why; the server answers others meanwhile and after.
+    Without the bound, the handler waits to send for ever, holding the connection and
+    the snapshot."""
+    server, http = exporting
+    before = open_sockets(server.process.pid)
+    sock = ask_for_export(server)
+    wait_until(lambda: open_sockets(server.process.pid) == before + 1, timeout=10)
+    assert http.get("/healthz").status_code == 200  # served while the export waits
+    wait_until(lambda: open_sockets(server.process.pid) == before, timeout=30)
+    with pytest.raises(OSError):  # reset once what was sent is read
+        while sock.recv(1 << 20):
+            pass
+    sock.close()
+    assert http.get("/rest/v1/profiles/thirdPartyId/crm-7?client=demo").status_code == 200
+    log = (tmp_path / "server.log").read_text()
+    assert "(client_timeout): it read 0 bytes of the reply to GET /rest/v1/profiles" in log
+    assert "Traceback" not in log
+
+
+def test_a_reply_read_slowly_but_steadily_is_not_cut_off(exporting, tmp_path: Path):
+    """A client that reads the export at about 20 KB/s, far slower than the server sends
+    it, for five timeouts: the buffers stay full all along, and the connection stays."""
+    server, _ = exporting
+    before = open_sockets(server.process.pid)
+    sock = ask_for_export(server)
+    received = 0
+    deadline = time.monotonic() + 5 * TIMEOUT
+    while time.monotonic() < deadline:
+        received += len(sock.recv(4096))
+        time.sleep(0.2)
+    assert open_sockets(server.process.pid) == before + 1
+    assert 50_000 < received < 2_000_000
+    sock.close()
+    assert "(client_timeout)" not in (tmp_path / "server.log").read_text()

@@ -10,7 +10,8 @@ httptools protocol with:
   body may not go that long without a byte nor fall under ``MIN_BODY_RATE``;
   otherwise the connection is closed, with a 408 if any of the request had arrived
   (rules in ``GuardedProtocol``). The handler reading the body sees the client gone
-  and frees what it held;
+  and frees what it held. A reply is bounded the same way: while the send buffers are
+  full, the client must read it at ``MIN_BODY_RATE`` or its connection is reset;
 - ``max_connections``: one more connection is answered 503 at once and closed;
 - ``MAX_HEAD_BYTES``: a request line and headers longer than this are answered 431,
   however they arrive (after the replies to requests pipelined ahead of them).
@@ -28,14 +29,17 @@ from __future__ import annotations
 import asyncio
 import atexit
 import dataclasses
+import fcntl
 import logging
 import multiprocessing
 import resource
 import secrets
 import shutil
 import socket
+import struct
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -65,8 +69,9 @@ UNREADABLE = (
 )
 #: Most bytes of a request line plus headers (nginx allows 32 KB, Node 16 KB).
 MAX_HEAD_BYTES = 64 * 1024
-#: Slowest average a request body may arrive at, in bytes per second, over each
-#: ``client_timeout`` (Apache's mod_reqtimeout uses the same floor).
+#: Slowest average a request body may arrive at, and a reply be read at while the send
+#: buffers are full, in bytes per second, over each ``client_timeout`` (Apache's
+#: mod_reqtimeout uses the same floor).
 MIN_BODY_RATE = 500
 #: Seconds between two log lines about connections refused at ``max_connections``.
 REFUSAL_LOG_SECONDS = 60.0
@@ -199,6 +204,10 @@ class GuardedProtocol(HttpToolsProtocol):
     Time during which the server itself does not read (flow control while a handler
     is busy) does not count against the client. The timer is re-armed for the time
     left rather than reset on every chunk, so a fast upload costs no timer churn.
+
+    A reply the client does not read is bounded too: once the send buffers are full
+    (``pause_writing``), the client must read ``MIN_BODY_RATE`` bytes a second of it over
+    each T while they stay full, or the connection is reset (``check_reading``).
     """
 
     #: When the last line about refused connections was logged, and how many since.
@@ -235,6 +244,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self.window_started = 0.0
         self.window_bytes = 0
         self.timer: asyncio.TimerHandle | None = None
+        #: Set while the connection's send buffers are full (``pause_writing``).
+        self.write_timer: asyncio.TimerHandle | None = None
+        #: Bytes of its reply the client had not taken at the last look (``check_reading``).
+        self.queued_at_check = 0
 
     # -- connection events ---------------------------------------------------------------
 
@@ -252,6 +265,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()
+        self.resume_writing_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -462,6 +476,76 @@ class GuardedProtocol(HttpToolsProtocol):
             f"The request did not arrive in time ({reason}). Send the whole request at once, "
             "with a Content-Length that matches the body.",
         )
+
+    # -- a reply the client does not read ---------------------------------------------
+
+    def pause_writing(self) -> None:
+        """The connection's send buffers are full (the kernel's and the transport's): from
+        now on the client must read at least ``MIN_BODY_RATE`` bytes a second of its reply,
+        measured over each ``client_timeout``, or the connection is reset (``check_reading``)."""
+        super().pause_writing()
+        if self.write_timer is None:
+            self.queued_at_check = self.unread_reply()
+            self.write_timer = self.loop.call_later(self.client_timeout, self.check_reading)
+
+    def resume_writing(self) -> None:
+        self.resume_writing_timer()
+        super().resume_writing()
+
+    def resume_writing_timer(self) -> None:
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+
+    def unread_reply(self) -> int:
+        """Bytes of the reply the client has not taken: the transport's, and the kernel's
+        send queue (sent but unacknowledged, or unsent). The kernel's alone shows a slow
+        reader's progress: the transport hands it more only once a third of it is free."""
+        queued = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                queued += struct.unpack(
+                    "i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+                )[0]
+            except OSError:  # not a kernel that tells: the transport's buffer alone
+                pass
+        return queued
+
+    def check_reading(self) -> None:
+        """Reset a connection whose client read less than ``MIN_BODY_RATE`` bytes a second
+        of its reply over the last ``client_timeout`` while the buffers stayed full: its
+        handler, waiting to send more, sees the client gone and frees what it holds (an
+        export, its database snapshot), and so do the connection's buffers."""
+        self.write_timer = None
+        if self.transport.is_closing() or not self.flow.write_paused:
+            return
+        queued = self.unread_reply()
+        read = self.queued_at_check - queued
+        if read >= MIN_BODY_RATE * self.client_timeout:
+            self.queued_at_check = queued
+            self.write_timer = self.loop.call_later(self.client_timeout, self.check_reading)
+            return
+        cycle = self.cycle
+        what = "its reply"
+        if cycle is not None and not cycle.response_complete:
+            marks = cycle.scope.setdefault("extensions", {})
+            marks[TIMED_OUT] = {"client_timeout": self.client_timeout}
+            what = f"the reply to {request_line(cycle.scope)}"
+        log.warning(
+            "closed %s (client_timeout): it read %s bytes of %s in %g s, under %s a second",
+            self.client_text(),
+            f"{max(read, 0):,}",
+            what,
+            self.client_timeout,
+            MIN_BODY_RATE,
+        )
+        # A reset, not a close: the kernel would otherwise keep the unsent reply and try
+        # to deliver it for minutes after the descriptor is gone.
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     # -- refusing ------------------------------------------------------------------------
 
