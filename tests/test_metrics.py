@@ -413,12 +413,24 @@ def test_fetches_on_the_event_loop_are_counted_by_where_their_reply_came_from(
     http: httpx.Client,
 ):
     """A second fetch with nothing written between sends the kept reply; a write makes the
-    next one read again (both backends)."""
+    next one read again (both backends). On PostgreSQL any transaction of the server that
+    writes counts as a write (the check is the server's snapshot), a test of the other
+    worker's included: the second fetch is tried until one sends the kept reply."""
     deliver(http, {"id": {"thirdPartyId": "crm-m"}, "execute": {"pageLoad": {}}})
-    for _ in range(2):
+
+    def fetch_counts() -> tuple[float, float]:
         assert http.get("/rest/v1/profiles/thirdPartyId/crm-m?client=demo").status_code == 200
+        text = scrape(http)
+        return (
+            value(text, "profilebase_fetches_on_event_loop_total", reply="kept"),
+            value(text, "profilebase_fetches_on_event_loop_total", reply="read"),
+        )
+
+    assert fetch_counts() == (0, 1)
+    for _ in range(50):
+        kept, read = fetch_counts()
+        if kept:
+            break
+    assert kept == 1
     update(http, mbox3rdPartyId="crm-m", profile_a="1")
-    assert http.get("/rest/v1/profiles/thirdPartyId/crm-m?client=demo").status_code == 200
-    text = scrape(http)
-    assert value(text, "profilebase_fetches_on_event_loop_total", reply="kept") == 1
-    assert value(text, "profilebase_fetches_on_event_loop_total", reply="read") == 2
+    assert fetch_counts() == (1, read + 1)

@@ -12,10 +12,11 @@ import pytest
 from conftest import PostgresServer
 from test_store_contract import accept, apply, values
 
-from profilebase.models import SEQ_SPAN, Counts
+from profilebase.models import SEQ_SPAN, Counts, now_ms
 from profilebase.server.settings import Settings
 from profilebase.server.storage import Store, open_store
 from profilebase.server.storage.postgres import PostgresStore
+from profilebase.server.storage.postgres import store as postgres_store
 from profilebase.server.web.app import prepare
 from profilebase.server.worker import Worker
 
@@ -78,6 +79,77 @@ def test_a_profile_created_meanwhile_sends_the_unit_round_again(
     assert values(pg_store, "x") == {"a": "1", "b": "2"}
     assert pg_store.get_batch(1, batch_id).state.value == "complete"  # type: ignore[union-attr]
     assert "lost a race" in caplog.text
+
+
+def apply_paused(
+    pg_store: Store, claim, monkeypatch: pytest.MonkeyPatch, before_copy: bool
+) -> tuple[threading.Thread, list[Counts | None], threading.Event, threading.Event]:
+    """Apply ``claim`` in a thread that stops once (``reached``) just before the unit
+    copies its new profiles in, or just after, until ``go`` is set."""
+    reached, go = threading.Event(), threading.Event()
+    flush = postgres_store._Writer.flush
+
+    def paused(writer: postgres_store._Writer) -> None:
+        first = not reached.is_set()
+        if first and before_copy:
+            reached.set()
+            go.wait(30)
+        flush(writer)
+        if first and not before_copy:
+            reached.set()
+            go.wait(30)
+
+    monkeypatch.setattr(postgres_store._Writer, "flush", paused)
+    result: list[Counts | None] = []
+    applying = threading.Thread(target=lambda: result.append(apply(pg_store, claim)))
+    applying.start()
+    assert reached.wait(30)
+    return applying, result, reached, go
+
+
+def test_a_delete_committed_before_a_units_copy_is_not_undone_by_it(
+    pg_store: Store, monkeypatch: pytest.MonkeyPatch
+):
+    """A batch that creates x is accepted, then x is deleted while the batch's unit runs:
+    the delete finds no profile (a tombstone) and commits after the unit read the
+    tombstones but before it copies x in. The unit sees the tombstone once it has copied,
+    runs again and skips the row, older than the delete: x stays deleted."""
+    accept(pg_store, b"batch=thirdPartyId,a\nx,1\n")
+    claim = pg_store.claim_unit("w1", 0, 10**15)
+    assert claim is not None
+    applying, result, _, go = apply_paused(pg_store, claim, monkeypatch, before_copy=True)
+    try:
+        assert pg_store.delete_profile(1, "t:x", now_ms()) is False  # nothing to delete yet
+    finally:
+        go.set()
+        applying.join(30)
+    assert result and result[0] is not None
+    assert values(pg_store, "x") is None
+
+
+def test_a_delete_waits_for_a_unit_copying_its_profile_in(
+    pg_store: Store, database: str, monkeypatch: pytest.MonkeyPatch
+):
+    """x is deleted while the unit creating it has copied it in and not committed: the
+    delete waits for the unit, then deletes the profile it made."""
+    accept(pg_store, b"batch=thirdPartyId,a\nx,1\n")
+    claim = pg_store.claim_unit("w1", 0, 10**15)
+    assert claim is not None
+    applying, result, _, go = apply_paused(pg_store, claim, monkeypatch, before_copy=False)
+    deleted: list[bool] = []
+    deleting = threading.Thread(
+        target=lambda: deleted.append(pg_store.delete_profile(1, "t:x", now_ms()))
+    )
+    try:
+        deleting.start()
+        wait_for_lock_wait(database)  # the delete waits for the unit's insert of x
+    finally:
+        go.set()
+        applying.join(30)
+        deleting.join(30)
+    assert result and result[0] is not None
+    assert deleted == [True]
+    assert values(pg_store, "x") is None
 
 
 def test_a_row_holding_nul_fails_with_its_reason(pg_store: Store):

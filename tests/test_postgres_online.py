@@ -512,14 +512,14 @@ def test_a_write_the_database_undoes_to_break_a_deadlock_runs_again(
         name = db.execute("SELECT current_database()").fetchone()
         assert name is not None
         # The store's sessions look for a deadlock after 5 s of waiting, the other one's
-        # never within the test: the write's transaction is the one undone.
+        # after 30 s: the write's transaction is the one undone.
         db.execute(f"ALTER DATABASE \"{name[0]}\" SET deadlock_timeout = '5s'")
     store = open_pg(url)
     calls = Calls(store, False)
     calls.visit("T1", None, {"v": "0"})
     calls.visit("T2", "X2", {"v": "0"})
     other = psycopg.connect(url)
-    other.execute("SET deadlock_timeout = '10min'")
+    other.execute("SET deadlock_timeout = '30s'")
     other.execute("SELECT 1 FROM profiles WHERE pkey = 't:X2' FOR UPDATE")
     if write == "page call":
         visit = Visit("T1", "X2", {"v": "1"}, "req-both")
@@ -535,9 +535,13 @@ def test_a_write_the_database_undoes_to_break_a_deadlock_runs_again(
         thread.start()
         closing = "SELECT 1 FROM clients WHERE code = 'demo' FOR UPDATE"
     assert future is not None
+    blocked_by_other = (
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+        "AND %s = ANY(pg_blocking_pids(pid))"
+    )
     with psycopg.connect(url, autocommit=True) as watch:
-        wait_for(lambda: watch.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
-                 .fetchone() == (1,))  # fmt: skip
+        pid = other.info.backend_pid
+        wait_for(lambda: watch.execute(blocked_by_other, (pid,)).fetchone() is not None)
     other.execute(closing)  # the deadlock
     other.commit()
     other.close()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sqlite3
 import time
@@ -231,6 +232,24 @@ def test_connections_past_max_connections_are_answered_503_at_once(database: str
         server.kill()
 
 
+#: client_timeout of the servers that send exports: a reader paused by a busy machine for
+#: a second is not cut off.
+READ_TIMEOUT = 2
+
+
+def settled_sockets(pid: int) -> int:
+    """The process's open sockets once the count holds still (a connection a client just
+    closed may take a moment to close on the server's side)."""
+    count = open_sockets(pid)
+    for _ in range(100):
+        time.sleep(0.2)
+        now = open_sockets(pid)
+        if now == count:
+            return count
+        count = now
+    raise AssertionError("the server's sockets never held still")
+
+
 @pytest.fixture
 def exporting(tmp_path: Path) -> Iterator[tuple[ServerProcess, httpx.Client]]:
     """A server holding 20,000 profiles (an export of about 20 MB), and a client of it
@@ -239,7 +258,7 @@ def exporting(tmp_path: Path) -> Iterator[tuple[ServerProcess, httpx.Client]]:
         f"sqlite:///{tmp_path}/unread.db",
         tmp_path / "server.log",
         processes="1",
-        client_timeout=str(TIMEOUT),
+        client_timeout=str(READ_TIMEOUT),
     )
     no_keep_alive = httpx.Limits(max_keepalive_connections=0)
     try:
@@ -270,7 +289,7 @@ def test_a_reply_the_client_does_not_read_is_aborted(exporting, tmp_path: Path):
     Without the bound, the handler waits to send for ever, holding the connection and
     the snapshot."""
     server, http = exporting
-    before = open_sockets(server.process.pid)
+    before = settled_sockets(server.process.pid)
     sock = ask_for_export(server)
     wait_until(lambda: open_sockets(server.process.pid) == before + 1, timeout=10)
     assert http.get("/healthz").status_code == 200  # served while the export waits
@@ -281,18 +300,20 @@ def test_a_reply_the_client_does_not_read_is_aborted(exporting, tmp_path: Path):
     sock.close()
     assert http.get("/rest/v1/profiles/thirdPartyId/crm-7?client=demo").status_code == 200
     log = (tmp_path / "server.log").read_text()
-    assert "(client_timeout): it read 0 bytes of the reply to GET /rest/v1/profiles" in log
+    assert re.search(
+        r"\(client_timeout\): it read [\d,]+ bytes of the reply to GET /rest/v1/profiles", log
+    )
     assert "Traceback" not in log
 
 
 def test_a_reply_read_slowly_but_steadily_is_not_cut_off(exporting, tmp_path: Path):
     """A client that reads the export at about 20 KB/s, far slower than the server sends
-    it, for five timeouts: the buffers stay full all along, and the connection stays."""
+    it, for three timeouts: the buffers stay full all along, and the connection stays."""
     server, _ = exporting
-    before = open_sockets(server.process.pid)
+    before = settled_sockets(server.process.pid)
     sock = ask_for_export(server)
     received = 0
-    deadline = time.monotonic() + 5 * TIMEOUT
+    deadline = time.monotonic() + 3 * READ_TIMEOUT
     while time.monotonic() < deadline:
         received += len(sock.recv(4096))
         time.sleep(0.2)

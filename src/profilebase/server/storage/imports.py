@@ -153,6 +153,10 @@ class ImportQueries(SharedQueries):
                 Change(links[alias][0], was.attrs, was.created_seq, was.max_seq, 0),
             )
         self._upsert(db, client_id, [changes[key] for key in sorted(changes)])
+        # A tombstone of a new profile newer than the newest one read above is a delete
+        # that committed meanwhile (its seq is newer than every row of the import).
+        created = [(key, deletes.get(key, -1)) for key in changes if key not in stored]
+        self._created_profiles(db, client_id, created)
         for alias in absorbed:
             db.execute(sql["delete_profile"], (client_id, alias))
             db.execute(sql["move_identities"], (links[alias][0], client_id, alias))
@@ -221,6 +225,14 @@ class ImportQueries(SharedQueries):
                     links[alias] = (target, row.seq)
             applied += 1
         return changes, links, failures, applied
+
+    def _created_profiles(
+        self, db: Connection, client_id: int, created: Sequence[tuple[str, int]]
+    ) -> None:
+        """After a unit inserted the profiles ``created`` (key, and the seq no tombstone of
+        it the unit took into account exceeds): a backend whose writers run side by side
+        checks that no delete of them committed unseen meanwhile (PostgreSQL). SQLite's
+        one writer at a time has none to check."""
 
     @abstractmethod
     def _upsert(self, db: Connection, client_id: int, ordered: Sequence[Change]) -> None:

@@ -95,6 +95,11 @@ class ProfileQueries(SharedQueries):
         stored = sorted({self._resolve(db, client_id, key) for key in keys})
         db.execute(self.sql["lock_profiles"], (client_id, self._list(stored))).fetchall()
 
+    def _wait_for_creation(self, db: Connection, client_id: int, key: str) -> None:
+        """Before a delete reads whether ``key`` has a profile: wait for a batch's part that
+        is creating it and has not committed yet, where writers can run side by side
+        (PostgreSQL). SQLite's one writer at a time has nothing to wait for."""
+
     def _pc_id_of(self, db: Connection, client_id: int, key: str, stored: str) -> str | None:
         """The tntId to show for a profile: the one asked for, else the latest linked one."""
         shown = shown_pc_id(key, stored)
@@ -369,6 +374,7 @@ class ProfileQueries(SharedQueries):
 
         def write(db: Connection) -> bool:
             self._lock_for_write(db, client_id, [key])
+            self._wait_for_creation(db, client_id, key)
             stored = self._live_key(db, client_id, key, expire_before_ms)
             keys = {key}
             created = None

@@ -248,6 +248,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.write_timer: asyncio.TimerHandle | None = None
         #: Bytes of its reply the client had not taken at the last look (``check_reading``).
         self.queued_at_check = 0
+        #: Set once the connection is gone (``connection_lost``).
+        self.gone = False
 
     # -- connection events ---------------------------------------------------------------
 
@@ -264,6 +266,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.arm(self.client_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
         self.disarm()
         self.resume_writing_timer()
         super().connection_lost(exc)
@@ -508,7 +511,7 @@ class GuardedProtocol(HttpToolsProtocol):
                 queued += struct.unpack(
                     "i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
                 )[0]
-            except OSError:  # not a kernel that tells: the transport's buffer alone
+            except OSError:  # not Linux: the transport's buffer alone (design.md)
                 pass
         return queued
 
@@ -518,7 +521,9 @@ class GuardedProtocol(HttpToolsProtocol):
         handler, waiting to send more, sees the client gone and frees what it holds (an
         export, its database snapshot), and so do the connection's buffers."""
         self.write_timer = None
-        if self.transport.is_closing() or not self.flow.write_paused:
+        # A closing transport still counts: uvicorn closes one after a reply's last byte
+        # (``Connection: close``, or idle after a reply), and it waits for its buffer.
+        if self.gone or not self.flow.write_paused:
             return
         queued = self.unread_reply()
         read = self.queued_at_check - queued
@@ -543,8 +548,11 @@ class GuardedProtocol(HttpToolsProtocol):
         # A reset, not a close: the kernel would otherwise keep the unsent reply and try
         # to deliver it for minutes after the descriptor is gone.
         sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        try:
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:  # closed anyway, if not reset
+            pass
         self.transport.abort()
 
     # -- refusing ------------------------------------------------------------------------

@@ -291,11 +291,42 @@ class _Writer:
                         copy.write_row((self.client_id, key, attrs, low, high, self.now_ms))
             except pg_errors.UniqueViolation:
                 raise _Retry() from None
+            self._check_no_delete_missed(new)
         if old:
             self.db.execute(
                 SQL["postgres_update_profiles"],
                 (self.now_ms, "[" + ",".join(old) + "]", self.client_id),
             )
+
+    def _check_no_delete_missed(self, new: list[tuple[str, str, int, int]]) -> None:
+        """Raise ``_Retry`` if a delete of a profile just copied in committed after this
+        unit read the tombstones (``check_no_delete_missed``)."""
+        check_no_delete_missed(self.db, self.client_id, [(key, low) for key, _, low, _ in new])
+
+
+def check_no_delete_missed(
+    db: Connection, client_id: int, created: Sequence[tuple[str, int]]
+) -> None:
+    """Raise ``_Retry`` if a delete of one of the profiles just ``created`` (key, and the
+    seq of the oldest row written into it, or of the newest tombstone of it the unit saw)
+    committed after the unit read the tombstones: its rows older than the delete would
+    outlive it.
+
+    Nothing locks a profile that does not exist yet, so a delete that found none (and
+    left a tombstone) may commit between the unit's read and its insert. A delete that
+    comes later waits for the insert (``PostgresStore._wait_for_creation``), so once the
+    insert is in, this read sees every delete that does not wait for it. A tombstone the
+    unit saw is older than every row it wrote into that profile (older rows were
+    skipped), so one newer than a written row is one it missed; the part runs again."""
+    if not created or db.execute(SQL["client_has_tombstones"], (client_id,)).fetchone() is None:
+        return
+    keys = [key for key, _ in created]
+    lows = [low for _, low in created]
+    found = db.execute(
+        SQL["postgres_tombstone_missed"], {"client": client_id, "keys": keys, "lows": lows}
+    ).fetchone()
+    if found is not None:
+        raise _Retry()
 
 
 class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries, ProfileQueries):
@@ -752,33 +783,35 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         remaining = list(entries)
         pipelined = True
         attempts = 1  # transactions the database undid to break a deadlock, plus one
-        while remaining:
-            try:
-                lost = self._trusting(partial(self._try_group, client_id, remaining, pipelined))
-            except _PipelineLost:
-                pipelined = False
-                lost = None
-            except psycopg.OperationalError as exc:
-                if not undone(exc):
-                    raise
-                attempts += 1  # a deadlock: no write's own fault
-                if attempts > ONLINE_ATTEMPTS:
-                    for entry in remaining:
-                        entry.result, entry.error = None, busy_error(exc, self.url)
-                    return
-                lost = None
-            else:
-                if lost is None:
-                    break
-                if undone(lost.error) and attempts < ONLINE_ATTEMPTS:
-                    attempts += 1  # undone outside a savepoint: it runs again too
+        try:
+            while remaining:
+                try:
+                    lost = self._trusting(partial(self._try_group, client_id, remaining, pipelined))
+                except _PipelineLost:
+                    pipelined = False
+                    lost = None
+                except psycopg.OperationalError as exc:
+                    if not undone(exc):
+                        raise
+                    attempts += 1  # a deadlock: no write's own fault
+                    if attempts > ONLINE_ATTEMPTS:
+                        for entry in remaining:
+                            entry.result, entry.error = None, busy_error(exc, self.url)
+                        return
+                    lost = None
                 else:
-                    remaining.remove(lost)
-            for entry in remaining:
-                entry.result, entry.error = None, None
-        for entry in entries:  # a write undone in its own savepoint, the others kept
-            if undone(entry.error):
-                entry.error = busy_error(cast(psycopg.Error, entry.error), self.url)
+                    if lost is None:
+                        break
+                    if undone(lost.error) and attempts < ONLINE_ATTEMPTS:
+                        attempts += 1  # undone outside a savepoint: it runs again too
+                    else:
+                        remaining.remove(lost)
+                for entry in remaining:
+                    entry.result, entry.error = None, None
+        finally:  # a write undone in its own savepoint, or left out after its attempts
+            for entry in entries:
+                if undone(entry.error):
+                    entry.error = busy_error(cast(psycopg.Error, entry.error), self.url)
 
     def _try_group(
         self, client_id: int, entries: list[Entry[Any]], pipelined: bool
@@ -893,6 +926,20 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
                     raise busy_error(exc, self.url) from exc
                 log.info("an online write was undone to break a deadlock (%s); again", exc)
         raise AssertionError("unreachable")
+
+    def _wait_for_creation(self, db: Connection, client_id: int, key: str) -> None:
+        """A delete waits for a unit copying ``key``'s profile in and not committed yet: a
+        placeholder of the profile, inserted unless one exists and deleted at once, waits
+        for that unit's insert of the same key; the delete then reads the unit's profile.
+        A unit that copies the key in after this waits for the delete instead, and sees
+        its tombstone (``_Writer._check_no_delete_missed``)."""
+        if db.execute(SQL["postgres_profile_placeholder"], (client_id, key)).fetchone():
+            db.execute(SQL["delete_profile"], (client_id, key))
+
+    def _created_profiles(
+        self, db: Connection, client_id: int, created: Sequence[tuple[str, int]]
+    ) -> None:
+        check_no_delete_missed(db, client_id, created)
 
     def _store_units(self, db: Connection, seq: int, units: Sequence[UnitSpec]) -> int:
         stored = 0

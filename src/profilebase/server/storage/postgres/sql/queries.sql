@@ -637,6 +637,22 @@ SELECT substring(body FROM %s FOR %s) FROM batch_units WHERE batch_seq = %s AND 
 -- created_seq, max_seq, modified_at). A profile that exists already fails the copy.
 COPY profiles (client_id, pkey, attrs, created_seq, max_seq, modified_at) FROM STDIN
 
+-- name: postgres_tombstone_missed
+-- After a unit copied new profiles in: whether a delete left a tombstone newer than the
+-- oldest row copied into one of them, one the unit did not see when it read tombstones.
+SELECT 1 FROM unnest(%(keys)s::text[], %(lows)s::bigint[]) AS n(pkey, low)
+JOIN tombstones t ON t.client_id = %(client)s AND t.pkey = n.pkey AND t.deleted_seq > n.low
+LIMIT 1
+
+-- name: postgres_profile_placeholder
+-- A delete's wait for a unit copying the same profile in: an insert of the key waits for
+-- the unit's uncommitted one, then does nothing; with no such unit it inserts a
+-- placeholder, which the delete removes at once (no other transaction sees it).
+INSERT INTO profiles (client_id, pkey, attrs, created_seq, max_seq, modified_at)
+VALUES (%s, %s, '{}', 0, 0, 0)
+ON CONFLICT DO NOTHING
+RETURNING 1
+
 -- name: postgres_update_profiles
 -- Step 3: update the locked profiles, merging per attribute (pb_merge, or plain ||
 -- when every incoming seq is newer than the whole profile).
