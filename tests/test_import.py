@@ -4,6 +4,7 @@ ids and modified times included, with a batch's guarantees (order, accounting, f
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -331,6 +332,46 @@ def test_an_import_can_be_cancelled_like_a_batch(http: httpx.Client, store: Stor
         f"/profilebase/v1/clients/demo/batches/{batch_id}/failures", params={"limit": 1}
     ).json()["failures"][0]
     assert (failure["line"], failure["id"], failure["reason"]) == (51, "p50", "cancelled")
+
+
+def test_a_delete_committed_during_an_import_is_not_undone_by_it(
+    http: httpx.Client, store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """PostgreSQL: x is deleted (it has no profile yet: a tombstone) after an import that
+    creates x read the tombstones and before it inserts x. Once x is in, the import finds
+    the tombstone, runs its unit again at once and skips x, older than the delete. (SQLite
+    runs one writer at a time.)"""
+    if not settings.database.startswith("postgres"):
+        pytest.skip("a PostgreSQL race")
+    from profilebase.server.storage.postgres.imports import PostgresImports
+
+    lines = profile_import.lines_of([{"thirdPartyId": "x", "profileAttributes": {"n": "1"}}])
+    assert http.post("/profilebase/v1/clients/demo/imports", content=lines).status_code == 202
+    claim = store.claim_unit("w", now_ms(), 60_000)
+    assert claim is not None
+    reached, go = threading.Event(), threading.Event()
+    upsert = PostgresImports._upsert
+
+    def paused(self: PostgresImports, *args: Any) -> None:
+        if not reached.is_set():
+            reached.set()
+            go.wait(30)
+        upsert(self, *args)
+
+    monkeypatch.setattr(PostgresImports, "_upsert", paused)
+    result: list[Any] = []
+    applying = threading.Thread(
+        target=lambda: result.append(profile_import.apply_claim(store, claim, now_ms(), 10**6))
+    )
+    applying.start()
+    try:
+        assert reached.wait(30)
+        assert store.delete_profile(claim.client_id, "t:x", now_ms()) is False
+    finally:
+        go.set()
+        applying.join(30)
+    assert result and result[0] is not None
+    assert store.get_profile(claim.client_id, "t:x") is None
 
 
 # -- the command ---------------------------------------------------------------------------

@@ -95,19 +95,23 @@ class ImportQueries(SharedQueries):
         """Apply a decoded import unit and mark it done, in one transaction; None (writing
         nothing) if the unit is no longer this worker's (lost lease, cancelled)."""
         good, failed = self.import_refusals(rows, failures)
-        with self._write() as db:
-            ours = db.execute(
-                self.sql["unit_progress"], (claim.batch_seq, claim.unit_no, claim.owner)
-            ).fetchone()
-            if ours is None:
-                return None
-            applied, too_large = self._apply_profiles(
-                db, claim.client_id, good, now_ms, max_profile_bytes, expire_before_ms
-            )
-            consumed = len(good) + len(failed)
-            return self._finish_unit(
-                db, claim, consumed, Counts(successful=applied), [*failed, *too_large], now_ms
-            )
+
+        def apply() -> Counts | None:
+            with self._write() as db:
+                ours = db.execute(
+                    self.sql["unit_progress"], (claim.batch_seq, claim.unit_no, claim.owner)
+                ).fetchone()
+                if ours is None:
+                    return None
+                applied, too_large = self._apply_profiles(
+                    db, claim.client_id, good, now_ms, max_profile_bytes, expire_before_ms
+                )
+                consumed = len(good) + len(failed)
+                return self._finish_unit(
+                    db, claim, consumed, Counts(successful=applied), [*failed, *too_large], now_ms
+                )
+
+        return self._racing(claim, apply)
 
     def _apply_profiles(
         self,

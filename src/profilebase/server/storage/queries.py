@@ -366,18 +366,27 @@ class SharedQueries(OverviewQueries, ABC):
         keys = sorted({prefix + row.id for row in rows})
         listed = (keys, self._list(keys))
         size = sum(len(row.attrs) for row in rows)
+
+        def apply() -> Counts | None:
+            with self._part_write(size) as db:
+                return self._apply(
+                    db,
+                    claim,
+                    (rows, failures, listed),
+                    now_ms,
+                    max_profile_bytes,
+                    expire_before_ms,
+                    through_line,
+                )
+
+        return self._racing(claim, apply)
+
+    def _racing(self, claim: UnitClaim, apply: Callable[[], T]) -> T:
+        """``apply()``, a unit's transaction, run again at once if it lost a race to
+        another transaction (``lost_races``), ``apply_attempts`` times in all."""
         for attempt in range(1, self.apply_attempts + 1):
             try:
-                with self._part_write(size) as db:
-                    return self._apply(
-                        db,
-                        claim,
-                        (rows, failures, listed),
-                        now_ms,
-                        max_profile_bytes,
-                        expire_before_ms,
-                        through_line,
-                    )
+                return apply()
             except self.lost_races as exc:
                 log.info("unit %s/%s lost a race (%r); again", claim.batch_seq, claim.unit_no, exc)
                 if attempt == self.apply_attempts:

@@ -233,7 +233,8 @@ class _PipelineLost(Exception):
 
 
 class _Retry(Exception):
-    """A profile this transaction took for new was created by another one meanwhile."""
+    """A profile this transaction took for new was created by another one meanwhile, or
+    a delete of one it created committed unseen (``check_no_delete_missed``)."""
 
 
 class _Writer:
