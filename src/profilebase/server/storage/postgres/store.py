@@ -292,17 +292,12 @@ class _Writer:
                         copy.write_row((self.client_id, key, attrs, low, high, self.now_ms))
             except pg_errors.UniqueViolation:
                 raise _Retry() from None
-            self._check_no_delete_missed(new)
+            check_no_delete_missed(self.db, self.client_id, [(key, low) for key, _, low, _ in new])
         if old:
             self.db.execute(
                 SQL["postgres_update_profiles"],
                 (self.now_ms, "[" + ",".join(old) + "]", self.client_id),
             )
-
-    def _check_no_delete_missed(self, new: list[tuple[str, str, int, int]]) -> None:
-        """Raise ``_Retry`` if a delete of a profile just copied in committed after this
-        unit read the tombstones (``check_no_delete_missed``)."""
-        check_no_delete_missed(self.db, self.client_id, [(key, low) for key, _, low, _ in new])
 
 
 def check_no_delete_missed(
@@ -933,7 +928,7 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         placeholder of the profile, inserted unless one exists and deleted at once, waits
         for that unit's insert of the same key; the delete then reads the unit's profile.
         A unit that copies the key in after this waits for the delete instead, and sees
-        its tombstone (``_Writer._check_no_delete_missed``)."""
+        its tombstone (``check_no_delete_missed``)."""
         if db.execute(SQL["postgres_profile_placeholder"], (client_id, key)).fetchone():
             db.execute(SQL["delete_profile"], (client_id, key))
 
