@@ -338,10 +338,13 @@ class LiveServer:
         wrap: Callable[[Any], Any] | None = None,
         clock: Callable[[], int] = now_ms,
         freeze: bool = False,
+        writer_apart: bool = False,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(settings, store, workers=workers, clock=clock, freeze=freeze)
+        app = create_app(
+            settings, store, workers=workers, clock=clock, freeze=freeze, writer_apart=writer_apart
+        )
         # ``wrap`` puts ASGI middleware of a test's own around the app (server-side faults).
         # The server's own protocol (web/server.py: its limits, one write per reply), as
         # `profilebase serve` runs it.

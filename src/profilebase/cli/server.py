@@ -38,7 +38,7 @@ def serve(log_level: str, **given: object) -> None:
             )
             server.serve_processes(settings, log_level)
             return
-        app = create_app(settings, freeze=True)
+        app = create_app(settings, freeze=True, writer_apart=True)
     except ProfilebaseError as exc:
         raise click.ClickException(explain(exc)) from None
     click.echo(f"profilebase serving {where} with {settings.workers} worker(s)", err=True)

@@ -177,6 +177,13 @@ SETTINGS: tuple[Setting, ...] = (
         any_case=True,
     ),
     Setting(
+        "sqlite_writer_process",
+        True,
+        "SQLite: each HTTP process of `serve` hands its online writes (single updates, page "
+        "calls, deletes) to a process of its own, so that they run on another core than its "
+        "event loop; `false` runs them on a thread of the HTTP process.",
+    ),
+    Setting(
         "poll_interval",
         0.2,
         "Seconds an idle worker waits before looking for new work again.",
@@ -281,6 +288,7 @@ class Settings:
     stuck_after_seconds: float = _default("stuck_after_seconds")
     status_retention_days: float = _default("status_retention_days")
     sqlite_synchronous: str = _default("sqlite_synchronous")
+    sqlite_writer_process: bool = _default("sqlite_writer_process")
     poll_interval: float = _default("poll_interval")
     concurrency: int = _default("concurrency")
     postgres_pool_size: int = _default("postgres_pool_size")

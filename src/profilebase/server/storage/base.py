@@ -146,6 +146,19 @@ class ProfileExport(Protocol):
         ...
 
 
+class WriterApart(Protocol):
+    """The online writes of a serving process, made by a process of their own and awaited on
+    the event loop (SQLite: ``sqlite/apart.py``). It belongs to the loop that opens it."""
+
+    async def open(self) -> None: ...
+
+    async def write(self, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)``: the store's ``update_profile``, ``visit`` or ``delete_profile``."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Store(OverviewReads, Protocol):
     """A profilebase database (``OverviewReads``: the dashboard's and the metrics' reads)."""
 
@@ -367,6 +380,12 @@ class Store(OverviewReads, Protocol):
 
     def get_profile(self, client_id: int, key: str, expire_before_ms: int = 0) -> Profile | None:
         """The profile ``key`` ('p:' or 't:' prefixed) finds, with provenance, or None."""
+        ...
+
+    def writer_apart(self, answer_timeout: float) -> WriterApart | None:
+        """A process of its own for the online writes a serving process awaits on its event
+        loop (SQLite; None elsewhere): a group it has not answered within
+        ``answer_timeout`` seconds fails with 503 and the process is replaced."""
         ...
 
     def submit_write(self, call: Callable[..., T], *args: Any) -> Future[T] | None:

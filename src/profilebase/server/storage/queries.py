@@ -49,6 +49,7 @@ from profilebase.server.storage.base import (
     UnitClaim,
     UnitSpec,
     UnitsSummary,
+    WriterApart,
 )
 from profilebase.server.storage.idempotency import KEY_TTL_MS, replay
 from profilebase.server.storage.overview import OverviewQueries
@@ -131,6 +132,9 @@ class SharedQueries(OverviewQueries, ABC):
 
     def submit_write(self, call: Callable[..., T], *args: Any) -> Future[T] | None:
         return None  # no writer thread of its own: the caller's thread makes the call
+
+    def writer_apart(self, answer_timeout: float) -> WriterApart | None:
+        return None
 
     @abstractmethod
     def _snapshot(self) -> AbstractContextManager[Connection]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,7 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from profilebase.errors import DatabaseUnavailable, ProfilebaseError
+from profilebase.errors import DatabaseUnavailable, ProfilebaseError, StorageError
 from profilebase.models import now_ms
 from profilebase.server import secret as server_secret
 from profilebase.server.metrics import Metrics
@@ -42,6 +43,8 @@ from profilebase.server.web.responses import JsonResponse
 from profilebase.server.web.sessions import Sessions
 from profilebase.server.worker import WorkerPool
 
+log = logging.getLogger("profilebase.server")
+
 DEMO_CLIENT = "demo"
 
 
@@ -52,6 +55,10 @@ DEMO_CLIENT = "demo"
 #: PostgreSQL's default pool of ten connections per process (whose online writes run in
 #: threads of their own, ``GROUP_LEADERS``).
 REQUEST_THREADS = 8
+#: Seconds a group of online writes handed to the writer process may wait for its answer,
+#: beyond twice ``database_timeout`` (its own bound on waiting for the write lock), before
+#: the process is taken for hung: killed, and the group's writes answered 503.
+WRITER_ANSWER_SECONDS = 30.0
 
 #: Threads that may run readiness checks at once: their own, so that /readyz answers
 #: even while every thread of the shared pool waits for a database that is gone.
@@ -132,12 +139,16 @@ def create_app(
     clock: Callable[[], int] = now_ms,
     startup: Callable[[Store, Settings], None] = prepare,
     freeze: bool = False,
+    writer_apart: bool = False,
 ) -> Starlette:
     """Build the ASGI app. ``workers`` batch threads run inside it (default: settings.workers);
     ``clock`` gives milliseconds since the epoch to the app and its workers; ``startup`` runs
     (in a thread) before the app serves: ``prepare``, unless a parent process did that.
     With ``freeze`` (a process of ``serve``, which runs nothing else), what exists once it
-    has started is put out of the garbage collector's sight (``freeze_start_up``)."""
+    has started is put out of the garbage collector's sight (``freeze_start_up``). With
+    ``writer_apart`` (a process of ``serve``, ``sqlite_writer_process`` on), its online
+    writes are made by a process of their own, if the store has one for them
+    (``Store.writer_apart``)."""
     settings = settings or Settings.from_env()
     owns_store = store is None
     the_store = store or open_settings_store(settings)
@@ -151,6 +162,15 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         await run_in_threadpool(startup, the_store, settings)
+        writer = None
+        if writer_apart and settings.sqlite_writer_process:
+            writer = the_store.writer_apart(WRITER_ANSWER_SECONDS + 2 * settings.database_timeout)
+        if writer is not None:
+            try:
+                await writer.open()
+            except StorageError as exc:  # the writer thread serves instead
+                log.error("online writes: no writer process (%s); on a thread", exc.detail)
+                writer = None
         app.state.context = Context(
             store=the_store,
             settings=settings,
@@ -163,6 +183,7 @@ def create_app(
             clients=ClientCache(settings.client_cache_seconds),
             fetch_replies=FetchReplies(settings.fetch_cache_mb * MB),
             client_contexts={},
+            writer=writer,
         )
         pool = WorkerPool(the_store, settings, count, clock, metrics)
         pool.start()
@@ -172,6 +193,8 @@ def create_app(
             yield
         finally:
             try:
+                if writer is not None:
+                    await writer.close()
                 await the_store.close_async()
             finally:
                 await run_in_threadpool(pool.close)

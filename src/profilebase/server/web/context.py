@@ -58,7 +58,7 @@ from profilebase.server.clients import CODE
 from profilebase.server.metrics import Metrics
 from profilebase.server.secret import ServerSecret
 from profilebase.server.settings import Settings, client_limits
-from profilebase.server.storage.base import Store
+from profilebase.server.storage.base import Store, WriterApart
 from profilebase.server.web.attempts import FailedAttempts
 from profilebase.server.web.client_cache import CachedClients, ClientCache, NotCached
 from profilebase.server.web.fetch_replies import FetchReplies
@@ -95,6 +95,8 @@ class Context:
     fetch_replies: FetchReplies
     #: The ``ClientContext`` made for each client object lately (``for_client``), by its id.
     client_contexts: dict[int, ClientContext]
+    #: The process of this one's online writes (``sqlite_writer_process``), if it has one.
+    writer: WriterApart | None
 
     def client_limits(self, client: Client) -> Limits:
         """The limits in force for ``client``: its overrides, else the server's settings."""
@@ -131,6 +133,7 @@ class Context:
             self.clients,
             self.fetch_replies,
             self.client_contexts,
+            self.writer,
             client,
             self.client_limits(client),
         )
@@ -163,7 +166,10 @@ class ClientContext(Context):
         """``call(*args)``, a store call that writes at once (``update_profile``, ``visit``,
         ``delete_profile``), on the store's writer thread if it has one (SQLite: the writes
         waiting together share a transaction, and no request thread waits for them),
-        else in a worker thread."""
+        else in a worker thread; in the process of its own the store made for it
+        (``writer``), if there is one."""
+        if self.writer is not None:
+            return cast(T, await self.writer.write(call, *args))
         future = self.store.submit_write(call, *args)
         if future is None:
             return await run_in_threadpool(call, *args)

@@ -791,7 +791,7 @@ def run_http_process(
 ) -> None:
     """One HTTP process of ``serve_processes``: the app without batch workers, on ``sock``."""
     logs.configure(log_level.upper(), settings.log_format)
-    app = create_app(settings, workers=0, startup=start_line, freeze=True)
+    app = create_app(settings, workers=0, startup=start_line, freeze=True, writer_apart=True)
     serve(app, settings, log_level, sock)
 
 

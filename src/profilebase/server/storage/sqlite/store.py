@@ -44,6 +44,7 @@ from profilebase.server.storage.profiles import (
 )
 from profilebase.server.storage.queries import Connection
 from profilebase.server.storage.records import build_profile
+from profilebase.server.storage.sqlite.apart import WriterLink
 from profilebase.server.storage.sqlite.held import HeldWrites
 from profilebase.server.storage.sqlite.imports import SQLiteImports
 from profilebase.server.storage.sqlite.tables import SQLiteTables
@@ -333,6 +334,19 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
 
     def submit_write(self, call: Callable[..., T], *args: Any) -> Future[T]:
         return self._groups.submit(functools.partial(call, *args))
+
+    def writer_apart(self, answer_timeout: float) -> WriterLink | None:
+        if self.path == ":memory:":  # a database no other process can open
+            return None
+        return WriterLink(self.path, self.synchronous, self.timeout, answer_timeout, GROUP_MOST)
+
+    def serve_groups_here(self) -> None:
+        """Make this thread the writer thread (``apart.serve_writes``)."""
+        self._groups.serve_here()
+
+    def run_group_here(self, calls: list[Call]) -> None:
+        """Run ``calls`` as one group on this thread, the writer thread, and settle them."""
+        self._run_group(lambda: calls)
 
     def _write_at_once(self, work: Callable[[Any], T]) -> T:
         """An online write: on the writer thread, in a savepoint of its group's transaction;

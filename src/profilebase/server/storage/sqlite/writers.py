@@ -245,6 +245,14 @@ class WriteGroups:
     def on_writer_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
+    def serve_here(self) -> None:
+        """Make the calling thread the writer thread: a process that runs groups it is
+        handed (``apart.serve_writes``) and queues none."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("the writer thread has started already")
+            self._thread = threading.current_thread()
+
     def submit(self, call: Callable[[], T]) -> Future[T]:
         """Run ``call`` on the writer thread, in a group's transaction."""
         future: Future[T] = Future()

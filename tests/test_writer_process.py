@@ -1,0 +1,408 @@
+"""The online writes of a process of `serve` made by a process of their own (SQLite).
+
+``storage/sqlite/apart.py``: the event loop hands each group of single updates, page calls
+and deletes over a socket to a child process, which runs it as the writer thread would.
+These tests drive the link on a real SQLite file with a real child, and `profilebase serve`
+over real HTTP: the same answers as the writer thread, errors included, one group after
+another in order, and a child that dies or hangs answered with 503 and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import LiveServer
+from helpers import attributes, deliver, process_tree, update
+from test_crash import ServerProcess
+
+from profilebase.errors import DatabaseUnavailable, ProfilebaseError, QuotaExceeded, StorageError
+from profilebase.models import Client, now_ms
+from profilebase.server.settings import Settings
+from profilebase.server.storage.base import Visit
+from profilebase.server.storage.sqlite import SQLiteStore
+from profilebase.server.storage.sqlite import apart as apart_module
+from profilebase.server.storage.sqlite.apart import WriterLink
+
+NOW = now_ms()
+
+
+@pytest.fixture
+def make_store(tmp_path: Path) -> Iterator[Callable[[str], SQLiteStore]]:
+    stores: list[SQLiteStore] = []
+
+    def make(name: str) -> SQLiteStore:
+        store = SQLiteStore(str(tmp_path / f"{name}.db"))
+        store.migrate()
+        store.ensure_client("demo")
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def settings_for_sqlite(tmp_path: Path) -> Iterator[tuple[Settings, SQLiteStore]]:
+    settings = Settings(database=f"sqlite:///{tmp_path / 'live.db'}", workers=0)
+    store = SQLiteStore(str(tmp_path / "live.db"))
+    yield settings, store
+    store.close()
+
+
+def link_of(store: SQLiteStore, answer_timeout: float = 60.0) -> WriterLink:
+    link = store.writer_apart(answer_timeout)
+    assert link is not None
+    return link
+
+
+def client_of(store: SQLiteStore) -> Client:
+    client = store.get_client("demo")
+    assert client is not None
+    return client
+
+
+def visit(tnt_id: str, **values: str) -> Visit:
+    return Visit(tnt_id=tnt_id, third_party_id=None, values=values, request_id=f"r-{tnt_id}")
+
+
+def outcome(call: Callable[[], Any]) -> tuple[str, Any]:
+    """What a write answered: its result, or its error's class, message and headers."""
+    try:
+        return "result", call()
+    except ProfilebaseError as exc:
+        return "error", (type(exc), exc.message, exc.headers)
+
+
+def state(pid: int) -> str:
+    """A process's state letter (Z: exited, not yet reaped); "gone" once it is reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_the_child_answers_every_write_as_the_writer_thread_does(make_store):
+    """The same writes on two databases, one on the writer thread, one through the link:
+    the same results, and the same errors (class, message, headers: the 429 of the quota,
+    the 413 of a profile over its size); the serving process itself writes nothing."""
+    on_thread, apart = make_store("thread"), make_store("apart")
+
+    def writes(store: SQLiteStore) -> list[tuple[Callable[..., Any], tuple[Any, ...]]]:
+        client = client_of(store)
+        return [
+            (store.visit, (client.id, visit("t1", a="1"), NOW, 10_000)),
+            (store.update_profile, (client, "p:t1", {"b": "2"}, NOW, 2, 10_000)),
+            (store.update_profile, (client, "p:nobody", {"b": "2"}, NOW, 2, 10_000)),
+            (store.update_profile, (client, "p:t1", {"c": "3"}, NOW, 2, 10_000)),
+            (store.update_profile, (client, "p:t1", {"d": "4"}, NOW, 2, 10_000)),  # 429
+            (store.visit, (client.id, visit("t1", big="x" * 500), NOW, 200)),  # 413
+            (store.delete_profile, (client.id, "p:t1", NOW)),
+            (store.delete_profile, (client.id, "p:t1", NOW)),
+        ]
+
+    expected = [
+        outcome(lambda c=call, a=args: on_thread.submit_write(c, *a).result())
+        for call, args in writes(on_thread)
+    ]
+
+    async def through_the_link() -> list[tuple[str, Any]]:
+        link = link_of(apart)
+        await link.open()
+        try:
+            answers = []
+            for call, args in writes(apart):
+                try:
+                    answers.append(("result", await link.write(call, *args)))
+                except ProfilebaseError as exc:
+                    answers.append(("error", (type(exc), exc.message, exc.headers)))
+            return answers
+        finally:
+            await link.close()
+
+    answers = asyncio.run(through_the_link())
+    assert answers == expected
+    kinds = [kind for kind, _ in answers]
+    assert kinds.count("error") == 2 and answers[4][1][0] is QuotaExceeded
+    assert answers[4][1][2]["Retry-After"]
+    assert apart._groups._thread is None  # no writer thread ran in this process
+
+
+def test_writes_sent_together_apply_in_the_order_they_came(make_store):
+    """200 updates of one profile at once: each answered, their seqs in the order they
+    were queued, the last one's value kept."""
+    store = make_store("order")
+    client = client_of(store)
+    store.submit_write(store.visit, client.id, visit("t1", n="start"), NOW, 10_000).result()
+
+    async def many() -> list[Any]:
+        link = link_of(store)
+        await link.open()
+        try:
+            return await asyncio.gather(
+                *(
+                    link.write(
+                        store.update_profile, client, "p:t1", {"n": str(i)}, NOW, 1_000_000, 10_000
+                    )
+                    for i in range(200)
+                )
+            )
+        finally:
+            await link.close()
+
+    outcomes = asyncio.run(many())
+    seqs = [o.seq for o in outcomes]
+    assert all(seqs) and seqs == sorted(seqs) and len(set(seqs)) == 200
+    profile = store.get_profile(client.id, "p:t1")
+    assert profile is not None and profile.attributes["n"].value == "199"
+
+
+def test_a_child_that_dies_fails_its_writes_with_503_and_another_takes_over(make_store):
+    """A child stopped, then killed, while it holds a group: that write answers 503 saying
+    its outcome is unknown; the next write starts another child and is made."""
+    store = make_store("dies")
+    client = client_of(store)
+    store.submit_write(store.visit, client.id, visit("t1", n="0"), NOW, 10_000).result()
+
+    async def scenario() -> tuple[BaseException | None, int, int, Any, int]:
+        link = link_of(store)
+        await link.open()
+        first = link.pid
+        assert first is not None
+        os.kill(first, signal.SIGSTOP)
+        pending = asyncio.ensure_future(
+            link.write(store.update_profile, client, "p:t1", {"n": "1"}, NOW, 1_000_000, 10_000)
+        )
+        await asyncio.sleep(0.3)  # sent: the group waits in the stopped child's socket
+        assert not pending.done()
+        os.kill(first, signal.SIGKILL)
+        error = await asyncio.wait_for(asyncio.gather(pending, return_exceptions=True), 10)
+        later = await link.write(
+            store.update_profile, client, "p:t1", {"n": "2"}, NOW, 1_000_000, 10_000
+        )
+        second = link.pid
+        started = link.started
+        await link.close()
+        return error[0], first, second or 0, later, started
+
+    error, first, second, later, started = asyncio.run(scenario())
+    assert isinstance(error, DatabaseUnavailable)
+    assert error.status == 503 and error.headers["Retry-After"] == "1"
+    assert "unknown" in error.message
+    assert later.seq and started == 2 and second != first
+    profile = store.get_profile(client.id, "p:t1")
+    assert profile is not None and profile.attributes["n"].value == "2"
+
+
+def test_a_child_that_does_not_answer_is_killed_and_replaced(make_store):
+    """A child that holds a group past ``answer_timeout`` is killed, the group answers 503,
+    and the next write goes to a new child."""
+    store = make_store("hangs")
+    client = client_of(store)
+
+    async def scenario() -> tuple[BaseException | None, float, int, str, int]:
+        link = link_of(store, answer_timeout=1.0)
+        await link.open()
+        first = link.pid
+        assert first is not None
+        os.kill(first, signal.SIGSTOP)
+        began = time.monotonic()
+        try:
+            await link.write(store.visit, client.id, visit("t1", n="1"), NOW, 10_000)
+            error = None
+        except DatabaseUnavailable as exc:
+            error = exc
+        waited = time.monotonic() - began
+        await link.write(store.visit, client.id, visit("t2", n="2"), NOW, 10_000)
+        started = link.started
+        await link.close()
+        return error, waited, first, state(first), started
+
+    error, waited, first, first_state, started = asyncio.run(scenario())
+    assert isinstance(error, DatabaseUnavailable) and "unknown" in error.message
+    assert 0.9 <= waited < 10
+    assert first_state in {"Z", "gone"}  # killed
+    assert started == 2
+    assert store.get_profile(client_of(store).id, "p:t2") is not None
+
+
+def test_a_write_whose_caller_gave_up_before_it_was_sent_is_not_made(make_store):
+    """A request that ends (its client hung up) while its write still waits in the queue
+    takes the write with it."""
+    store = make_store("cancel")
+    client = client_of(store)
+
+    async def scenario() -> None:
+        link = link_of(store)
+        await link.open()
+        given_up = asyncio.ensure_future(
+            link.write(store.visit, client.id, visit("t1", n="1"), NOW, 10_000)
+        )
+        kept = asyncio.ensure_future(
+            link.write(store.visit, client.id, visit("t2", n="2"), NOW, 10_000)
+        )
+        await asyncio.sleep(0)  # both queued, the group not yet sent
+        given_up.cancel()
+        await kept
+        await link.close()
+
+    asyncio.run(scenario())
+    assert store.get_profile(client.id, "p:t1") is None
+    assert store.get_profile(client.id, "p:t2") is not None
+
+
+def test_closing_waits_for_the_writes_under_way_and_lets_the_child_go(make_store):
+    store = make_store("close")
+    client = client_of(store)
+
+    async def scenario() -> tuple[list[Any], int]:
+        link = link_of(store)
+        await link.open()
+        pid = link.pid
+        assert pid is not None
+        writes = [
+            asyncio.ensure_future(
+                link.write(store.visit, client.id, visit(f"t{i}", n=str(i)), NOW, 10_000)
+            )
+            for i in range(50)
+        ]
+        await asyncio.sleep(0)
+        await link.close()
+        assert all(w.done() for w in writes)
+        return [w.result() for w in writes], pid
+
+    results, pid = asyncio.run(scenario())
+    assert len(results) == 50
+    assert all(store.get_profile(client.id, f"p:t{i}") is not None for i in range(50))
+    assert state(pid) in {"Z", "gone"}
+
+
+def test_a_write_that_cannot_be_sent_fails_alone(make_store):
+    """A write whose arguments do not pickle (none of ours; a bug would make one) answers a
+    storage error; the write queued with it is made."""
+    store = make_store("unsendable")
+    client = client_of(store)
+
+    class Unsendable(dict):  # type: ignore[type-arg]
+        def __reduce__(self) -> Any:
+            raise TypeError("not for sending")
+
+    async def scenario() -> tuple[BaseException | None, Any]:
+        link = link_of(store)
+        await link.open()
+        try:
+            bad_args = Visit("t1", None, Unsendable(n="1"), "r-bad")
+            answers = await asyncio.gather(
+                link.write(store.visit, client.id, bad_args, NOW, 10_000),
+                link.write(store.visit, client.id, visit("t2", n="2"), NOW, 10_000),
+                return_exceptions=True,
+            )
+            return answers[0], answers[1]
+        finally:
+            await link.close()
+
+    error, made = asyncio.run(scenario())
+    assert isinstance(error, StorageError) and error.status == 500
+    assert isinstance(made, str) and store.get_profile(client.id, "p:t2") is not None
+    assert store.get_profile(client.id, "p:t1") is None
+
+
+def test_a_writer_process_that_cannot_start_leaves_the_writes_to_the_thread(
+    settings_for_sqlite, monkeypatch, caplog
+):
+    """If the writer process does not start in time, the HTTP process says so and makes its
+    online writes on its writer thread."""
+    monkeypatch.setattr(apart_module, "START_SECONDS", 0.0)
+    settings, store = settings_for_sqlite
+    with (
+        LiveServer(settings, store, workers=0, writer_apart=True) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        reply = deliver(
+            http,
+            {
+                "id": {"thirdPartyId": "crm-1"},
+                "execute": {"pageLoad": {"profileParameters": {"a": "1"}}},
+            },
+        )
+        assert reply.status_code == 200, reply.text
+        assert attributes(http, "crm-1") == {"a": "1"}
+    assert "no writer process" in caplog.text
+    assert store._groups._thread is not None  # the thread made the write
+
+
+def writer_children(server: ServerProcess) -> list[int]:
+    """The processes `serve` spawned to make online writes: the spawned ones that started
+    none (an HTTP process of several starts its writer; multiprocessing's resource tracker
+    is not spawned this way)."""
+    found = []
+    for pid in process_tree(server.process.pid)[1:]:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline and process_tree(pid) == [pid]:
+            found.append(pid)
+    return sorted(found)
+
+
+@pytest.mark.parametrize(
+    ("processes", "apart"),
+    [(1, True), (2, True), (1, False)],
+    ids=["one HTTP process", "two HTTP processes", "writer thread"],
+)
+def test_serve_makes_online_writes_in_a_process_of_their_own(
+    tmp_path: Path, processes: int, apart: bool
+):
+    """`serve`: page calls, single updates and deletes are made by a writer process of each
+    HTTP process (with ``sqlite_writer_process`` off, by none), and read back at once; a
+    writer process killed is replaced at the next write."""
+    server = ServerProcess(
+        f"sqlite:///{tmp_path / 'serve.db'}",
+        tmp_path / "serve.log",
+        PROCESSES=str(processes),
+        WORKERS="0",
+        SQLITE_WRITER_PROCESS=str(apart).lower(),
+    )
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            writers = writer_children(server)
+            assert len(writers) == (processes if apart else 0)
+            reply = deliver(
+                http,
+                {
+                    "id": {"thirdPartyId": "crm-1"},
+                    "execute": {"pageLoad": {"profileParameters": {"a": "1"}}},
+                },
+            )
+            assert reply.status_code == 200, reply.text
+            assert update(http, mbox3rdPartyId="crm-1", profile_b="2").status_code == 200
+            assert attributes(http, "crm-1") == {"a": "1", "b": "2"}
+            killed = apart and processes == 1  # then the next write is sure to need another
+            if killed:
+                os.kill(writers[0], signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while state(writers[0]) not in {"Z", "gone"} and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            assert update(http, mbox3rdPartyId="crm-1", profile_b="3").status_code == 200
+            assert attributes(http, "crm-1") == {"a": "1", "b": "3"}
+            assert len(writer_children(server)) == len(writers)
+            if killed:
+                assert writer_children(server) != writers
+            assert (
+                http.delete(
+                    "/rest/v1/profiles/thirdPartyId/crm-1", params={"client": "demo"}
+                ).status_code
+                == 204
+            )
+            assert attributes(http, "crm-1") is None
+    finally:
+        server.kill()
