@@ -165,7 +165,7 @@ def test_writes_sent_together_apply_in_the_order_they_came(make_store):
     assert profile is not None and profile.attributes["n"].value == "199"
 
 
-def test_a_child_that_dies_fails_its_writes_with_503_and_another_takes_over(make_store):
+def test_a_child_that_dies_fails_its_writes_with_503_and_another_takes_over(make_store, caplog):
     """A child stopped, then killed, while it holds a group: that write answers 503 saying
     its outcome is unknown; the next write starts another child and is made."""
     store = make_store("dies")
@@ -198,6 +198,7 @@ def test_a_child_that_dies_fails_its_writes_with_503_and_another_takes_over(make
     assert error.status == 503 and error.headers["Retry-After"] == "1"
     assert "unknown" in error.message
     assert later.seq and started == 2 and second != first
+    assert f"the writer process {first} stopped (exit code -9" in caplog.text
     profile = store.get_profile(client.id, "p:t1")
     assert profile is not None and profile.attributes["n"].value == "2"
 
@@ -232,6 +233,62 @@ def test_a_child_that_does_not_answer_is_killed_and_replaced(make_store):
     assert first_state in {"Z", "gone"}  # killed
     assert started == 2
     assert store.get_profile(client_of(store).id, "p:t2") is not None
+
+
+def test_writes_queued_behind_groups_that_time_out_go_to_the_next_child(make_store, caplog):
+    """Groups of one write each (``most`` 1), two sent to a child that stopped and a third
+    queued behind them: the two answer 503 once their time is up, the third is made by the
+    next child without waiting for another write to come."""
+    store = make_store("queued")
+    client = client_of(store)
+
+    async def scenario() -> list[Any]:
+        link = WriterLink(store.path, store.synchronous, store.timeout, 1.0, most=1)
+        await link.open()
+        first = link.pid
+        assert first is not None
+        os.kill(first, signal.SIGSTOP)
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        link.write(store.visit, client.id, visit(f"t{i}", n=str(i)), NOW, 10_000)
+                        for i in range(3)
+                    ),
+                    return_exceptions=True,
+                ),
+                20,
+            )
+        finally:
+            await link.close()
+
+    answers = asyncio.run(scenario())
+    assert [type(a) for a in answers[:2]] == [DatabaseUnavailable, DatabaseUnavailable]
+    assert answers[2] == "p:t2" or store.get_profile(client.id, "p:t2") is not None
+    assert "did not answer in 1 s; its 2 writes answer 503" in caplog.text
+
+
+def test_the_child_stays_through_a_sigterm(make_store):
+    """A service manager's SIGTERM to every process of the service leaves the writer to its
+    HTTP process, which closes it once its writes are answered."""
+    store = make_store("sigterm")
+    client = client_of(store)
+
+    async def scenario() -> tuple[int, int | None, int]:
+        link = link_of(store)
+        await link.open()
+        pid = link.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        await link.write(store.visit, client.id, visit("t1", n="1"), NOW, 10_000)
+        answer = pid, link.pid, link.started
+        await link.close()
+        return answer
+
+    pid, after, started = asyncio.run(scenario())
+    assert after == pid and started == 1
+    assert store.get_profile(client.id, "p:t1") is not None
 
 
 def test_a_write_whose_caller_gave_up_before_it_was_sent_is_not_made(make_store):

@@ -382,10 +382,11 @@ class Store(OverviewReads, Protocol):
         """The profile ``key`` ('p:' or 't:' prefixed) finds, with provenance, or None."""
         ...
 
-    def writer_apart(self, answer_timeout: float) -> WriterApart | None:
+    def writer_apart(self, answer_timeout: float, log_format: str = "text") -> WriterApart | None:
         """A process of its own for the online writes a serving process awaits on its event
-        loop (SQLite; None elsewhere): a group it has not answered within
-        ``answer_timeout`` seconds fails with 503 and the process is replaced."""
+        loop (SQLite; None elsewhere), logging in ``log_format``: a group it has not
+        answered within ``answer_timeout`` seconds of starting it fails with 503 and the
+        process is replaced."""
         ...
 
     def submit_write(self, call: Callable[..., T], *args: Any) -> Future[T] | None:

@@ -133,7 +133,7 @@ class SharedQueries(OverviewQueries, ABC):
     def submit_write(self, call: Callable[..., T], *args: Any) -> Future[T] | None:
         return None  # no writer thread of its own: the caller's thread makes the call
 
-    def writer_apart(self, answer_timeout: float) -> WriterApart | None:
+    def writer_apart(self, answer_timeout: float, log_format: str = "text") -> WriterApart | None:
         return None
 
     @abstractmethod

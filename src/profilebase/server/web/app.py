@@ -162,20 +162,24 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         await run_in_threadpool(startup, the_store, settings)
+        secret = await run_in_threadpool(server_secret.open_secret, settings, the_store, clock())
         writer = None
         if writer_apart and settings.sqlite_writer_process:
-            writer = the_store.writer_apart(WRITER_ANSWER_SECONDS + 2 * settings.database_timeout)
+            writer = the_store.writer_apart(
+                WRITER_ANSWER_SECONDS + 2 * settings.database_timeout, settings.log_format
+            )
         if writer is not None:
             try:
                 await writer.open()
-            except StorageError as exc:  # the writer thread serves instead
-                log.error("online writes: no writer process (%s); on a thread", exc.detail)
+            except Exception as exc:  # the writer thread serves instead
+                why = exc.detail if isinstance(exc, StorageError) else repr(exc)
+                log.error("online writes: no writer process (%s); on a thread instead", why)
                 writer = None
         app.state.context = Context(
             store=the_store,
             settings=settings,
             clock=clock,
-            secret=await run_in_threadpool(server_secret.open_secret, settings, the_store, clock()),
+            secret=secret,
             failed_attempts=FailedAttempts(settings.auth_failures_per_minute, clock),
             metrics=metrics,
             sessions=Sessions(settings.session_secret),

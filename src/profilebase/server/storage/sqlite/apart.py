@@ -29,6 +29,7 @@ and reads the socket itself, so no hand-over waits for the GIL.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import logging
 import multiprocessing
@@ -45,7 +46,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from profilebase.errors import DatabaseUnavailable, StorageError
+from profilebase.errors import DatabaseUnavailable, ProfilebaseError, StorageError
 from profilebase.server.storage.sqlite.writers import Call
 
 log = logging.getLogger("profilebase.server.storage")
@@ -123,9 +124,13 @@ class _Channel(asyncio.Protocol):
         self.buffer = bytearray()
         #: Done once the child has started (its first frame).
         self.ready: asyncio.Future[None] = loop.create_future()
+        self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -136,6 +141,7 @@ class _Channel(asyncio.Protocol):
                 self.ready.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(f"it stopped as it started ({exc})"))
         self.link.lost(self, exc)
@@ -146,12 +152,21 @@ class WriterLink:
     one turn as a group (``_flush``) and settles them from the answer (``answered``)."""
 
     def __init__(
-        self, path: str, synchronous: str, timeout: float, answer_timeout: float, most: int
+        self,
+        path: str,
+        synchronous: str,
+        timeout: float,
+        answer_timeout: float,
+        most: int,
+        log_format: str = "text",
     ) -> None:
         self.path = path
+        #: How the child logs (``logs.configure``), at the level this process logs at.
+        self.log_format = log_format
         self.synchronous = synchronous
         self.timeout = timeout
-        #: Seconds a group may wait for its answer before the child is killed.
+        #: Seconds a group may wait for its answer once the child has started it (answered
+        #: the group before it) before the child is killed.
         self.answer_timeout = answer_timeout
         #: Writes one group holds at most.
         self.most = most
@@ -160,6 +175,8 @@ class WriterLink:
         self._process: BaseProcess | None = None
         self._channel: _Channel | None = None
         self._starting: asyncio.Task[None] | None = None
+        #: When the last start failed (loop time): writes meanwhile answer 503 at once.
+        self._failed_at: float | None = None
         self._queue: list[_Queued] = []
         self._sent: deque[_Sent] = deque()
         self._flush_due = False
@@ -195,16 +212,19 @@ class WriterLink:
         """Wait for the writes queued and sent (at most ``answer_timeout``), then let the
         child go: it exits once its socket is closed."""
         self._closed = True
-        assert self._loop is not None
+        if self._loop is None:
+            return
         deadline = self._loop.time() + self.answer_timeout
         while (self._sent or self._queue) and self._loop.time() < deadline:
             if self._channel is None and self._starting is None:
                 break  # nothing will answer them
             await asyncio.sleep(0.01)
+        if self._starting is not None:
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
         queued, self._queue = self._queue, []
         for future, _, _ in queued:
-            if not future.done():
-                future.set_exception(DatabaseUnavailable(retry_after=1, detail="stopping"))
+            _fail(future, DatabaseUnavailable(retry_after=1, detail="the server is stopping"))
         if self._sent:
             self._fail_sent("the server stopped before the writer process answered")
         process = self._process
@@ -213,55 +233,82 @@ class WriterLink:
             await asyncio.to_thread(process.join, 5)
             if process.is_alive():
                 process.kill()
+                await asyncio.to_thread(process.join, 5)
 
     # -- sending ------------------------------------------------------------------------
     def _flush(self) -> None:
         self._flush_due = False
         self._queue = [queued for queued in self._queue if not queued[0].cancelled()]
-        if not self._queue or len(self._sent) >= IN_FLIGHT:
-            return  # the next answer sends it
-        if self._channel is None or self._channel.transport is None:
-            if self._starting is None and self._loop is not None:
-                self._starting = self._loop.create_task(self._restart())
-            return
-        queued, self._queue = self._queue[: self.most], self._queue[self.most :]
-        queued, data = _encoded(queued)
-        if not queued:
-            return
-        self._channel.transport.write(_frame(data))
-        assert self._loop is not None
-        self._sent.append(_Sent([f for f, _, _ in queued], self._loop.time() + self.answer_timeout))
-        if self._timer is None:
-            self._arm_timer()
-        if self._queue:
-            self._flush()
+        while self._queue and len(self._sent) < IN_FLIGHT:
+            channel = self._channel
+            if channel is None or not channel.usable():
+                self._start_again()
+                return
+            queued, self._queue = self._queue[: self.most], self._queue[self.most :]
+            queued, data = _encoded(queued)
+            if not queued:
+                continue  # none of them could be sent; the next ones may
+            assert channel.transport is not None and self._loop is not None
+            channel.transport.write(_frame(data))
+            self._sent.append(
+                _Sent([f for f, _, _ in queued], self._loop.time() + self.answer_timeout)
+            )
+            if self._timer is None:
+                self._arm_timer()
 
     def _arm_timer(self) -> None:
         assert self._loop is not None
         self._timer = self._loop.call_at(self._sent[0].deadline, self._answer_late)
 
     # -- the child ----------------------------------------------------------------------
+    def _start_again(self) -> None:
+        """Start another child for the writes queued, unless one is starting, the link is
+        closing, or a start failed less than a second ago (then they answer 503 now)."""
+        if self._starting is not None or self._closed or self._loop is None:
+            return
+        if self._failed_at is not None and self._loop.time() - self._failed_at < 1.0:
+            self._fail_queued(
+                DatabaseUnavailable(retry_after=1, detail="the writer process failed to start")
+            )
+            return
+        self._starting = self._loop.create_task(self._restart())
+
     async def _restart(self) -> None:
         try:
             await self._start()
         except Exception as exc:
-            if not isinstance(exc, StorageError):
-                log.exception("online writes: the writer process could not be started")
-                exc = DatabaseUnavailable(retry_after=1, detail=f"starting the writer: {exc!r}")
-            queued, self._queue = self._queue, []
-            for future, _, _ in queued:
-                if not future.done():
-                    future.set_exception(exc)
+            assert self._loop is not None
+            self._failed_at = self._loop.time()
+            log.error("online writes: no writer process could be started: %r", exc)
+            self._fail_queued(
+                exc
+                if isinstance(exc, StorageError)
+                else DatabaseUnavailable(retry_after=1, detail=f"starting the writer: {exc!r}")
+            )
+            return
         finally:
             self._starting = None
+        self._failed_at = None
         self._flush()
+
+    def _fail_queued(self, error: BaseException) -> None:
+        queued, self._queue = self._queue, []
+        for future, _, _ in queued:
+            _fail(future, copy.copy(error))
 
     async def _start(self) -> None:
         assert self._loop is not None
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
             target=serve_writes,
-            args=(theirs, self.path, self.synchronous, self.timeout),
+            args=(
+                theirs,
+                self.path,
+                self.synchronous,
+                self.timeout,
+                logging.getLogger().getEffectiveLevel(),
+                self.log_format,
+            ),
             name="profilebase-writer",
             daemon=True,
         )
@@ -276,12 +323,16 @@ class WriterLink:
                 sock.close()
                 raise
             await asyncio.wait_for(channel.ready, START_SECONDS)
-        except (OSError, TimeoutError) as exc:
+            if not channel.usable():
+                raise ConnectionError("it stopped as it started")
+        except BaseException as exc:
             if channel.transport is not None:
                 channel.transport.abort()
             if process.pid is not None:
                 process.kill()
                 process.join(0)
+            if not isinstance(exc, (OSError, TimeoutError)):
+                raise
             raise DatabaseUnavailable(
                 "The database writer could not be started; try again in a moment.",
                 retry_after=1,
@@ -297,10 +348,19 @@ class WriterLink:
         """``channel`` closed: if it is the child's, the child stopped."""
         if channel is not self._channel:
             return  # a child stopped on purpose
+        process = self._process
+        if process is not None:
+            process.join(0.1)  # its exit code, for the log
+        why = (
+            f"the writer process {self.pid} stopped (exit code "
+            f"{None if process is None else process.exitcode}; {exc or 'its socket closed'})"
+        )
         if self._sent:
-            self._fail_sent(f"the writer process {self.pid} stopped ({exc or 'its socket closed'})")
+            self._fail_sent(why)
+        else:
+            log.error("online writes: %s; the next write starts another", why)
         self._stop(kill=True)
-        if self._queue and not self._closed:
+        if self._queue:
             self._flush()
 
     def _answer_late(self) -> None:
@@ -310,15 +370,15 @@ class WriterLink:
         why = f"the writer process {self.pid} did not answer in {self.answer_timeout:g} s"
         self._fail_sent(why)
         self._stop(kill=True)
+        if self._queue:
+            self._flush()
 
     def _fail_sent(self, why: str) -> None:
         count = sum(len(sent.futures) for sent in self._sent)
         log.error("online writes: %s; its %d writes answer 503", why, count)
-        error = unknown_outcome(why)
         while self._sent:
             for future in self._sent.popleft().futures:
-                if not future.done():
-                    future.set_exception(error)
+                _fail(future, unknown_outcome(why))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -336,19 +396,33 @@ class WriterLink:
 
     # -- answers ------------------------------------------------------------------------
     def answered(self, channel: _Channel, outcomes: list[_Outcome]) -> None:
-        """The outcomes of the oldest group sent, in its order."""
-        if channel is not self._channel:
+        """The outcomes of the oldest group sent, in its order; the next group's time
+        starts now, when the child starts it."""
+        if channel is not self._channel or not self._sent:
             return
         sent = self._sent.popleft()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._sent:
+            assert self._loop is not None
+            head = self._sent[0]
+            head.deadline = max(head.deadline, self._loop.time() + self.answer_timeout)
             self._arm_timer()
-        for future, outcome in zip(sent.futures, outcomes, strict=True):
-            outcome.settle(future)
+        if len(outcomes) != len(sent.futures):  # never: the child answers every write
+            log.error("online writes: %d outcomes for %d writes", len(outcomes), len(sent.futures))
+        for i, future in enumerate(sent.futures):
+            try:
+                outcomes[i].settle(future)
+            except Exception as exc:
+                _fail(future, StorageError(detail=f"an outcome that could not be read: {exc!r}"))
         if self._queue and not self._flush_due:
             self._flush()
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 def _encoded(queued: list[_Queued]) -> tuple[list[_Queued], bytes]:
@@ -404,14 +478,26 @@ def _unframe(buffer: bytearray) -> bytes | None:
     return frame
 
 
-def serve_writes(pipe: Connection, path: str, synchronous: str, timeout: float) -> None:
+def serve_writes(
+    pipe: Connection,
+    path: str,
+    synchronous: str,
+    timeout: float,
+    log_level: int = logging.WARNING,
+    log_format: str = "text",
+) -> None:
     """The child: run each group the pipe brings, answer each write's outcome, until the
-    pipe closes."""
+    pipe closes (its parent closed it, or died)."""
+    from profilebase.server import logs
     from profilebase.server.storage.sqlite.store import SQLiteStore
     from profilebase.server.supervisor import die_with_parent, freeze_start_up
 
     die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the parent decides
+    logs.configure(log_level, log_format)
+    # A terminal's Ctrl-C, or a service manager's SIGTERM to every process of the service:
+    # the HTTP process decides, and closes the socket once its writes are answered.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     store = SQLiteStore(path, synchronous=synchronous, timeout=timeout)
     store.serve_groups_here()
     freeze_start_up()
@@ -427,6 +513,10 @@ def serve_writes(pipe: Connection, path: str, synchronous: str, timeout: float) 
                 for name, args, keywords in group
             ]
             store.run_group_here(calls)
+            for (future, _), (name, _, _) in zip(calls, group, strict=True):
+                error = future.exception()
+                if error is not None and not isinstance(error, ProfilebaseError):  # a bug
+                    log.error("online writes: %s failed", name, exc_info=error)
             outcomes = [_Outcome.of(future) for future, _ in calls]
             try:
                 data = pickle.dumps(outcomes, pickle.HIGHEST_PROTOCOL)

@@ -335,10 +335,12 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
     def submit_write(self, call: Callable[..., T], *args: Any) -> Future[T]:
         return self._groups.submit(functools.partial(call, *args))
 
-    def writer_apart(self, answer_timeout: float) -> WriterLink | None:
+    def writer_apart(self, answer_timeout: float, log_format: str = "text") -> WriterLink | None:
         if self.path == ":memory:":  # a database no other process can open
             return None
-        return WriterLink(self.path, self.synchronous, self.timeout, answer_timeout, GROUP_MOST)
+        return WriterLink(
+            self.path, self.synchronous, self.timeout, answer_timeout, GROUP_MOST, log_format
+        )
 
     def serve_groups_here(self) -> None:
         """Make this thread the writer thread (``apart.serve_writes``)."""
