@@ -148,8 +148,14 @@ def test_worker_processes_log_json_from_the_environment(database_url: str, tmp_p
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "profilebase", "worker", "--concurrency", "2"],
+            # A short lease: `worker` gives a child that is slow to stop lease + 10 s
+            # before it kills it, and this test waits 30 s for `worker` to exit.
             env=os.environ
-            | {"PROFILEBASE_DATABASE": database_url, "PROFILEBASE_LOG_FORMAT": "json"},
+            | {
+                "PROFILEBASE_DATABASE": database_url,
+                "PROFILEBASE_LOG_FORMAT": "json",
+                "PROFILEBASE_LEASE_SECONDS": "2",
+            },
             stderr=sink,
         )
     try:
@@ -159,7 +165,12 @@ def test_worker_processes_log_json_from_the_environment(database_url: str, tmp_p
             time.sleep(0.05)
     finally:
         process.terminate()
-        process.wait(30)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:  # not left running for the tests after this one
+            process.kill()
+            process.wait(10)
+            raise AssertionError(f"`worker` did not stop on SIGTERM:\n{log.read_text()}") from None
     lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
     started = [json.loads(line) for line in lines if "started" in line]
     assert len(started) == 2

@@ -175,24 +175,29 @@ def create_app(
                 why = exc.detail if isinstance(exc, StorageError) else repr(exc)
                 log.error("online writes: no writer process (%s); on a thread instead", why)
                 writer = None
-        app.state.context = Context(
-            store=the_store,
-            settings=settings,
-            clock=clock,
-            secret=secret,
-            failed_attempts=FailedAttempts(settings.auth_failures_per_minute, clock),
-            metrics=metrics,
-            sessions=Sessions(settings.session_secret),
-            readiness_limiter=CapacityLimiter(READINESS_THREADS),
-            clients=ClientCache(settings.client_cache_seconds),
-            fetch_replies=FetchReplies(settings.fetch_cache_mb * MB),
-            client_contexts={},
-            writer=writer,
-        )
-        pool = WorkerPool(the_store, settings, count, clock, metrics)
-        pool.start()
-        if freeze:
-            freeze_start_up()
+        try:
+            app.state.context = Context(
+                store=the_store,
+                settings=settings,
+                clock=clock,
+                secret=secret,
+                failed_attempts=FailedAttempts(settings.auth_failures_per_minute, clock),
+                metrics=metrics,
+                sessions=Sessions(settings.session_secret),
+                readiness_limiter=CapacityLimiter(READINESS_THREADS),
+                clients=ClientCache(settings.client_cache_seconds),
+                fetch_replies=FetchReplies(settings.fetch_cache_mb * MB),
+                client_contexts={},
+                writer=writer,
+            )
+            pool = WorkerPool(the_store, settings, count, clock, metrics)
+            pool.start()
+            if freeze:
+                freeze_start_up()
+        except BaseException:
+            if writer is not None:
+                await writer.close()
+            raise
         try:
             yield
         finally:

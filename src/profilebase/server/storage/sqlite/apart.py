@@ -29,7 +29,6 @@ and reads the socket itself, so no hand-over waits for the GIL.
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 import logging
 import multiprocessing
@@ -175,8 +174,11 @@ class WriterLink:
         self._process: BaseProcess | None = None
         self._channel: _Channel | None = None
         self._starting: asyncio.Task[None] | None = None
-        #: When the last start failed (loop time): writes meanwhile answer 503 at once.
+        #: When the last start failed, or the second child in a row died within a second of
+        #: its start (loop time): for a second after, writes answer 503 at once.
         self._failed_at: float | None = None
+        self._started_at = 0.0
+        self._quick_deaths = 0
         self._queue: list[_Queued] = []
         self._sent: deque[_Sent] = deque()
         self._flush_due = False
@@ -268,7 +270,7 @@ class WriterLink:
             return
         if self._failed_at is not None and self._loop.time() - self._failed_at < 1.0:
             self._fail_queued(
-                DatabaseUnavailable(retry_after=1, detail="the writer process failed to start")
+                lambda: DatabaseUnavailable(retry_after=1, detail="no writer process started")
             )
             return
         self._starting = self._loop.create_task(self._restart())
@@ -279,22 +281,19 @@ class WriterLink:
         except Exception as exc:
             assert self._loop is not None
             self._failed_at = self._loop.time()
-            log.error("online writes: no writer process could be started: %r", exc)
-            self._fail_queued(
-                exc
-                if isinstance(exc, StorageError)
-                else DatabaseUnavailable(retry_after=1, detail=f"starting the writer: {exc!r}")
-            )
+            why = exc.detail if isinstance(exc, StorageError) else repr(exc)
+            log.error("online writes: no writer process could be started: %s", why)
+            self._fail_queued(lambda: DatabaseUnavailable(retry_after=1, detail=why))
             return
         finally:
             self._starting = None
         self._failed_at = None
         self._flush()
 
-    def _fail_queued(self, error: BaseException) -> None:
+    def _fail_queued(self, error: Callable[[], BaseException]) -> None:
         queued, self._queue = self._queue, []
         for future, _, _ in queued:
-            _fail(future, copy.copy(error))
+            _fail(future, error())
 
     async def _start(self) -> None:
         assert self._loop is not None
@@ -326,6 +325,10 @@ class WriterLink:
             if not channel.usable():
                 raise ConnectionError("it stopped as it started")
         except BaseException as exc:
+            if not channel.ready.done():
+                channel.ready.cancel()
+            elif not channel.ready.cancelled():
+                channel.ready.exception()  # retrieved: asyncio would log it as never read
             if channel.transport is not None:
                 channel.transport.abort()
             if process.pid is not None:
@@ -342,6 +345,7 @@ class WriterLink:
             ours.close()
             theirs.close()
         self._process, self._channel = process, channel
+        self._started_at = loop.time()
         self.started += 1
 
     def lost(self, channel: _Channel, exc: Exception | None) -> None:
@@ -350,11 +354,19 @@ class WriterLink:
             return  # a child stopped on purpose
         process = self._process
         if process is not None:
-            process.join(0.1)  # its exit code, for the log
+            process.join(0)  # its exit code, for the log, if it has exited yet
+        code = None if process is None else process.exitcode
         why = (
             f"the writer process {self.pid} stopped (exit code "
-            f"{None if process is None else process.exitcode}; {exc or 'its socket closed'})"
+            f"{'not yet known' if code is None else code}; {exc or 'its socket closed'})"
         )
+        assert self._loop is not None
+        if self._loop.time() - self._started_at < 1.0:
+            self._quick_deaths += 1
+            if self._quick_deaths >= 2:  # children that die as they start: a pause first
+                self._failed_at = self._loop.time()
+        else:
+            self._quick_deaths = 0
         if self._sent:
             self._fail_sent(why)
         else:
@@ -410,10 +422,13 @@ class WriterLink:
             head.deadline = max(head.deadline, self._loop.time() + self.answer_timeout)
             self._arm_timer()
         if len(outcomes) != len(sent.futures):  # never: the child answers every write
-            log.error("online writes: %d outcomes for %d writes", len(outcomes), len(sent.futures))
-        for i, future in enumerate(sent.futures):
+            self._sent.appendleft(sent)
+            self._fail_sent(f"{len(outcomes)} outcomes came for {len(sent.futures)} writes")
+            self._stop(kill=True)
+            return
+        for future, outcome in zip(sent.futures, outcomes, strict=True):
             try:
-                outcomes[i].settle(future)
+                outcome.settle(future)
             except Exception as exc:
                 _fail(future, StorageError(detail=f"an outcome that could not be read: {exc!r}"))
         if self._queue and not self._flush_due:
@@ -494,20 +509,30 @@ def serve_writes(
 
     die_with_parent()
     logs.configure(log_level, log_format)
-    # A terminal's Ctrl-C, or a service manager's SIGTERM to every process of the service:
-    # the HTTP process decides, and closes the socket once its writes are answered.
+    # A terminal's Ctrl-C goes to every process of its group: the HTTP process decides, and
+    # closes the socket once its writes are answered. SIGTERM (a service manager's stop, or
+    # multiprocessing's at its parent's exit) ends the child once the group it runs, if any,
+    # is answered.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    running = {"group": False, "stop": False}
+
+    def stop(*_: object) -> None:
+        if not running["group"]:
+            raise SystemExit(0)
+        running["stop"] = True
+
+    signal.signal(signal.SIGTERM, stop)
     store = SQLiteStore(path, synchronous=synchronous, timeout=timeout)
     store.serve_groups_here()
     freeze_start_up()
     try:
         pipe.send("started")
-        while True:
+        while not running["stop"]:
             try:
                 group = pipe.recv()
             except (EOFError, OSError):
                 return
+            running["group"] = True
             calls: list[Call] = [
                 (Future(), functools.partial(getattr(store, name), *args, **keywords))
                 for name, args, keywords in group
@@ -526,6 +551,7 @@ def serve_writes(
                 pipe.send_bytes(data)
             except OSError:
                 return
+            running["group"] = False
     finally:
         store.close()
 
