@@ -44,7 +44,9 @@ from profilebase.server.storage.profiles import (
 )
 from profilebase.server.storage.queries import Connection
 from profilebase.server.storage.records import build_profile
+from profilebase.server.storage.sqlite import checkpoints
 from profilebase.server.storage.sqlite.apart import WriterLink
+from profilebase.server.storage.sqlite.checkpoints import Checkpoints, checkpoint, no_autocheckpoint
 from profilebase.server.storage.sqlite.held import HeldWrites
 from profilebase.server.storage.sqlite.imports import SQLiteImports
 from profilebase.server.storage.sqlite.tables import SQLiteTables
@@ -129,31 +131,10 @@ TRANSIENT_CODES = {
 #: part of any worker may take it: they are woken at once but must be scheduled first.
 ONLINE_TURN = 0.002
 
-#: SQLite's default: a commit that leaves more WAL pages than this checkpoints them.
-AUTOCHECKPOINT_PAGES = 1000
 #: A worker checkpoints the WAL once its parts wrote this many bytes of profiles since
 #: its last checkpoint: a quarter of SQLite's own 1,000 pages of 16 KB, so that with a few
-#: workers writing (and the pages' overhead) the WAL is checkpointed before a commit of an
-#: online write finds it long enough to checkpoint it itself, inside the writers' turn.
+#: workers writing (and the pages' overhead) the WAL stays short.
 CHECKPOINT_BYTES = 4 * 1024 * 1024
-
-
-def _checkpoint(db: sqlite3.Connection) -> None:
-    """Copy the WAL into the database; PASSIVE: it neither waits for nor blocks writers."""
-    try:
-        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-    except sqlite3.Error as exc:  # another checkpoint runs, or the file is unusable
-        log.debug("checkpoint skipped: %s", exc)
-
-
-@contextmanager
-def _no_autocheckpoint(db: sqlite3.Connection) -> Iterator[None]:
-    """Commits on ``db`` leave the WAL as it is while this lasts."""
-    db.execute("PRAGMA wal_autocheckpoint = 0")
-    try:
-        yield
-    finally:
-        db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
 
 
 #: Bytes a unit's body is written in through blob I/O.
@@ -256,6 +237,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         #: What the group's single updates hold back until its commit (``held.py``).
         self._held: HeldWrites | None = None
         self._group_failure: BaseException | None = None
+        #: Copies the WAL into the database after online writes, which do not.
+        self._checkpoints = Checkpoints(self._read, self._writers.turn)
         #: Bytes of profiles this store's parts wrote since its last checkpoint.
         self._unchecked = 0
         self._idle: list[sqlite3.Connection] = []
@@ -281,6 +264,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self.synchronous}")
             db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            db.execute(f"PRAGMA wal_autocheckpoint = {checkpoints.AUTOCHECKPOINT_PAGES}")
         except sqlite3.Error as exc:
             db.close()
             raise storage_error(exc, self.path) or DatabaseUnavailable(
@@ -496,11 +480,12 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         (``_write_at_once`` rolled its savepoint back). An outage (``storage_error``:
         busy, disk full, I/O), a transaction SQLite rolled back, or a failed commit fails
         every other call of the group, and nothing of it is written; waiting for the lock
-        past the timeout fails every call waiting."""
+        past the timeout fails every call waiting. The commit leaves the WAL to
+        ``Checkpoints`` (``checkpoints.py``)."""
         calls: list[Call] = []
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
-            with self._read() as db, self._writers.turn(), _transaction(db):
+            with self._read() as db, no_autocheckpoint(db), self._writers.turn(), _transaction(db):
                 held = HeldWrites()
                 self._group_db, self._group_failure, self._held = db, None, held
                 try:
@@ -530,6 +515,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
                 future.set_result(result)
             else:
                 future.set_exception(error)
+        self._checkpoints.wrote(len(calls))
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -546,6 +532,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
                 idle.append(self._nowait_db)
                 self._nowait_db = None
         self._groups.close()
+        self._checkpoints.close()
         self._writers.close()
         self._batch_writers.close()
         for db in idle:
@@ -658,23 +645,23 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         once its parts wrote some ``CHECKPOINT_BYTES`` (``size`` is this part's)."""
         with self._read() as db:
             with self._batch_writers.turn():
-                with _no_autocheckpoint(db), self._writers.turn(), _transaction(db):
+                with no_autocheckpoint(db), self._writers.turn(), _transaction(db):
                     yield db
                 if self._writers.others_waiting():
                     time.sleep(ONLINE_TURN)
             self._unchecked += size
             if self._unchecked >= CHECKPOINT_BYTES:
                 self._unchecked = 0
-                _checkpoint(db)
+                checkpoint(db)
 
     @contextmanager
     def _bulk_write(self) -> Iterator[sqlite3.Connection]:
         """Storing a batch's units (tens of MB) checkpoints them after the writers' turn,
         so that workers may claim them meanwhile."""
         with self._read() as db:
-            with _no_autocheckpoint(db), self._writers.turn(), _transaction(db):
+            with no_autocheckpoint(db), self._writers.turn(), _transaction(db):
                 yield db
-            _checkpoint(db)
+            checkpoint(db)
 
     def _store_units(self, db: Connection, seq: int, units: Sequence[UnitSpec]) -> int:
         stored = 0

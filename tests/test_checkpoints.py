@@ -1,0 +1,146 @@
+"""Online writes leave the WAL to a thread of their own (``storage/sqlite/checkpoints.py``).
+
+A commit that checkpoints the WAL does it inside the writers' turn, and every write behind
+it waits: so a group of online writes commits without checkpointing, and ``Checkpoints``
+copies the WAL into the database file from its own thread, once enough writes were made.
+Real SQLite files; the writes go through the store's writer thread as a server's do.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from profilebase.errors import DatabaseUnavailable
+from profilebase.models import now_ms
+from profilebase.server.storage.base import Visit
+from profilebase.server.storage.sqlite import SQLiteStore, checkpoints
+from profilebase.server.storage.sqlite.checkpoints import Checkpoints
+
+NOW = now_ms()
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SQLiteStore]:
+    # Every other commit of the store checkpoints once the WAL holds a page.
+    monkeypatch.setattr(checkpoints, "AUTOCHECKPOINT_PAGES", 1)
+    store = SQLiteStore(str(tmp_path / "c.db"))
+    store.migrate()
+    store.ensure_client("demo")
+    yield store
+    store.close()
+
+
+def page_call(store: SQLiteStore, n: int) -> None:
+    client = store.get_client("demo")
+    assert client is not None
+    visit = Visit(tnt_id=f"t{n}", third_party_id=None, values={"n": str(n)}, request_id=f"r{n}")
+    store.visit(client.id, visit, NOW, 10_000)
+
+
+def wait_until(done: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def database_bytes(store: SQLiteStore) -> bytes:
+    return Path(store.path).read_bytes()
+
+
+def test_a_group_commit_leaves_the_wal_to_the_checkpoint_thread(store: SQLiteStore):
+    page_call(store, 0)  # a commit that checkpoints, as SQLite's default would
+    before = database_bytes(store)
+    for n in range(1, 11):
+        page_call(store, n)
+    assert database_bytes(store) == before  # ten commits, each longer than a page: in the WAL
+    assert Path(store.path + "-wal").stat().st_size > 10 * 16384
+    assert store._checkpoints.copies == 0  # fewer writes than WRITES
+
+
+def test_the_thread_copies_the_wal_once_enough_writes_were_made(store: SQLiteStore):
+    store._checkpoints = Checkpoints(store._read, store._writers.turn, writes=5, seconds=0)
+    page_call(store, 0)
+    before = database_bytes(store)
+    for n in range(1, 4):
+        page_call(store, n)
+    time.sleep(0.2)
+    assert store._checkpoints.copies == 0 and database_bytes(store) == before
+    for n in range(4, 7):
+        page_call(store, n)
+    assert wait_until(lambda: store._checkpoints.copies >= 1)
+    assert database_bytes(store) != before
+    # What was copied reads back from the database file alone: the WAL held it all.
+    with store._read() as db:
+        length, copied = checkpoints.checkpoint(db)
+    assert length == copied
+
+
+def test_steady_writes_keep_the_wal_short(store: SQLiteStore):
+    """A copy outside the writers' turn rarely reaches the end of a WAL that groups keep
+    appending to, and SQLite starts the WAL over only after one that did: the second copy,
+    inside the turn, keeps it short."""
+    pages = 8
+    checkpoints.AUTOCHECKPOINT_PAGES = pages  # the fixture's monkeypatch undoes it
+    store._checkpoints = Checkpoints(store._read, store._writers.turn, writes=1, seconds=0.02)
+    wal = Path(store.path + "-wal")
+    longest = 0
+    stop = threading.Event()
+    written = [0] * 4
+
+    def writer(k: int) -> None:
+        n = k * 1_000_000
+        while not stop.is_set():
+            page_call(store, n)
+            n += 1
+            written[k] += 1
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            longest = max(longest, wal.stat().st_size if wal.exists() else 0)
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    print(f"{sum(written)} writes, longest WAL {longest // 1024} KB")
+    assert store._checkpoints.copies_in_turn >= 1
+    # Seen: 8,000 writes, 4.6 MB; 330 MB without the copies in the turn.
+    assert 0 < longest < 32 * 1024 * 1024
+
+
+def test_a_copy_that_fails_is_made_after_the_next_writes_and_closing_stops_the_thread(
+    store: SQLiteStore,
+):
+    borrowed: list[int] = []
+
+    def borrow() -> Any:
+        borrowed.append(1)
+        if len(borrowed) == 1:
+            raise DatabaseUnavailable(detail="the database file could not be opened")
+        return store._read()
+
+    store._checkpoints = ours = Checkpoints(borrow, store._writers.turn, writes=2, seconds=0)
+    page_call(store, 1)
+    page_call(store, 2)
+    assert wait_until(lambda: len(borrowed) == 1)
+    assert ours.copies == 0
+    page_call(store, 3)
+    page_call(store, 4)
+    assert wait_until(lambda: ours.copies == 1)
+    thread = ours._thread
+    assert thread is not None and thread.is_alive()
+    store.close()
+    assert not thread.is_alive()
