@@ -1,6 +1,7 @@
 """What a fetch prints, made with fewer objects: ``iso_ms`` keeps the texts it made,
 ``build_profile`` makes each write's moment and provenance once, ``profile_json`` each
-``writtenBy`` once. The output is the same as making every one of them anew."""
+``writtenBy`` once; a fetch's reply is made from its row (``fetch_document``) without
+any of them. The output is the same as making every one of them anew."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from profilebase import models
-from profilebase.models import SEQ_SPAN, iso_ms
-from profilebase.server.export import profile_json
-from profilebase.server.storage.records import build_profile, provenance
+from profilebase.models import SEQ_SPAN, iso_ms, iso_ms_of
+from profilebase.server.export import fetch_document, profile_json
+from profilebase.server.storage.records import ProfileRecord, build_profile, provenance
 
 moments = st.datetimes(
     min_value=datetime(1970, 1, 2),
@@ -42,7 +43,15 @@ def test_iso_ms_keeps_a_bounded_number_of_texts():
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for n in range(models._ISO_TEXTS_MOST * 2 + 5):
         iso_ms(start + timedelta(milliseconds=n))
+        iso_ms_of(1_790_000_000_000 + n)
     assert 0 < len(models._ISO_TEXTS) <= models._ISO_TEXTS_MOST
+    assert 0 < len(models._ISO_TEXTS_OF_MS) <= models._ISO_TEXTS_MOST
+
+
+@given(st.lists(st.integers(-(10**12), 7 * 10**12), min_size=1, max_size=50))
+def test_iso_ms_of_prints_the_moment_of_its_milliseconds(values: list[int]):
+    for ms in values + values:  # the second time from what it kept
+        assert iso_ms_of(ms) == models.from_ms(ms).isoformat(timespec="milliseconds")
 
 
 def one_by_one(client_code, key, attrs, modified_ms, ids, writes):  # type: ignore[no-untyped-def]
@@ -93,6 +102,9 @@ def one_by_one(client_code, key, attrs, modified_ms, ids, writes):  # type: igno
 )
 def test_a_profiles_json_is_the_same_as_made_one_by_one(attrs, writes):  # type: ignore[no-untyped-def]
     attrs = {name: list(value) for name, value in attrs.items()}
-    profile = build_profile("demo", "t:crm-1", attrs, 1_790_000_000_009, ["t:crm-1"], writes)
-    expected = one_by_one("demo", "t:crm-1", attrs, 1_790_000_000_009, ["t:crm-1"], writes)
+    record = ProfileRecord("demo", "t:crm-1", attrs, 1_790_000_000_009, ["t:crm-1"], writes)
+    profile = build_profile(*record)
+    expected = one_by_one(*record)
     assert profile_json(profile) == expected
+    assert record.profile() == profile
+    assert fetch_document(record) == expected

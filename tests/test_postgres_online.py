@@ -162,11 +162,12 @@ def test_a_fetch_in_one_statement_reads_as_the_shared_path(databases: list[str])
 
         async def on_the_loop() -> list[Any]:  # the same statement, awaited on a loop
             try:
-                return [
+                records = [
                     await store.get_profile_async(1, key, before)
                     for key in [*keys, "t:nobody", "p:nobody"]
                     for before in (0, NOW + 25)
                 ]
+                return [None if record is None else record.profile() for record in records]
             finally:
                 await store.close_async()
 

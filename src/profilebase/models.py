@@ -430,3 +430,18 @@ def iso_ms(moment: datetime) -> str:
             _ISO_TEXTS.clear()
         _ISO_TEXTS[moment] = text
     return text
+
+
+#: ``iso_ms_of``'s texts, by the milliseconds they were made of. Emptied when full.
+_ISO_TEXTS_OF_MS: dict[int, str] = {}
+
+
+def iso_ms_of(ms: int) -> str:
+    """``iso_ms(from_ms(ms))``, kept by ``ms``: no moment is made for a text made lately."""
+    text = _ISO_TEXTS_OF_MS.get(ms)
+    if text is None:
+        text = iso_ms(from_ms(ms))
+        if len(_ISO_TEXTS_OF_MS) >= _ISO_TEXTS_MOST:
+            _ISO_TEXTS_OF_MS.clear()
+        _ISO_TEXTS_OF_MS[ms] = text
+    return text

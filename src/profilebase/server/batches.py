@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from profilebase.models import Batch, BatchState, Limits, from_ms, iso_ms
+from profilebase.models import Batch, BatchState, Limits, from_ms, iso_ms_of
 
 
 class Units(Protocol):
@@ -140,7 +140,3 @@ def rows_per_second(batch: Batch, now: int) -> float | None:
     if elapsed <= 0:
         return None
     return round(batch.counts.consumed / elapsed, 1)
-
-
-def iso_ms_of(ms: int) -> str:
-    return iso_ms(from_ms(ms))

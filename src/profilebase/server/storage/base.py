@@ -37,6 +37,7 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     from profilebase.server.storage.batch_control import BatchListing, Cancellation, Cancelled
     from profilebase.server.storage.imports import ImportRow
+    from profilebase.server.storage.records import ProfileRecord
 
 
 class WouldWait(Exception):
@@ -400,16 +401,16 @@ class Store(OverviewReads, Protocol):
 
     def get_profile_nowait(
         self, client_id: int, key: str, expire_before_ms: int = 0
-    ) -> Profile | None:
-        """``get_profile``, if the backend can answer at once without waiting for
+    ) -> ProfileRecord | None:
+        """``get_profile``'s row, if the backend can answer at once without waiting for
         anything (a lock, the network, a large profile); else ``WouldWait``, and the caller
         asks ``get_profile`` from a thread. Callable from the event loop."""
         ...
 
     async def get_profile_async(
         self, client_id: int, key: str, expire_before_ms: int = 0
-    ) -> Profile | None:
-        """``get_profile``, awaited on the event loop, if the backend has a driver that
+    ) -> ProfileRecord | None:
+        """``get_profile``'s row, awaited on the event loop, if the backend has a driver that
         can (PostgreSQL); else, or on any error, ``WouldWait``, and the caller asks
         ``get_profile`` from a thread, which reports an outage as usual."""
         ...

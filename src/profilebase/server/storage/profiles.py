@@ -29,7 +29,12 @@ from profilebase.server.quota import MINUTE_MS, retry_after_ms, seconds, update_
 from profilebase.server.storage.base import UpdateOutcome, Visit, WouldWait
 from profilebase.server.storage.links import absorb_attrs, plan_link
 from profilebase.server.storage.queries import Connection, SharedQueries
-from profilebase.server.storage.records import WriteRows, build_profile, write_numbers
+from profilebase.server.storage.records import (
+    ProfileRecord,
+    WriteRows,
+    build_profile,
+    write_numbers,
+)
 
 
 def window_with_one_more(
@@ -130,12 +135,12 @@ class ProfileQueries(SharedQueries):
 
     def get_profile_nowait(
         self, client_id: int, key: str, expire_before_ms: int = 0
-    ) -> Profile | None:
+    ) -> ProfileRecord | None:
         raise WouldWait  # a backend whose reads may be made on the event loop says so
 
     async def get_profile_async(
         self, client_id: int, key: str, expire_before_ms: int = 0
-    ) -> Profile | None:
+    ) -> ProfileRecord | None:
         raise WouldWait  # a backend with a driver for the event loop says so
 
     async def close_async(self) -> None:

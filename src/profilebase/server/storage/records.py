@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from profilebase.models import (
     SEQ_SPAN,
@@ -51,6 +51,25 @@ def provenance(seq: int, writes: WriteRows) -> Write | None:
     if kind is WriteKind.UPDATE and line > 1:  # a later update of a run sharing the write
         ref = f"{ref}-{line}"
     return Write(kind, ref, line if kind is WriteKind.BATCH else None)
+
+
+class ProfileRecord(NamedTuple):
+    """A profile as a fetch's statement reads it, before ``build_profile``: the fetch's
+    reply is made from it directly (``export.fetch_document``), without the records in
+    between."""
+
+    client_code: str
+    #: The key it was looked up by.
+    key: str
+    #: Its stored attributes, ``{name: [value, seq, modified_at_ms]}``.
+    attrs: Mapping[str, Sequence[Any]]
+    modified_ms: int
+    #: The stored key, then its aliases in link order.
+    ids: Sequence[str]
+    writes: WriteRows
+
+    def profile(self) -> Profile:
+        return build_profile(*self)
 
 
 def build_profile(

@@ -39,9 +39,9 @@ from starlette.responses import Response, StreamingResponse
 
 from profilebase import __version__, batchfile
 from profilebase.errors import BadRequest, BatchTooLarge, NotFound
-from profilebase.models import Batch, FailedRow, iso_ms
+from profilebase.models import Batch, FailedRow, iso_ms, iso_ms_of
 from profilebase.server import profile_import
-from profilebase.server.batches import iso_ms_of, rows_per_second, standing
+from profilebase.server.batches import rows_per_second, standing
 from profilebase.server.dry_run import limits_json
 from profilebase.server.quota import DAY_MS
 from profilebase.server.storage.base import Store, UnitsSummary

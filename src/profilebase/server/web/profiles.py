@@ -22,10 +22,11 @@ from starlette.types import Scope
 
 from profilebase import ids
 from profilebase.errors import BadRequest, NotFound
-from profilebase.models import KeyKind, Profile, to_ms
+from profilebase.models import KeyKind, Profile
 from profilebase.server import export
 from profilebase.server.storage.base import ProfileExport, WouldWait
 from profilebase.server.storage.links import ecid_key
+from profilebase.server.storage.records import ProfileRecord
 from profilebase.server.web.context import (
     ClientContext,
     client_named,
@@ -163,9 +164,9 @@ async def fetch_async(request: Request, context: ClientContext) -> Response:
     before = context.limits.expire_before_ms(context.clock())
     if not replies.most_bytes:
         key, named = identify(request)
-        profile = await store.get_profile_async(client.id, key, before)
+        record = await store.get_profile_async(client.id, key, before)
         context.metrics.fetch_read.inc()
-        return reply_of(profile, client.code, named)
+        return record_reply(record, client.code, named)
     await replies.refresh_async(request.scope.get(ARRIVED), store.changes_async)
     body = kept_reply(request, context, before)
     if body is None:
@@ -173,8 +174,8 @@ async def fetch_async(request: Request, context: ClientContext) -> Response:
         # Another fetch's check may answer a commit while this one reads: its reply is
         # then sent, not kept (it may not show that commit).
         generation = replies.generation
-        profile = await store.get_profile_async(client.id, key, before)
-        body = keep_reply(request, context, named, profile, generation)
+        record = await store.get_profile_async(client.id, key, before)
+        body = keep_reply(request, context, named, record, generation)
     return JsonBytesResponse(body)
 
 
@@ -186,15 +187,15 @@ def fetch_nowait(request: Request, context: ClientContext) -> Response:
     before = context.limits.expire_before_ms(context.clock())
     if not replies.most_bytes:
         key, named = identify(request)
-        profile = store.get_profile_nowait(client.id, key, before)
+        record = store.get_profile_nowait(client.id, key, before)
         context.metrics.fetch_read.inc()
-        return reply_of(profile, client.code, named)
+        return record_reply(record, client.code, named)
     replies.refresh(request.scope.get(ARRIVED), store.changes_nowait)
     body = kept_reply(request, context, before)
     if body is None:
         key, named = identify(request)
-        profile = store.get_profile_nowait(client.id, key, before)
-        body = keep_reply(request, context, named, profile, replies.generation)
+        record = store.get_profile_nowait(client.id, key, before)
+        body = keep_reply(request, context, named, record, replies.generation)
     return JsonBytesResponse(body)
 
 
@@ -211,18 +212,18 @@ def keep_reply(
     request: Request,
     context: ClientContext,
     named: str,
-    profile: Profile | None,
+    record: ProfileRecord | None,
     generation: int,
 ) -> bytes:
-    """The reply body of ``profile``, just read (counted as such), kept for the path if
-    no check answered a change since the read began (``generation``); ``not_found`` if
-    there is none."""
+    """The reply body of the profile ``record`` holds, just read (counted as such), kept
+    for the path if no check answered a change since the read began (``generation``);
+    ``not_found`` if there is none."""
     context.metrics.fetch_read.inc()
-    if profile is None:
+    if record is None:
         raise not_found(context.client.code, named)
-    body = json_bytes(export.profile_json(profile))
+    body = json_bytes(export.fetch_document(record))
     path = request.scope.get("raw_path") or request.scope["path"].encode()
-    context.fetch_replies.put(context.client.id, path, to_ms(profile.modified_at), body, generation)
+    context.fetch_replies.put(context.client.id, path, record.modified_ms, body, generation)
     return body
 
 
@@ -238,6 +239,13 @@ def reply_of(profile: Profile | None, client_code: str, named: str) -> Response:
     if profile is None:
         raise not_found(client_code, named)
     return JsonResponse(export.profile_json(profile))
+
+
+def record_reply(record: ProfileRecord | None, client_code: str, named: str) -> Response:
+    """``reply_of`` the profile ``record`` holds."""
+    if record is None:
+        raise not_found(client_code, named)
+    return JsonBytesResponse(json_bytes(export.fetch_document(record)))
 
 
 async def delete(request: Request, context: ClientContext) -> Response:

@@ -65,7 +65,7 @@ from profilebase.server.storage.postgres.loop_reads import LoopReads
 from profilebase.server.storage.postgres.tables import PostgresTables
 from profilebase.server.storage.profiles import ProfileQueries, window_with_one_more
 from profilebase.server.storage.queries import Connection
-from profilebase.server.storage.records import build_profile
+from profilebase.server.storage.records import ProfileRecord
 
 #: How often applying a unit is tried again after a lost race (a deadlock cannot
 #: happen with the lock order above; a concurrent creation can, rarely).
@@ -516,11 +516,12 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
                     self._stale(db, False, exc)
                     raise
 
-        return self._document_profile(key, self._trusting(read))
+        record = self._document_profile(key, self._trusting(read))
+        return None if record is None else record.profile()
 
     async def get_profile_async(
         self, client_id: int, key: str, expire_before_ms: int = 0
-    ) -> Profile | None:
+    ) -> ProfileRecord | None:
         """The fetch's statement on the event loop (``loop_reads.py``): ``WouldWait`` on any
         error, and the fetch is made from a thread."""
         if not self._can_store(key):
@@ -546,13 +547,13 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
         await self.loop_reads.close()
 
     @staticmethod
-    def _document_profile(key: str, row: Any) -> Profile | None:
+    def _document_profile(key: str, row: Any) -> ProfileRecord | None:
         """The profile of a row of ``postgres_profile_document`` (None: no row)."""
         if row is None:
             return None
         code, attrs, modified, stored, aliases, seqs, kinds, refs = row
         writes = dict(zip(seqs or (), zip(kinds or (), refs or (), strict=True), strict=True))
-        return build_profile(code, key, json.loads(attrs), modified, [stored, *aliases], writes)
+        return ProfileRecord(code, key, json.loads(attrs), modified, [stored, *aliases], writes)
 
     def recent_updates(self, client_id: int, since_ms: int) -> list[tuple[int, int]]:
         """The shared read, on a connection lent unchecked (``_trusting``): a single update's

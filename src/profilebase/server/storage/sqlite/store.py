@@ -43,7 +43,7 @@ from profilebase.server.storage.profiles import (
     window_with_one_more,
 )
 from profilebase.server.storage.queries import Connection
-from profilebase.server.storage.records import build_profile
+from profilebase.server.storage.records import ProfileRecord
 from profilebase.server.storage.sqlite import checkpoints
 from profilebase.server.storage.sqlite.apart import WriterLink
 from profilebase.server.storage.sqlite.checkpoints import Checkpoints, checkpoint, no_autocheckpoint
@@ -545,11 +545,12 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
 
     def get_profile(self, client_id: int, key: str, expire_before_ms: int = 0) -> Profile | None:
         with self._read() as db:  # one statement: one snapshot
-            return self._profile_document(db, client_id, key, expire_before_ms, None)
+            record = self._profile_document(db, client_id, key, expire_before_ms, None)
+        return None if record is None else record.profile()
 
     def get_profile_nowait(
         self, client_id: int, key: str, expire_before_ms: int = 0
-    ) -> Profile | None:
+    ) -> ProfileRecord | None:
         """The fetch, on a connection of its own that never waits: no busy timeout (in WAL
         a reader waits for no writer; SQLite answers busy only while a checkpoint or a
         recovery rewrites the WAL's index), and one caller at a time. Busy, another
@@ -601,7 +602,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         key: str,
         expire_before_ms: int,
         most_chars: int | None,
-    ) -> Profile | None:
+    ) -> ProfileRecord | None:
         """The profile ``key`` finds, with its ids and provenance, in one statement;
         ``WouldWait`` if its stored JSON is longer than ``most_chars``."""
         found = db.execute(
@@ -613,7 +614,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         code, stored, attrs_json, modified, aliases, writes = found[0]
         if most_chars is not None and len(attrs_json) > most_chars:
             raise WouldWait
-        return build_profile(
+        return ProfileRecord(
             code,
             key,
             _decode(attrs_json),
