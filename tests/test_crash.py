@@ -65,6 +65,25 @@ class ServerProcess:
         self.process.wait(10)
 
 
+def worker_process(database: str, log: Path) -> subprocess.Popen[bytes]:
+    """`python -m profilebase worker` with ``ServerProcess``'s settings, in a process group
+    of its own (SIGKILL it with ``os.killpg``)."""
+    env = {
+        **os.environ,
+        "PROFILEBASE_DATABASE": database,
+        "PROFILEBASE_UNIT_ROWS": "1000",
+        "PROFILEBASE_LEASE_SECONDS": "1",
+    }
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "profilebase", "worker", "--concurrency", "2"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def wait_until(predicate, timeout: float = 120.0, interval: float = 0.02):  # type: ignore[no-untyped-def]
     """Poll ``predicate`` until it returns a truthy value, failing after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -89,12 +108,20 @@ def test_sigkill_during_a_large_batch(database_url: str, tmp_path: Path):
         with httpx.Client(base_url=server.url, timeout=60) as http:
             batch_id = batch_id_of(submit(http, body))
         server.kill()  # 1. right after success=true: nothing applied yet, maybe
-        server = ServerProcess(database, log)
-        with httpx.Client(base_url=server.url, timeout=60) as http:
-            consumed = wait_until(
-                lambda: int(status(http, batch_id)["consumedCount"]), interval=0.005
-            )
-        server.kill()  # 2. in the middle of applying units
+        # 2. in the middle of applying units. The workers run as a process of their own,
+        # started once the server answers: a server's own workers may finish the batch
+        # before its HTTP process first answers (seen on a fast machine).
+        server = ServerProcess(database, log, workers="0")
+        worker = worker_process(database, log)
+        try:
+            with httpx.Client(base_url=server.url, timeout=60) as http:
+                consumed = wait_until(
+                    lambda: int(status(http, batch_id)["consumedCount"]), interval=0.005
+                )
+        finally:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+        server.kill()
         server = ServerProcess(database, log)
         with httpx.Client(base_url=server.url, timeout=60) as http:
             final = wait_until(lambda: (s := status(http, batch_id))["status"] == "complete" and s)

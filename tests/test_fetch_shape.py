@@ -15,6 +15,7 @@ from profilebase import models
 from profilebase.models import SEQ_SPAN, iso_ms, iso_ms_of
 from profilebase.server.export import fetch_document, profile_json
 from profilebase.server.storage.records import ProfileRecord, build_profile, provenance
+from profilebase.server.web.responses import json_bytes
 
 moments = st.datetimes(
     min_value=datetime(1970, 1, 2),
@@ -108,3 +109,4 @@ def test_a_profiles_json_is_the_same_as_made_one_by_one(attrs, writes):  # type:
     assert profile_json(profile) == expected
     assert record.profile() == profile
     assert fetch_document(record) == expected
+    assert json_bytes(fetch_document(record)) == json_bytes(expected)  # the keys' order too

@@ -46,7 +46,12 @@ from profilebase.server.storage.queries import Connection
 from profilebase.server.storage.records import ProfileRecord
 from profilebase.server.storage.sqlite import checkpoints
 from profilebase.server.storage.sqlite.apart import WriterLink
-from profilebase.server.storage.sqlite.checkpoints import Checkpoints, checkpoint, no_autocheckpoint
+from profilebase.server.storage.sqlite.checkpoints import (
+    BACKSTOP_PAGES,
+    Checkpoints,
+    checkpoint,
+    no_autocheckpoint,
+)
 from profilebase.server.storage.sqlite.held import HeldWrites
 from profilebase.server.storage.sqlite.imports import SQLiteImports
 from profilebase.server.storage.sqlite.tables import SQLiteTables
@@ -133,7 +138,8 @@ ONLINE_TURN = 0.002
 
 #: A worker checkpoints the WAL once its parts wrote this many bytes of profiles since
 #: its last checkpoint: a quarter of SQLite's own 1,000 pages of 16 KB, so that with a few
-#: workers writing (and the pages' overhead) the WAL stays short.
+#: workers writing (and the pages' overhead) the WAL stays short, and other commits of the
+#: store (claims, releases) seldom find it long enough to checkpoint it themselves.
 CHECKPOINT_BYTES = 4 * 1024 * 1024
 
 
@@ -238,7 +244,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         self._held: HeldWrites | None = None
         self._group_failure: BaseException | None = None
         #: Copies the WAL into the database after online writes, which do not.
-        self._checkpoints = Checkpoints(self._read, self._writers.turn)
+        self._checkpoints = Checkpoints(self._read, self._writers.turn, timeout=timeout + 5)
         #: Bytes of profiles this store's parts wrote since its last checkpoint.
         self._unchecked = 0
         self._idle: list[sqlite3.Connection] = []
@@ -485,7 +491,12 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         calls: list[Call] = []
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
-            with self._read() as db, no_autocheckpoint(db), self._writers.turn(), _transaction(db):
+            with (
+                self._read() as db,
+                no_autocheckpoint(db, BACKSTOP_PAGES),
+                self._writers.turn(),
+                _transaction(db),
+            ):
                 held = HeldWrites()
                 self._group_db, self._group_failure, self._held = db, None, held
                 try:
@@ -515,7 +526,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
                 future.set_result(result)
             else:
                 future.set_exception(error)
-        self._checkpoints.wrote(len(calls))
+        if self.path != ":memory:":  # one connection, and no WAL
+            self._checkpoints.wrote(len(calls))
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
