@@ -59,11 +59,16 @@ def database_bytes(store: SQLiteStore) -> bytes:
     return Path(store.path).read_bytes()
 
 
-def test_a_group_commit_leaves_the_wal_to_the_checkpoint_thread(store: SQLiteStore):
+def after_a_first_write(store: SQLiteStore) -> bytes:
+    """One page call, its WAL copied: what the database file holds then."""
     page_call(store, 0)
-    with store._read() as db:  # the WAL copied: what the database file holds now
+    with store._read() as db:
         checkpoints.copy(db)
-    before = database_bytes(store)
+    return database_bytes(store)
+
+
+def test_a_group_commit_leaves_the_wal_to_the_checkpoint_thread(store: SQLiteStore):
+    before = after_a_first_write(store)
     for n in range(1, 11):
         page_call(store, n)
     assert database_bytes(store) == before  # ten commits, each longer than a page: in the WAL
@@ -73,10 +78,7 @@ def test_a_group_commit_leaves_the_wal_to_the_checkpoint_thread(store: SQLiteSto
 
 def test_the_thread_copies_the_wal_once_enough_writes_were_made(store: SQLiteStore):
     store._checkpoints = Checkpoints(store._read, store._writers.turn, writes=5, seconds=0)
-    page_call(store, 0)
-    with store._read() as db:  # the WAL copied: what the database file holds now
-        checkpoints.copy(db)
-    before = database_bytes(store)
+    before = after_a_first_write(store)
     for n in range(1, 4):
         page_call(store, n)
     time.sleep(0.2)
