@@ -198,3 +198,26 @@ def test_a_copy_that_fails_is_made_after_the_next_writes_and_closing_stops_the_t
     assert thread is not None and thread.is_alive()
     store.close()
     assert not thread.is_alive()
+
+
+def test_the_thread_is_told_once_when_the_writes_reach_their_count(store: SQLiteStore):
+    """While the thread pauses between rounds, later writes do not wake it one by one:
+    each wake-up takes the GIL from the event loop or the writer that made the write."""
+    told: list[int] = []
+
+    class Counted(threading.Condition):
+        def notify(self, n: int = 1) -> None:
+            told.append(n)
+            super().notify(n)
+
+    ours = Checkpoints(store._read, store._writers.turn, writes=3, seconds=60)
+    ours._changed = Counted(ours._lock)
+    store._checkpoints = ours
+    for n in range(3):
+        page_call(store, n)
+    assert wait_until(lambda: ours.copies == 1)  # the first round comes at once
+    assert len(told) == 1
+    for n in range(3, 30):  # the thread now pauses for a minute
+        page_call(store, n)
+    assert len(told) == 2  # when the count reached 3 again; before: once per write after it
+    assert ours.copies == 1

@@ -151,3 +151,48 @@ def test_a_writer_waiting_in_another_process_is_seen(tmp_path: Path):
         assert waiter.wait(30) == 0
     assert not queue.others_waiting()
     queue.close()
+
+
+def one_wait_behind(holder: WriterQueue, waiter: WriterQueue) -> float:
+    """``holder`` takes its turn and keeps it 50 ms; ``waiter`` waits for its own: how long."""
+    held, release = threading.Event(), threading.Event()
+    waited: list[float] = []
+
+    def hold() -> None:
+        with holder.turn():
+            held.set()
+            release.wait(5)
+
+    def wait() -> None:
+        start = time.monotonic()
+        with waiter.turn():
+            waited.append(time.monotonic() - start)
+
+    holding = threading.Thread(target=hold)
+    holding.start()
+    assert held.wait(5)
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    time.sleep(0.05)
+    release.set()
+    holding.join(5)
+    waiting.join(5)
+    assert waited
+    return waited[0]
+
+
+def test_one_helper_thread_waits_in_the_kernel_for_every_wait(tmp_path: Path):
+    """Waits for the file lock are done by one long-lived helper thread of the queue, not
+    a thread started for each (which costs more than a small group of writes when two
+    processes' writers alternate); closing the queue ends it."""
+    path = str(tmp_path / "db.sqlite")
+    holder, waiter = WriterQueue(path, timeout=5), WriterQueue(path, timeout=5)
+    before = set(threading.enumerate())
+    for _ in range(5):
+        assert one_wait_behind(holder, waiter) >= 0.04  # it waited for the other's file lock
+    helpers = [thread for thread in threading.enumerate() if thread not in before]
+    assert [thread.name for thread in helpers] == ["writers-queue"]
+    waiter.close()
+    holder.close()
+    helpers[0].join(5)
+    assert not helpers[0].is_alive()

@@ -125,9 +125,10 @@ class Checkpoints:
         with self._lock:
             if self._closed:
                 return
+            before = self._written
             self._written += writes
-            if self._written < self.writes:
-                return
+            if self._written < self.writes or before >= self.writes:
+                return  # too few yet, or the thread was told when the count got there
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="checkpoints", daemon=True)
                 self._thread.start()

@@ -17,8 +17,9 @@ optimisation, not what keeps writes apart: a writer outside it (another program,
 command line) still meets SQLite's own lock and busy handler. The whole wait is bounded
 by the store's busy timeout (``database_timeout``); past it the caller gets the error
 SQLite gives a writer that waited too long (``SQLITE_BUSY``). The kernel's wait has no
-timeout, so it happens in a helper thread the waiter gives up on at the deadline; the
-helper then unlocks at once if it gets the lock after all.
+timeout, so it happens in the queue's helper thread (one for the queue's life), which the
+waiter gives up on at the deadline; the helper then unlocks at once if it gets the lock
+after all.
 
 A database in memory has no file to lock; a lock file that cannot be opened (a read-only
 directory) leaves the file lock out: writers then queue per process only.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -93,6 +95,9 @@ class WriterQueue:
         self._wait: _Wait | None = None
         #: Threads of this process waiting for the turn.
         self._waiting = 0
+        #: The helper's waits to do (None: end), and the helper, started on the first.
+        self._requests: queue.SimpleQueue[tuple[int, _Wait] | None] = queue.SimpleQueue()
+        self._helper: threading.Thread | None = None
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -142,6 +147,9 @@ class WriterQueue:
             return
         try:
             with self._state:
+                if self._helper is not None:
+                    self._requests.put(None)  # it ends once the wait it does, if any, ends
+                    self._helper = None
                 if self._fd is not None and self._wait is None:
                     os.close(self._fd)
                     self._fd = None
@@ -183,9 +191,14 @@ class WriterQueue:
     def _wait_for_flock(self, fd: int, deadline: float) -> bool:
         with self._state:
             wait = self._wait
-            if wait is None:  # else a helper an earlier writer gave up on still waits
+            if wait is None:  # else the helper still waits for an earlier writer who gave up
                 wait = self._wait = _Wait()
-                threading.Thread(target=self._wait_in_kernel, args=(fd, wait), daemon=True).start()
+                if self._helper is None:
+                    self._helper = threading.Thread(
+                        target=self._help, args=(self._requests,), name="writers-queue", daemon=True
+                    )
+                    self._helper.start()
+                self._requests.put((fd, wait))
             wait.abandoned = False
         wait.done.wait(max(0.0, deadline - time.monotonic()))
         with self._state:
@@ -193,6 +206,12 @@ class WriterQueue:
                 return wait.got
             wait.abandoned = True
         raise busy_error()
+
+    def _help(self, requests: queue.SimpleQueue[tuple[int, _Wait] | None]) -> None:
+        """The helper: one thread for the queue's life, not one per wait (starting a
+        thread costs more than a group of online writes takes when writers alternate)."""
+        while (request := requests.get()) is not None:
+            self._wait_in_kernel(*request)
 
     def _wait_in_kernel(self, fd: int, wait: _Wait) -> None:
         try:
