@@ -159,19 +159,29 @@ def test_steady_writes_keep_the_wal_short(store: SQLiteStore):
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
     for thread in threads:
         thread.start()
+    starts: set[bytes] = set()  # the WAL header's checkpoint sequence: one per start over
     try:
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
-            longest = max(longest, wal.stat().st_size if wal.exists() else 0)
+            if wal.exists():
+                longest = max(longest, wal.stat().st_size)
+                with wal.open("rb") as header:
+                    starts.add(header.read(16)[12:16])
             time.sleep(0.005)
     finally:
         stop.set()
         for thread in threads:
             thread.join()
-    print(f"{sum(written)} writes, longest WAL {longest // 1024} KB")
+    print(
+        f"{sum(written)} writes, WAL started over {len(starts)} times, longest {longest >> 10} KB"
+    )
     assert store._checkpoints.copies_in_turn >= 1
-    # Seen: 8,000 writes, 4.6 MB; 330 MB with the copies in the turn taken out by hand.
-    assert 0 < longest < 32 * 1024 * 1024
+    # With the copies in the turn taken out by hand, the WAL started over only at the group
+    # commits' backstop: 4 times, 160 MB long (15,550 writes; 330 MB before the backstop).
+    # Seen with them: 33 to 37 times, 9 to 13 MB alone; once 34 MB beside the rest of the
+    # suite (a loaded machine starves the thread, and the file keeps its longest size).
+    assert len(starts) >= 8
+    assert 0 < longest < 128 * 1024 * 1024
 
 
 def test_a_copy_that_fails_is_made_after_the_next_writes_and_closing_stops_the_thread(
