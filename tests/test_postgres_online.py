@@ -19,9 +19,10 @@ import httpx
 import psycopg
 import pytest
 from conftest import LiveServer, PostgresServer, free_port
+from psycopg_pool import ConnectionPool
 
 from profilebase.errors import DatabaseUnavailable, ProfilebaseError, QuotaExceeded, RequestTooLarge
-from profilebase.models import Client
+from profilebase.models import Client, now_ms
 from profilebase.server.settings import Settings
 from profilebase.server.storage import open_store
 from profilebase.server.storage.base import Visit, WouldWait
@@ -625,4 +626,37 @@ def test_a_pooled_connection_lost_while_idle_does_not_fail_a_request(databases: 
             assert [updates for _, updates in store.recent_updates(1, 0)] == [1]
     profile = store.get_profile(1, "t:X")
     assert profile is not None and profile.attributes["n"].value == "2"
+    store.close()
+
+
+def test_a_units_parts_are_lent_trusted_connections_and_start_over_on_a_lost_one(
+    databases: list[str], monkeypatch: pytest.MonkeyPatch
+):
+    """A part of a unit is one transaction: its connection is lent without the pool's check
+    (a round trip) when it answered within the last second. Should the database have ended
+    it meanwhile, the part's BEGIN finds it lost, nothing of the part reached the database,
+    and the part starts over on a checked connection: every row is applied."""
+    from test_store_contract import LEASE, accept, apply, values
+
+    url = databases[0]
+    store = open_pg(url)
+    checks: list[int] = []
+    check = ConnectionPool.check_connection
+    monkeypatch.setattr(
+        ConnectionPool, "check_connection", staticmethod(lambda db: (checks.append(1), check(db)))
+    )
+    body = "batch=thirdPartyId,n\n" + "".join(f"p{i},{i}\n" for i in range(6))
+    accept(store, body.encode(), unit_rows=2)
+    claims = [store.claim_unit("w", now_ms(), LEASE) for _ in range(3)]
+    assert all(claims)
+    assert apply(store, claims[0]) is not None  # its connections answer now
+    checks.clear()
+    assert apply(store, claims[1]) is not None
+    assert checks == []  # before: one check per part
+    others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    with psycopg.connect(url, autocommit=True) as db:
+        wait_for(lambda: ended_all(db, others))
+    assert apply(store, claims[2]) is not None
+    assert checks  # the pool then checked what it lent
+    assert [values(store, f"p{i}") for i in range(6)] == [{"n": str(i)} for i in range(6)]
     store.close()

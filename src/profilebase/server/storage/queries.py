@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
+from functools import partial
 from operator import attrgetter
 from typing import Any, Protocol, TypeVar
 
@@ -110,6 +111,11 @@ class SharedQueries(OverviewQueries, ABC):
         """The write transaction of a part a worker applies, ``size`` bytes of rows. A
         backend may queue parts among themselves around it (SQLite does)."""
         return self._write()
+
+    def _part_attempt(self, apply: Callable[[], T]) -> T:
+        """One attempt at a part's transaction (``apply`` opens it with ``_part_write``);
+        a backend may lend it a connection without checking it first (PostgreSQL does)."""
+        return apply()
 
     def _bulk_write(self) -> AbstractContextManager[Connection]:
         """The write transaction that stores an accepted batch and its units."""
@@ -383,7 +389,7 @@ class SharedQueries(OverviewQueries, ABC):
                     through_line,
                 )
 
-        return self._racing(claim, apply)
+        return self._racing(claim, partial(self._part_attempt, apply))
 
     def _racing(self, claim: UnitClaim, apply: Callable[[], T]) -> T:
         """``apply()``, a unit's transaction, run again at once if it lost a race to

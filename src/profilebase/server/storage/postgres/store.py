@@ -31,7 +31,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from json.encoder import encode_basestring as json_string
 from typing import Any, TypeVar, cast
@@ -462,6 +462,24 @@ class PostgresStore(PostgresTables, PostgresImports, BatchControl, ClientQueries
     def _snapshot(self) -> Iterator[psycopg.Connection]:
         with self._connection() as db, db.transaction():
             db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield db
+
+    def _part_attempt(self, apply: Callable[[], T]) -> T:
+        """A part on a connection lent unchecked if it answered lately (``_trusting``): the
+        check is a round trip, as long as one of the part's own few. A part whose ``BEGIN``
+        finds the connection lost starts over on a checked one (``_part_write``)."""
+        return self._trusting(apply)
+
+    @contextmanager
+    def _part_write(self, size: int) -> Iterator[psycopg.Connection]:
+        """A part's transaction; a connection lost before its ``BEGIN`` answered had
+        nothing of the part, which then starts over (``_stale``, in ``_part_attempt``)."""
+        with self._connection() as db, ExitStack() as transaction:
+            try:
+                transaction.enter_context(db.transaction())  # sends BEGIN
+            except psycopg.OperationalError as exc:
+                self._stale(db, False, exc)
+                raise
             yield db
 
     @contextmanager
