@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from profilebase.errors import DatabaseUnavailable
-from profilebase.server.storage.sqlite import SQLiteStore
+from profilebase.server.storage.sqlite import SQLiteStore, writers
 from profilebase.server.storage.sqlite.writers import LOCK_SUFFIX, WriterQueue
 
 
@@ -196,3 +196,21 @@ def test_one_helper_thread_waits_in_the_kernel_for_every_wait(tmp_path: Path):
     holder.close()
     helpers[0].join(5)
     assert not helpers[0].is_alive()
+
+
+def test_an_idle_helper_thread_ends_and_the_next_wait_starts_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A queue nobody closes does not keep its helper for the process's life."""
+    monkeypatch.setattr(writers, "HELPER_IDLE_SECONDS", 0.2)
+    path = str(tmp_path / "db.sqlite")
+    holder, waiter = WriterQueue(path, timeout=5), WriterQueue(path, timeout=5)
+    assert one_wait_behind(holder, waiter) >= 0.04
+    first = waiter._helper
+    assert first is not None and first.is_alive()
+    first.join(5)
+    assert not first.is_alive() and waiter._helper is None
+    assert one_wait_behind(holder, waiter) >= 0.04  # a new helper did the next wait
+    assert waiter._helper is not None and waiter._helper is not first
+    waiter.close()
+    holder.close()

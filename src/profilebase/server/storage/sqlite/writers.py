@@ -17,7 +17,7 @@ optimisation, not what keeps writes apart: a writer outside it (another program,
 command line) still meets SQLite's own lock and busy handler. The whole wait is bounded
 by the store's busy timeout (``database_timeout``); past it the caller gets the error
 SQLite gives a writer that waited too long (``SQLITE_BUSY``). The kernel's wait has no
-timeout, so it happens in the queue's helper thread (one for the queue's life), which the
+timeout, so it happens in the queue's helper thread (one for many waits), which the
 waiter gives up on at the deadline; the helper then unlocks at once if it gets the lock
 after all.
 
@@ -52,6 +52,8 @@ Call = tuple[Future[Any], Callable[[], Any]]
 LOCK_SUFFIX = "-writer.lock"
 #: The byte of the lock file a waiting process holds a shared record lock on.
 ANNOUNCE_AT = 0
+#: A queue's helper thread that had no wait to do for this long ends (``WriterQueue._help``).
+HELPER_IDLE_SECONDS = 60.0
 #: The file batch parts queue on first (``SQLiteStore._part_write``).
 BATCH_LOCK_SUFFIX = "-batch.lock"
 
@@ -208,9 +210,21 @@ class WriterQueue:
         raise busy_error()
 
     def _help(self, requests: queue.SimpleQueue[tuple[int, _Wait] | None]) -> None:
-        """The helper: one thread for the queue's life, not one per wait (starting a
-        thread costs more than a group of online writes takes when writers alternate)."""
-        while (request := requests.get()) is not None:
+        """The helper: one thread for many waits, not one per wait (starting a thread costs
+        more than a group of online writes takes when writers alternate). It ends when the
+        queue closes, or after ``HELPER_IDLE_SECONDS`` without a wait: the next wait starts
+        another (waits are queued under ``_state``, so none is left behind)."""
+        while True:
+            try:
+                request = requests.get(timeout=HELPER_IDLE_SECONDS)
+            except queue.Empty:
+                with self._state:
+                    if requests.empty() and self._helper is threading.current_thread():
+                        self._helper = None
+                        return
+                continue
+            if request is None:
+                return
             self._wait_in_kernel(*request)
 
     def _wait_in_kernel(self, fd: int, wait: _Wait) -> None:
