@@ -197,7 +197,7 @@ class WriterQueue:
                 wait = self._wait = _Wait()
                 if self._helper is None:
                     self._helper = threading.Thread(
-                        target=self._help, args=(self._requests,), name="writers-queue", daemon=True
+                        target=self._help, name="writers-queue", daemon=True
                     )
                     self._helper.start()
                 self._requests.put((fd, wait))
@@ -209,17 +209,17 @@ class WriterQueue:
             wait.abandoned = True
         raise busy_error()
 
-    def _help(self, requests: queue.SimpleQueue[tuple[int, _Wait] | None]) -> None:
+    def _help(self) -> None:
         """The helper: one thread for many waits, not one per wait (starting a thread costs
         more than a group of online writes takes when writers alternate). It ends when the
         queue closes, or after ``HELPER_IDLE_SECONDS`` without a wait: the next wait starts
         another (waits are queued under ``_state``, so none is left behind)."""
         while True:
             try:
-                request = requests.get(timeout=HELPER_IDLE_SECONDS)
+                request = self._requests.get(timeout=HELPER_IDLE_SECONDS)
             except queue.Empty:
                 with self._state:
-                    if requests.empty() and self._helper is threading.current_thread():
+                    if self._requests.empty() and self._helper is threading.current_thread():
                         self._helper = None
                         return
                 continue
