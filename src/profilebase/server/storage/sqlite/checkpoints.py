@@ -2,9 +2,10 @@
 
 In WAL mode a commit appends the pages it changed to the WAL; a checkpoint copies them into
 the database file. By default the commit that leaves the WAL longer than
-``wal_autocheckpoint`` pages (1,000) checkpoints it itself, before it returns and inside the
-writers' turn. Under single updates one group commit in a hundred did, for 15–40 ms, with
-every write behind it waiting (docs/design.md#checkpoints-off-the-online-path).
+``wal_autocheckpoint`` pages (``AUTOCHECKPOINT_PAGES``) checkpoints it itself, before it
+returns and inside the writers' turn. Under single updates one group commit in a hundred
+did, for 15–40 ms, with every write behind it waiting
+(docs/design.md#checkpoints-off-the-online-path).
 
 So a group of online writes commits without checkpointing (``no_autocheckpoint``, up to
 ``BACKSTOP_PAGES``) and tells ``Checkpoints``, whose thread copies the WAL once at least
@@ -36,19 +37,21 @@ from typing import NamedTuple
 
 log = logging.getLogger("profilebase.server.storage")
 
-#: SQLite's default: a commit that leaves more WAL pages than this checkpoints them.
-AUTOCHECKPOINT_PAGES = 1000
+#: A commit that leaves more WAL pages than this checkpoints them: 16 MB of 4 KB pages, what
+#: SQLite's default of 1,000 pages is with the 16 KB pages this store used before (the
+#: store's ``PAGE_BYTES``); on a database made with those, four times that.
+AUTOCHECKPOINT_PAGES = 4000
 #: What a group commit of online writes leaves to ``Checkpoints``: it checkpoints itself only
-#: past this many pages (160 MB of 16 KB pages), should the thread fall behind (a few large
+#: past this many pages (160 MB of 4 KB pages), should the thread fall behind (a few large
 #: writes between two of its copies, or fewer than ``WRITES`` in all).
-BACKSTOP_PAGES = 10_000
+BACKSTOP_PAGES = 40_000
 #: Online writes committed, and seconds passed, between two copies of ``Checkpoints``.
 WRITES = 100
 SECONDS = 0.25
 #: Copies outside the writers' turn, at most, before the one inside it: each copies what
-#: was appended while the one before ran, until that is fewer than ``SHORT_PAGES``.
+#: was appended while the one before ran, until that is fewer than ``SHORT_PAGES`` (4 MB).
 OUTSIDE_COPIES = 4
-SHORT_PAGES = 256
+SHORT_PAGES = 1024
 #: After a copy found another checkpoint running, the next try comes this much later.
 BUSY_PAUSE = 0.01
 #: At most one warning a minute about copies that failed.

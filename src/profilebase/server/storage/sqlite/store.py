@@ -136,8 +136,14 @@ TRANSIENT_CODES = {
 #: part of any worker may take it: they are woken at once but must be scheduled first.
 ONLINE_TURN = 0.002
 
+#: The page size of a new database file (SQLite's default). A commit writes every page it
+#: changed to the WAL whole, and a checkpoint copies it back: a group of single updates on
+#: random profiles changes one leaf page each, so 16 KB pages wrote four times the bytes
+#: (docs/design.md, "Pages of 4 KB"). A database made with other pages keeps them.
+PAGE_BYTES = 4096
 #: A worker checkpoints the WAL once its parts wrote this many bytes of profiles since
-#: its last checkpoint: a quarter of SQLite's own 1,000 pages of 16 KB, so that with a few
+#: its last checkpoint: a quarter of the 16 MB past which a commit checkpoints by itself
+#: (``checkpoints.AUTOCHECKPOINT_PAGES``), so that with a few
 #: workers writing (and the pages' overhead) the WAL stays short, and other commits of the
 #: store (claims, releases) seldom find it long enough to checkpoint it themselves.
 CHECKPOINT_BYTES = 4 * 1024 * 1024
@@ -266,7 +272,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
                 detail=f"cannot open SQLite database {self.path}: {exc}"
             ) from exc
         try:
-            db.execute("PRAGMA page_size = 16384")  # only takes effect on a new file
+            db.execute(f"PRAGMA page_size = {PAGE_BYTES}")  # only takes effect on a new file
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self.synchronous}")
             db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
