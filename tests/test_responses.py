@@ -1,5 +1,6 @@
 """JsonResponse (msgspec) writes the bytes Starlette's JSONResponse (json.dumps) writes for
-what replies hold; floats differ at most in how an exponent is spelled, never in value."""
+what replies hold; floats differ at most in how an exponent is spelled, never in value. The
+single update's reply (UpdatedResponse) is the one xml_response makes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.responses import JSONResponse
 
+from profilebase.server.web import xml
 from profilebase.server.web.responses import JsonResponse
 
 SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text()
@@ -37,3 +39,23 @@ def test_the_headers_are_those_of_a_json_reply():
     assert ours.status_code == 201
     assert ours.headers["content-type"] == theirs.headers["content-type"] == "application/json"
     assert ours.headers["content-length"] == theirs.headers["content-length"]
+
+
+@given(
+    st.none() | st.text(),
+    st.dictionaries(
+        st.sampled_from(["X-RateLimit-Limit", "X-RateLimit-Reset"]), st.text("0123456789")
+    ),
+)
+def test_the_update_reply_is_the_one_xml_response_makes(pc_id: str | None, headers: dict[str, str]):
+    """Same status, body (markup escaped, characters XML cannot carry replaced) and headers
+    (names in lower case, as Starlette sends them)."""
+    children = [
+        xml.element("success", "true"),
+        xml.element("pcId", pc_id),
+        xml.element("message", "Request successfully submitted"),
+    ]
+    theirs = xml.xml_response(children, headers=headers)
+    ours = xml.UpdatedResponse(pc_id, headers)
+    assert (ours.status_code, ours.body) == (theirs.status_code, theirs.body)
+    assert sorted(ours.raw_headers) == sorted(theirs.raw_headers)

@@ -67,18 +67,18 @@ async def update(request: Request, context: ClientContext) -> Response:
     reply, a refusal included, reads them in a trip to a thread."""
     try:
         kind, identifier, values = await parse_request(request, context.limits)
-        response, recent = await apply(context, kind, identifier, values)
+        pc_id, recent = await apply(context, kind, identifier, values)
     except StorageError:
         raise
     except ProfilebaseError as exc:
         exc.headers.update(await run_in_threadpool(quota_headers, context))
         raise
     if recent is None:
-        response.headers.update(await run_in_threadpool(quota_headers, context))
+        headers = await run_in_threadpool(quota_headers, context)
     else:
         limit = context.limits.updates_per_day
-        response.headers.update(quota.rate_limit_headers(recent, limit, context.clock()))
-    return response
+        headers = quota.rate_limit_headers(recent, limit, context.clock())
+    return xml.UpdatedResponse(pc_id, headers)
 
 
 def quota_headers(context: ClientContext) -> dict[str, str]:
@@ -104,9 +104,10 @@ async def parse_request(request: Request, limits: Limits) -> tuple[KeyKind, str,
 
 async def apply(
     context: ClientContext, kind: KeyKind, identifier: str, values: dict[str, str]
-) -> tuple[Response, Sequence[tuple[int, int]] | None]:
+) -> tuple[str | None, Sequence[tuple[int, int]] | None]:
     """Apply one profile update now; 404 (creating nothing) if no profile has the id.
-    Returns the reply and the quota's counts the update brought, if it counted."""
+    Returns the pcId to reply with and the quota's counts the update brought, if it
+    counted."""
     client, limits = context.client, context.limits
     now = context.clock()
     outcome = await context.write_now(
@@ -126,7 +127,7 @@ async def apply(
             "A profile in a batch that is still queued does not exist yet; create profiles with "
             "a v2 batch or a page call first."
         )
-    return xml.xml_response(xml.updated(outcome.pc_id)), outcome.recent
+    return outcome.pc_id, outcome.recent
 
 
 async def read_parameters(request: Request, limits: Limits) -> list[tuple[str, str]]:
