@@ -21,7 +21,8 @@ from profilebase.server.storage import Store
 from profilebase.server.worker import Worker
 
 LEASE = 60_000
-ROWS = 250  # five units of 50 rows (the test settings' unit_rows)
+#: Five units: the first of 25 rows (half the test settings' unit_rows), then four of 50.
+ROWS = 225
 
 
 def body(rows: int = ROWS, prefix: str = "c") -> bytes:
@@ -54,7 +55,7 @@ def all_failures(store: Store, seq: int) -> list:
 
 
 def test_cancel_mid_batch_counts_every_row_exactly(store: Store):
-    """Two units applied, one leased, two pending: the three not applied fail as cancelled;
+    """Two units applied (75 rows), one leased, two pending: the three not applied fail as cancelled;
     the leased unit's apply then writes nothing; the batch is complete."""
     seq, batch_id = accept(store, body())
     for _ in range(2):
@@ -73,16 +74,16 @@ def test_cancel_mid_batch_counts_every_row_exactly(store: Store):
     assert batch is not None and batch.state is BatchState.COMPLETE
     counts = batch.counts
     assert (counts.consumed, counts.successful, counts.not_found, counts.failed) == (
-        250,
-        100,
+        225,
+        75,
         0,
         150,
     )
     failures = all_failures(store, seq)
-    assert [f.line for f in failures] == list(range(102, 252))  # lines 2..101 were applied
+    assert [f.line for f in failures] == list(range(77, 227))  # lines 2..76 were applied
     assert {f.reason for f in failures} == {"cancelled"}
-    assert failures[0].id == "c0100" and failures[0].raw == "c0100,100"
-    assert stored_ids(store) == {f"c{i:04d}" for i in range(100)}
+    assert failures[0].id == "c0075" and failures[0].raw == "c0075,75"
+    assert stored_ids(store) == {f"c{i:04d}" for i in range(75)}
     cancellation = store.batch_cancellation(seq)
     assert cancellation is not None and cancellation.by == "alice"
 
@@ -96,7 +97,7 @@ def test_a_unit_applied_before_the_cancel_stays_applied(store: Store):
     outcome = store.cancel_batch(1, batch_id, "bob", now_ms())
     assert outcome is not None and outcome.rows_cancelled == 200
     batch = store.get_batch(1, batch_id)
-    assert batch is not None and (batch.counts.successful, batch.counts.failed) == (50, 200)
+    assert batch is not None and (batch.counts.successful, batch.counts.failed) == (25, 200)
 
 
 def test_cancel_again_changes_nothing_and_a_completed_batch_cannot_be_cancelled(
@@ -174,8 +175,8 @@ def test_cancel_endpoint_records_who_and_reports_exact_counts(http: httpx.Client
     assert status["rowsCancelled"] == 200 and status["alreadyCancelled"] is False
     assert status["status"] == "complete" and status["state"] == "complete"
     assert (status["consumedCount"], status["successfulUpdates"], status["failedUpdates"]) == (
-        250,
-        50,
+        225,
+        25,
         200,
     )
     assert status["cancelled"]["by"].startswith("alice (API from 127.0.0.1")
@@ -249,12 +250,12 @@ def test_batches_commands_list_show_and_cancel(
     assert batch_id in listed.stdout and "queued" in listed.stdout
     cancelled = remote("batches", "cancel", batch_id, "--by", "carol", *where)
     assert cancelled.exit_code == 0, cancelled.output
-    assert "250 row(s) not yet applied now count as failed" in cancelled.stdout
-    assert "failedUpdates: 250" in cancelled.stdout and "cancelledBy: carol" in cancelled.stdout
+    assert "225 row(s) not yet applied now count as failed" in cancelled.stdout
+    assert "failedUpdates: 225" in cancelled.stdout and "cancelledBy: carol" in cancelled.stdout
     shown = remote("batches", "show", batch_id, "--json", *where)
     assert shown.exit_code == 0, shown.output
     status = json.loads(shown.stdout)
-    assert status["status"] == "complete" and status["failedUpdates"] == 250
+    assert status["status"] == "complete" and status["failedUpdates"] == 225
     assert status["cancelled"]["by"].startswith("carol")
     assert remote("batches", "list", "--unfinished", *where).stdout.count("\n") == 1  # header only
     again = remote("batches", "cancel", batch_id, *where)

@@ -323,15 +323,16 @@ def test_an_import_can_be_cancelled_like_a_batch(http: httpx.Client, store: Stor
     assert claim is not None
     assert profile_import.apply_claim(store, claim, now_ms(), 10**6) is not None
     status = http.post(f"/profilebase/v1/clients/demo/batches/{batch_id}/cancel").json()
+    # The first unit holds 25 lines, half the test settings' unit_rows.
     assert (status["rowsCancelled"], status["successfulUpdates"], status["failedUpdates"]) == (
-        70,
-        50,
-        70,
+        95,
+        25,
+        95,
     )
     failure = http.get(
         f"/profilebase/v1/clients/demo/batches/{batch_id}/failures", params={"limit": 1}
     ).json()["failures"][0]
-    assert (failure["line"], failure["id"], failure["reason"]) == (51, "p50", "cancelled")
+    assert (failure["line"], failure["id"], failure["reason"]) == (26, "p25", "cancelled")
 
 
 def test_a_delete_committed_during_an_import_is_not_undone_by_it(

@@ -50,9 +50,22 @@ def test_any_chunking_reads_the_same(body: bytes, cuts: list[int]):
 
 
 def test_units_keep_line_numbers_and_count_rows():
-    header, rows, units = read([BODIES[0]])
+    """The first unit has half the lines (3 of ``unit_rows`` 6), the next ones all."""
+    header, rows, units = read([BODIES[0]], unit_rows=6)
     assert header.names == ("a", "b") and rows == 5
     assert units == [(2, 2, b"x1,1,2\n\ny2,,3"), (5, 3, b"z3,4\n w , 5 \nlast,6")]
+
+
+@pytest.mark.parametrize(
+    ("unit_rows", "sizes"), [(1, [1] * 9), (2, [1, 2, 2, 2, 2]), (4, [2, 4, 3])]
+)
+def test_the_first_unit_has_half_the_lines(unit_rows: int, sizes: list[int]):
+    """So that two workers starting on one batch get out of step (design, "Workers out of
+    step"); at least one line."""
+    body = b"batch=thirdPartyId,a\n" + b"".join(b"id%d,%d\n" % (n, n) for n in range(9))
+    _, rows, units = read([body], unit_rows)
+    assert rows == 9 and [count for _, count, _ in units] == sizes
+    assert [first for first, _, _ in units] == [2 + sum(sizes[:i]) for i in range(len(sizes))]
 
 
 def test_split_prefix_is_still_refused():

@@ -98,6 +98,7 @@ def test_a_poison_row_fails_alone(http: httpx.Client, drain, store: Store):
     assert all(attributes(http, f"r{i}") for i in range(0, 120, 7) if i != 57)
 
 
+@pytest.mark.parametrize("settings", [{"unit_rows": 100}], indirect=True)  # one unit
 def test_a_unit_is_applied_in_parts_of_part_rows(
     http: httpx.Client, drain, store: Store, monkeypatch: pytest.MonkeyPatch
 ):
@@ -176,6 +177,7 @@ def test_a_unit_that_cannot_be_applied_at_all_waits_and_says_why(
     assert_complete(http, batch_id, 20, failed=0)
 
 
+@pytest.mark.parametrize("settings", [{"unit_rows": 100}], indirect=True)  # one unit
 def test_transient_errors_wait_then_a_row_that_keeps_causing_one_fails_alone(
     http: httpx.Client, drain, store: Store, clock: FakeClock
 ):

@@ -129,7 +129,8 @@ def test_max_profile_bytes_per_client_applies_in_the_worker(
 
 
 def throttle(store: Store, hours: str = "mon-fri 09:00-18:00 UTC") -> None:
-    """10 rows per second during `hours`; with units of 5 rows, a unit every 500 ms."""
+    """10 rows per second during `hours`; with units of 5 rows, a unit every 500 ms (the
+    first unit of a batch holds 2 rows, half of 5: 200 ms)."""
     clients.change(
         store,
         "demo",
@@ -141,19 +142,19 @@ def test_throttled_batch_is_applied_at_the_rate_and_stays_incomplete(
     http: httpx.Client, store: Store, drain, clock: FakeClock
 ):
     throttle(store)
-    batch_id = batch_id_of(submit(http, rows(20)))
+    batch_id = batch_id_of(submit(http, rows(17)))  # units of 2, 5, 5 and 5 rows
     drain()
     fields = status(http, batch_id)
-    assert fields["status"] == "incomplete" and fields["consumedCount"] == "5"
-    clock.advance(0.499)
+    assert fields["status"] == "incomplete" and fields["consumedCount"] == "2"
+    clock.advance(0.199)
     drain()
-    assert status(http, batch_id)["consumedCount"] == "5"
+    assert status(http, batch_id)["consumedCount"] == "2"
     clock.advance(0.001)
     drain()
-    assert status(http, batch_id)["consumedCount"] == "10"
+    assert status(http, batch_id)["consumedCount"] == "7"
     clock.advance(5)  # a pause does not let the client burst to catch up
     drain()
-    assert status(http, batch_id)["consumedCount"] == "15"
+    assert status(http, batch_id)["consumedCount"] == "12"
     clock.advance(0.5)
     drain()
     assert status(http, batch_id)["status"] == "complete"
@@ -180,14 +181,14 @@ def test_throttled_batch_is_not_reported_stuck(
     clients.change(
         store, "demo", limits={"ingest_rows_per_second": "1", "business_hours": "always"}
     )
-    batch_id = batch_id_of(submit(http, rows(10)))
+    batch_id = batch_id_of(submit(http, rows(10)))  # a first unit of 2 rows: a pause of 2 s
     drain()
-    clock.advance(3)
+    clock.advance(1.5)
     batch = store.get_batch(1, batch_id)
     assert batch is not None
     limits = client_limits(Settings(), store.get_client("demo").limits)  # type: ignore[union-attr]
     assert state_of(batch, clock(), 1, limits) is BatchState.THROTTLED
-    assert batch.throttled_until == datetime.fromtimestamp((WEDNESDAY_10 + 5000) / 1000, UTC)
+    assert batch.throttled_until == datetime.fromtimestamp((WEDNESDAY_10 + 2000) / 1000, UTC)
     assert status(http, batch_id)["status"] == "incomplete"
     clock.advance(10)  # the pause is long over and nothing ran: now it is stuck
     assert status(http, batch_id)["status"] == "stuck"
@@ -204,15 +205,15 @@ def test_json_status_of_a_paced_batch_says_throttled_why_and_until_when(
     url = f"/profilebase/v1/clients/demo/batches/{batch_id}"
     body = http.get(url).json()
     assert body["state"] == "throttled" and body["status"] == "incomplete"
-    assert body["throttledUntil"] == "2025-01-15T10:00:00.500+00:00"
+    assert body["throttledUntil"] == "2025-01-15T10:00:00.200+00:00"  # a first unit of 2 rows
     assert "10 rows per second (ingest_rows_per_second)" in body["reason"]
     assert "'mon-fri 09:00-18:00 UTC' (business_hours)" in body["reason"]
-    assert body["reason"].endswith("may start at 2025-01-15T10:00:00.500+00:00")
-    clock.advance(0.5)
+    assert body["reason"].endswith("may start at 2025-01-15T10:00:00.200+00:00")
+    clock.advance(0.2)
     drain()
     after = http.get(url).json()
-    assert after["state"] == "throttled" and after["consumedCount"] == 10
-    assert after["throttledUntil"] == "2025-01-15T10:00:01.000+00:00"
+    assert after["state"] == "throttled" and after["consumedCount"] == 7
+    assert after["throttledUntil"] == "2025-01-15T10:00:00.700+00:00"
     clients.change(store, "demo", limits={"ingest_rows_per_second": "0"})
     unpaced = http.get(url).json()
     assert unpaced["state"] == "processing" and unpaced["throttledUntil"] is None
@@ -234,7 +235,7 @@ def test_throttling_one_client_does_not_slow_another(http: httpx.Client, store: 
     slow_id = batch_id_of(submit(http, rows(20)))
     fast_id = batch_id_of(submit(http, rows(10), client="fast"))
     drain()
-    assert status(http, slow_id)["consumedCount"] == "5"
+    assert status(http, slow_id)["consumedCount"] == "2"  # its first unit
     assert status(http, fast_id, client="fast")["status"] == "complete"
 
 

@@ -27,10 +27,11 @@ def limits(rows_per_day: int = 1_000_000) -> Limits:
 
 
 def accept(
-    store: Store, body: bytes, version: int = 2, unit_rows: int = 2, at: int | None = None,
+    store: Store, body: bytes, version: int = 2, unit_rows: int = 4, at: int | None = None,
     rows_per_day: int = 1_000_000,
 ) -> tuple[int, str]:  # fmt: skip
-    """Accept ``body`` for the demo client, cut into units of ``unit_rows`` lines."""
+    """Accept ``body`` for the demo client, cut into units of ``unit_rows`` lines (the first
+    of half as many: two by default)."""
     client = store.get_client("demo")
     assert client is not None
     intake = Intake(limits(rows_per_day), unit_rows)
@@ -80,7 +81,8 @@ def test_clients(store: Store):
 
 def test_accept_claim_apply_complete(store: Store):
     """A batch goes queued, processing, complete; its counts are the sum of its units."""
-    seq, batch_id = accept(store, b"batch=thirdPartyId,a\nr1,1\nr2,2\nr3,%zz\nr4,4\nr5,5\n")
+    body = b"batch=thirdPartyId,a\nr1,1\nr2,2\nr3,%zz\nr4,4\nr5,5\n"
+    seq, batch_id = accept(store, body, unit_rows=2)  # units of 1, 2 and 2 lines
     assert batch_id == f"demo-{batch_id.split('-')[1]}-{seq}"
     batch = store.get_batch(1, batch_id)
     assert batch is not None and batch.state is BatchState.QUEUED and batch.units_total == 3
@@ -88,7 +90,7 @@ def test_accept_claim_apply_complete(store: Store):
     claim = store.claim_unit("w1", now_ms(), LEASE)
     assert claim is not None and (claim.batch_seq, claim.unit_no, claim.first_line) == (seq, 0, 2)
     assert store.get_batch(1, batch_id).state is BatchState.PROCESSING  # type: ignore[union-attr]
-    assert apply(store, claim) == Counts(2, 2, 0, 0)
+    assert apply(store, claim) == Counts(1, 1, 0, 0)
     while (claim := store.claim_unit("w1", now_ms(), LEASE)) is not None:
         apply(store, claim)
     batch = store.get_batch(1, batch_id)

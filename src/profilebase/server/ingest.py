@@ -83,12 +83,20 @@ class ReadBatch:
     digest: str = ""
 
 
+def first_unit_rows(unit_rows: int) -> int:
+    """Lines of a body's first unit: half of ``unit_rows``. Two workers that start on units
+    of one size decode at the same time and then wait for each other's writes (SQLite
+    has one writer); one that starts on a half unit ends it early, and from then on one
+    decodes while the other writes (docs/design.md, "Workers out of step")."""
+    return max(1, unit_rows // 2)
+
+
 class UnitCutter:
-    """Cuts a body's lines into units of ``unit_rows`` lines as they come, spooled to
-    ``units``, counting its data rows (a blank line is no row) within ``SEQ_SPAN`` lines
-    and ``max_batch_rows``. A body's reader (``Intake``, ``profile_import.ImportIntake``)
-    is one, with its own refusals: ``TOO_LONG`` and ``TOO_MANY``, formatted with
-    ``span`` and ``limit``."""
+    """Cuts a body's lines into units of ``unit_rows`` lines as they come, the first of
+    half as many (``first_unit_rows``), spooled to ``units``, counting its data rows (a
+    blank line is no row) within ``SEQ_SPAN`` lines and ``max_batch_rows``. A body's
+    reader (``Intake``, ``profile_import.ImportIntake``) is one, with its own refusals:
+    ``TOO_LONG`` and ``TOO_MANY``, formatted with ``span`` and ``limit``."""
 
     TOO_LONG = ""
     TOO_MANY = ""
@@ -98,6 +106,8 @@ class UnitCutter:
     ) -> None:
         self.limits = limits
         self.unit_rows = unit_rows
+        #: Lines of the unit being read.
+        self.cut_at = first_unit_rows(unit_rows)
         self.rows = 0
         self.line = first_line - 1  # number of the last line read
         self.unit_lines: list[bytes] = []
@@ -110,7 +120,7 @@ class UnitCutter:
         only an empty line is blank (counted in C rather than line by line)."""
         position = 0
         while position < len(lines):
-            room = self.unit_rows - len(self.unit_lines)
+            room = self.cut_at - len(self.unit_lines)
             part = lines[position : position + room]
             position += len(part)
             if plain:
@@ -125,8 +135,9 @@ class UnitCutter:
                 raise BatchTooLarge(self.TOO_LONG.format(span=SEQ_SPAN))
             if self.rows > self.limits.max_batch_rows:
                 raise BatchTooLarge(self.TOO_MANY.format(limit=self.limits.max_batch_rows))
-            if len(self.unit_lines) >= self.unit_rows:
+            if len(self.unit_lines) >= self.cut_at:
                 self._cut_unit()
+                self.cut_at = self.unit_rows
 
     def _cut_unit(self) -> None:
         if self.unit_rows_seen:
