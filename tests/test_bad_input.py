@@ -29,7 +29,8 @@ TINY = 1000
 
 @pytest.fixture
 def settings(database_url: str, request: pytest.FixtureRequest) -> Settings:
-    """Default limits; units of 1,000 lines, so a 500,000-row batch is 500 units, not 10,000."""
+    """Default limits; units of 1,000 lines, so a 500,000-row batch is 501 units (the first of
+    500 lines), not 10,000."""
     overrides = getattr(request, "param", {})
     return Settings(database=database_url, workers=0, unit_rows=1000, **overrides)
 

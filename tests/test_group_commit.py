@@ -427,11 +427,16 @@ def test_a_group_counts_its_updates_once_and_exactly(sqlite_store: SQLiteStore):
 
 
 def wal_frames(store: SQLiteStore) -> int:
-    """The pages the WAL holds now (none are copied: a passive checkpoint with no reader
-    copies them all, and says how many there were)."""
+    """The pages the WAL holds now (a passive checkpoint with no reader copies them all, and
+    says how many there were; tried again while the store's own checkpoint thread runs)."""
+    deadline = time.monotonic() + 30
     with sqlite3.connect(store.path) as db:
-        _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    return int(frames)
+        while True:
+            busy, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not busy:
+                return int(frames)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
 
 
 @pytest.mark.parametrize("page_bytes", [None, 16384])
@@ -440,7 +445,8 @@ def test_a_group_of_single_updates_writes_a_small_page_per_profile(
 ):
     """A commit writes each page it changed to the WAL whole: a group of single updates on
     random profiles, one leaf page each, writes 4 KB a profile on a new database, and a
-    database made with 16 KB pages keeps them (and works the same)."""
+    database made with 16 KB pages keeps them (and works the same, its checkpoints'
+    thresholds the same bytes)."""
     path = str(tmp_path / "pages.db")
     if page_bytes is not None:  # a database made by an earlier version
         with sqlite3.connect(path) as db:
@@ -461,6 +467,9 @@ def test_a_group_of_single_updates_writes_a_small_page_per_profile(
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
         assert page_size == (page_bytes or 4096)
+        with store._read() as db:  # the checkpoints' thresholds keep their bytes
+            (autocheckpoint,) = db.execute("PRAGMA wal_autocheckpoint").fetchone()
+        assert autocheckpoint * page_size == 1000 * 16384  # as SQLite's 1,000 pages of 16 KB
         updated = [n * 37 % 1000 for n in range(20)]  # 20 profiles far apart
         with one_group(store) as futures:
             for n in updated:
@@ -472,6 +481,7 @@ def test_a_group_of_single_updates_writes_a_small_page_per_profile(
         assert all(future.result() is not None for future in futures)
         assert all(attributes_of(store, demo.id, n)["v"] == str(n) for n in updated)
         written = wal_frames(store) * page_size
+        assert written >= 20 * page_size  # a page for each profile at least
         # A page per profile, some neighbours when one grows, the writes row and the quota's
         # count; the first update may commit alone. 49 pages of 4 KB, 23 of 16 KB, here.
         assert written <= (20 + 10) * 2 * page_size

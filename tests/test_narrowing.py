@@ -82,7 +82,7 @@ def test_a_poison_row_fails_alone(http: httpx.Client, drain, store: Store):
     """A row the store fails on is narrowed down to and fails with a sentence quoting an error
     id; every other row of its unit and batch applies."""
     poison(store, {"r57"})
-    batch_id = batch_id_of(submit(http, batch_body(120)))  # units of 50 rows
+    batch_id = batch_id_of(submit(http, batch_body(120)))  # units of 25, 50, 45 rows
     drain()
     assert_complete(http, batch_id, 120, failed=1)
     [failure] = failures_of(http, batch_id)
@@ -131,8 +131,8 @@ def test_a_unit_is_applied_in_parts_of_part_rows(
 
 def test_several_poison_rows_beside_rows_that_fail_anyway(http: httpx.Client, drain, store: Store):
     """Poison rows at a unit's edges and in its middle, and a row the decoder fails, each fail
-    alone with their own reason; the counts stay exact."""
-    poison(store, {"r50", "r73", "r74", "r99"})
+    alone with their own reason; the counts stay exact. Units: r0-r24, r25-r74, r75-r99."""
+    poison(store, {"r25", "r50", "r74", "r99"})
     lines = batch_body(100).decode().splitlines()
     lines[1 + 60] = "r60,%ZZ"
     body = ("\n".join(lines) + "\n").encode()
@@ -140,10 +140,10 @@ def test_several_poison_rows_beside_rows_that_fail_anyway(http: httpx.Client, dr
     drain()
     assert_complete(http, batch_id, 100, failed=5)
     failures = failures_of(http, batch_id)
-    assert [f["line"] for f in failures] == [52, 62, 75, 76, 101]
-    assert "percent-encoding" in failures[1]["reason"]
+    assert [f["line"] for f in failures] == [27, 52, 62, 76, 101]
+    assert "percent-encoding" in failures[2]["reason"]
     assert all(
-        f["reason"].startswith("could not be stored") for i, f in enumerate(failures) if i != 1
+        f["reason"].startswith("could not be stored") for i, f in enumerate(failures) if i != 2
     )
     assert attributes(http, "r51") == {"n": "51", "tier": "t0"}
     assert attributes(http, "r98") == {"n": "98", "tier": "t2"}

@@ -217,7 +217,8 @@ def test_new_profiles_copied_in_keep_ids_and_values_that_copy_s_text_format_esca
     lines = "".join(
         f"{quote(key, safe='')},{quote(value, safe='')}\n" for key, value in odd.items()
     )
-    accept(pg_store, f"batch=thirdPartyId,v\n{lines}".encode(), unit_rows=10)
+    # One unit: its first holds up to half of unit_rows, 50 lines.
+    accept(pg_store, f"batch=thirdPartyId,v\n{lines}".encode(), unit_rows=100)
     claim = pg_store.claim_unit("w1", 0, 10**15)
     assert claim is not None
     counts = apply(pg_store, claim)

@@ -1,7 +1,8 @@
 """Accepting a batch: read the body as it streams, validate, cut it into work units, store.
 
 The body is never held whole in memory: complete lines are cut into units of
-``unit_rows`` lines and spooled to a temporary file (in memory up to a few MB).
+``unit_rows`` lines (the first of half as many, ``first_unit_rows``) and spooled to a
+temporary file (in memory up to a few MB).
 Limits are enforced while reading, so an oversized body is refused without
 reading the rest. Nothing reaches the database until the whole body has been
 read and checked; then one transaction stores the batch and all its units.

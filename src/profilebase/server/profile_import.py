@@ -7,7 +7,8 @@ Each line is one profile::
 
 An import goes through the batch machinery, so it has a batch's guarantees:
 
-1. The body is read, cut into units of ``unit_rows`` lines and stored in one
+1. The body is read, cut into units of ``unit_rows`` lines (the first of half as many,
+   as a batch's: ``ingest.first_unit_rows``) and stored in one
    transaction under one write seq (``Store.accept_batch``, batch version 3), within
    the client's batch limits and quotas; an ``Idempotency-Key`` works as for a batch.
 2. Workers apply units in any order, each in one transaction

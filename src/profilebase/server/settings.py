@@ -148,7 +148,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "unit_rows",
         25_000,
-        "Lines per work unit: a batch is cut into units that workers apply in parallel.",
+        "Lines per work unit (a batch's first unit has half as many): a batch is cut into "
+        "units that workers apply in parallel.",
         Bound.POSITIVE,
     ),
     Setting(

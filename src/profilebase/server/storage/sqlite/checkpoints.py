@@ -37,9 +37,12 @@ from typing import NamedTuple
 
 log = logging.getLogger("profilebase.server.storage")
 
-#: A commit that leaves more WAL pages than this checkpoints them: 16 MB of 4 KB pages, what
-#: SQLite's default of 1,000 pages is with the 16 KB pages this store used before (the
-#: store's ``PAGE_BYTES``); on a database made with those, four times that.
+#: The thresholds below count pages of this many bytes, a new database's (the store's
+#: ``PAGE_BYTES``); on a database made with larger pages they stand for as many bytes
+#: (``pages``).
+THRESHOLD_PAGE_BYTES = 4096
+#: A commit that leaves more WAL pages than this checkpoints them: 16 MB, what SQLite's
+#: default of 1,000 pages is with the 16 KB pages this store's databases had before.
 AUTOCHECKPOINT_PAGES = 4000
 #: What a group commit of online writes leaves to ``Checkpoints``: it checkpoints itself only
 #: past this many pages (160 MB of 4 KB pages), should the thread fall behind (a few large
@@ -67,6 +70,17 @@ class Copy(NamedTuple):
     copied: int
 
 
+def pages(threshold: int, page_bytes: int) -> int:
+    """``threshold`` pages of ``THRESHOLD_PAGE_BYTES`` as pages of ``page_bytes`` (at least
+    one): the same bytes on a database made with larger pages."""
+    return max(1, threshold * THRESHOLD_PAGE_BYTES // page_bytes)
+
+
+def page_bytes(db: sqlite3.Connection) -> int:
+    """The page size of ``db``'s database."""
+    return int(db.execute("PRAGMA page_size").fetchone()[0])
+
+
 def copy(db: sqlite3.Connection) -> Copy:
     """Copy the WAL into the database; PASSIVE: it neither waits for nor blocks writers,
     and copies no further than the oldest snapshot a reader holds. Errors are raised."""
@@ -84,14 +98,14 @@ def checkpoint(db: sqlite3.Connection) -> None:
 
 
 @contextmanager
-def no_autocheckpoint(db: sqlite3.Connection, backstop: int = 0) -> Iterator[None]:
-    """Commits on ``db`` leave the WAL as it is while this lasts (up to ``backstop`` pages,
-    0: whatever its length)."""
-    db.execute(f"PRAGMA wal_autocheckpoint = {backstop}")
+def no_autocheckpoint(db: sqlite3.Connection, page_bytes: int, backstop: int = 0) -> Iterator[None]:
+    """Commits on ``db`` (whose pages are ``page_bytes``) leave the WAL as it is while this
+    lasts (up to ``backstop`` pages, 0: whatever its length)."""
+    db.execute(f"PRAGMA wal_autocheckpoint = {pages(backstop, page_bytes) if backstop else 0}")
     try:
         yield
     finally:
-        db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")  # as ``_open``
+        db.execute(f"PRAGMA wal_autocheckpoint = {pages(AUTOCHECKPOINT_PAGES, page_bytes)}")
 
 
 class Checkpoints:
@@ -172,6 +186,7 @@ class Checkpoints:
         """Copies outside the turn until what was appended meanwhile is short, then, if the
         WAL is still long and no reader held a copy back, one inside it."""
         with self._borrow() as db:
+            size = page_bytes(db)
             found = self._copy(db)
             for _ in range(OUTSIDE_COPIES - 1):
                 if found.busy or found.copied < found.length:
@@ -179,10 +194,11 @@ class Checkpoints:
                 again = self._copy(db)
                 appended = again.length - found.length
                 found = again
-                if appended < SHORT_PAGES:  # (fewer than none: the WAL started over)
+                if appended < pages(SHORT_PAGES, size):  # (< 0: the WAL started over)
                     break
             self.copies += 1
-            if found.busy or found.copied < found.length or found.length <= AUTOCHECKPOINT_PAGES:
+            long = found.length > pages(AUTOCHECKPOINT_PAGES, size)
+            if found.busy or found.copied < found.length or not long:
                 return
             with self._lock:
                 if self._closed:

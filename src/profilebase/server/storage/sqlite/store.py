@@ -138,7 +138,7 @@ ONLINE_TURN = 0.002
 
 #: The page size of a new database file (SQLite's default). A commit writes every page it
 #: changed to the WAL whole, and a checkpoint copies it back: a group of single updates on
-#: random profiles changes one leaf page each, so 16 KB pages wrote four times the bytes
+#: random profiles changes one leaf page each, 16 KB of WAL apiece with 16 KB pages
 #: (docs/design.md, "Pages of 4 KB"). A database made with other pages keeps them.
 PAGE_BYTES = 4096
 #: A worker checkpoints the WAL once its parts wrote this many bytes of profiles since
@@ -253,6 +253,8 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         self._checkpoints = Checkpoints(self._read, self._writers.turn, timeout=timeout + 5)
         #: Bytes of profiles this store's parts wrote since its last checkpoint.
         self._unchecked = 0
+        #: The database's page size, read as each connection opens (``_open``).
+        self._page_bytes = PAGE_BYTES
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
         #: The connection of reads that must not wait (``get_profile_nowait``), and its lock.
@@ -276,7 +278,9 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self.synchronous}")
             db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            db.execute(f"PRAGMA wal_autocheckpoint = {checkpoints.AUTOCHECKPOINT_PAGES}")
+            self._page_bytes = checkpoints.page_bytes(db)  # PAGE_BYTES, unless made before
+            autocheckpoint = checkpoints.pages(checkpoints.AUTOCHECKPOINT_PAGES, self._page_bytes)
+            db.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
         except sqlite3.Error as exc:
             db.close()
             raise storage_error(exc, self.path) or DatabaseUnavailable(
@@ -499,7 +503,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         try:
             with (
                 self._read() as db,
-                no_autocheckpoint(db, BACKSTOP_PAGES),
+                no_autocheckpoint(db, self._page_bytes, BACKSTOP_PAGES),
                 self._writers.turn(),
                 _transaction(db),
             ):
@@ -664,7 +668,11 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         once its parts wrote some ``CHECKPOINT_BYTES`` (``size`` is this part's)."""
         with self._read() as db:
             with self._batch_writers.turn():
-                with no_autocheckpoint(db), self._writers.turn(), _transaction(db):
+                with (
+                    no_autocheckpoint(db, self._page_bytes),
+                    self._writers.turn(),
+                    _transaction(db),
+                ):
                     yield db
                 if self._writers.others_waiting():
                     time.sleep(ONLINE_TURN)
@@ -678,7 +686,7 @@ class SQLiteStore(SQLiteTables, SQLiteImports, BatchControl, ClientQueries, Prof
         """Storing a batch's units (tens of MB) checkpoints them after the writers' turn,
         so that workers may claim them meanwhile."""
         with self._read() as db:
-            with no_autocheckpoint(db), self._writers.turn(), _transaction(db):
+            with no_autocheckpoint(db, self._page_bytes), self._writers.turn(), _transaction(db):
                 yield db
             checkpoint(db)
 
