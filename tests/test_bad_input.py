@@ -405,7 +405,7 @@ def test_bytes_past_the_content_length_are_never_part_of_the_batch(
     as the next request, which is not one (400, connection closed); they never reach a
     batch, whatever became of the declared bytes."""
     body = b"batch=thirdPartyId,a\nk1,v1\nk2,v2\n"
-    reply = raw_request(live_server.port, POST + b"Content-Length: 27\r\n\r\n" + body, timeout=2)
+    reply = raw_request(live_server.port, POST + b"Content-Length: 27\r\n\r\n" + body)
     assert b"HTTP/1.1 400 " in reply
     drain()
     assert exported(http) in ({}, {"t:k1": {"a": "v1"}})

@@ -44,7 +44,8 @@ def head_of(size: int, target: str = "/healthz") -> bytes:
 
 def exchange(server: ServerProcess, *chunks: bytes, pause: float = 0.0) -> bytes:
     """Send ``chunks`` (``pause`` seconds apart) on one connection; everything the server
-    sends until it closes the connection or goes quiet for 2 s."""
+    sends until it closes the connection or, once it began, goes quiet for 2 s (a busy
+    machine may take longer than that to begin)."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     try:
         for chunk in chunks:
@@ -53,7 +54,6 @@ def exchange(server: ServerProcess, *chunks: bytes, pause: float = 0.0) -> bytes
             except (BrokenPipeError, ConnectionResetError):  # refused: read what came
                 break
             time.sleep(pause)
-        sock.settimeout(2)
         data = b""
         while True:
             try:
@@ -65,6 +65,7 @@ def exchange(server: ServerProcess, *chunks: bytes, pause: float = 0.0) -> bytes
             if not chunk:
                 return data
             data += chunk
+            sock.settimeout(2)
     finally:
         sock.close()
 

@@ -204,7 +204,7 @@ def test_a_fetch_on_the_loop_reports_an_outage_once_and_then_rests(databases: li
             return middle - start, end - middle
 
         first, second = asyncio.run(twice())
-        assert 0.9 < first < 5 and second < 0.1
+        assert 0.9 < first < 5 and second < 0.5  # it did not try again (1 s)
     finally:
         store.close()
 
@@ -451,20 +451,20 @@ def test_writes_handed_over_wait_in_no_thread_and_commit_in_pipelines(databases:
 def test_a_statement_cancelled_in_a_pipeline_fails_its_write_alone(databases: list[str]):
     """psycopg reports a cancelled statement (``statement_timeout``) as an operational
     error, though the connection is fine: in a pipeline run it makes the group run again
-    without pipelines, where that write fails alone and the others commit."""
+    without pipelines, where that write fails alone and the others commit. A trigger raises
+    the error a timeout raises (SQLSTATE 57014) for one write: a real timeout would also
+    cancel the group's wait for the client's lock on a machine slow enough."""
     url = databases[0]
     with psycopg.connect(url, autocommit=True) as db:
         db.execute(
             "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF NEW.at = 777 THEN PERFORM pg_sleep(5); END IF; RETURN NEW; END $$"
+            "IF NEW.at = 777 THEN RAISE EXCEPTION 'canceling statement due to statement "
+            "timeout' USING ERRCODE = 'query_canceled'; END IF; RETURN NEW; END $$"
         )
         db.execute(
             "CREATE TRIGGER slow BEFORE INSERT ON writes FOR EACH ROW EXECUTE FUNCTION slow()"
         )
-        name = db.execute("SELECT current_database()").fetchone()
-        assert name is not None
-        db.execute(f"ALTER DATABASE \"{name[0]}\" SET statement_timeout = '300ms'")
-    store = open_pg(url)  # its connections start with the timeout
+    store = open_pg(url)
     calls = Calls(store, False)
     for n in range(4):
         calls.visit(f"T{n}", f"X{n}", {"v": "0"})

