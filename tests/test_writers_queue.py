@@ -184,11 +184,12 @@ def one_wait_behind(holder: WriterQueue, waiter: WriterQueue) -> threading.Threa
     deadline = time.monotonic() + 10
     while waiter._wait is None and time.monotonic() < deadline:  # not yet handed to the helper
         time.sleep(0.001)
-    helper = waiter._helper
+    handed, helper = waiter._wait is not None, waiter._helper
     release.set()
     holding.join(10)
     waiting.join(10)
-    assert turns and helper is not None  # it waited for the other's file lock, in the helper
+    assert handed and helper is not None  # it waited for the other's file lock, in the helper
+    assert turns
     return helper
 
 
